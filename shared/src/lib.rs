@@ -1,0 +1,22 @@
+//! The Rollcall wire protocol, shared by the device agent and the cloud.
+//!
+//! # Layout
+//! - [`ids`]: newtypes that can only hold valid values (`DeviceId`, `MemberId`, `Seq`, `EventKind`, ...).
+//! - [`limits`]: every size and time limit of the protocol, in one place.
+//! - [`dsse`]: the signed envelope (DSSE, Ed25519) and device/cloud keys.
+//! - [`payload`]: the messages themselves: usage report, device status, downlink messages.
+//! - [`topics`]: MQTT topic names and parsing.
+//! - [`clock`]: the injected clock (`SystemClock`, `ManualClock`).
+
+pub mod clock;
+pub mod dsse;
+pub mod ids;
+pub mod limits;
+pub mod payload;
+pub mod topics;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use ids::{DeviceId, EventKind, IdError, MemberId, Seq};
+
+/// Protocol version carried in every payload's `v` field.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,463 @@
+//! The messages carried inside the envelopes, each with one type that encodes and
+//! decodes itself. Decoding is strict: unknown fields and versions are rejected, and
+//! every limit in [`crate::limits`] is checked, so a value you hold is a valid message.
+
+use crate::ids::{DeviceId, EventKind, Seq};
+use crate::limits::*;
+use crate::PROTOCOL_VERSION;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Why a payload was refused. [`PayloadError::reason`] gives the quarantine reason code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload's `v` is not a version this build speaks.
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(String),
+    /// The payload does not parse, or breaks a rule other than size.
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    /// The payload breaks a size limit.
+    #[error("payload too large: {0}")]
+    TooLarge(String),
+}
+
+impl PayloadError {
+    /// The machine-readable reason code (`unsupported_version`, `malformed`, `too_large`).
+    /// None of these can succeed on retry: the same bytes will fail the same way.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PayloadError::UnsupportedVersion(_) => "unsupported_version",
+            PayloadError::Malformed(_) => "malformed",
+            PayloadError::TooLarge(_) => "too_large",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    #[serde(default)]
+    v: Option<serde_json::Value>,
+}
+
+/// Strict decode with a version check that distinguishes "unknown version" from "broken".
+fn decode_versioned<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    max: usize,
+    version: impl Fn(&T) -> u32,
+) -> Result<T, PayloadError> {
+    if bytes.len() > max {
+        return Err(PayloadError::TooLarge(format!("{} bytes; the limit is {max}", bytes.len())));
+    }
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(t) if version(&t) == PROTOCOL_VERSION => Ok(t),
+        Ok(t) => Err(PayloadError::UnsupportedVersion(version(&t).to_string())),
+        Err(e) => match serde_json::from_slice::<VersionProbe>(bytes) {
+            Ok(VersionProbe { v: Some(v) }) if v != serde_json::json!(PROTOCOL_VERSION) => {
+                Err(PayloadError::UnsupportedVersion(v.to_string()))
+            }
+            Ok(VersionProbe { v: None }) => Err(PayloadError::Malformed("missing version field `v`".into())),
+            _ => Err(PayloadError::Malformed(e.to_string())),
+        },
+    }
+}
+
+fn check_time(what: &str, t: &DateTime<Utc>) -> Result<(), PayloadError> {
+    let s = t.timestamp();
+    if !(MIN_TIMESTAMP_S..MAX_TIMESTAMP_S).contains(&s) {
+        return Err(PayloadError::Malformed(format!("{what} {t} is outside 2000..2100")));
+    }
+    Ok(())
+}
+
+/// One usage event as it travels: what happened, how much, when (device time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEvent {
+    /// Per-device monotonic sequence number; `(device_id, seq)` is the event's identity.
+    pub seq: Seq,
+    /// What happened.
+    pub kind: EventKind,
+    /// How much (pods, pages, minutes); at least 1.
+    pub qty: u32,
+    /// When it happened, by the device's clock.
+    pub occurred_at: DateTime<Utc>,
+    /// Free-form attributes (`drink=latte`), bounded in count and length.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<String, String>,
+    /// Set when the device's clock was not trustworthy when the event was recorded
+    /// (before the agent's build date, or far in the future).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_suspect: bool,
+}
+
+impl UsageEvent {
+    /// Checks one event against the protocol limits.
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        if self.qty == 0 || self.qty > MAX_QTY {
+            return Err(PayloadError::Malformed(format!("event {}: qty {} is outside 1..={MAX_QTY}", self.seq, self.qty)));
+        }
+        check_time("occurred_at", &self.occurred_at)?;
+        validate_attrs(&self.attrs).map_err(|e| match e {
+            PayloadError::Malformed(m) => PayloadError::Malformed(format!("event {}: {m}", self.seq)),
+            other => other,
+        })
+    }
+
+    /// A 64-bit fingerprint of the event's content, to tell a re-sent event (same
+    /// fingerprint) from a different event reusing a sequence number.
+    pub fn fingerprint(&self) -> i64 {
+        let bytes = serde_json::to_vec(self).expect("events serialise");
+        let d = Sha256::digest(bytes);
+        i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    }
+
+    /// True when `occurred_at` is not believable against `now` (see [`UsageEvent::clock_suspect`]).
+    pub fn time_is_suspect(occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        occurred_at.timestamp() < BUILD_EPOCH_S || (occurred_at - now).num_seconds() > MAX_FUTURE_SKEW_S
+    }
+}
+
+/// Checks an attribute map against the limits (also used by the agent before it stores one).
+pub fn validate_attrs(attrs: &BTreeMap<String, String>) -> Result<(), PayloadError> {
+    if attrs.len() > MAX_ATTRS_PER_EVENT {
+        return Err(PayloadError::Malformed(format!("{} attributes; the limit is {MAX_ATTRS_PER_EVENT}", attrs.len())));
+    }
+    for (k, v) in attrs {
+        if k.is_empty() || k.len() > MAX_ATTR_KEY_LEN {
+            return Err(PayloadError::Malformed(format!("attribute key {k:?} must be 1..={MAX_ATTR_KEY_LEN} bytes")));
+        }
+        if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+            return Err(PayloadError::Malformed(format!(
+                "attribute key {k:?} may only contain ASCII letters, digits, '_', '-' and '.'"
+            )));
+        }
+        if v.len() > MAX_ATTR_VALUE_LEN {
+            return Err(PayloadError::Malformed(format!(
+                "attribute {k:?} value is {} bytes; the limit is {MAX_ATTR_VALUE_LEN}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A batch of usage events from one device: one MQTT message on `.../usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// Protocol version; must be [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The device that recorded the events (must match the signing key's device).
+    pub device_id: DeviceId,
+    /// Per-device monotonic report number; the cloud acks by it.
+    pub report_seq: u64,
+    /// When the report was (re)sent, by the device's clock.
+    pub sent_at: DateTime<Utc>,
+    /// Changes every time the agent starts; helps tell reboots apart.
+    pub boot_id: String,
+    /// The events, in strictly increasing `seq` order.
+    pub events: Vec<UsageEvent>,
+}
+
+impl UsageReport {
+    /// Decodes and validates a report body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let r: UsageReport = decode_versioned(bytes, MAX_REPORT_BODY_BYTES, |r: &UsageReport| r.v)?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// The JSON body.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("reports serialise")
+    }
+
+    /// Checks the report against every protocol rule.
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        if self.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(self.v.to_string()));
+        }
+        if self.events.is_empty() {
+            return Err(PayloadError::Malformed("a report carries at least one event".into()));
+        }
+        if self.events.len() > MAX_EVENTS_PER_REPORT {
+            return Err(PayloadError::TooLarge(format!(
+                "{} events; the limit is {MAX_EVENTS_PER_REPORT}",
+                self.events.len()
+            )));
+        }
+        if self.report_seq == 0 {
+            return Err(PayloadError::Malformed("report_seq starts at 1".into()));
+        }
+        if self.boot_id.is_empty() || self.boot_id.len() > MAX_BOOT_ID_LEN {
+            return Err(PayloadError::Malformed(format!("boot_id must be 1..={MAX_BOOT_ID_LEN} bytes")));
+        }
+        check_time("sent_at", &self.sent_at)?;
+        let mut prev: Option<Seq> = None;
+        for e in &self.events {
+            if let Some(p) = prev {
+                if e.seq <= p {
+                    return Err(PayloadError::Malformed(format!("event seq {} follows {p}: not increasing", e.seq)));
+                }
+            }
+            prev = Some(e.seq);
+            e.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a device is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Connected (published by the agent on connect and periodically).
+    Online,
+    /// Disconnected (the agent's Last Will, or its clean shutdown).
+    Offline,
+}
+
+/// The agent's view of its own health, carried in status messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Events in the outbox not yet acknowledged by the cloud.
+    pub outbox_depth: u64,
+    /// Age of the oldest unacknowledged event, in seconds.
+    pub oldest_unsent_age_s: Option<u64>,
+    /// When the cloud last acknowledged a report.
+    pub last_ack_at: Option<DateTime<Utc>>,
+    /// Successful reconnects since the agent started.
+    pub reconnects: u64,
+    /// Events evicted from a full outbox (only under the `drop_oldest` policy).
+    pub evictions: u64,
+    /// Events refused because the outbox was full (under the `reject` policy).
+    pub rejected_full: u64,
+}
+
+/// A retained status message on `.../status`; also the Last Will.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStatus {
+    /// Protocol version.
+    pub v: u32,
+    /// The device.
+    pub device_id: DeviceId,
+    /// Online or offline.
+    pub state: Presence,
+    /// Device time of the message (for a Last Will: when the session began).
+    pub at: DateTime<Utc>,
+    /// Connection counter of the agent; with `n` orders status messages so old ones
+    /// (and replays) never overwrite newer ones.
+    pub session: u64,
+    /// Position within the session; a Last Will uses `u64::MAX`, the last word of its session.
+    pub n: u64,
+    /// Agent health (absent in a Last Will).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+impl DeviceStatus {
+    /// Decodes and validates a status body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let s: DeviceStatus = decode_versioned(bytes, 16 * 1024, |s: &DeviceStatus| s.v)?;
+        check_time("at", &s.at)?;
+        Ok(s)
+    }
+    /// The JSON body.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("status serialises")
+    }
+}
+
+/// What the cloud did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Committed to the store now.
+    Stored,
+    /// Already stored before (the ack had been lost); nothing changed.
+    Duplicate,
+    /// Validly signed but refused for good (kept in quarantine with `reason`);
+    /// re-sending cannot help, so the agent drops it from the outbox and counts it.
+    Rejected,
+}
+
+/// The cloud's acknowledgement of one usage report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// The report acknowledged.
+    pub report_seq: u64,
+    /// What happened to it.
+    pub status: AckStatus,
+    /// Events newly stored by this report.
+    pub stored: u32,
+    /// Quarantine reason code when rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The body of a downlink message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DownBody {
+    /// Acknowledgement of a usage report, sent only after the durable commit.
+    Ack(Ack),
+}
+
+/// A message from the cloud to one device, on `.../down`, signed with the cloud's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Downlink {
+    /// Protocol version.
+    pub v: u32,
+    /// The device addressed (the agent ignores messages for anyone else).
+    pub device_id: DeviceId,
+    /// Cloud time.
+    pub sent_at: DateTime<Utc>,
+    /// The message.
+    pub body: DownBody,
+}
+
+impl Downlink {
+    /// Decodes and validates a downlink body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        decode_versioned(bytes, MAX_REPORT_BODY_BYTES, |d: &Downlink| d.v)
+    }
+    /// The JSON body.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("downlinks serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn event(seq: u64) -> UsageEvent {
+        UsageEvent {
+            seq: Seq::new(seq).unwrap(),
+            kind: EventKind::parse("brew").unwrap(),
+            qty: 1,
+            occurred_at: t("2026-11-20T08:00:00Z"),
+            attrs: BTreeMap::from([("drink".into(), "latte".into())]),
+            clock_suspect: false,
+        }
+    }
+
+    fn report(events: Vec<UsageEvent>) -> UsageReport {
+        UsageReport {
+            v: 1,
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            report_seq: 1,
+            sent_at: t("2026-11-20T08:00:01Z"),
+            boot_id: "b1".into(),
+            events,
+        }
+    }
+
+    #[test]
+    fn a_report_round_trips() {
+        let r = report(vec![event(1), event(2)]);
+        assert_eq!(UsageReport::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn unknown_versions_are_told_apart_from_malformed_reports() {
+        let mut r = report(vec![event(1)]);
+        r.v = 2;
+        assert_eq!(UsageReport::decode(&r.encode()).unwrap_err().reason(), "unsupported_version");
+        let body = br#"{"v":"two","events":[]}"#;
+        assert_eq!(UsageReport::decode(body).unwrap_err().reason(), "unsupported_version");
+        let body = br#"{"device_id":"x"}"#;
+        assert_eq!(UsageReport::decode(body).unwrap_err().reason(), "malformed");
+        assert_eq!(UsageReport::decode(b"{").unwrap_err().reason(), "malformed");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let mut v: serde_json::Value = serde_json::from_slice(&report(vec![event(1)]).encode()).unwrap();
+        v["extra"] = serde_json::json!(1);
+        assert_eq!(UsageReport::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().reason(), "malformed");
+        let mut v: serde_json::Value = serde_json::from_slice(&report(vec![event(1)]).encode()).unwrap();
+        v["events"][0]["colour"] = serde_json::json!("red");
+        assert_eq!(UsageReport::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().reason(), "malformed");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let too_many: Vec<_> = (1..=MAX_EVENTS_PER_REPORT as u64 + 1).map(event).collect();
+        assert_eq!(report(too_many).validate().unwrap_err().reason(), "too_large");
+        let mut e = event(1);
+        for i in 0..=MAX_ATTRS_PER_EVENT {
+            e.attrs.insert(format!("k{i}"), "v".into());
+        }
+        assert_eq!(report(vec![e]).validate().unwrap_err().reason(), "malformed");
+        let mut e = event(1);
+        e.attrs.insert("k".into(), "x".repeat(MAX_ATTR_VALUE_LEN + 1));
+        assert!(report(vec![e]).validate().is_err());
+        let mut e = event(1);
+        e.qty = 0;
+        assert!(report(vec![e]).validate().is_err());
+        let mut e = event(1);
+        e.occurred_at = t("2150-01-01T00:00:00Z");
+        assert!(report(vec![e]).validate().is_err());
+        assert!(report(vec![]).validate().is_err());
+        assert!(report(vec![event(2), event(2)]).validate().is_err());
+        let huge = vec![b' '; MAX_REPORT_BODY_BYTES + 1];
+        assert_eq!(UsageReport::decode(&huge).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn a_full_report_of_maximal_events_fits_the_envelope_limit() {
+        // The agent packs reports up to MAX_REPORT_BODY_BYTES; base64 plus the envelope must fit.
+        let overhead = 4 * MAX_REPORT_BODY_BYTES.div_ceil(3) + 1024;
+        assert!(overhead <= MAX_ENVELOPE_BYTES);
+    }
+
+    #[test]
+    fn fingerprints_differ_when_content_differs() {
+        let a = event(1);
+        let mut b = event(1);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.qty = 2;
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn suspect_times_are_those_before_the_build_or_far_ahead() {
+        let now = t("2026-11-20T08:00:00Z");
+        assert!(UsageEvent::time_is_suspect(t("2001-01-01T00:00:00Z"), now));
+        assert!(UsageEvent::time_is_suspect(t("2026-11-21T08:00:00Z"), now));
+        assert!(!UsageEvent::time_is_suspect(t("2026-11-20T08:05:00Z"), now));
+    }
+
+    #[test]
+    fn downlinks_and_statuses_round_trip() {
+        let d = Downlink {
+            v: 1,
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            sent_at: t("2026-11-20T08:00:00Z"),
+            body: DownBody::Ack(Ack { report_seq: 4, status: AckStatus::Stored, stored: 3, reason: None }),
+        };
+        assert_eq!(Downlink::decode(&d.encode()).unwrap(), d);
+        let s = DeviceStatus {
+            v: 1,
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            state: Presence::Offline,
+            at: t("2026-11-20T08:00:00Z"),
+            session: 3,
+            n: u64::MAX,
+            health: None,
+        };
+        assert_eq!(DeviceStatus::decode(&s.encode()).unwrap(), s);
+    }
+}

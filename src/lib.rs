@@ -1,0 +1,1 @@
+//! Rollcall: demo, simulator, evaluation, benchmarks and end-to-end test helpers.
