@@ -1,1 +1,31 @@
-//! x
+//! Rollcall cloud: ingests signed usage reports from device agents over MQTT, stores
+//! them, and serves the registry, API and metrics.
+//!
+//! # Layout
+//! - [`config`]: `cloud.toml`, environment overrides, validation.
+//! - [`domain`]: registry values that parse (`PhoneNumber` in E.164, `Email`, `TimeZone`).
+//! - [`store`]: SQLite connections, pragmas, numbered migrations, dedup keys.
+//! - [`registry`]: members and devices (add, import, show).
+//! - [`ingest`]: checking and committing device messages; quarantine and reason codes.
+//! - [`worker`]: the running ingest: MQTT subscriber → writer thread → ack publisher.
+//! - [`broker`]: the embedded rumqttd broker.
+//! - [`mqtt`]: broker URLs and client options (TLS, packet limits).
+//! - [`keys`]: the cloud's own signing key.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`http`]: `/healthz`, `/metrics`, JSON errors.
+//! - [`server`]: `serve`: broker + ingest + HTTP, started and stopped together.
+//! - [`cli`]: the command-line interface of `rollcall-cloud`.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
+pub mod mqtt;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod worker;

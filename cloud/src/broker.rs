@@ -1,0 +1,87 @@
+//! The embedded MQTT broker (rumqttd), for the one-box default. Fleets that outgrow
+//! it point `[broker] url` at an external broker instead; nothing else changes.
+
+use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listen address could not be bound.
+    #[error("embedded broker cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The broker's configuration was refused.
+    #[error("embedded broker configuration: {0}")]
+    Config(String),
+    /// The broker did not accept connections in time.
+    #[error("embedded broker did not accept connections on {0} within 10 s")]
+    NotReady(SocketAddr),
+}
+
+/// A running embedded broker. Its threads live as long as the process.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedBroker {
+    /// The address it listens on (the real port when port 0 was asked for).
+    pub addr: SocketAddr,
+}
+
+/// Starts rumqttd on `listen` (port 0 picks a free port) and waits until it accepts.
+pub fn start(listen: SocketAddr, max_connections: usize) -> Result<EmbeddedBroker, BrokerError> {
+    // rumqttd binds its own listener and does not report the port, so resolve port 0
+    // here. Another process could take the port in between; start-up then fails clearly.
+    let addr = if listen.port() == 0 {
+        let l = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+        l.local_addr().map_err(|source| BrokerError::Bind { addr: listen, source })?
+    } else {
+        // Fail early and clearly if the port is taken (rumqttd would only log it).
+        drop(TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?);
+        listen
+    };
+    let toml_cfg = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = {max_connections}
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "{addr}"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = {max_payload}
+    max_inflight_count = 1000
+    dynamic_filters = true
+"#,
+        max_payload = MAX_ENVELOPE_BYTES + 4096,
+    );
+    let config: rumqttd::Config = toml::from_str(&toml_cfg).map_err(|e| BrokerError::Config(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "Embedded MQTT broker stopped");
+            }
+        })
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(BrokerError::NotReady(addr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!(%addr, "Embedded MQTT broker listening");
+    Ok(EmbeddedBroker { addr })
+}

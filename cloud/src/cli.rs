@@ -1,0 +1,301 @@
+//! The `rollcall-cloud` command line. Every command takes `--config FILE` and
+//! `--data-dir DIR`; `serve` also `--mqtt-listen`, `--mqtt-url` and `--http-listen`.
+
+use crate::config::CloudConfig;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use rollcall_shared::dsse::PublicKey;
+use rollcall_shared::{Clock, DeviceId, MemberId, SystemClock};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Rollcall cloud: ingest, registry and API.
+#[derive(Debug, Parser)]
+#[command(name = "rollcall-cloud", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); defaults apply when omitted.
+    #[arg(long, global = true, env = "ROLLCALL_CLOUD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (store and keys); overrides `data_dir`.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (unless external), ingest and HTTP until SIGINT/SIGTERM.
+    Serve {
+        /// Embedded broker listen address (port 0 picks one); overrides `broker.listen`.
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+        /// External broker URL; no embedded broker then. Overrides `broker.url`.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// HTTP listen address (port 0 picks one); overrides `http.listen`.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+    },
+    /// Members (subscribers).
+    #[command(subcommand)]
+    Members(MembersCmd),
+    /// Devices.
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Rejected and held messages.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
+    /// The cloud's signing key.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+/// `members …`.
+#[derive(Debug, Subcommand)]
+pub enum MembersCmd {
+    /// Add or update a member.
+    Add {
+        /// Member id.
+        #[arg(long)]
+        id: String,
+        /// Full name.
+        #[arg(long)]
+        name: String,
+        /// Phone number, any common format (national numbers use `registry.default_region`).
+        #[arg(long)]
+        phone: Option<String>,
+        /// E-mail address.
+        #[arg(long)]
+        email: Option<String>,
+        /// IANA time zone, e.g. Europe/Berlin.
+        #[arg(long)]
+        tz: Option<String>,
+        /// Plan name.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Subscription start, YYYY-MM-DD or RFC 3339.
+        #[arg(long)]
+        joined: Option<String>,
+    },
+    /// Import members from CSV with header `id,name,phone,email,tz,plan,joined`.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Show a member with devices and usage totals.
+    Show {
+        /// Member id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `devices …`.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// Register a device's public key for a member; held reports from it are ingested.
+    Add {
+        /// Device id.
+        #[arg(long)]
+        id: String,
+        /// Member id.
+        #[arg(long)]
+        member: String,
+        /// Standard base64 of the device's 32-byte Ed25519 public key (as `rollcall-agent init` prints).
+        #[arg(long)]
+        public_key: String,
+    },
+}
+
+/// `quarantine …`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCmd {
+    /// List quarantined messages, newest first.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only this reason code.
+        #[arg(long)]
+        reason: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// `keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Print the cloud's public key (creating the key on first use) as JSON.
+    Show,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = CloudConfig::load(cli.config.as_deref())?;
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve { mqtt_listen, mqtt_url, http_listen } => {
+            if let Some(a) = mqtt_listen {
+                cfg.broker.listen = a;
+            }
+            if let Some(u) = mqtt_url {
+                cfg.broker.url = u;
+            }
+            if let Some(a) = http_listen {
+                cfg.http.listen = a;
+            }
+            cfg.validate("<command line>")?;
+            serve(cfg, clock).await
+        }
+        Command::Members(cmd) => members(cfg, clock, cmd),
+        Command::Devices(DevicesCmd::Add { id, member, public_key }) => {
+            let device = DeviceId::parse(&id)?;
+            let member = MemberId::parse(&member)?;
+            let key = PublicKey::from_base64(&public_key).context("--public-key")?;
+            let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+            let registered = crate::registry::add_device(&conn, &device, &member, &key, clock.now())?;
+            let topics = rollcall_shared::topics::Topics::new(&cfg.topic_prefix);
+            let (released, outcome) = crate::ingest::release_held(&mut conn, &topics, &device, cfg.ingest.replay_window)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device_id": device.as_str(), "member_id": member.as_str(), "registered": registered,
+                    "held_released": released, "events_stored": outcome.events_stored,
+                })
+            );
+            Ok(())
+        }
+        Command::Quarantine(QuarantineCmd::List { json, reason, limit }) => {
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let rows = crate::ingest::list_quarantine(&conn, reason.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<6} {:<20} {:<9} {:<24} {:<26} {:>5}  detail", "id", "reason", "state", "device", "received", "seen");
+                for r in rows {
+                    println!(
+                        "{:<6} {:<20} {:<9} {:<24} {:<26} {:>5}  {}",
+                        r.id,
+                        r.reason,
+                        r.state,
+                        r.device_id.unwrap_or_default(),
+                        r.received_at,
+                        r.seen_count,
+                        r.detail
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Show) => {
+            let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
+            println!("{}", serde_json::json!({"public_key": key.public().to_base64(), "keyid": key.keyid()}));
+            Ok(())
+        }
+    }
+}
+
+fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::Result<()> {
+    let region = cfg.registry.default_region.clone();
+    match cmd {
+        MembersCmd::Add { id, name, phone, email, tz, plan, joined } => {
+            let m = crate::registry::NewMember::parse(
+                &id,
+                &name,
+                phone.as_deref(),
+                email.as_deref(),
+                tz.as_deref(),
+                plan.as_deref(),
+                joined.as_deref(),
+                &region,
+            )?;
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let created = crate::registry::upsert_member(&conn, &m, clock.now())?;
+            println!(
+                "{}",
+                serde_json::json!({"id": m.id.as_str(), "created": created, "phone": m.phone.as_ref().map(|p| p.as_str())})
+            );
+            Ok(())
+        }
+        MembersCmd::Import { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("Failed to read {}", file.display()))?;
+            let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+            let s = crate::registry::import_members(&mut conn, &bytes, &region, clock.now())?;
+            for r in &s.rejected {
+                eprintln!("{}:{}: {}", file.display(), r.line, r.error);
+            }
+            println!("{}", serde_json::to_string(&s)?);
+            if !s.rejected.is_empty() {
+                bail!("{} row(s) rejected; the others were imported", s.rejected.len());
+            }
+            Ok(())
+        }
+        MembersCmd::Show { id, json } => {
+            let id = MemberId::parse(&id)?;
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let Some(v) = crate::registry::show_member(&conn, &id)? else {
+                bail!("no member with id {:?}", id.as_str());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{} ({})", v.name, v.id);
+                println!("  phone {}  email {}  tz {}", v.phone.as_deref().unwrap_or("-"), v.email.as_deref().unwrap_or("-"), v.tz.as_deref().unwrap_or("-"));
+                for d in &v.devices {
+                    println!("  device {}  {}  last seen {}", d.id, d.presence.as_deref().unwrap_or("never connected"), d.last_seen_at.as_deref().unwrap_or("-"));
+                }
+                println!(
+                    "  usage: {} events from {} to {}",
+                    v.usage.events,
+                    v.usage.first_at.as_deref().unwrap_or("-"),
+                    v.usage.last_at.as_deref().unwrap_or("-")
+                );
+                for (k, q) in &v.usage.by_kind {
+                    println!("    {k}: {q}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: CloudConfig, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let cloud = crate::server::start(cfg.clone(), clock, shutdown.clone()).await?;
+    // One line of JSON on stdout for scripts and tests; logs go to stderr.
+    println!(
+        "{}",
+        serde_json::json!({
+            "mqtt_url": cloud.mqtt_url,
+            "http_url": format!("http://{}", cloud.http_addr),
+            "public_key": cloud.public_key.to_base64(),
+            "data_dir": cfg.data_dir,
+        })
+    );
+    wait_for_signal().await;
+    tracing::info!("Shutting down");
+    shutdown.cancel();
+    cloud.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,475 @@
+//! Ingest: turns MQTT messages from devices into stored events, exactly once.
+//!
+//! Each message goes through two steps:
+//! 1. [`check`] (pure, parallel): size limit, topic, DSSE envelope, signature by the key
+//!    registered for the device named in the topic, payload decoding and limits, and the
+//!    payload's device id matching the topic's. The topic is only a hint: trust comes from
+//!    the signature.
+//! 2. [`commit`] (the one writer, one SQLite transaction per batch): dedup against
+//!    `reports (device_id, report_seq)` and `events (device_id, seq)`, the replay window,
+//!    status ordering, quarantine. The caller sends the acks this returns only after
+//!    the transaction has committed.
+//!
+//! Reason codes (the `reason` of quarantine rows and the label of
+//! `rollcall_ingest_rejected_total`): `too_large`, `malformed`, `bad_signature`,
+//! `unknown_device`, `unsupported_version`, `replayed`, `device_mismatch`.
+//! Usage reports from unknown devices are *held* and ingested by [`release_held`]
+//! when the device is registered.
+
+use crate::registry::DeviceInfo;
+use chrono::{DateTime, Utc};
+use rollcall_shared::dsse::{Envelope, EnvelopeError, STATUS_PAYLOAD_TYPE, USAGE_PAYLOAD_TYPE};
+use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
+use rollcall_shared::payload::{Ack, AckStatus, DeviceStatus, PayloadError, UsageReport};
+use rollcall_shared::topics::{Channel, Topics};
+use rollcall_shared::{DeviceId, MemberId};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+/// A message as it arrived from the broker.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The MQTT topic.
+    pub topic: String,
+    /// The raw payload.
+    pub payload: Vec<u8>,
+    /// When the cloud received it (injected clock).
+    pub received_at: DateTime<Utc>,
+}
+
+/// Why a message was rejected: the quarantine reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Larger than the protocol allows.
+    TooLarge,
+    /// Not a valid envelope or payload, or an unknown topic.
+    Malformed,
+    /// No signature verifies under the device's registered key.
+    BadSignature,
+    /// The device is not registered (usage reports are held until it is).
+    UnknownDevice,
+    /// A protocol version this build does not speak.
+    UnsupportedVersion,
+    /// Reuses a stored sequence with different content, or is behind the replay window.
+    Replayed,
+    /// Validly signed by one device but claims to be from another.
+    DeviceMismatch,
+}
+
+impl Reason {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [Reason; 7] = [
+        Reason::TooLarge,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::UnknownDevice,
+        Reason::UnsupportedVersion,
+        Reason::Replayed,
+        Reason::DeviceMismatch,
+    ];
+    /// The reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownDevice => "unknown_device",
+            Reason::UnsupportedVersion => "unsupported_version",
+            Reason::Replayed => "replayed",
+            Reason::DeviceMismatch => "device_mismatch",
+        }
+    }
+    fn from_payload(e: &PayloadError) -> Reason {
+        match e {
+            PayloadError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
+            PayloadError::Malformed(_) => Reason::Malformed,
+            PayloadError::TooLarge(_) => Reason::TooLarge,
+        }
+    }
+}
+
+/// A message that will go to quarantine.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reason,
+    /// Details for staff.
+    pub detail: String,
+    /// The device named by the topic, when there was one.
+    pub device: Option<DeviceId>,
+    /// The message.
+    pub inbound: Inbound,
+    /// Held for later ingest (unknown device) rather than rejected for good.
+    pub held: bool,
+    /// The quarantine dedup key.
+    pub dedup_key: String,
+    /// When the message was validly signed, the report to ack as rejected so the device
+    /// stops re-sending it.
+    pub ack_report: Option<u64>,
+}
+
+/// A message after [`check`].
+#[derive(Debug, Clone)]
+pub enum Checked {
+    /// A verified usage report.
+    Usage {
+        /// The device (verified).
+        device: DeviceId,
+        /// Its member.
+        member: MemberId,
+        /// The report.
+        report: UsageReport,
+        /// Per-event content fingerprints.
+        fingerprints: Vec<i64>,
+        /// Digest of the report's events, to recognise a re-send.
+        digest: i64,
+        /// When it arrived.
+        received_at: DateTime<Utc>,
+    },
+    /// A verified status message.
+    Status {
+        /// The device.
+        device: DeviceId,
+        /// The status.
+        status: DeviceStatus,
+    },
+    /// Rejected or held.
+    Rejected(Box<Rejection>),
+}
+
+fn sha_key(payload: &[u8]) -> String {
+    hex::encode(Sha256::digest(payload))
+}
+
+/// Best-effort `report_seq` from an unverified or invalid payload (for dedup and acks).
+fn loose_report_seq(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("report_seq")?.as_u64()
+}
+
+/// Verifies and decodes one message. `lookup` finds a device's registration.
+pub fn check(topics: &Topics, msg: Inbound, lookup: &dyn Fn(&DeviceId) -> Option<DeviceInfo>) -> Checked {
+    let reject = |reason: Reason, detail: String, device: Option<DeviceId>, msg: Inbound, held: bool, dedup_key: String, ack_report: Option<u64>| {
+        Checked::Rejected(Box::new(Rejection { reason, detail, device, inbound: msg, held, dedup_key, ack_report }))
+    };
+    if msg.payload.len() > MAX_ENVELOPE_BYTES {
+        let key = sha_key(&msg.payload);
+        let detail = format!("{} bytes; the limit is {MAX_ENVELOPE_BYTES}", msg.payload.len());
+        let dev = topics.parse(&msg.topic).map(|(d, _)| d);
+        return reject(Reason::TooLarge, detail, dev, msg, false, key, None);
+    }
+    let Some((device, channel)) = topics.parse(&msg.topic) else {
+        let key = sha_key(&msg.payload);
+        return reject(Reason::Malformed, format!("unknown topic {:?}", msg.topic), None, msg, false, key, None);
+    };
+    let expected_type = match channel {
+        Channel::Usage => USAGE_PAYLOAD_TYPE,
+        Channel::Status => STATUS_PAYLOAD_TYPE,
+        Channel::Tx | Channel::Down => {
+            let key = sha_key(&msg.payload);
+            return reject(Reason::Malformed, format!("ingest does not take {:?} messages", msg.topic), Some(device), msg, false, key, None);
+        }
+    };
+    let env = match Envelope::from_json(&msg.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            let key = sha_key(&msg.payload);
+            return reject(Reason::Malformed, e.to_string(), Some(device), msg, false, key, None);
+        }
+    };
+    let Some(info) = lookup(&device) else {
+        return if channel == Channel::Usage {
+            let seq = env.payload_unverified().ok().and_then(|b| loose_report_seq(&b));
+            let key = match seq {
+                Some(s) => format!("held:{device}:{s}"),
+                None => format!("held:{device}:{}", sha_key(&msg.payload)),
+            };
+            reject(Reason::UnknownDevice, format!("device {device} is not registered; held until it is"), Some(device), msg, true, key, None)
+        } else {
+            let key = format!("status:{device}");
+            reject(Reason::UnknownDevice, format!("status from unregistered device {device}"), Some(device), msg, false, key, None)
+        };
+    };
+    let body = match env.verify(expected_type, &info.key) {
+        Ok(b) => b,
+        Err(EnvelopeError::BadSignature) => {
+            let key = sha_key(&msg.payload);
+            return reject(Reason::BadSignature, format!("no signature verifies under {device}'s registered key"), Some(device), msg, false, key, None);
+        }
+        Err(e) => {
+            let key = sha_key(&msg.payload);
+            return reject(Reason::Malformed, e.to_string(), Some(device), msg, false, key, None);
+        }
+    };
+    match channel {
+        Channel::Usage => match UsageReport::decode(&body) {
+            Ok(report) if report.device_id != device => {
+                let key = sha_key(&msg.payload);
+                let detail = format!("signed by {device} but claims to be from {}", report.device_id);
+                reject(Reason::DeviceMismatch, detail, Some(device), msg, false, key, None)
+            }
+            Ok(report) => {
+                let fingerprints: Vec<i64> = report.events.iter().map(|e| e.fingerprint()).collect();
+                let mut h = Sha256::new();
+                for f in &fingerprints {
+                    h.update(f.to_be_bytes());
+                }
+                let digest = i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"));
+                Checked::Usage { device, member: info.member_id, report, fingerprints, digest, received_at: msg.received_at }
+            }
+            Err(e) => {
+                let key = sha_key(&msg.payload);
+                let ack = loose_report_seq(&body);
+                reject(Reason::from_payload(&e), e.to_string(), Some(device), msg, false, key, ack)
+            }
+        },
+        _ => match DeviceStatus::decode(&body) {
+            Ok(status) if status.device_id != device => {
+                let key = sha_key(&msg.payload);
+                let detail = format!("signed by {device} but claims to be from {}", status.device_id);
+                reject(Reason::DeviceMismatch, detail, Some(device), msg, false, key, None)
+            }
+            Ok(status) => Checked::Status { device, status },
+            Err(e) => {
+                let key = sha_key(&msg.payload);
+                reject(Reason::from_payload(&e), e.to_string(), Some(device), msg, false, key, None)
+            }
+        },
+    }
+}
+
+/// What one committed batch did; the caller sends `acks` and updates metrics.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Acks to publish, per device.
+    pub acks: Vec<(DeviceId, Ack)>,
+    /// Reports stored now.
+    pub reports_stored: u64,
+    /// Reports that had been stored before (re-sends).
+    pub reports_duplicate: u64,
+    /// Events stored now.
+    pub events_stored: u64,
+    /// Status messages applied.
+    pub statuses: u64,
+    /// Rejections, by reason.
+    pub rejected: Vec<Reason>,
+}
+
+/// Commits a batch of checked messages in one transaction.
+pub fn commit(conn: &mut Connection, items: &[Checked], replay_window: u64) -> rusqlite::Result<BatchOutcome> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out = BatchOutcome::default();
+    for item in items {
+        apply(&tx, item, replay_window, &mut out)?;
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOutcome) -> rusqlite::Result<()> {
+    match item {
+        Checked::Usage { device, member, report, fingerprints, digest, received_at } => {
+            let seq = report.report_seq;
+            let received_at = *received_at;
+            let stored: Option<i64> = tx
+                .prepare_cached("SELECT digest FROM reports WHERE device_id = ?1 AND report_seq = ?2")?
+                .query_row(params![device.as_str(), seq as i64], |r| r.get(0))
+                .optional()?;
+            let replayed = |detail: String, out: &mut BatchOutcome| -> rusqlite::Result<()> {
+                let payload = report.encode();
+                let rej = Rejection {
+                    reason: Reason::Replayed,
+                    detail,
+                    device: Some(device.clone()),
+                    dedup_key: sha_key(&payload),
+                    inbound: Inbound { topic: format!("(verified report {seq})"), payload, received_at },
+                    held: false,
+                    ack_report: Some(seq),
+                };
+                quarantine(tx, &rej, out)
+            };
+            match stored {
+                Some(d) if d == *digest => {
+                    out.reports_duplicate += 1;
+                    out.acks.push((device.clone(), Ack { report_seq: seq, status: AckStatus::Duplicate, stored: 0, reason: None }));
+                    return Ok(());
+                }
+                Some(_) => return replayed(format!("report {seq} was stored before with different content"), out),
+                None => {}
+            }
+            let max: i64 = tx
+                .prepare_cached("SELECT max_report_seq FROM devices WHERE id = ?1")?
+                .query_row([device.as_str()], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if (seq as i64).saturating_add(replay_window as i64) <= max {
+                return replayed(format!("report {seq} is behind the replay window (newest {max}, window {replay_window})"), out);
+            }
+            tx.execute_batch("SAVEPOINT report")?;
+            let mut new_events = 0u32;
+            let received_ms = received_at.timestamp_millis();
+            for (e, fp) in report.events.iter().zip(fingerprints.iter()) {
+                let attrs = if e.attrs.is_empty() { None } else { Some(serde_json::to_string(&e.attrs).expect("attrs serialise")) };
+                let n = tx
+                    .prepare_cached(
+                        "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(device_id, seq) DO NOTHING",
+                    )?
+                    .execute(params![
+                        device.as_str(),
+                        e.seq.get() as i64,
+                        member.as_str(),
+                        e.kind.as_str(),
+                        e.qty,
+                        e.occurred_at.timestamp_millis(),
+                        received_ms,
+                        attrs,
+                        e.clock_suspect,
+                        fp,
+                    ])?;
+                if n == 1 {
+                    new_events += 1;
+                    continue;
+                }
+                let old: i64 = tx
+                    .prepare_cached("SELECT fingerprint FROM events WHERE device_id = ?1 AND seq = ?2")?
+                    .query_row(params![device.as_str(), e.seq.get() as i64], |r| r.get(0))?;
+                if old != *fp {
+                    tx.execute_batch("ROLLBACK TO report; RELEASE report")?;
+                    return replayed(format!("event seq {} was stored before with different content", e.seq), out);
+                }
+            }
+            tx.prepare_cached("INSERT INTO reports (device_id, report_seq, digest, received_ms, events) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![device.as_str(), seq as i64, *digest, received_ms, report.events.len() as i64])?;
+            tx.prepare_cached("UPDATE devices SET max_report_seq = MAX(max_report_seq, ?2), last_seen_ms = ?3 WHERE id = ?1")?
+                .execute(params![device.as_str(), seq as i64, received_ms])?;
+            tx.execute_batch("RELEASE report")?;
+            out.reports_stored += 1;
+            out.events_stored += new_events as u64;
+            out.acks.push((device.clone(), Ack { report_seq: seq, status: AckStatus::Stored, stored: new_events, reason: None }));
+        }
+        Checked::Status { device, status } => {
+            let presence = serde_json::to_value(status.state).expect("serialises");
+            let health = status.health.as_ref().map(|h| serde_json::to_string(h).expect("serialises"));
+            // Keep the newest: (session, n) orders status messages; a Last Will has n = u64::MAX.
+            tx.prepare_cached(
+                "UPDATE devices SET presence = ?2, presence_ms = ?3, status_session = ?4, status_n = ?5,
+                     health = COALESCE(?6, health)
+                 WHERE id = ?1 AND (status_session IS NULL OR status_session < ?4 OR (status_session = ?4 AND status_n < ?5))",
+            )?
+            .execute(params![
+                device.as_str(),
+                presence.as_str(),
+                status.at.timestamp_millis(),
+                status.session as i64,
+                // SQLite integers are signed: store u64::MAX as i64::MAX, keeping the order.
+                status.n.min(i64::MAX as u64) as i64,
+                health,
+            ])?;
+            out.statuses += 1;
+        }
+        Checked::Rejected(rej) => quarantine(tx, rej, out)?,
+    }
+    Ok(())
+}
+
+fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusqlite::Result<()> {
+    let now = rej.inbound.received_at.timestamp_millis();
+    tx.prepare_cached(
+        "INSERT INTO quarantine (dedup_key, received_ms, last_seen_ms, topic, device_id, reason, detail, payload, state)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(dedup_key) DO UPDATE SET seen_count = seen_count + 1, last_seen_ms = excluded.last_seen_ms,
+             payload = CASE WHEN quarantine.state = 'held' THEN excluded.payload ELSE quarantine.payload END",
+    )?
+    .execute(params![
+        rej.dedup_key,
+        now,
+        rej.inbound.topic,
+        rej.device.as_ref().map(|d| d.as_str()),
+        rej.reason.code(),
+        rej.detail,
+        rej.inbound.payload,
+        if rej.held { "held" } else { "rejected" },
+    ])?;
+    out.rejected.push(rej.reason);
+    if let (Some(seq), Some(dev)) = (rej.ack_report, rej.device.clone()) {
+        out.acks.push((dev, Ack { report_seq: seq, status: AckStatus::Rejected, stored: 0, reason: Some(rej.reason.code().into()) }));
+    }
+    Ok(())
+}
+
+/// Ingests the reports held for `device` (now registered) and marks them released.
+/// Returns how many held messages were processed. Their acks are not sent from here:
+/// the agent re-sends, and the re-send is acked as a duplicate.
+pub fn release_held(conn: &mut Connection, topics: &Topics, device: &DeviceId, replay_window: u64) -> Result<(u64, BatchOutcome), rusqlite::Error> {
+    let held: Vec<(i64, String, Vec<u8>, i64)> = conn
+        .prepare("SELECT id, topic, payload, received_ms FROM quarantine WHERE state = 'held' AND device_id = ?1 ORDER BY id")?
+        .query_map([device.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    if held.is_empty() {
+        return Ok((0, BatchOutcome::default()));
+    }
+    let info = crate::registry::device_info(conn, device).ok().flatten();
+    let lookup = |d: &DeviceId| if d == device { info.clone() } else { None };
+    let mut checked = Vec::with_capacity(held.len());
+    for (_, topic, payload, received_ms) in &held {
+        let received_at = DateTime::from_timestamp_millis(*received_ms).unwrap_or_default();
+        let c = check(topics, Inbound { topic: topic.clone(), payload: payload.clone(), received_at }, &lookup);
+        checked.push(c);
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out = BatchOutcome::default();
+    for ((id, ..), c) in held.iter().zip(checked) {
+        tx.execute("UPDATE quarantine SET state = 'released' WHERE id = ?1", [id])?;
+        apply(&tx, &c, replay_window, &mut out)?;
+    }
+    tx.commit()?;
+    Ok((held.len() as u64, out))
+}
+
+/// One quarantine row, as `quarantine list` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineRow {
+    /// Row id.
+    pub id: i64,
+    /// Reason code.
+    pub reason: String,
+    /// `held`, `rejected` or `released`.
+    pub state: String,
+    /// The device named by the topic, when known.
+    pub device_id: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// Details.
+    pub detail: String,
+    /// First received.
+    pub received_at: String,
+    /// Last received (re-sends of the same message update it).
+    pub last_seen_at: String,
+    /// How often the same message arrived.
+    pub seen_count: i64,
+    /// Payload size in bytes.
+    pub payload_bytes: i64,
+}
+
+/// Lists quarantine rows, newest first, optionally filtered by reason.
+pub fn list_quarantine(conn: &Connection, reason: Option<&str>, limit: u32) -> rusqlite::Result<Vec<QuarantineRow>> {
+    let mut st = conn.prepare(
+        "SELECT id, reason, state, device_id, topic, detail, received_ms, last_seen_ms, seen_count, length(payload)
+         FROM quarantine WHERE (?1 IS NULL OR reason = ?1) ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![reason, limit], |r| {
+        Ok(QuarantineRow {
+            id: r.get(0)?,
+            reason: r.get(1)?,
+            state: r.get(2)?,
+            device_id: r.get(3)?,
+            topic: r.get(4)?,
+            detail: r.get(5)?,
+            received_at: crate::registry::ms_to_rfc3339(r.get(6)?),
+            last_seen_at: crate::registry::ms_to_rfc3339(r.get(7)?),
+            seen_count: r.get(8)?,
+            payload_bytes: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}

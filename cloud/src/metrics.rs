@@ -1,0 +1,114 @@
+//! Prometheus metrics, all defined here. Counters end in `_total`; labels are low-cardinality.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label for rejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The quarantine reason code.
+    pub reason: String,
+}
+
+/// Label for stored report outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `stored` or `duplicate`.
+    pub result: String,
+}
+
+/// The cloud's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// `rollcall_ingest_reports_total{result}`: usage reports committed (stored) or re-acked (duplicate).
+    pub reports: Family<ResultLabel, Counter>,
+    /// `rollcall_ingest_events_total`: events newly stored.
+    pub events: Counter,
+    /// `rollcall_ingest_rejected_total{reason}`: messages sent to quarantine.
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// `rollcall_ingest_status_total`: status messages applied.
+    pub statuses: Counter,
+    /// `rollcall_ingest_acks_total`: acks published after commit.
+    pub acks: Counter,
+    /// `rollcall_ingest_batch_seconds`: time to check and commit one batch.
+    pub batch_seconds: Histogram,
+    /// `rollcall_ingest_mqtt_connected`: 1 while the ingest client is connected.
+    pub mqtt_connected: Gauge,
+    /// `rollcall_ingest_held_released_total`: held reports ingested after their device was registered.
+    pub released: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rollcall");
+        let m = Metrics {
+            reports: Family::default(),
+            events: Counter::default(),
+            rejected: Family::default(),
+            statuses: Counter::default(),
+            acks: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            mqtt_connected: Gauge::default(),
+            released: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("ingest_reports", "Usage reports committed or re-acked", m.reports.clone());
+        registry.register("ingest_events", "Usage events newly stored", m.events.clone());
+        registry.register("ingest_rejected", "Messages sent to quarantine, by reason", m.rejected.clone());
+        registry.register("ingest_status", "Device status messages applied", m.statuses.clone());
+        registry.register("ingest_acks", "Acks published after commit", m.acks.clone());
+        registry.register("ingest_batch_seconds", "Time to check and commit one batch", m.batch_seconds.clone());
+        registry.register("ingest_mqtt_connected", "1 while the ingest MQTT client is connected", m.mqtt_connected.clone());
+        registry.register("ingest_held_released", "Held reports ingested after registration", m.released.clone());
+        for r in crate::ingest::Reason::ALL {
+            let _ = m.rejected.get_or_create(&ReasonLabel { reason: r.code().into() });
+        }
+        for r in ["stored", "duplicate"] {
+            let _ = m.reports.get_or_create(&ResultLabel { result: r.into() });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+
+    /// Records what a committed batch did.
+    pub fn record(&self, out: &crate::ingest::BatchOutcome) {
+        self.reports.get_or_create(&ResultLabel { result: "stored".into() }).inc_by(out.reports_stored);
+        self.reports.get_or_create(&ResultLabel { result: "duplicate".into() }).inc_by(out.reports_duplicate);
+        self.events.inc_by(out.events_stored);
+        self.statuses.inc_by(out.statuses);
+        for r in &out.rejected {
+            self.rejected.get_or_create(&ReasonLabel { reason: r.code().into() }).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_counters_are_exposed_with_their_reason() {
+        let m = Metrics::new();
+        m.record(&crate::ingest::BatchOutcome { rejected: vec![crate::ingest::Reason::BadSignature], ..Default::default() });
+        let text = m.encode();
+        assert!(text.contains("rollcall_ingest_rejected_total{reason=\"bad_signature\"} 1"), "{text}");
+        assert!(text.contains("rollcall_ingest_rejected_total{reason=\"replayed\"} 0"));
+    }
+}

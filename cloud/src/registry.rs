@@ -1,0 +1,422 @@
+//! The member and device registry: who the subscribers are and which device keys
+//! speak for them. Used by the CLI (`members …`, `devices …`) and the API.
+
+use crate::domain::{parse_date_or_time, parse_name, DomainError, Email, PhoneNumber, TimeZone};
+use crate::store::StoreError;
+use chrono::{DateTime, TimeZone as _, Utc};
+use rollcall_shared::dsse::{KeyError, PublicKey};
+use rollcall_shared::{DeviceId, IdError, MemberId};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Why a registry change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A value did not parse.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// An id did not parse.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// A public key did not parse.
+    #[error("public key: {0}")]
+    Key(#[from] KeyError),
+    /// The member does not exist.
+    #[error("no member with id {0:?}")]
+    NoSuchMember(String),
+    /// The device is registered with another key or member.
+    #[error("device {0:?} is already registered with a different key or member; devices keep their key for life")]
+    DeviceConflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for RegistryError {
+    fn from(e: rusqlite::Error) -> Self {
+        RegistryError::Store(StoreError::Sqlite(e))
+    }
+}
+
+/// A member as entered: every field already parsed.
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    /// Identifier.
+    pub id: MemberId,
+    /// Display name.
+    pub name: String,
+    /// Phone in E.164.
+    pub phone: Option<PhoneNumber>,
+    /// E-mail.
+    pub email: Option<Email>,
+    /// IANA time zone.
+    pub tz: Option<TimeZone>,
+    /// Plan name.
+    pub plan: Option<String>,
+    /// When the subscription began.
+    pub joined: Option<DateTime<Utc>>,
+}
+
+impl NewMember {
+    /// Parses raw strings (from flags or a CSV row); empty optional fields mean "none".
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        id: &str,
+        name: &str,
+        phone: Option<&str>,
+        email: Option<&str>,
+        tz: Option<&str>,
+        plan: Option<&str>,
+        joined: Option<&str>,
+        default_region: &str,
+    ) -> Result<Self, RegistryError> {
+        let nonempty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        Ok(Self {
+            id: MemberId::parse(id.trim())?,
+            name: parse_name(name)?,
+            phone: nonempty(phone).map(|p| PhoneNumber::parse(&p, default_region)).transpose()?,
+            email: nonempty(email).map(|e| Email::parse(&e)).transpose()?,
+            tz: nonempty(tz).map(|t| TimeZone::parse(&t)).transpose()?,
+            plan: nonempty(plan),
+            joined: nonempty(joined).map(|j| parse_date_or_time(&j)).transpose()?,
+        })
+    }
+}
+
+/// Inserts or updates a member (idempotent by id). Returns true when the member is new.
+pub fn upsert_member(conn: &Connection, m: &NewMember, now: DateTime<Utc>) -> Result<bool, RegistryError> {
+    let existed: bool = conn.query_row("SELECT 1 FROM members WHERE id = ?1", [m.id.as_str()], |_| Ok(())).optional()?.is_some();
+    conn.execute(
+        "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
+             tz = excluded.tz, plan = excluded.plan, joined_ms = COALESCE(excluded.joined_ms, members.joined_ms)",
+        params![
+            m.id.as_str(),
+            m.name,
+            m.phone.as_ref().map(|p| p.as_str()),
+            m.email.as_ref().map(|e| e.as_str()),
+            m.tz.map(|t| t.name()),
+            m.plan,
+            m.joined.map(|j| j.timestamp_millis()),
+            now.timestamp_millis(),
+        ],
+    )?;
+    Ok(!existed)
+}
+
+/// One rejected CSV row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowError {
+    /// 1-based line number in the file (the header is line 1).
+    pub line: u64,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportSummary {
+    /// Members created.
+    pub created: u64,
+    /// Members updated (same id imported again).
+    pub updated: u64,
+    /// Rows refused, with line numbers.
+    pub rejected: Vec<RowError>,
+}
+
+/// Imports members from CSV with the header `id,name,phone,email,tz,plan,joined`.
+/// Valid rows are committed in one transaction; invalid rows are reported by line.
+pub fn import_members(
+    conn: &mut Connection,
+    csv_text: &[u8],
+    default_region: &str,
+    now: DateTime<Utc>,
+) -> Result<ImportSummary, RegistryError> {
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(csv_text);
+    let mut summary = ImportSummary::default();
+    let headers = match rdr.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            summary.rejected.push(RowError { line: 1, error: format!("cannot read the header: {e}") });
+            return Ok(summary);
+        }
+    };
+    let expected = ["id", "name", "phone", "email", "tz", "plan", "joined"];
+    if headers.iter().collect::<Vec<_>>() != expected {
+        summary.rejected.push(RowError {
+            line: 1,
+            error: format!("header must be {:?}, found {:?}", expected.join(","), headers.iter().collect::<Vec<_>>().join(",")),
+        });
+        return Ok(summary);
+    }
+    let tx = conn.transaction()?;
+    for rec in rdr.records() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                summary.rejected.push(RowError { line, error: e.to_string() });
+                continue;
+            }
+        };
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let f = |i: usize| rec.get(i);
+        match NewMember::parse(
+            f(0).unwrap_or(""),
+            f(1).unwrap_or(""),
+            f(2),
+            f(3),
+            f(4),
+            f(5),
+            f(6),
+            default_region,
+        ) {
+            Ok(m) => {
+                if upsert_member(&tx, &m, now)? {
+                    summary.created += 1;
+                } else {
+                    summary.updated += 1;
+                }
+            }
+            Err(e) => summary.rejected.push(RowError { line, error: e.to_string() }),
+        }
+    }
+    tx.commit()?;
+    Ok(summary)
+}
+
+/// Registers a device key for a member. Registering the same device with the same key and
+/// member again is a no-op (returns false); a different key or member is refused.
+pub fn add_device(
+    conn: &Connection,
+    device: &DeviceId,
+    member: &MemberId,
+    key: &PublicKey,
+    now: DateTime<Utc>,
+) -> Result<bool, RegistryError> {
+    let exists: bool =
+        conn.query_row("SELECT 1 FROM members WHERE id = ?1", [member.as_str()], |_| Ok(())).optional()?.is_some();
+    if !exists {
+        return Err(RegistryError::NoSuchMember(member.to_string()));
+    }
+    let current: Option<(String, Vec<u8>)> = conn
+        .query_row("SELECT member_id, public_key FROM devices WHERE id = ?1", [device.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    match current {
+        Some((m, k)) if m == member.as_str() && k == key.as_bytes() => Ok(false),
+        Some(_) => Err(RegistryError::DeviceConflict(device.to_string())),
+        None => {
+            conn.execute(
+                "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![device.as_str(), member.as_str(), key.as_bytes().as_slice(), now.timestamp_millis()],
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// A registered device as the ingest sees it.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// The member it belongs to.
+    pub member_id: MemberId,
+    /// Its public key.
+    pub key: PublicKey,
+}
+
+/// Looks a device up by id.
+pub fn device_info(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceInfo>, RegistryError> {
+    let row: Option<(String, Vec<u8>)> = conn
+        .query_row("SELECT member_id, public_key FROM devices WHERE id = ?1", [device.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    row.map(|(m, k)| Ok(DeviceInfo { member_id: MemberId::parse(&m)?, key: PublicKey::from_bytes(&k)? })).transpose()
+}
+
+/// Milliseconds to RFC 3339.
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339()).unwrap_or_default()
+}
+
+/// A device in a member view.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// Device id.
+    pub id: String,
+    /// Public key (base64).
+    pub public_key: String,
+    /// When registered.
+    pub registered_at: String,
+    /// `online`, `offline`, or null if it never reported a status.
+    pub presence: Option<String>,
+    /// When the presence last changed (device time).
+    pub presence_at: Option<String>,
+    /// When the cloud last stored a report from it.
+    pub last_seen_at: Option<String>,
+    /// The agent's last reported health.
+    pub health: Option<serde_json::Value>,
+}
+
+/// Usage totals in a member view.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageView {
+    /// Distinct events stored.
+    pub events: u64,
+    /// First event time.
+    pub first_at: Option<String>,
+    /// Last event time.
+    pub last_at: Option<String>,
+    /// Kind → total quantity.
+    pub by_kind: BTreeMap<String, u64>,
+    /// Events recorded while the device's clock was not trustworthy.
+    pub clock_suspect_events: u64,
+}
+
+/// Everything `members show` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// Member id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Phone (E.164).
+    pub phone: Option<String>,
+    /// E-mail.
+    pub email: Option<String>,
+    /// IANA time zone.
+    pub tz: Option<String>,
+    /// Plan.
+    pub plan: Option<String>,
+    /// Subscription start.
+    pub joined: Option<String>,
+    /// Devices.
+    pub devices: Vec<DeviceView>,
+    /// Usage totals.
+    pub usage: UsageView,
+}
+
+/// Reads a member with devices and usage totals.
+pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView>, RegistryError> {
+    let Some(mut view) = conn
+        .query_row("SELECT id, name, phone, email, tz, plan, joined_ms FROM members WHERE id = ?1", [id.as_str()], |r| {
+            Ok(MemberView {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                phone: r.get(2)?,
+                email: r.get(3)?,
+                tz: r.get(4)?,
+                plan: r.get(5)?,
+                joined: r.get::<_, Option<i64>>(6)?.map(ms_to_rfc3339),
+                devices: vec![],
+                usage: UsageView { events: 0, first_at: None, last_at: None, by_kind: BTreeMap::new(), clock_suspect_events: 0 },
+            })
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut st = conn.prepare(
+        "SELECT id, public_key, registered_ms, presence, presence_ms, last_seen_ms, health FROM devices WHERE member_id = ?1 ORDER BY id",
+    )?;
+    view.devices = st
+        .query_map([id.as_str()], |r| {
+            let key: Vec<u8> = r.get(1)?;
+            Ok(DeviceView {
+                id: r.get(0)?,
+                public_key: PublicKey::from_bytes(&key).map(|k| k.to_base64()).unwrap_or_default(),
+                registered_at: ms_to_rfc3339(r.get(2)?),
+                presence: r.get(3)?,
+                presence_at: r.get::<_, Option<i64>>(4)?.map(ms_to_rfc3339),
+                last_seen_at: r.get::<_, Option<i64>>(5)?.map(ms_to_rfc3339),
+                health: r.get::<_, Option<String>>(6)?.and_then(|h| serde_json::from_str(&h).ok()),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let (events, first, last, suspect): (i64, Option<i64>, Option<i64>, i64) = conn.query_row(
+        "SELECT COUNT(*), MIN(occurred_ms), MAX(occurred_ms), COALESCE(SUM(clock_suspect), 0) FROM events WHERE member_id = ?1",
+        [id.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    view.usage.events = events as u64;
+    view.usage.first_at = first.map(ms_to_rfc3339);
+    view.usage.last_at = last.map(ms_to_rfc3339);
+    view.usage.clock_suspect_events = suspect as u64;
+    let mut st = conn.prepare("SELECT kind, SUM(qty) FROM events WHERE member_id = ?1 GROUP BY kind ORDER BY kind")?;
+    for row in st.query_map([id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (k, q) = row?;
+        view.usage.by_kind.insert(k, q as u64);
+    }
+    Ok(Some(view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_shared::dsse::KeyPair;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()
+    }
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::open_writer(dir.path()).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn members_are_stored_with_e164_phones_and_updated_by_id() {
+        let (_d, c) = store();
+        let m = NewMember::parse("m1", "Maria Rossi", Some("(212) 555-0142"), Some("maria@example.com"), Some("America/New_York"), Some("pods"), Some("2026-01-03"), "US").unwrap();
+        assert!(upsert_member(&c, &m, now()).unwrap());
+        assert!(!upsert_member(&c, &m, now()).unwrap());
+        let v = show_member(&c, &m.id).unwrap().unwrap();
+        assert_eq!(v.phone.as_deref(), Some("+12125550142"));
+        assert_eq!(v.joined.as_deref(), Some("2026-01-03T00:00:00+00:00"));
+        assert_eq!(v.usage.events, 0);
+    }
+
+    #[test]
+    fn bad_member_fields_say_what_is_wrong() {
+        let e = NewMember::parse("m1", "X", Some("12"), None, None, None, None, "US").unwrap_err().to_string();
+        assert!(e.contains("phone"), "{e}");
+        let e = NewMember::parse("m 1", "X", None, None, None, None, None, "US").unwrap_err().to_string();
+        assert!(e.contains("member id"), "{e}");
+        assert!(NewMember::parse("m1", "X", None, None, Some("Nowhere/City"), None, None, "US").is_err());
+    }
+
+    #[test]
+    fn csv_import_reports_bad_rows_by_line_and_is_idempotent() {
+        let (_d, mut c) = store();
+        let csv = b"id,name,phone,email,tz,plan,joined\nm1,Ann,+1 212 555 0101,ann@example.com,Europe/Berlin,basic,2026-01-01\nm2,Bob,12,,,,\nm3,Cy,,,,,\n";
+        let s = import_members(&mut c, csv, "US", now()).unwrap();
+        assert_eq!((s.created, s.updated), (2, 0));
+        assert_eq!(s.rejected.len(), 1);
+        assert_eq!(s.rejected[0].line, 3);
+        let s = import_members(&mut c, csv, "US", now()).unwrap();
+        assert_eq!((s.created, s.updated), (0, 2));
+        let s = import_members(&mut c, b"id,name\nm1,x\n", "US", now()).unwrap();
+        assert_eq!(s.rejected[0].line, 1);
+    }
+
+    #[test]
+    fn devices_keep_their_key_for_life() {
+        let (_d, c) = store();
+        let m = NewMember::parse("m1", "Ann", None, None, None, None, None, "US").unwrap();
+        upsert_member(&c, &m, now()).unwrap();
+        let d = DeviceId::parse("d1").unwrap();
+        let k = KeyPair::generate().public();
+        assert!(add_device(&c, &d, &m.id, &k, now()).unwrap());
+        assert!(!add_device(&c, &d, &m.id, &k, now()).unwrap());
+        let other = KeyPair::generate().public();
+        assert!(matches!(add_device(&c, &d, &m.id, &other, now()), Err(RegistryError::DeviceConflict(_))));
+        let nobody = MemberId::parse("nobody").unwrap();
+        assert!(matches!(add_device(&c, &DeviceId::parse("d2").unwrap(), &nobody, &k, now()), Err(RegistryError::NoSuchMember(_))));
+        assert_eq!(device_info(&c, &d).unwrap().unwrap().key, k);
+    }
+}

@@ -1,0 +1,182 @@
+//! The SQLite store: opening connections, pragmas and the numbered migrations.
+//!
+//! One writer per database (the ingest writer thread in `serve`; a CLI command that
+//! changes the registry is a short second writer and waits on `busy_timeout`), readers on
+//! their own connections. WAL mode; `synchronous = FULL` so a commit that the cloud acks is
+//! on disk. Times are stored as Unix milliseconds (`*_ms`).
+//!
+//! Dedup keys, enforced by the tables below:
+//! - `events (device_id, seq)`: one row per device event, whatever the number of re-sends.
+//! - `reports (device_id, report_seq)`: one row per report, with a digest of its events,
+//!   so a re-sent report is recognised and acked again without change.
+//! - `quarantine (dedup_key)`: one row per rejected message (a held report from an unknown
+//!   device is keyed by device and report number, others by the payload's SHA-256).
+
+use rusqlite::Connection;
+use std::path::Path;
+use std::time::Duration;
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer Rollcall.
+    #[error("the store is at schema version {found}, newer than this build's {supported}; upgrade rollcall-cloud")]
+    TooNew {
+        /// Version on disk.
+        found: i64,
+        /// Newest this build knows.
+        supported: i64,
+    },
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: registry, events, reports, quarantine.
+    r#"
+    CREATE TABLE members (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        phone TEXT,
+        email TEXT,
+        tz TEXT,
+        plan TEXT,
+        joined_ms INTEGER,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX members_phone ON members(phone);
+    CREATE INDEX members_email ON members(email);
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        member_id TEXT NOT NULL REFERENCES members(id),
+        public_key BLOB NOT NULL,
+        registered_ms INTEGER NOT NULL,
+        max_report_seq INTEGER NOT NULL DEFAULT 0,
+        last_seen_ms INTEGER,
+        presence TEXT,
+        presence_ms INTEGER,
+        status_session INTEGER,
+        status_n INTEGER,
+        health TEXT
+    );
+    CREATE INDEX devices_member ON devices(member_id);
+    CREATE TABLE events (
+        device_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        member_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        qty INTEGER NOT NULL,
+        occurred_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        attrs TEXT,
+        clock_suspect INTEGER NOT NULL DEFAULT 0,
+        fingerprint INTEGER NOT NULL,
+        PRIMARY KEY (device_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX events_member_time ON events(member_id, occurred_ms);
+    CREATE TABLE reports (
+        device_id TEXT NOT NULL,
+        report_seq INTEGER NOT NULL,
+        digest INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        PRIMARY KEY (device_id, report_seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        received_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        seen_count INTEGER NOT NULL DEFAULT 1,
+        topic TEXT NOT NULL,
+        device_id TEXT,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('held', 'rejected', 'released'))
+    );
+    CREATE INDEX quarantine_held ON quarantine(device_id) WHERE state = 'held';
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(())
+}
+
+/// Opens the store under `data_dir` for writing, creating it and running migrations.
+pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
+    let mut conn = Connection::open(data_dir.join("rollcall.db"))?;
+    configure(&conn)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a read connection (the store must exist: open a writer first).
+pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        data_dir.join("rollcall.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew { found: current, supported: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_reopen_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(dir.path()).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        drop(c);
+        let c = open_writer(dir.path()).unwrap();
+        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        open_reader(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(dir.path()).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(c);
+        assert!(matches!(open_writer(dir.path()), Err(StoreError::TooNew { .. })));
+    }
+}

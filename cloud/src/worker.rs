@@ -1,0 +1,273 @@
+//! The ingest worker: an MQTT subscriber feeding a writer thread, and an MQTT
+//! publisher for acks. The same client code serves the embedded and external brokers.
+//!
+//! ```text
+//! broker ──► subscriber task ──(bounded queue)──► writer thread: check (parallel) → commit → acks ──► publisher task ──► broker
+//! ```
+//! The queue is bounded: when the writer falls behind, the subscriber stops reading and
+//! the broker buffers. Acks go out on their own connection, so a full queue can never
+//! block them (and with them the commit that would drain the queue).
+
+use crate::config::CloudConfig;
+use crate::ingest::{self, Checked, Inbound};
+use crate::metrics::Metrics;
+use crate::mqtt::{client_options, BrokerUrl};
+use crate::registry::DeviceInfo;
+use rollcall_shared::dsse::{KeyPair, DOWNLINK_PAYLOAD_TYPE};
+use rollcall_shared::payload::{DownBody, Downlink};
+use rollcall_shared::topics::{Channel, Topics};
+use rollcall_shared::{Clock, DeviceId, PROTOCOL_VERSION};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Registered devices, cached: a device keeps its key for life, so hits never go stale.
+/// Misses are not cached, so a device registered by the CLI is seen at once.
+pub struct DeviceCache {
+    map: RwLock<HashMap<DeviceId, DeviceInfo>>,
+    reader: Mutex<rusqlite::Connection>,
+}
+
+impl DeviceCache {
+    /// A cache reading from `reader`.
+    pub fn new(reader: rusqlite::Connection) -> Self {
+        Self { map: RwLock::new(HashMap::new()), reader: Mutex::new(reader) }
+    }
+    /// The device's registration, if any.
+    pub fn get(&self, d: &DeviceId) -> Option<DeviceInfo> {
+        if let Some(i) = self.map.read().expect("cache lock").get(d) {
+            return Some(i.clone());
+        }
+        let info = {
+            let conn = self.reader.lock().expect("reader lock");
+            match crate::registry::device_info(&conn, d) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(device_id = %d, error = %e, "Device lookup failed");
+                    None
+                }
+            }
+        }?;
+        self.map.write().expect("cache lock").insert(d.clone(), info.clone());
+        Some(info)
+    }
+}
+
+/// Shared state of the running ingest, visible to the HTTP side.
+pub struct IngestHandle {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Settings for [`start`].
+pub struct WorkerSettings {
+    /// Broker to connect to.
+    pub url: BrokerUrl,
+    /// Username.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// CA file for TLS.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Shared-subscription group, if any.
+    pub shared_group: String,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let cap = 200u64.saturating_mul(1 << attempt.min(8)).min(10_000);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
+
+/// Starts the subscriber, writer and publisher. Returns a future that completes when
+/// all of them have stopped after `shutdown`.
+pub async fn start(
+    cfg: &CloudConfig,
+    settings: WorkerSettings,
+    key: KeyPair,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let topics = Topics::new(&cfg.topic_prefix);
+    let suffix = fastrand::u64(..);
+    let sub_opts = client_options(
+        &format!("rollcall-ingest-{suffix:x}"),
+        &settings.url,
+        &settings.username,
+        &settings.password,
+        settings.ca_file.as_deref(),
+    )?;
+    let pub_opts = client_options(
+        &format!("rollcall-acks-{suffix:x}"),
+        &settings.url,
+        &settings.username,
+        &settings.password,
+        settings.ca_file.as_deref(),
+    )?;
+    let (queue_tx, queue_rx) = mpsc::channel::<Inbound>(cfg.ingest.queue_capacity);
+
+    // Publisher for acks.
+    let (pub_client, mut pub_loop) = AsyncClient::new(pub_opts, 10_000);
+    let pub_shutdown = shutdown.child_token();
+    let publisher = tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            tokio::select! {
+                _ = pub_shutdown.cancelled() => break,
+                ev = pub_loop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => attempt = 0,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Ack publisher disconnected; reconnecting");
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+    });
+
+    // Subscriber.
+    let (sub_client, mut sub_loop) = AsyncClient::new(sub_opts, 100);
+    let filters: Vec<String> = [Channel::Usage, Channel::Status]
+        .iter()
+        .map(|c| {
+            let f = topics.filter(*c);
+            if settings.shared_group.is_empty() {
+                f
+            } else {
+                format!("$share/{}/{f}", settings.shared_group)
+            }
+        })
+        .collect();
+    let sub_shutdown = shutdown.clone();
+    let sub_metrics = metrics.clone();
+    let sub_clock = clock.clone();
+    let subscriber = tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            tokio::select! {
+                _ = sub_shutdown.cancelled() => break,
+                ev = sub_loop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        attempt = 0;
+                        sub_metrics.mqtt_connected.set(1);
+                        tracing::info!("Ingest connected to the broker");
+                        for f in &filters {
+                            if let Err(e) = sub_client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                                tracing::error!(filter = %f, error = %e, "Subscribe failed");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let msg = Inbound { topic: p.topic.clone(), payload: p.payload.to_vec(), received_at: sub_clock.now() };
+                        if queue_tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        sub_metrics.mqtt_connected.set(0);
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "Ingest disconnected from the broker; reconnecting");
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+        let _ = sub_client.try_disconnect();
+    });
+
+    // Writer thread.
+    let cache = Arc::new(DeviceCache::new(crate::store::open_reader(&cfg.data_dir)?));
+    let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+    let rt = tokio::runtime::Handle::current();
+    let batch_max = cfg.ingest.batch_max_reports;
+    let window = cfg.ingest.replay_window;
+    let threads = cfg.ingest.verify_threads;
+    let w_metrics = metrics.clone();
+    let w_topics = topics.clone();
+    let writer = std::thread::Builder::new().name("ingest-writer".into()).spawn(move || {
+        let mut rx = queue_rx;
+        let mut batch = Vec::with_capacity(batch_max);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let checked = check_parallel(&w_topics, std::mem::take(&mut batch), &cache, threads);
+            let outcome = loop {
+                match ingest::commit(&mut conn, &checked, window) {
+                    Ok(o) => break o,
+                    Err(e) => {
+                        // Nothing was acked; retrying is safe. A persistent failure (disk full)
+                        // keeps the queue full, which stops reading from the broker.
+                        tracing::error!(error = %e, "Ingest commit failed; retrying in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            };
+            w_metrics.record(&outcome);
+            w_metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+            for (device, ack) in outcome.acks {
+                let down = Downlink { v: PROTOCOL_VERSION, device_id: device.clone(), sent_at: clock.now(), body: DownBody::Ack(ack) };
+                let env = key.sign(DOWNLINK_PAYLOAD_TYPE, &down.encode());
+                let topic = w_topics.down(&device);
+                let payload = env.to_json();
+                match pub_client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()) {
+                    Ok(()) => {}
+                    Err(_) => {
+                        // Request queue full: wait for room (the publisher task drains it).
+                        if let Err(e) = rt.block_on(pub_client.publish(topic, QoS::AtLeastOnce, false, payload)) {
+                            tracing::warn!(error = %e, "Ack could not be queued; the device will re-send and be acked then");
+                            continue;
+                        }
+                    }
+                }
+                w_metrics.acks.inc();
+            }
+        }
+        tracing::info!("Ingest writer stopped");
+    })?;
+
+    Ok(tokio::spawn(async move {
+        let _ = subscriber.await;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // Give queued acks a moment to leave before the publisher stops.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+        let _ = publisher.await;
+    }))
+}
+
+/// Checks a batch on up to `threads` threads, keeping the order of the messages.
+fn check_parallel(topics: &Topics, batch: Vec<Inbound>, cache: &DeviceCache, threads: usize) -> Vec<Checked> {
+    let lookup = |d: &DeviceId| cache.get(d);
+    if threads <= 1 || batch.len() < 16 {
+        return batch.into_iter().map(|m| ingest::check(topics, m, &lookup)).collect();
+    }
+    let chunk = batch.len().div_ceil(threads);
+    let mut parts: Vec<Vec<Inbound>> = Vec::new();
+    let mut it = batch.into_iter();
+    loop {
+        let part: Vec<Inbound> = it.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || part.into_iter().map(|m| ingest::check(topics, m, &lookup)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("check threads do not panic")).collect()
+    })
+}
