@@ -5,6 +5,11 @@ use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+/// Largest message the embedded broker accepts: twice the protocol's envelope limit, so
+/// that an oversize report still reaches ingest and is quarantined as `too_large` (and
+/// counted) instead of vanishing at the broker; past this the broker drops the connection.
+pub const BROKER_MAX_PAYLOAD: usize = 2 * MAX_ENVELOPE_BYTES;
+
 /// Why the embedded broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -63,7 +68,7 @@ next_connection_delay_ms = 0
     max_inflight_count = 1000
     dynamic_filters = true
 "#,
-        max_payload = MAX_ENVELOPE_BYTES + 4096,
+        max_payload = BROKER_MAX_PAYLOAD,
     );
     let config: rumqttd::Config = toml::from_str(&toml_cfg).map_err(|e| BrokerError::Config(e.to_string()))?;
     std::thread::Builder::new()

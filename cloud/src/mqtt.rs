@@ -69,7 +69,8 @@ pub fn client_options(
 ) -> Result<MqttOptions, MqttSetupError> {
     let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(MAX_ENVELOPE_BYTES + 4096, MAX_ENVELOPE_BYTES + 4096);
+    // Incoming: room for oversize messages, so ingest can quarantine them as `too_large`.
+    opts.set_max_packet_size(crate::broker::BROKER_MAX_PAYLOAD + 4096, MAX_ENVELOPE_BYTES + 4096);
     opts.set_clean_session(true);
     opts.set_inflight(1000);
     opts.set_request_channel_capacity(10_000);

@@ -1,0 +1,411 @@
+//! `rollcall bench ingest`: end-to-end ingest throughput against the real cloud, with the
+//! raw broker throughput for the same messages measured in the same run, and the real
+//! agent binary's resident memory and size.
+//!
+//! Method: `devices` simulated devices, each with its own registered Ed25519 key, have
+//! `reports` signed usage reports of `events` events each prepared before the clock
+//! starts (a real device signs on its own CPU, not the cloud's). They publish them with
+//! QoS 1 over `clients` MQTT connections; the clock stops when the cloud's signed ack for
+//! the last report has arrived on the devices' downlinks, i.e. every report is committed.
+//! The raw figure publishes the same payloads to a topic nobody processes and stops when a
+//! plain subscriber has received them all.
+
+use anyhow::{bail, Context, Result};
+use rollcall_cloud::config::CloudConfig;
+use rollcall_shared::dsse::{Envelope, KeyPair, USAGE_PAYLOAD_TYPE};
+use rollcall_shared::payload::{AckStatus, DownBody, Downlink, UsageEvent, UsageReport};
+use rollcall_shared::topics::Topics;
+use rollcall_shared::{Clock, DeviceId, EventKind, MemberId, Seq, SystemClock};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Parameters of the ingest benchmark.
+#[derive(Debug, Clone)]
+pub struct IngestBench {
+    /// Simulated devices.
+    pub devices: usize,
+    /// Reports per device.
+    pub reports: usize,
+    /// Events per report.
+    pub events: usize,
+    /// MQTT connections the devices share.
+    pub clients: usize,
+    /// External broker URL; `None` uses the embedded broker.
+    pub mqtt_url: Option<String>,
+    /// Measure the agent binary too.
+    pub agent: bool,
+}
+
+impl Default for IngestBench {
+    fn default() -> Self {
+        Self { devices: 200, reports: 100, events: 15, clients: 8, mqtt_url: None, agent: true }
+    }
+}
+
+/// The figures `bench ingest --json` prints.
+#[derive(Debug, Serialize)]
+pub struct IngestFigures {
+    /// Signed reports committed and acked per second.
+    pub reports_per_s: f64,
+    /// Events committed per second.
+    pub events_per_s: f64,
+    /// The same messages through the same broker with no processing, per second.
+    pub broker_raw_msgs_per_s: f64,
+    /// `reports_per_s / broker_raw_msgs_per_s`.
+    pub ratio: f64,
+    /// Peak resident memory of the running agent daemon, KiB (null if not measured).
+    pub agent_rss_kb: Option<u64>,
+    /// Size of the release agent binary, bytes (null if not measured).
+    pub agent_binary_bytes: Option<u64>,
+    /// Devices, reports and events of the run.
+    pub devices: usize,
+    /// Reports in total.
+    pub total_reports: usize,
+    /// Events per report.
+    pub events_per_report: usize,
+    /// Mean message size in bytes.
+    pub message_bytes: usize,
+    /// `embedded` or the external broker URL.
+    pub broker: String,
+}
+
+fn opts(id: &str, url: &str) -> Result<MqttOptions> {
+    let u = rollcall_cloud::mqtt::BrokerUrl::parse(url)?;
+    let mut o = rollcall_cloud::mqtt::client_options(id, &u, "", "", None)?;
+    o.set_inflight(500);
+    Ok(o)
+}
+
+/// Runs the ingest benchmark.
+pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = CloudConfig { data_dir: tmp.path().to_path_buf(), ..Default::default() };
+    cfg.broker.listen = "127.0.0.1:0".parse()?;
+    cfg.http.listen = "127.0.0.1:0".parse()?;
+    if let Some(u) = &b.mqtt_url {
+        cfg.broker.url = u.clone();
+    }
+    // Register the fleet.
+    let clock = SystemClock;
+    let keys: Vec<(DeviceId, KeyPair)> =
+        (0..b.devices).map(|i| (DeviceId::parse(&format!("bench-{i:05}")).unwrap(), KeyPair::generate())).collect();
+    {
+        let mut conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
+        let tx = conn.transaction()?;
+        let m = rollcall_cloud::registry::NewMember::parse("bench-member", "Bench Member", None, None, None, None, None, "US")?;
+        rollcall_cloud::registry::upsert_member(&tx, &m, clock.now())?;
+        for (d, k) in &keys {
+            rollcall_cloud::registry::add_device(&tx, d, &MemberId::parse("bench-member")?, &k.public(), clock.now())?;
+        }
+        tx.commit()?;
+    }
+    let shutdown = CancellationToken::new();
+    let cloud = rollcall_cloud::server::start(cfg.clone(), Arc::new(SystemClock), shutdown.clone()).await?;
+    let url = cloud.mqtt_url.clone();
+    let topics = Topics::default();
+
+    // Prepare signed reports.
+    let kind = EventKind::parse("brew")?;
+    let now = clock.now();
+    let mut messages: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); b.clients];
+    let mut total_bytes = 0usize;
+    for (i, (d, k)) in keys.iter().enumerate() {
+        let mut seq = 1u64;
+        for r in 0..b.reports {
+            let events = (0..b.events)
+                .map(|j| {
+                    let e = UsageEvent {
+                        seq: Seq::new(seq).unwrap(),
+                        kind: kind.clone(),
+                        qty: 1,
+                        occurred_at: now,
+                        attrs: BTreeMap::from([("drink".to_owned(), ["latte", "espresso"][j % 2].to_owned())]),
+                        clock_suspect: false,
+                    };
+                    seq += 1;
+                    e
+                })
+                .collect();
+            let report = UsageReport {
+                v: 1,
+                device_id: d.clone(),
+                report_seq: r as u64 + 1,
+                sent_at: now,
+                boot_id: "bench".into(),
+                events,
+            };
+            let env = k.sign(USAGE_PAYLOAD_TYPE, &report.encode()).to_json();
+            total_bytes += env.len();
+            messages[i % b.clients].push((topics.usage(d), env));
+        }
+    }
+    let total = b.devices * b.reports;
+
+    let raw = raw_broker(&url, &messages, total).await.context("raw broker run")?;
+    let (elapsed, acked) = end_to_end(&url, &topics, &keys, &messages, total, b.clients).await.context("ingest run")?;
+    if acked != total as u64 {
+        bail!("only {acked} of {total} reports were acked");
+    }
+    let reports_per_s = total as f64 / elapsed.as_secs_f64();
+    let (agent_rss_kb, agent_binary_bytes) = if b.agent {
+        match agent_figures(&url, &cfg, &cloud.public_key.to_base64()).await {
+            Ok((rss, size)) => (Some(rss), Some(size)),
+            Err(e) => {
+                eprintln!("agent figures not measured: {e:#}");
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
+    shutdown.cancel();
+    cloud.wait().await;
+    Ok(IngestFigures {
+        reports_per_s,
+        events_per_s: reports_per_s * b.events as f64,
+        broker_raw_msgs_per_s: raw,
+        ratio: reports_per_s / raw,
+        agent_rss_kb,
+        agent_binary_bytes,
+        devices: b.devices,
+        total_reports: total,
+        events_per_report: b.events,
+        message_bytes: total_bytes / total.max(1),
+        broker: b.mqtt_url.clone().unwrap_or_else(|| "embedded".into()),
+    })
+}
+
+/// Publishes every message to `bench/raw/...` and waits until a subscriber has them all.
+async fn raw_broker(url: &str, messages: &[Vec<(String, Vec<u8>)>], total: usize) -> Result<f64> {
+    let (sub, mut sub_loop) = AsyncClient::new(opts("bench-raw-sub", url)?, 100);
+    sub.subscribe("bench/raw/#", QoS::AtLeastOnce).await?;
+    let got = Arc::new(AtomicU64::new(0));
+    let g = got.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sub_task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        while let Ok(ev) = sub_loop.poll().await {
+            match ev {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(_)) => {
+                    if g.fetch_add(1, Ordering::Relaxed) + 1 == total as u64 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx).await.context("raw subscriber not ready")??;
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for (c, msgs) in messages.iter().enumerate() {
+        let (client, mut ev) = AsyncClient::new(opts(&format!("bench-raw-pub-{c}"), url)?, 1000);
+        let msgs = msgs.clone();
+        pubs.push(tokio::spawn(async move {
+            let poller = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+            for (t, p) in msgs {
+                let t = t.replacen("rollcall/", "bench/raw/", 1);
+                if client.publish(t, QoS::AtLeastOnce, false, p).await.is_err() {
+                    break;
+                }
+            }
+            (client, poller)
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(300), sub_task).await.context("raw subscriber timed out")??;
+    let elapsed = start.elapsed();
+    for p in pubs {
+        let (client, poller) = p.await?;
+        let _ = client.disconnect().await;
+        poller.abort();
+    }
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
+/// Publishes the signed reports and waits for the cloud's acks.
+async fn end_to_end(
+    url: &str,
+    topics: &Topics,
+    keys: &[(DeviceId, KeyPair)],
+    messages: &[Vec<(String, Vec<u8>)>],
+    total: usize,
+    clients: usize,
+) -> Result<(Duration, u64)> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let done_tx = Arc::new(done_tx);
+    let mut conns = Vec::new();
+    for c in 0..clients {
+        let (client, mut ev) = AsyncClient::new(opts(&format!("bench-dev-{c}"), url)?, 1000);
+        for (i, (d, _)) in keys.iter().enumerate() {
+            if i % clients == c {
+                client.subscribe(topics.down(d), QoS::AtLeastOnce).await?;
+            }
+        }
+        let expected_subs = keys.iter().enumerate().filter(|(i, _)| i % clients == c).count();
+        let acked = acked.clone();
+        let done_tx = done_tx.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let poller = tokio::spawn(async move {
+            let mut subs = 0;
+            let mut ready = Some(ready_tx);
+            while let Ok(e) = ev.poll().await {
+                match e {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        subs += 1;
+                        if subs == expected_subs {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let Ok(env) = Envelope::from_json(&p.payload) else { continue };
+                        let Ok(body) = env.payload_unverified() else { continue };
+                        if let Ok(Downlink { body: DownBody::Ack(a), .. }) = Downlink::decode(&body) {
+                            if matches!(a.status, AckStatus::Stored | AckStatus::Duplicate)
+                                && acked.fetch_add(1, Ordering::Relaxed) + 1 == total as u64
+                            {
+                                let _ = done_tx.send(true);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), ready_rx).await.context("device subscriptions")??;
+        conns.push((client, poller));
+    }
+    let start = Instant::now();
+    let mut senders = Vec::new();
+    for (c, msgs) in messages.iter().enumerate() {
+        let client = conns[c].0.clone();
+        let msgs = msgs.clone();
+        senders.push(tokio::spawn(async move {
+            for (t, p) in msgs {
+                if client.publish(t, QoS::AtLeastOnce, false, p).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut rx = done_rx;
+    let finished = tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|d| *d)).await;
+    let elapsed = start.elapsed();
+    if finished.is_err() {
+        eprintln!("ingest run timed out");
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    for (client, poller) in conns {
+        let _ = client.disconnect().await;
+        poller.abort();
+    }
+    Ok((elapsed, acked.load(Ordering::Relaxed)))
+}
+
+/// Locates (building if needed) the release agent binary.
+pub fn release_agent_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    // `target/release/rollcall` or `target/release/deps/rollcall-…` (tests).
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join("rollcall-agent");
+        if p.exists() && d.ends_with("release") {
+            return Ok(p);
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "rollcall-agent", "--manifest-path"])
+        .arg(&manifest)
+        .status()?;
+    if !status.success() {
+        bail!("building the release agent failed");
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/rollcall-agent");
+    let p = std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("release/rollcall-agent")).unwrap_or(p);
+    if !p.exists() {
+        bail!("release agent binary not found at {}", p.display());
+    }
+    Ok(p)
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the real agent daemon against the cloud while recording events for a few
+/// seconds; returns its peak RSS (KiB) and binary size.
+async fn agent_figures(url: &str, cfg: &CloudConfig, cloud_key: &str) -> Result<(u64, u64)> {
+    let bin = release_agent_binary()?;
+    let size = std::fs::metadata(&bin)?.len();
+    let tmp = tempfile::tempdir()?;
+    let conf = tmp.path().join("agent.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "device_id = \"bench-agent\"\ndata_dir = \"{}\"\ncloud_public_key = \"{cloud_key}\"\n[mqtt]\nurl = \"{url}\"\n[uplink]\nbatch_interval_ms = 100\n",
+            tmp.path().display()
+        ),
+    )?;
+    let out = std::process::Command::new(&bin).arg("init").arg("--config").arg(&conf).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("agent init output")?;
+    {
+        let conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
+        rollcall_cloud::registry::add_device(
+            &conn,
+            &DeviceId::parse("bench-agent")?,
+            &MemberId::parse("bench-member")?,
+            &rollcall_shared::dsse::PublicKey::from_base64(v["public_key"].as_str().unwrap_or_default())?,
+            SystemClock.now(),
+        )?;
+    }
+    let mut child = crate::testkit::Proc(
+        std::process::Command::new(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&conf)
+            .env("ROLLCALL_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let pid = child.0.id();
+    let sock = tmp.path().join("agent.sock");
+    let stream = crate::testkit::wait_for("agent socket", Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    })?;
+    let mut peak = 0;
+    let start = Instant::now();
+    let mut w = stream.try_clone()?;
+    let mut r = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    let mut i = 0u64;
+    // About 100 events/s for 5 s, sampling RSS as we go.
+    while start.elapsed() < Duration::from_secs(5) {
+        use std::io::{BufRead, Write};
+        writeln!(w, "{{\"kind\":\"brew\",\"attrs\":{{\"n\":\"{i}\"}}}}")?;
+        line.clear();
+        r.read_line(&mut line)?;
+        i += 1;
+        peak = peak.max(rss_kb(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = child.terminate(Duration::from_secs(10));
+    Ok((peak, size))
+}
