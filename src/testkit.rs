@@ -176,6 +176,13 @@ impl TestCloud {
         Ok(())
     }
 
+    /// Restarts the serve process with its embedded broker on `port` (same data dir and key).
+    pub fn restart_on_mqtt_port(&mut self, port: u16) -> Result<()> {
+        self.kill9();
+        self.mqtt_listen = format!("127.0.0.1:{port}").parse()?;
+        self.spawn()
+    }
+
     /// SIGKILLs the serve process.
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.proc.take() {
