@@ -1,0 +1,727 @@
+//! The agent's configuration: one TOML file with a default for every key, overridden by
+//! environment variables (`ROLLCALL_…`) and command-line flags, validated once at start-up.
+//!
+//! Precedence, highest first: flag, environment variable, file, default. The file is
+//! optional when a data directory is given some other way.
+//!
+//! Every loading error names the file and the key (`config/agent.toml:
+//! uplink.batch_max_events: must be between 1 and 1000`), so an operator knows what to
+//! fix without reading code. The MQTT password is a [`Secret`] and never appears in logs
+//! or `Debug` output.
+
+use crate::outbox::{FullPolicy, OutboxLimits};
+use crate::uplink::{BrokerUrl, MqttSettings, UplinkSettings};
+use rollcall_shared::dsse::PublicKey;
+use rollcall_shared::limits::MAX_EVENTS_PER_REPORT;
+use rollcall_shared::topics::{Topics, DEFAULT_PREFIX};
+use rollcall_shared::DeviceId;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a configuration came from, for error messages when there is no file.
+const NO_FILE: &str = "(defaults)";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the configuration file: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, ...).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A key holds a value outside its allowed range or form.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The file (or `(defaults)` when there is none).
+        file: String,
+        /// The dotted key (`uplink.batch_max_events`).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Neither a configuration file nor a data directory was given.
+    #[error("no configuration: pass --config FILE or --data-dir DIR (or set ROLLCALL_DATA_DIR)")]
+    Missing,
+}
+
+/// A secret string (the MQTT password). Its `Debug` and `Display` never show the value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for handing to the MQTT client and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"***\")")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole agent configuration (the TOML file's top level).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The device id; derived from the device key when absent.
+    pub device_id: Option<String>,
+    /// Where the key, the outbox and the socket live.
+    pub data_dir: PathBuf,
+    /// MQTT topic prefix.
+    pub topic_prefix: String,
+    /// The cloud's Ed25519 public key (standard base64); downlinks must verify under it.
+    pub cloud_public_key: Option<String>,
+    /// The MQTT connection.
+    pub mqtt: MqttConfig,
+    /// Batching, acks, status and reconnects.
+    pub uplink: UplinkConfig,
+    /// Outbox size limits.
+    pub outbox: OutboxConfig,
+    /// The local capture socket.
+    pub socket: SocketConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            device_id: None,
+            data_dir: PathBuf::from("/var/lib/rollcall-agent"),
+            topic_prefix: DEFAULT_PREFIX.to_owned(),
+            cloud_public_key: None,
+            mqtt: MqttConfig::default(),
+            uplink: UplinkConfig::default(),
+            outbox: OutboxConfig::default(),
+            socket: SocketConfig::default(),
+        }
+    }
+}
+
+/// `[mqtt]`: how to reach the broker.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: String,
+    /// PEM file of the CA(s) to trust for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Broker user name; empty means none.
+    pub username: String,
+    /// Broker password; empty means none. Never logged.
+    pub password: Secret,
+    /// MQTT keep-alive, in seconds.
+    pub keep_alive_s: u64,
+}
+
+impl fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .finish()
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".to_owned(),
+            ca_file: None,
+            username: String::new(),
+            password: Secret::default(),
+            keep_alive_s: 30,
+        }
+    }
+}
+
+/// `[uplink]`: batching, acks, status messages and reconnects.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// Most events in one report (at most `MAX_EVENTS_PER_REPORT`).
+    pub batch_max_events: usize,
+    /// How often the daemon looks for new events, in milliseconds.
+    pub batch_interval_ms: u64,
+    /// Re-send an unacked report after this many seconds.
+    pub ack_timeout_s: u64,
+    /// Most reports awaiting the cloud's ack at once.
+    pub max_inflight_reports: usize,
+    /// How often to publish the online status with health, in seconds.
+    pub status_interval_s: u64,
+    /// Smallest reconnect backoff ceiling, in milliseconds.
+    pub reconnect_min_ms: u64,
+    /// Largest reconnect backoff ceiling, in milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_events: 500,
+            batch_interval_ms: 200,
+            ack_timeout_s: 10,
+            max_inflight_reports: 16,
+            status_interval_s: 60,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 60_000,
+        }
+    }
+}
+
+/// `[outbox]`: size limits and what to do when they are reached.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Most events held.
+    pub max_events: u64,
+    /// Most bytes of stored event bodies held.
+    pub max_bytes: u64,
+    /// `reject` or `drop_oldest`.
+    pub when_full: FullPolicy,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 1_000_000,
+            max_bytes: 256 * 1024 * 1024,
+            when_full: FullPolicy::Reject,
+        }
+    }
+}
+
+/// `[socket]`: the local capture socket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// Serve the socket while `run` runs.
+    pub enabled: bool,
+    /// Socket path; empty means `{data_dir}/agent.sock`.
+    pub path: PathBuf,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::new(),
+        }
+    }
+}
+
+/// Values that beat the file: flags first, then environment variables (the CLI merges them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--data-dir` / `ROLLCALL_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--device-id` / `ROLLCALL_DEVICE_ID`.
+    pub device_id: Option<String>,
+    /// `--mqtt-url` / `ROLLCALL_MQTT_URL`.
+    pub mqtt_url: Option<String>,
+    /// `ROLLCALL_MQTT_USERNAME`.
+    pub mqtt_username: Option<String>,
+    /// `ROLLCALL_MQTT_PASSWORD`.
+    pub mqtt_password: Option<Secret>,
+}
+
+impl Overrides {
+    /// Reads the overrides that only exist as environment variables (MQTT credentials).
+    pub fn with_env_credentials(mut self) -> Self {
+        if let Ok(u) = std::env::var("ROLLCALL_MQTT_USERNAME") {
+            self.mqtt_username = Some(u);
+        }
+        if let Ok(p) = std::env::var("ROLLCALL_MQTT_PASSWORD") {
+            self.mqtt_password = Some(Secret::new(p));
+        }
+        self
+    }
+}
+
+/// A configuration that passed validation, with the values other modules need already parsed.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration as read (after overrides).
+    pub raw: AgentConfig,
+    /// Where it came from (a path or `(defaults)`), for messages.
+    pub source: String,
+    /// The configured device id, if any.
+    pub device_id: Option<DeviceId>,
+    /// The cloud's key, if configured.
+    pub cloud_key: Option<PublicKey>,
+    /// The broker URL.
+    pub broker: BrokerUrl,
+}
+
+impl LoadedConfig {
+    /// Reads `file` (if given), applies `overrides` and validates.
+    /// Without a file, `overrides.data_dir` must be set.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (mut raw, source) = match file {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
+                (AgentConfig::parse(&text, &name)?, name)
+            }
+            None if overrides.data_dir.is_some() => (AgentConfig::default(), NO_FILE.to_owned()),
+            None => return Err(ConfigError::Missing),
+        };
+        raw.apply(overrides);
+        Self::validate(raw, source)
+    }
+
+    /// Validates an already-built configuration (`source` names it in errors).
+    pub fn validate(raw: AgentConfig, source: String) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            file: source.clone(),
+            key,
+            message,
+        };
+        let device_id = match raw.device_id.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(DeviceId::parse(s).map_err(|e| invalid("device_id", e.to_string()))?),
+        };
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        check_topic_prefix(&raw.topic_prefix).map_err(|m| invalid("topic_prefix", m))?;
+        let cloud_key = match raw.cloud_public_key.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(
+                PublicKey::from_base64(s)
+                    .map_err(|e| invalid("cloud_public_key", e.to_string()))?,
+            ),
+        };
+        let broker: BrokerUrl = raw
+            .mqtt
+            .url
+            .parse()
+            .map_err(|e: crate::uplink::UplinkError| invalid("mqtt.url", e.to_string()))?;
+        if broker.tls && raw.mqtt.ca_file.is_none() {
+            return Err(invalid(
+                "mqtt.ca_file",
+                "is required for an mqtts:// url".into(),
+            ));
+        }
+        range(
+            &invalid,
+            "mqtt.keep_alive_s",
+            raw.mqtt.keep_alive_s,
+            1,
+            65_535,
+        )?;
+        let u = &raw.uplink;
+        range(
+            &invalid,
+            "uplink.batch_max_events",
+            u.batch_max_events as u64,
+            1,
+            MAX_EVENTS_PER_REPORT as u64,
+        )?;
+        range(
+            &invalid,
+            "uplink.batch_interval_ms",
+            u.batch_interval_ms,
+            10,
+            60_000,
+        )?;
+        range(&invalid, "uplink.ack_timeout_s", u.ack_timeout_s, 1, 3_600)?;
+        range(
+            &invalid,
+            "uplink.max_inflight_reports",
+            u.max_inflight_reports as u64,
+            1,
+            256,
+        )?;
+        range(
+            &invalid,
+            "uplink.status_interval_s",
+            u.status_interval_s,
+            1,
+            86_400,
+        )?;
+        range(
+            &invalid,
+            "uplink.reconnect_max_ms",
+            u.reconnect_max_ms,
+            1,
+            3_600_000,
+        )?;
+        range(
+            &invalid,
+            "uplink.reconnect_min_ms",
+            u.reconnect_min_ms,
+            1,
+            u.reconnect_max_ms,
+        )?;
+        range(
+            &invalid,
+            "outbox.max_events",
+            raw.outbox.max_events,
+            1,
+            i64::MAX as u64,
+        )?;
+        range(
+            &invalid,
+            "outbox.max_bytes",
+            raw.outbox.max_bytes,
+            4_096,
+            i64::MAX as u64,
+        )?;
+        Ok(Self {
+            raw,
+            source,
+            device_id,
+            cloud_key,
+            broker,
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.raw.data_dir
+    }
+
+    /// The SQLite outbox file inside the data directory.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.raw.data_dir.join("outbox.db")
+    }
+
+    /// The capture socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.raw.socket.path.as_os_str().is_empty() {
+            self.raw.data_dir.join("agent.sock")
+        } else {
+            self.raw.socket.path.clone()
+        }
+    }
+
+    /// The topic names.
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.raw.topic_prefix)
+    }
+
+    /// The outbox limits.
+    pub fn outbox_limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            max_events: self.raw.outbox.max_events,
+            max_bytes: self.raw.outbox.max_bytes,
+            when_full: self.raw.outbox.when_full,
+        }
+    }
+
+    /// The MQTT connection settings.
+    pub fn mqtt_settings(&self) -> MqttSettings {
+        let m = &self.raw.mqtt;
+        MqttSettings {
+            broker: self.broker.clone(),
+            ca_file: m.ca_file.clone(),
+            username: (!m.username.is_empty()).then(|| m.username.clone()),
+            password: (!m.password.is_empty()).then(|| m.password.clone()),
+            keep_alive: Duration::from_secs(m.keep_alive_s),
+        }
+    }
+
+    /// The uplink's batching and timing settings.
+    pub fn uplink_settings(&self) -> UplinkSettings {
+        let u = &self.raw.uplink;
+        UplinkSettings {
+            batch_max_events: u.batch_max_events,
+            batch_interval: Duration::from_millis(u.batch_interval_ms),
+            ack_timeout: Duration::from_secs(u.ack_timeout_s),
+            max_inflight_reports: u.max_inflight_reports,
+            status_interval: Duration::from_secs(u.status_interval_s),
+            reconnect_min: Duration::from_millis(u.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(u.reconnect_max_ms),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies overrides (they beat the file).
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(d) = &o.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(id) = &o.device_id {
+            self.device_id = Some(id.clone());
+        }
+        if let Some(url) = &o.mqtt_url {
+            self.mqtt.url = url.clone();
+        }
+        if let Some(u) = &o.mqtt_username {
+            self.mqtt.username = u.clone();
+        }
+        if let Some(p) = &o.mqtt_password {
+            self.mqtt.password = p.clone();
+        }
+    }
+}
+
+fn range(
+    invalid: &impl Fn(&'static str, String) -> ConfigError,
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be between {min} and {max}, not {value}"),
+        ))
+    }
+}
+
+fn check_topic_prefix(p: &str) -> Result<(), String> {
+    if p.trim_end_matches('/').is_empty() {
+        return Err("must not be empty".into());
+    }
+    if p.len() > 128 {
+        return Err("must be at most 128 bytes".into());
+    }
+    if p.starts_with('/')
+        || p.contains("//")
+        || p.chars()
+            .any(|c| matches!(c, '+' | '#' | '\0') || c.is_whitespace())
+    {
+        return Err(format!(
+            "{p:?} must not start with '/', contain empty levels, wildcards or whitespace"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<LoadedConfig, ConfigError> {
+        let raw = AgentConfig::parse(text, "config/agent.toml")?;
+        LoadedConfig::validate(raw, "config/agent.toml".into())
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let c = load_text("").unwrap();
+        assert_eq!(c.raw, AgentConfig::default());
+        assert_eq!(c.raw.data_dir, PathBuf::from("/var/lib/rollcall-agent"));
+        assert_eq!(c.raw.topic_prefix, "rollcall");
+        assert_eq!(c.raw.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(c.raw.mqtt.keep_alive_s, 30);
+        assert_eq!(c.raw.uplink.batch_max_events, 500);
+        assert_eq!(c.raw.uplink.batch_interval_ms, 200);
+        assert_eq!(c.raw.uplink.ack_timeout_s, 10);
+        assert_eq!(c.raw.uplink.max_inflight_reports, 16);
+        assert_eq!(c.raw.uplink.status_interval_s, 60);
+        assert_eq!(c.raw.uplink.reconnect_min_ms, 500);
+        assert_eq!(c.raw.uplink.reconnect_max_ms, 60_000);
+        assert_eq!(c.raw.outbox.max_events, 1_000_000);
+        assert_eq!(c.raw.outbox.max_bytes, 268_435_456);
+        assert_eq!(c.raw.outbox.when_full, FullPolicy::Reject);
+        assert!(c.raw.socket.enabled);
+        assert_eq!(
+            c.socket_path(),
+            PathBuf::from("/var/lib/rollcall-agent/agent.sock")
+        );
+        assert!(c.device_id.is_none() && c.cloud_key.is_none());
+        assert_eq!(
+            (c.broker.host.as_str(), c.broker.port, c.broker.tls),
+            ("127.0.0.1", 1883, false)
+        );
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let key = rollcall_shared::dsse::KeyPair::generate()
+            .public()
+            .to_base64();
+        let text = format!(
+            r#"
+device_id = "coffee-0001"
+data_dir = "/tmp/x"
+topic_prefix = "acme"
+cloud_public_key = "{key}"
+[mqtt]
+url = "mqtts://broker.example:8884"
+ca_file = "/etc/rollcall/ca.pem"
+username = "dev"
+password = "hunter2"
+keep_alive_s = 15
+[uplink]
+batch_max_events = 100
+[outbox]
+max_events = 3
+when_full = "drop_oldest"
+[socket]
+enabled = false
+path = "/run/rollcall.sock"
+"#
+        );
+        let c = load_text(&text).unwrap();
+        assert_eq!(c.device_id.as_ref().unwrap().as_str(), "coffee-0001");
+        assert_eq!(c.cloud_key.unwrap().to_base64(), key);
+        assert!(c.broker.tls);
+        assert_eq!(c.broker.port, 8884);
+        assert_eq!(c.raw.outbox.when_full, FullPolicy::DropOldest);
+        assert_eq!(c.socket_path(), PathBuf::from("/run/rollcall.sock"));
+        assert_eq!(c.mqtt_settings().password.unwrap().expose(), "hunter2");
+        assert_eq!(
+            c.topics().usage(&DeviceId::parse("d").unwrap()),
+            "acme/v1/devices/d/usage"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_file() {
+        let e = load_text("[uplink]\nbatch_max_event = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config/agent.toml: "), "{e}");
+        assert!(e.contains("batch_max_event"), "{e}");
+        let e = load_text("colour = 1\n").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_file_and_key() {
+        let e = load_text("[uplink]\nbatch_max_events = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config/agent.toml: uplink.batch_max_events: must be between 1 and 1000, not 5000"
+        );
+        let e = load_text("[uplink]\nreconnect_min_ms = 10\nreconnect_max_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uplink.reconnect_min_ms"), "{e}");
+        let e = load_text("[mqtt]\nkeep_alive_s = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.keep_alive_s"), "{e}");
+        let e = load_text("[outbox]\nmax_events = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outbox.max_events"), "{e}");
+        let e = load_text("[outbox]\nwhen_full = \"panic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("panic"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = load_text("device_id = \"a/b\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config/agent.toml: device_id: "), "{e}");
+        let e = load_text("cloud_public_key = \"AAAA\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cloud_public_key"), "{e}");
+        let e = load_text("[mqtt]\nurl = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.url"), "{e}");
+        let e = load_text("[mqtt]\nurl = \"mqtts://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.ca_file"), "{e}");
+        let e = load_text("topic_prefix = \"a/+\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("topic_prefix"), "{e}");
+    }
+
+    #[test]
+    fn overrides_beat_the_file_and_no_file_needs_a_data_dir() {
+        let mut raw =
+            AgentConfig::parse("data_dir = \"/a\"\n[mqtt]\nurl = \"mqtt://x:1\"\n", "f").unwrap();
+        raw.apply(&Overrides {
+            data_dir: Some("/b".into()),
+            device_id: Some("dev-9".into()),
+            mqtt_url: Some("mqtt://y:2".into()),
+            mqtt_username: Some("u".into()),
+            mqtt_password: Some(Secret::new("p")),
+        });
+        let c = LoadedConfig::validate(raw, "f".into()).unwrap();
+        assert_eq!(c.data_dir(), Path::new("/b"));
+        assert_eq!(c.device_id.as_ref().unwrap().as_str(), "dev-9");
+        assert_eq!(c.broker.host, "y");
+        assert!(matches!(
+            LoadedConfig::load(None, &Overrides::default()),
+            Err(ConfigError::Missing)
+        ));
+        let c = LoadedConfig::load(
+            None,
+            &Overrides {
+                data_dir: Some("/d".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.outbox_path(), PathBuf::from("/d/outbox.db"));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = LoadedConfig::load(
+            Some(Path::new("/nonexistent/agent.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/nonexistent/agent.toml: "), "{e}");
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let c = load_text("[mqtt]\npassword = \"hunter2\"\n").unwrap();
+        let dbg = format!("{c:?} {:?}", c.mqtt_settings());
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("***"));
+    }
+}

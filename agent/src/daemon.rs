@@ -1,0 +1,202 @@
+//! The daemon (`rollcall-agent run`): one per data directory. Holds the directory's lock,
+//! loads the identity, opens the SQLite outbox, serves the capture socket and runs the
+//! uplink until shutdown, then stops accepting on the socket, lets the uplink publish its
+//! offline status and disconnect, removes the socket file and returns.
+
+use crate::capture::Capture;
+use crate::config::LoadedConfig;
+use crate::identity::{self, IdentityError};
+use crate::outbox::{Outbox, OutboxError, SqliteOutbox};
+use crate::socket::{self, SocketError};
+use crate::uplink::{run_uplink, AgentRuntime, UplinkError, UplinkStats};
+use rollcall_shared::Clock;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// File name of the daemon lock inside the data directory.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds this data directory.
+    #[error("another rollcall-agent (pid {pid}) is already running for {}", dir.display())]
+    AlreadyRunning {
+        /// The data directory.
+        dir: PathBuf,
+        /// The other daemon's pid.
+        pid: i32,
+    },
+    /// The lock file could not be used.
+    #[error("{}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The capture socket could not be served.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The uplink could not run.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+}
+
+/// An exclusive POSIX record lock on `{data_dir}/agent.lock`, held while the daemon runs.
+/// The kernel releases it when the process dies, so a crashed daemon never blocks the next.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
+}
+
+fn lock_request(kind: libc::c_int) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
+}
+
+impl DaemonLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(data_dir: &Path) -> Result<Self, DaemonError> {
+        let path = data_dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| DaemonError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        let fl = lock_request(libc::F_WRLCK);
+        // SAFETY: the fd is open for the duration of the call and `fl` is a valid flock.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            if matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EAGAIN)) {
+                let pid = holder(data_dir).unwrap_or(0);
+                return Err(DaemonError::AlreadyRunning {
+                    dir: data_dir.to_owned(),
+                    pid,
+                });
+            }
+            return Err(DaemonError::Lock { path, source: err });
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// The pid of the daemon holding `data_dir`'s lock, if one runs. Only tests the lock
+/// (`F_GETLK`), so it never gets in the way of a daemon starting at the same moment.
+pub fn holder(data_dir: &Path) -> Option<i32> {
+    let file = File::open(data_dir.join(LOCK_FILE)).ok()?;
+    let mut fl = lock_request(libc::F_WRLCK);
+    // SAFETY: the fd is open for the duration of the call and `fl` is a valid flock.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run_daemon(
+    cfg: LoadedConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let data_dir = cfg.data_dir().to_owned();
+    identity::ensure_data_dir(&data_dir)?;
+    let _lock = DaemonLock::acquire(&data_dir)?;
+    let identity = identity::load_or_create(&data_dir, cfg.device_id.as_ref())?;
+    info!(
+        device_id = %identity.device_id,
+        public_key = %identity.key.public().to_base64(),
+        data_dir = %data_dir.display(),
+        "Agent starting"
+    );
+    let (path, limits, c) = (cfg.outbox_path(), cfg.outbox_limits(), clock.clone());
+    let outbox: Arc<dyn Outbox> =
+        tokio::task::spawn_blocking(move || SqliteOutbox::open(&path, limits, c))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .map(Arc::new)?;
+
+    let socket_stop = CancellationToken::new();
+    let socket_task = if cfg.raw.socket.enabled {
+        let path = cfg.socket_path();
+        let listener = socket::bind(&path).await?;
+        info!(path = %path.display(), "Capture socket listening");
+        let capture = Capture::new(outbox.clone(), clock.clone());
+        Some((
+            path,
+            tokio::spawn(socket::serve(listener, capture, socket_stop.clone())),
+        ))
+    } else {
+        None
+    };
+
+    let rt = AgentRuntime {
+        outbox,
+        key: identity.key,
+        device_id: identity.device_id,
+        topics: cfg.topics(),
+        mqtt: cfg.mqtt_settings(),
+        uplink: cfg.uplink_settings(),
+        cloud_key: cfg.cloud_key,
+        clock,
+        stats: UplinkStats::new(),
+    };
+    // Stop accepting capture requests as soon as shutdown starts, while the uplink
+    // says goodbye to the broker.
+    let stop_socket = {
+        let (shutdown, socket_stop) = (shutdown.clone(), socket_stop.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            socket_stop.cancel();
+        })
+    };
+    let result = run_uplink(rt, shutdown).await;
+    socket_stop.cancel();
+    stop_socket.abort();
+    if let Some((path, task)) = socket_task {
+        if let Err(e) = task.await {
+            warn!(error = %e, "Capture socket task failed");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    result?;
+    info!("Agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// POSIX locks never conflict within one process, so the cross-process behaviour
+    /// (a second `run` refused, `status` naming the pid) is tested in `tests/cli.rs`.
+    #[test]
+    fn the_lock_file_is_created_and_unheld_locks_are_not_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(holder(dir.path()), None);
+        let lock = DaemonLock::acquire(dir.path()).unwrap();
+        assert!(dir.path().join(LOCK_FILE).exists());
+        drop(lock);
+        assert_eq!(holder(dir.path()), None);
+    }
+}

@@ -1,0 +1,291 @@
+//! The device's identity: its Ed25519 key and its id, both kept in the data directory.
+//!
+//! - `{data_dir}/device.key`: standard base64 of the 32-byte secret seed, created once
+//!   with `create_new` and mode 0600, fsync'd, and never overwritten.
+//! - `{data_dir}/device.id`: the device id chosen the first time: the configured one if
+//!   set, otherwise `dev-` + the first 16 hex digits of the public key's key id. Stored so
+//!   the id stays the same even if it was derived; a later configuration naming a
+//!   different id is an error rather than a silent change of identity (the cloud knows
+//!   the device by this pair).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rollcall_shared::dsse::KeyPair;
+use rollcall_shared::DeviceId;
+use serde::Serialize;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// File name of the secret key inside the data directory.
+pub const KEY_FILE: &str = "device.key";
+/// File name of the persisted device id inside the data directory.
+pub const ID_FILE: &str = "device.id";
+
+/// Why the identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The key file does not hold base64 of 32 bytes.
+    #[error("{}: not a device key (expected standard base64 of a 32-byte seed)", path.display())]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The id file holds something that is not a device id.
+    #[error("{}: {message}", path.display())]
+    BadId {
+        /// The id file.
+        path: PathBuf,
+        /// Why it is not one.
+        message: String,
+    },
+    /// The configuration names a different device than the one this data directory belongs to.
+    #[error("{}: this data directory belongs to device {stored:?}, but the configuration says {configured:?}", path.display())]
+    Mismatch {
+        /// The id file.
+        path: PathBuf,
+        /// The id on disk.
+        stored: String,
+        /// The configured id.
+        configured: String,
+    },
+}
+
+/// The device's key and id.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The signing key.
+    pub key: KeyPair,
+    /// The device id.
+    pub device_id: DeviceId,
+}
+
+/// What `init` prints: one line of JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityInfo {
+    /// The device id.
+    pub device_id: String,
+    /// Standard base64 of the 32-byte public key.
+    pub public_key: String,
+}
+
+impl Identity {
+    /// The public facts about this identity.
+    pub fn info(&self) -> IdentityInfo {
+        IdentityInfo {
+            device_id: self.device_id.to_string(),
+            public_key: self.key.public().to_base64(),
+        }
+    }
+}
+
+/// The id derived from a key when none is configured: `dev-` + 16 hex digits of its key id.
+pub fn derived_device_id(key: &KeyPair) -> DeviceId {
+    let keyid = key.public().keyid();
+    DeviceId::parse(&format!("dev-{}", &keyid[..16])).expect("a hex suffix is a valid device id")
+}
+
+/// Creates the data directory if it does not exist: mode 0750, so the group can reach
+/// the 0660 capture socket inside it (the key file itself is 0600).
+pub fn ensure_data_dir(dir: &Path) -> Result<(), IdentityError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|source| IdentityError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Loads the identity in `data_dir`, creating the key and id files the first time.
+/// Running it again returns the same identity.
+pub fn load_or_create(
+    data_dir: &Path,
+    configured: Option<&DeviceId>,
+) -> Result<Identity, IdentityError> {
+    ensure_data_dir(data_dir)?;
+    let key = load_or_create_key(&data_dir.join(KEY_FILE))?;
+    let id_path = data_dir.join(ID_FILE);
+    let device_id = match read_device_id(data_dir)? {
+        Some(stored) => {
+            if let Some(c) = configured {
+                if *c != stored {
+                    return Err(IdentityError::Mismatch {
+                        path: id_path,
+                        stored: stored.to_string(),
+                        configured: c.to_string(),
+                    });
+                }
+            }
+            stored
+        }
+        None => {
+            let id = configured
+                .cloned()
+                .unwrap_or_else(|| derived_device_id(&key));
+            write_new_file(&id_path, format!("{id}\n").as_bytes(), 0o644)?;
+            // Another process may have raced us to it; what is on disk wins.
+            read_device_id(data_dir)?.unwrap_or(id)
+        }
+    };
+    Ok(Identity { key, device_id })
+}
+
+/// The device id stored in `data_dir`, if `init` (or `run`) has chosen one.
+pub fn read_device_id(data_dir: &Path) -> Result<Option<DeviceId>, IdentityError> {
+    let path = data_dir.join(ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => DeviceId::parse(s.trim())
+            .map(Some)
+            .map_err(|e| IdentityError::BadId {
+                path,
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io { path, source }),
+    }
+}
+
+fn load_or_create_key(path: &Path) -> Result<KeyPair, IdentityError> {
+    if let Some(k) = read_key(path)? {
+        return Ok(k);
+    }
+    let key = KeyPair::generate();
+    let created = write_new_file(
+        path,
+        format!("{}\n", B64.encode(key.seed())).as_bytes(),
+        0o600,
+    )?;
+    if created {
+        Ok(key)
+    } else {
+        // Lost a race with another process creating it: use theirs.
+        read_key(path)?.ok_or_else(|| IdentityError::BadKey {
+            path: path.to_owned(),
+        })
+    }
+}
+
+fn read_key(path: &Path) -> Result<Option<KeyPair>, IdentityError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(IdentityError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let bytes = B64.decode(text.trim()).map_err(|_| IdentityError::BadKey {
+        path: path.to_owned(),
+    })?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::BadKey {
+        path: path.to_owned(),
+    })?;
+    Ok(Some(KeyPair::from_seed(seed)))
+}
+
+/// Writes a file that must not exist yet, durably. `Ok(false)` if it already existed.
+fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<bool, IdentityError> {
+    let io_err = |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(io_err(e)),
+    };
+    f.write_all(contents).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    if let Some(dir) = path.parent() {
+        // Make the new directory entry durable too.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_file_is_created_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path(), None).unwrap();
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn loading_twice_gives_the_same_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path(), None).unwrap();
+        let b = load_or_create(dir.path(), None).unwrap();
+        assert_eq!(a.info(), b.info());
+        assert!(a.device_id.as_str().starts_with("dev-"));
+        assert_eq!(a.device_id.as_str().len(), 4 + 16);
+        assert_eq!(a.device_id, derived_device_id(&a.key));
+    }
+
+    #[test]
+    fn an_existing_key_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let first = load_or_create(dir.path(), None).unwrap();
+        let before = fs::read(&path).unwrap();
+        assert!(!write_new_file(&path, b"other", 0o600).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), before);
+        assert_eq!(
+            load_or_create(dir.path(), None).unwrap().info(),
+            first.info()
+        );
+    }
+
+    #[test]
+    fn a_configured_id_is_used_and_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = DeviceId::parse("coffee-0001").unwrap();
+        let a = load_or_create(dir.path(), Some(&id)).unwrap();
+        assert_eq!(a.device_id, id);
+        // Later runs without the flag keep it.
+        assert_eq!(load_or_create(dir.path(), None).unwrap().device_id, id);
+        let other = DeviceId::parse("coffee-0002").unwrap();
+        assert!(matches!(
+            load_or_create(dir.path(), Some(&other)),
+            Err(IdentityError::Mismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_key_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(KEY_FILE), "not base64!").unwrap();
+        assert!(matches!(
+            load_or_create(dir.path(), None),
+            Err(IdentityError::BadKey { .. })
+        ));
+    }
+}

@@ -1,0 +1,451 @@
+//! The SQLite outbox: one database file per device, shared by the daemon and the CLI.
+//!
+//! Schema (migration 1):
+//! - `meta(key, value)`: counters (`next_seq`, `next_report_seq`, `event_count`,
+//!   `event_bytes`, `evictions`, `rejected_full`, `rejected_by_cloud`, `session`,
+//!   `last_ack_at_ms`) and the daemon's state as JSON (`daemon_state`).
+//! - `reports(report_seq PRIMARY KEY, created_at_ms, events)`: reports built and not acked.
+//! - `events(seq PRIMARY KEY, body, bytes, recorded_at_ms, report_seq)`: `body` is the
+//!   event's wire JSON; `report_seq` is NULL until the event is put in a report.
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction, so the writer lock is taken before
+//! anything is read and two processes never interleave. `busy_timeout` lets the CLI and
+//! the daemon wait for each other instead of failing.
+
+use super::*;
+use rollcall_shared::Clock;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Numbered schema migrations; `PRAGMA user_version` is how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value
+) WITHOUT ROWID;
+CREATE TABLE reports (
+    report_seq    INTEGER PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    events        INTEGER NOT NULL
+);
+CREATE TABLE events (
+    seq            INTEGER PRIMARY KEY,
+    body           TEXT    NOT NULL,
+    bytes          INTEGER NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    report_seq     INTEGER REFERENCES reports(report_seq)
+);
+CREATE INDEX events_by_report ON events(report_seq, seq);
+INSERT INTO meta(key, value) VALUES
+    ('next_seq', 1), ('next_report_seq', 1), ('event_count', 0), ('event_bytes', 0),
+    ('evictions', 0), ('rejected_full', 0), ('rejected_by_cloud', 0), ('session', 0);
+"#];
+
+/// How long a writer waits for the other process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outbox in a SQLite file (WAL, `synchronous=FULL`).
+pub struct SqliteOutbox {
+    conn: Mutex<Connection>,
+    limits: OutboxLimits,
+    clock: Arc<dyn Clock>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOutbox")
+            .field("path", &self.path)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl SqliteOutbox {
+    /// Opens (creating and migrating if needed) the outbox at `path`.
+    pub fn open(
+        path: &Path,
+        limits: OutboxLimits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OutboxError> {
+        let open_err = |source| OutboxError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), %mode, "SQLite refused WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            limits,
+            clock,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let mut conn = self.conn.lock().expect("outbox connection lock");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OutboxError> {
+    let known = MIGRATIONS.len() as i64;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == known {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Re-read under the write lock: another process may have migrated meanwhile.
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > known {
+        return Err(OutboxError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn meta_get(tx: &Connection, key: &str) -> Result<i64, OutboxError> {
+    tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()?
+    .ok_or_else(|| OutboxError::Corrupt(format!("meta key {key} is missing")))
+}
+
+fn meta_opt(tx: &Connection, key: &str) -> Result<Option<i64>, OutboxError> {
+    Ok(tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()?
+        .flatten())
+}
+
+fn meta_add(tx: &Connection, key: &str, delta: i64) -> Result<(), OutboxError> {
+    tx.execute(
+        "UPDATE meta SET value = value + ?2 WHERE key = ?1",
+        params![key, delta],
+    )?;
+    Ok(())
+}
+
+fn meta_set(tx: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<(), OutboxError> {
+    tx.execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])?;
+    Ok(())
+}
+
+fn decode(body: &str) -> Result<UsageEvent, OutboxError> {
+    serde_json::from_str(body)
+        .map_err(|e| OutboxError::Corrupt(format!("stored event does not decode: {e}")))
+}
+
+fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+impl Outbox for SqliteOutbox {
+    fn append(&self, event: NewEvent) -> Result<Seq, OutboxError> {
+        let now_ms = self.now_ms();
+        let limits = self.limits;
+        // Refusals must be counted durably, so the transaction commits and the error is
+        // returned afterwards.
+        self.with_tx(|tx| {
+            let next = meta_get(tx, "next_seq")?;
+            let seq = Seq::new(next as u64).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+            let (_, body) = event.with_seq(seq);
+            let size = body.len() as u64;
+            let mut count = meta_get(tx, "event_count")? as u64;
+            let mut bytes = meta_get(tx, "event_bytes")? as u64;
+            while let Some((limit, max)) = breaks_limit(&limits, count, bytes, size) {
+                let victim = if limits.when_full == FullPolicy::DropOldest && size <= limits.max_bytes {
+                    tx.query_row(
+                        "SELECT seq, bytes FROM events WHERE report_seq IS NULL ORDER BY seq LIMIT 1",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                    .optional()?
+                } else {
+                    None
+                };
+                let Some((victim_seq, victim_bytes)) = victim else {
+                    meta_add(tx, "rejected_full", 1)?;
+                    return Ok(Err(OutboxError::Full { limit, max }));
+                };
+                tx.execute("DELETE FROM events WHERE seq = ?1", [victim_seq])?;
+                count -= 1;
+                bytes -= victim_bytes as u64;
+                meta_add(tx, "evictions", 1)?;
+                meta_add(tx, "event_count", -1)?;
+                meta_add(tx, "event_bytes", -victim_bytes)?;
+            }
+            tx.execute(
+                "INSERT INTO events(seq, body, bytes, recorded_at_ms, report_seq) VALUES (?1, ?2, ?3, ?4, NULL)",
+                params![next, body, size as i64, now_ms],
+            )?;
+            meta_add(tx, "next_seq", 1)?;
+            meta_add(tx, "event_count", 1)?;
+            meta_add(tx, "event_bytes", size as i64)?;
+            Ok(Ok(seq))
+        })?
+    }
+
+    fn build_report(
+        &self,
+        max_events: usize,
+        max_body_bytes: usize,
+    ) -> Result<Option<ReportBatch>, OutboxError> {
+        {
+            // Cheap read first: most ticks find nothing and need no write lock.
+            let conn = self.conn.lock().expect("outbox connection lock");
+            let any: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM events WHERE report_seq IS NULL)",
+                [],
+                |r| r.get(0),
+            )?;
+            if !any {
+                return Ok(None);
+            }
+        }
+        let now_ms = self.now_ms();
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, body FROM events WHERE report_seq IS NULL ORDER BY seq LIMIT ?1",
+            )?;
+            let rows: Vec<(i64, String)> = stmt
+                .query_map([max_events.max(1) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let n = fit_budget(
+                rows.iter().map(|(_, b)| b.len()),
+                max_events,
+                max_body_bytes,
+            );
+            if n == 0 {
+                return Ok(None);
+            }
+            let rows = &rows[..n];
+            let report_seq = meta_get(tx, "next_report_seq")?;
+            meta_add(tx, "next_report_seq", 1)?;
+            tx.execute(
+                "INSERT INTO reports(report_seq, created_at_ms, events) VALUES (?1, ?2, ?3)",
+                params![report_seq, now_ms, n as i64],
+            )?;
+            let last_seq = rows[n - 1].0;
+            tx.execute(
+                "UPDATE events SET report_seq = ?1 WHERE report_seq IS NULL AND seq <= ?2",
+                params![report_seq, last_seq],
+            )?;
+            let events = rows
+                .iter()
+                .map(|(_, b)| decode(b))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(ReportBatch {
+                report_seq: report_seq as u64,
+                events,
+            }))
+        })
+    }
+
+    fn inflight_reports(&self) -> Result<Vec<u64>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        let mut stmt = conn.prepare_cached("SELECT report_seq FROM reports ORDER BY report_seq")?;
+        let out = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|v| v as u64))
+            .collect::<Result<_, _>>()?;
+        Ok(out)
+    }
+
+    fn report_events(&self, report_seq: u64) -> Result<Vec<UsageEvent>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        let mut stmt =
+            conn.prepare_cached("SELECT body FROM events WHERE report_seq = ?1 ORDER BY seq")?;
+        let bodies: Vec<String> = stmt
+            .query_map([report_seq as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        bodies.iter().map(|b| decode(b)).collect()
+    }
+
+    fn ack(&self, report_seq: u64, status: AckStatus) -> Result<AckOutcome, OutboxError> {
+        let now_ms = self.now_ms();
+        self.with_tx(|tx| {
+            let known = tx
+                .query_row(
+                    "SELECT 1 FROM reports WHERE report_seq = ?1",
+                    [report_seq as i64],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !known {
+                return Ok(AckOutcome::UnknownReport);
+            }
+            let (n, bytes): (i64, i64) = tx.query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE report_seq = ?1",
+                [report_seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute(
+                "DELETE FROM events WHERE report_seq = ?1",
+                [report_seq as i64],
+            )?;
+            tx.execute(
+                "DELETE FROM reports WHERE report_seq = ?1",
+                [report_seq as i64],
+            )?;
+            meta_add(tx, "event_count", -n)?;
+            meta_add(tx, "event_bytes", -bytes)?;
+            meta_set(tx, "last_ack_at_ms", now_ms)?;
+            if status == AckStatus::Rejected {
+                meta_add(tx, "rejected_by_cloud", 1)?;
+            }
+            Ok(AckOutcome::Deleted { events: n as u64 })
+        })
+    }
+
+    fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        // One read transaction so the numbers agree with each other.
+        let tx = conn.unchecked_transaction()?;
+        let unsent: i64 = tx.query_row(
+            "SELECT count(*) FROM events WHERE report_seq IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        let inflight: i64 = tx.query_row("SELECT count(*) FROM reports", [], |r| r.get(0))?;
+        let oldest_unsent: Option<i64> = tx
+            .query_row(
+                "SELECT recorded_at_ms FROM events WHERE report_seq IS NULL ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let oldest: Option<i64> = tx
+            .query_row(
+                "SELECT recorded_at_ms FROM events ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let stats = OutboxStats {
+            depth: meta_get(&tx, "event_count")? as u64,
+            bytes: meta_get(&tx, "event_bytes")? as u64,
+            unsent: unsent as u64,
+            inflight_reports: inflight as u64,
+            oldest_unsent_recorded_at: oldest_unsent.and_then(from_ms),
+            oldest_unacked_recorded_at: oldest.and_then(from_ms),
+            evictions: meta_get(&tx, "evictions")? as u64,
+            rejected_full: meta_get(&tx, "rejected_full")? as u64,
+            rejected_by_cloud: meta_get(&tx, "rejected_by_cloud")? as u64,
+            last_ack_at: meta_opt(&tx, "last_ack_at_ms")?.and_then(from_ms),
+        };
+        tx.finish()?;
+        Ok(stats)
+    }
+
+    fn next_session(&self) -> Result<u64, OutboxError> {
+        self.with_tx(|tx| {
+            meta_add(tx, "session", 1)?;
+            Ok(meta_get(tx, "session")? as u64)
+        })
+    }
+
+    fn set_daemon_state(&self, state: &DaemonState) -> Result<(), OutboxError> {
+        let json = serde_json::to_string(state).expect("daemon state serialises");
+        self.with_tx(|tx| meta_set(tx, "daemon_state", json))
+    }
+
+    fn daemon_state(&self) -> Result<Option<DaemonState>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        let json: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'daemon_state'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| OutboxError::Corrupt(format!("daemon state: {e}")))
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_shared::SystemClock;
+
+    #[test]
+    fn the_database_uses_wal_full_sync_and_the_latest_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SqliteOutbox::open(
+            &dir.path().join("o.sqlite"),
+            OutboxLimits::default(),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let conn = o.conn.lock().unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e =
+            SqliteOutbox::open(&path, OutboxLimits::default(), Arc::new(SystemClock)).unwrap_err();
+        assert!(
+            matches!(e, OutboxError::SchemaTooNew { found: 99, .. }),
+            "{e}"
+        );
+    }
+}

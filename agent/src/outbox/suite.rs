@@ -1,0 +1,399 @@
+//! One test suite, run against every [`Outbox`] implementation.
+//!
+//! A [`Fixture`] opens handles onto one store: for SQLite each `open` is a new connection
+//! to the same file (so "reopen" and "second writer" are real); for memory it is the same
+//! shared instance (there is nothing to reopen).
+
+use super::*;
+use chrono::Duration;
+use rollcall_shared::{Clock, ManualClock};
+use std::sync::Arc;
+
+trait Fixture {
+    fn new(limits: OutboxLimits, clock: ManualClock) -> Self;
+    fn open(&self) -> Arc<dyn Outbox>;
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    limits: OutboxLimits,
+    clock: ManualClock,
+}
+
+impl Fixture for Sqlite {
+    fn new(limits: OutboxLimits, clock: ManualClock) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        Self {
+            _dir: dir,
+            path,
+            limits,
+            clock,
+        }
+    }
+    fn open(&self) -> Arc<dyn Outbox> {
+        Arc::new(SqliteOutbox::open(&self.path, self.limits, Arc::new(self.clock.clone())).unwrap())
+    }
+}
+
+struct Memory(Arc<MemoryOutbox>);
+
+impl Fixture for Memory {
+    fn new(limits: OutboxLimits, clock: ManualClock) -> Self {
+        Self(Arc::new(MemoryOutbox::new(limits, Arc::new(clock))))
+    }
+    fn open(&self) -> Arc<dyn Outbox> {
+        self.0.clone()
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-24T08:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn ev(kind: &str) -> NewEvent {
+    NewEvent {
+        kind: EventKind::parse(kind).unwrap(),
+        qty: 1,
+        occurred_at: t0(),
+        attrs: BTreeMap::from([("drink".to_owned(), "latte".to_owned())]),
+        clock_suspect: false,
+    }
+}
+
+fn unlimited<F: Fixture>() -> (F, ManualClock) {
+    let clock = ManualClock::new(t0());
+    (F::new(OutboxLimits::default(), clock.clone()), clock)
+}
+
+fn limited<F: Fixture>(max_events: u64, when_full: FullPolicy) -> F {
+    F::new(
+        OutboxLimits {
+            max_events,
+            max_bytes: 1 << 30,
+            when_full,
+        },
+        ManualClock::new(t0()),
+    )
+}
+
+fn seqs(events: &[UsageEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq.get()).collect()
+}
+
+fn seq_is_monotonic_across_reopen_and_after_deletes<F: Fixture>() {
+    let (f, _) = unlimited::<F>();
+    let o = f.open();
+    let got: Vec<u64> = (0..3)
+        .map(|_| o.append(ev("brew")).unwrap().get())
+        .collect();
+    assert_eq!(got, [1, 2, 3]);
+    let r = o.build_report(100, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        o.ack(r.report_seq, AckStatus::Stored).unwrap(),
+        AckOutcome::Deleted { events: 3 }
+    );
+    assert_eq!(o.stats().unwrap().depth, 0);
+    drop(o);
+    let o = f.open();
+    assert_eq!(
+        o.append(ev("brew")).unwrap().get(),
+        4,
+        "seqs are never reused after deletes or reopen"
+    );
+    let r2 = o.build_report(100, 1 << 20).unwrap().unwrap();
+    assert!(
+        r2.report_seq > r.report_seq,
+        "report seqs are never reused either"
+    );
+}
+
+fn events_round_trip_exactly<F: Fixture>() {
+    let (f, _) = unlimited::<F>();
+    let o = f.open();
+    let mut e = ev("print_page");
+    e.qty = 7;
+    e.clock_suspect = true;
+    e.attrs.insert("size".into(), "a4".into());
+    o.append(e.clone()).unwrap();
+    let r = o.build_report(10, 1 << 20).unwrap().unwrap();
+    let got = &r.events[0];
+    assert_eq!(
+        (
+            got.kind.as_str(),
+            got.qty,
+            got.occurred_at,
+            &got.attrs,
+            got.clock_suspect
+        ),
+        ("print_page", 7, e.occurred_at, &e.attrs, true)
+    );
+}
+
+fn build_report_is_stable_across_reopen<F: Fixture>() {
+    let (f, _) = unlimited::<F>();
+    let o = f.open();
+    for _ in 0..5 {
+        o.append(ev("brew")).unwrap();
+    }
+    let r1 = o.build_report(3, 1 << 20).unwrap().unwrap();
+    assert_eq!(seqs(&r1.events), [1, 2, 3]);
+    drop(o);
+    let o = f.open();
+    assert_eq!(o.inflight_reports().unwrap(), [r1.report_seq]);
+    assert_eq!(
+        o.report_events(r1.report_seq).unwrap(),
+        r1.events,
+        "same events under the same report_seq"
+    );
+    let r2 = o.build_report(3, 1 << 20).unwrap().unwrap();
+    assert_eq!(seqs(&r2.events), [4, 5]);
+    assert_eq!(r2.report_seq, r1.report_seq + 1);
+    assert!(o.build_report(3, 1 << 20).unwrap().is_none());
+    assert_eq!(
+        o.inflight_reports().unwrap(),
+        [r1.report_seq, r2.report_seq],
+        "oldest first"
+    );
+    assert!(o.report_events(999).unwrap().is_empty());
+}
+
+fn reports_respect_the_byte_budget<F: Fixture>() {
+    let (f, _) = unlimited::<F>();
+    let o = f.open();
+    for _ in 0..10 {
+        o.append(ev("brew")).unwrap();
+    }
+    let one = serde_json::to_string(&o.build_report(1, 1 << 20).unwrap().unwrap().events[0])
+        .unwrap()
+        .len();
+    // Room for exactly three bodies and the two commas between them.
+    let r = o.build_report(100, 3 * one + 2).unwrap().unwrap();
+    assert_eq!(r.events.len(), 3);
+    let body = serde_json::to_string(&r.events).unwrap();
+    assert_eq!(
+        body.len(),
+        3 * one + 2 + 2,
+        "the budget is the array's content"
+    );
+    // A budget smaller than one event still makes progress with one event.
+    assert_eq!(o.build_report(100, 1).unwrap().unwrap().events.len(), 1);
+}
+
+fn ack_deletes_only_that_report<F: Fixture>() {
+    let (f, clock) = unlimited::<F>();
+    let o = f.open();
+    for _ in 0..4 {
+        o.append(ev("brew")).unwrap();
+    }
+    let r1 = o.build_report(2, 1 << 20).unwrap().unwrap();
+    let r2 = o.build_report(2, 1 << 20).unwrap().unwrap();
+    clock.advance(Duration::seconds(5));
+    assert_eq!(
+        o.ack(r2.report_seq, AckStatus::Stored).unwrap(),
+        AckOutcome::Deleted { events: 2 }
+    );
+    let s = o.stats().unwrap();
+    assert_eq!((s.depth, s.inflight_reports, s.unsent), (2, 1, 0));
+    assert_eq!(s.last_ack_at, Some(t0() + Duration::seconds(5)));
+    assert_eq!(o.report_events(r1.report_seq).unwrap(), r1.events);
+    // Acking again, or a report that never existed, changes nothing.
+    assert_eq!(
+        o.ack(r2.report_seq, AckStatus::Stored).unwrap(),
+        AckOutcome::UnknownReport
+    );
+    assert_eq!(
+        o.ack(4242, AckStatus::Rejected).unwrap(),
+        AckOutcome::UnknownReport
+    );
+    assert_eq!(o.stats().unwrap().rejected_by_cloud, 0);
+    assert_eq!(
+        o.ack(r1.report_seq, AckStatus::Rejected).unwrap(),
+        AckOutcome::Deleted { events: 2 }
+    );
+    let s = o.stats().unwrap();
+    assert_eq!(
+        (s.depth, s.bytes, s.inflight_reports, s.rejected_by_cloud),
+        (0, 0, 0, 1)
+    );
+}
+
+fn full_outbox_rejects_under_reject<F: Fixture>() {
+    let f = limited::<F>(3, FullPolicy::Reject);
+    let o = f.open();
+    for _ in 0..3 {
+        o.append(ev("brew")).unwrap();
+    }
+    let e = o.append(ev("brew")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::Full {
+                limit: "outbox.max_events",
+                max: 3
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("outbox.max_events = 3"), "{e}");
+    let s = f.open().stats().unwrap();
+    assert_eq!(
+        (s.depth, s.rejected_full, s.evictions),
+        (3, 1, 0),
+        "the refusal is counted durably"
+    );
+    // Acks make room again, and the refused event did not use up a seq.
+    let r = o.build_report(1, 1 << 20).unwrap().unwrap();
+    o.ack(r.report_seq, AckStatus::Stored).unwrap();
+    assert_eq!(o.append(ev("brew")).unwrap().get(), 4);
+}
+
+fn drop_oldest_evicts_unsent_events_but_never_inflight_ones<F: Fixture>() {
+    let f = limited::<F>(3, FullPolicy::DropOldest);
+    let o = f.open();
+    o.append(ev("brew")).unwrap();
+    o.append(ev("brew")).unwrap();
+    let r = o.build_report(1, 1 << 20).unwrap().unwrap();
+    assert_eq!(seqs(&r.events), [1]);
+    o.append(ev("brew")).unwrap();
+    assert_eq!(o.append(ev("brew")).unwrap().get(), 4);
+    let s = o.stats().unwrap();
+    assert_eq!((s.depth, s.evictions), (3, 1));
+    assert_eq!(
+        o.report_events(r.report_seq).unwrap(),
+        r.events,
+        "the in-flight event survives"
+    );
+    let rest = o.build_report(10, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        seqs(&rest.events),
+        [3, 4],
+        "seq 2, the oldest unsent, was evicted"
+    );
+    // Everything is in flight now: nothing may be evicted, so the new event is refused.
+    let e = o.append(ev("brew")).unwrap_err();
+    assert!(matches!(e, OutboxError::Full { .. }), "{e}");
+    let s = o.stats().unwrap();
+    assert_eq!((s.depth, s.evictions, s.rejected_full), (3, 1, 1));
+}
+
+fn the_byte_limit_is_enforced<F: Fixture>() {
+    let clock = ManualClock::new(t0());
+    let probe = F::new(OutboxLimits::default(), clock.clone());
+    probe.open().append(ev("brew")).unwrap();
+    let size = probe.open().stats().unwrap().bytes;
+    let f = F::new(
+        OutboxLimits {
+            max_events: 100,
+            max_bytes: size * 2 + 1,
+            when_full: FullPolicy::Reject,
+        },
+        clock,
+    );
+    let o = f.open();
+    o.append(ev("brew")).unwrap();
+    o.append(ev("brew")).unwrap();
+    let e = o.append(ev("brew")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::Full {
+                limit: "outbox.max_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+fn concurrent_writers_get_distinct_seqs<F: Fixture>() {
+    let (f, _) = unlimited::<F>();
+    let handles: Vec<Arc<dyn Outbox>> = (0..2).map(|_| f.open()).collect();
+    let per_writer = 100;
+    let threads: Vec<_> = handles
+        .into_iter()
+        .map(|o| {
+            std::thread::spawn(move || {
+                (0..per_writer)
+                    .map(|_| o.append(ev("brew")).unwrap().get())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=2 * per_writer).collect();
+    assert_eq!(all, expected, "every seq exactly once");
+    assert_eq!(f.open().stats().unwrap().depth, 2 * per_writer);
+}
+
+fn stats_report_unsent_inflight_and_ages<F: Fixture>() {
+    let (f, clock) = unlimited::<F>();
+    let o = f.open();
+    assert_eq!(o.stats().unwrap(), OutboxStats::default());
+    o.append(ev("brew")).unwrap();
+    clock.advance(Duration::seconds(10));
+    o.append(ev("brew")).unwrap();
+    o.append(ev("brew")).unwrap();
+    o.build_report(1, 1 << 20).unwrap();
+    let s = o.stats().unwrap();
+    assert_eq!((s.depth, s.unsent, s.inflight_reports), (3, 2, 1));
+    assert_eq!(s.oldest_unacked_recorded_at, Some(t0()));
+    assert_eq!(
+        s.oldest_unsent_recorded_at,
+        Some(t0() + Duration::seconds(10))
+    );
+    assert!(s.bytes > 0);
+    assert_eq!(s.last_ack_at, None);
+}
+
+fn session_counter_and_daemon_state_persist<F: Fixture>() {
+    let (f, clock) = unlimited::<F>();
+    let o = f.open();
+    assert_eq!(o.daemon_state().unwrap(), None);
+    assert_eq!(o.next_session().unwrap(), 1);
+    assert_eq!(o.next_session().unwrap(), 2);
+    let st = DaemonState {
+        state: ConnectionState::Connected,
+        pid: 42,
+        at: clock.now(),
+        session: 2,
+        reconnects: 1,
+    };
+    o.set_daemon_state(&st).unwrap();
+    drop(o);
+    let o = f.open();
+    assert_eq!(o.next_session().unwrap(), 3);
+    assert_eq!(o.daemon_state().unwrap(), Some(st));
+}
+
+macro_rules! outbox_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $test() { super::$test::<super::Sqlite>() })*
+        }
+        mod memory {
+            $(#[test] fn $test() { super::$test::<super::Memory>() })*
+        }
+    };
+}
+
+outbox_suite!(
+    seq_is_monotonic_across_reopen_and_after_deletes,
+    events_round_trip_exactly,
+    build_report_is_stable_across_reopen,
+    reports_respect_the_byte_budget,
+    ack_deletes_only_that_report,
+    full_outbox_rejects_under_reject,
+    drop_oldest_evicts_unsent_events_but_never_inflight_ones,
+    the_byte_limit_is_enforced,
+    concurrent_writers_get_distinct_seqs,
+    stats_report_unsent_inflight_and_ages,
+    session_counter_and_daemon_state_persist,
+);

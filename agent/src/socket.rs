@@ -1,0 +1,456 @@
+//! The local capture socket: how firmware and apps on the device record events while
+//! the daemon runs, without starting a process per event.
+//!
+//! # Line format
+//!
+//! A Unix stream socket at `socket.path` (default `{data_dir}/agent.sock`, mode 0660).
+//! Newline-delimited JSON: one request per line, one response line per request, in order,
+//! on a connection that stays open for as many requests as the client likes.
+//!
+//! Request (`qty`, `at` and `attrs` optional; unknown fields are rejected):
+//!
+//! ```text
+//! {"kind":"brew","qty":1,"at":"2026-11-24T08:00:00Z","attrs":{"drink":"latte"}}
+//! ```
+//!
+//! Responses:
+//!
+//! ```text
+//! {"ok":true,"seq":42}
+//! {"ok":true,"seq":43,"clock_suspect":true}
+//! {"ok":false,"error":"event kind \"Brew\" may only contain lowercase ASCII letters, ..."}
+//! ```
+//!
+//! - `seq` is the event's sequence number; the event is durably in the outbox before the
+//!   response is written. `clock_suspect` appears (as `true`) only when the event was
+//!   flagged because the device clock looked wrong.
+//! - The same validation and clock rules as `rollcall-agent record` apply (see
+//!   [`crate::capture`]).
+//! - A line longer than 8 KiB (without its newline) is answered with an error and the rest
+//!   of that line is discarded; the connection stays usable. Blank lines are ignored. A
+//!   trailing `\r` is tolerated.
+//! - When the outbox is full under `when_full = "reject"`, the error names the limit.
+
+use crate::capture::{Capture, CaptureError, RecordRequest};
+use serde::Serialize;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Longest request line accepted, in bytes, without its newline.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// Why the socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Binding or preparing the socket failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Something that is not a socket sits at the path; it is left alone.
+    #[error("{}: exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another process is serving this socket.
+    #[error("{}: another process is already listening here", path.display())]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+/// One response line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// Recorded.
+    Ok {
+        /// Always `true`.
+        ok: bool,
+        /// The event's seq.
+        seq: u64,
+        /// Present (and `true`) only when the event was flagged.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        clock_suspect: bool,
+    },
+    /// Not recorded.
+    Err {
+        /// Always `false`.
+        ok: bool,
+        /// Why.
+        error: String,
+    },
+}
+
+impl Response {
+    fn error(msg: impl Into<String>) -> Self {
+        Response::Err {
+            ok: false,
+            error: msg.into(),
+        }
+    }
+}
+
+/// Binds the socket at `path`: removes a stale socket file left by a previous run
+/// (refusing if someone still listens there, or if the path is not a socket) and sets
+/// mode 0660.
+pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    let io_err = |source| SocketError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(SocketError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io_err)?;
+            debug!(path = %path.display(), "Removed a stale socket file");
+        }
+        Ok(_) => {
+            return Err(SocketError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Serves connections until `shutdown`, then stops accepting, lets each connection finish
+/// the request it is handling, and returns.
+pub async fn serve(listener: UnixListener, capture: Capture, shutdown: CancellationToken) {
+    let capture = Arc::new(capture);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(handle_connection(stream, capture.clone(), shutdown.clone()));
+                }
+                Err(error) => {
+                    warn!(%error, "Accepting a socket connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+    info!("Capture socket closed");
+}
+
+async fn handle_connection(stream: UnixStream, capture: Arc<Capture>, shutdown: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = read_line(&mut reader, &mut line) => got,
+        };
+        let response = match got {
+            Ok(Line::Eof) => return,
+            Ok(Line::TooLong) => Response::error(format!(
+                "line longer than {MAX_LINE_BYTES} bytes; discarded"
+            )),
+            Ok(Line::Complete) => {
+                let text = line.strip_suffix(b"\r").unwrap_or(&line);
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                handle_request(text, &capture).await
+            }
+            Err(error) => {
+                debug!(%error, "Socket read failed");
+                return;
+            }
+        };
+        let mut out = serde_json::to_vec(&response).expect("responses serialise");
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle_request(text: &[u8], capture: &Arc<Capture>) -> Response {
+    let req: RecordRequest = match serde_json::from_slice(text) {
+        Ok(r) => r,
+        Err(e) => return Response::error(format!("bad request: {e}")),
+    };
+    let result = if capture.outbox().may_block() {
+        let c = capture.clone();
+        match tokio::task::spawn_blocking(move || c.record(&req)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    } else {
+        capture.record(&req)
+    };
+    match result {
+        Ok(r) => Response::Ok {
+            ok: true,
+            seq: r.seq.get(),
+            clock_suspect: r.clock_suspect,
+        },
+        Err(CaptureError::Invalid(msg)) => Response::error(msg),
+        Err(CaptureError::Outbox(e)) => {
+            warn!(error = %e, "Socket event not recorded");
+            Response::error(e.to_string())
+        }
+    }
+}
+
+/// What [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line is in the buffer (without its newline).
+    Complete,
+    /// The line was too long and has been skipped up to its newline.
+    TooLong,
+    /// The peer closed the connection.
+    Eof,
+}
+
+/// Reads one line into `buf`, never holding more than [`MAX_LINE_BYTES`] of it.
+async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            // EOF: a last line without a newline still counts.
+            return Ok(match (too_long, buf.is_empty()) {
+                (true, _) => Line::TooLong,
+                (false, true) => Line::Eof,
+                (false, false) => Line::Complete,
+            });
+        }
+        let (chunk, used, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > MAX_LINE_BYTES {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        r.consume(used);
+        if done {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{MemoryOutbox, Outbox, OutboxLimits, SqliteOutbox};
+    use chrono::{DateTime, Utc};
+    use rollcall_shared::{Clock, ManualClock};
+    use tokio::io::{AsyncReadExt, BufReader};
+
+    fn clock() -> Arc<dyn Clock> {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        Arc::new(ManualClock::new(t))
+    }
+
+    struct Served {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        outbox: Arc<dyn Outbox>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn serve_with(outbox: Arc<dyn Outbox>, dir: tempfile::TempDir) -> Served {
+        let path = dir.path().join("agent.sock");
+        let listener = bind(&path).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            Capture::new(outbox.clone(), clock()),
+            shutdown.clone(),
+        ));
+        Served {
+            _dir: dir,
+            path,
+            outbox,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn serve_memory(limits: OutboxLimits) -> Served {
+        serve_with(
+            Arc::new(MemoryOutbox::new(limits, clock())),
+            tempfile::tempdir().unwrap(),
+        )
+        .await
+    }
+
+    async fn ask(conn: &mut BufReader<UnixStream>, line: &[u8]) -> serde_json::Value {
+        conn.get_mut().write_all(line).await.unwrap();
+        let mut resp = String::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_line(&mut resp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(n > 0, "connection closed");
+        serde_json::from_str(&resp).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_round_trip_over_a_real_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox: Arc<dyn Outbox> = Arc::new(
+            SqliteOutbox::open(
+                &dir.path().join("o.sqlite"),
+                OutboxLimits::default(),
+                clock(),
+            )
+            .unwrap(),
+        );
+        let s = serve_with(outbox, dir).await;
+        let mode = std::fs::metadata(&s.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+        let mut c = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        let r = ask(&mut c, b"{\"kind\":\"brew\",\"qty\":1,\"at\":\"2026-11-24T08:00:00Z\",\"attrs\":{\"drink\":\"latte\"}}\n").await;
+        assert_eq!(r, serde_json::json!({"ok": true, "seq": 1}));
+        let r = ask(&mut c, b"{\"kind\":\"brew\"}\r\n\n").await;
+        assert_eq!(r, serde_json::json!({"ok": true, "seq": 2}));
+        let r = ask(
+            &mut c,
+            b"{\"kind\":\"brew\",\"at\":\"2030-01-01T00:00:00Z\"}\n",
+        )
+        .await;
+        assert_eq!(
+            r,
+            serde_json::json!({"ok": true, "seq": 3, "clock_suspect": true})
+        );
+        let r = ask(&mut c, b"{\"kind\":\"Brew\"}\n").await;
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains("event kind"), "{r}");
+        let r = ask(&mut c, b"{\"kind\":\"brew\",\"colour\":\"red\"}\n").await;
+        assert!(r["error"].as_str().unwrap().contains("colour"), "{r}");
+        let r = ask(&mut c, b"not json\n").await;
+        assert_eq!(r["ok"], false);
+        assert_eq!(s.outbox.stats().unwrap().depth, 3);
+        s.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_refused_and_the_connection_stays_usable() {
+        let s = serve_memory(OutboxLimits::default()).await;
+        let mut c = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        let mut long = format!(
+            "{{\"kind\":\"brew\",\"attrs\":{{\"k\":\"{}\"}}}}",
+            "x".repeat(MAX_LINE_BYTES)
+        )
+        .into_bytes();
+        long.push(b'\n');
+        let r = ask(&mut c, &long).await;
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains("8192"), "{r}");
+        let r = ask(&mut c, b"{\"kind\":\"brew\"}\n").await;
+        assert_eq!(r, serde_json::json!({"ok": true, "seq": 1}));
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_answers_with_the_limit() {
+        let limits = OutboxLimits {
+            max_events: 1,
+            ..OutboxLimits::default()
+        };
+        let s = serve_memory(limits).await;
+        let mut c = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        assert_eq!(ask(&mut c, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+        let r = ask(&mut c, b"{\"kind\":\"brew\"}\n").await;
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("outbox.max_events = 1"),
+            "{r}"
+        );
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let live = bind(&path).await.unwrap();
+        assert!(matches!(bind(&path).await, Err(SocketError::InUse { .. })));
+        drop(live);
+        let again = bind(&path).await.unwrap();
+        drop(again);
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            bind(&file).await,
+            Err(SocketError::NotASocket { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_line_reader_bounds_memory_and_resynchronises() {
+        let mut input = vec![b'a'; MAX_LINE_BYTES + 10];
+        input.extend_from_slice(b"\nok\nlast");
+        let mut r = BufReader::with_capacity(64, &input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Line::TooLong);
+        assert!(buf.len() <= MAX_LINE_BYTES);
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Line::Complete);
+        assert_eq!(buf, b"ok");
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Line::Complete);
+        assert_eq!(buf, b"last");
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Line::Eof);
+        let exact = vec![b'b'; MAX_LINE_BYTES];
+        let mut r = BufReader::with_capacity(100, &exact[..]);
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), Line::Complete);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+}
