@@ -44,7 +44,14 @@ pub struct IngestBench {
 
 impl Default for IngestBench {
     fn default() -> Self {
-        Self { devices: 200, reports: 100, events: 15, clients: 8, mqtt_url: None, agent: true }
+        Self {
+            devices: 200,
+            reports: 100,
+            events: 15,
+            clients: 8,
+            mqtt_url: None,
+            agent: true,
+        }
     }
 }
 
@@ -85,7 +92,10 @@ fn opts(id: &str, url: &str) -> Result<MqttOptions> {
 /// Runs the ingest benchmark.
 pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     let tmp = tempfile::tempdir()?;
-    let mut cfg = CloudConfig { data_dir: tmp.path().to_path_buf(), ..Default::default() };
+    let mut cfg = CloudConfig {
+        data_dir: tmp.path().to_path_buf(),
+        ..Default::default()
+    };
     cfg.broker.listen = "127.0.0.1:0".parse()?;
     cfg.http.listen = "127.0.0.1:0".parse()?;
     if let Some(u) = &b.mqtt_url {
@@ -93,20 +103,42 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     }
     // Register the fleet.
     let clock = SystemClock;
-    let keys: Vec<(DeviceId, KeyPair)> =
-        (0..b.devices).map(|i| (DeviceId::parse(&format!("bench-{i:05}")).unwrap(), KeyPair::generate())).collect();
+    let keys: Vec<(DeviceId, KeyPair)> = (0..b.devices)
+        .map(|i| {
+            (
+                DeviceId::parse(&format!("bench-{i:05}")).unwrap(),
+                KeyPair::generate(),
+            )
+        })
+        .collect();
     {
         let mut conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
         let tx = conn.transaction()?;
-        let m = rollcall_cloud::registry::NewMember::parse("bench-member", "Bench Member", None, None, None, None, None, "US")?;
+        let m = rollcall_cloud::registry::NewMember::parse(
+            "bench-member",
+            "Bench Member",
+            None,
+            None,
+            None,
+            None,
+            None,
+            "US",
+        )?;
         rollcall_cloud::registry::upsert_member(&tx, &m, clock.now())?;
         for (d, k) in &keys {
-            rollcall_cloud::registry::add_device(&tx, d, &MemberId::parse("bench-member")?, &k.public(), clock.now())?;
+            rollcall_cloud::registry::add_device(
+                &tx,
+                d,
+                &MemberId::parse("bench-member")?,
+                &k.public(),
+                clock.now(),
+            )?;
         }
         tx.commit()?;
     }
     let shutdown = CancellationToken::new();
-    let cloud = rollcall_cloud::server::start(cfg.clone(), Arc::new(SystemClock), shutdown.clone()).await?;
+    let cloud =
+        rollcall_cloud::server::start(cfg.clone(), Arc::new(SystemClock), shutdown.clone()).await?;
     let url = cloud.mqtt_url.clone();
     let topics = Topics::default();
 
@@ -125,7 +157,10 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
                         kind: kind.clone(),
                         qty: 1,
                         occurred_at: now,
-                        attrs: BTreeMap::from([("drink".to_owned(), ["latte", "espresso"][j % 2].to_owned())]),
+                        attrs: BTreeMap::from([(
+                            "drink".to_owned(),
+                            ["latte", "espresso"][j % 2].to_owned(),
+                        )]),
                         clock_suspect: false,
                     };
                     seq += 1;
@@ -147,8 +182,12 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     }
     let total = b.devices * b.reports;
 
-    let raw = raw_broker(&url, &messages, total).await.context("raw broker run")?;
-    let (elapsed, acked) = end_to_end(&url, &topics, &keys, &messages, total, b.clients).await.context("ingest run")?;
+    let raw = raw_broker(&url, &messages, total)
+        .await
+        .context("raw broker run")?;
+    let (elapsed, acked) = end_to_end(&url, &topics, &keys, &messages, total, b.clients)
+        .await
+        .context("ingest run")?;
     if acked != total as u64 {
         bail!("only {acked} of {total} reports were acked");
     }
@@ -197,16 +236,18 @@ async fn raw_broker(url: &str, messages: &[Vec<(String, Vec<u8>)>], total: usize
                         let _ = r.send(());
                     }
                 }
-                Event::Incoming(Packet::Publish(_)) => {
-                    if g.fetch_add(1, Ordering::Relaxed) + 1 == total as u64 {
-                        break;
-                    }
+                Event::Incoming(Packet::Publish(_))
+                    if g.fetch_add(1, Ordering::Relaxed) + 1 == total as u64 =>
+                {
+                    break
                 }
                 _ => {}
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx).await.context("raw subscriber not ready")??;
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .context("raw subscriber not ready")??;
     let start = Instant::now();
     let mut pubs = Vec::new();
     for (c, msgs) in messages.iter().enumerate() {
@@ -223,7 +264,9 @@ async fn raw_broker(url: &str, messages: &[Vec<(String, Vec<u8>)>], total: usize
             (client, poller)
         }));
     }
-    tokio::time::timeout(Duration::from_secs(300), sub_task).await.context("raw subscriber timed out")??;
+    tokio::time::timeout(Duration::from_secs(300), sub_task)
+        .await
+        .context("raw subscriber timed out")??;
     let elapsed = start.elapsed();
     for p in pubs {
         let (client, poller) = p.await?;
@@ -253,7 +296,11 @@ async fn end_to_end(
                 client.subscribe(topics.down(d), QoS::AtLeastOnce).await?;
             }
         }
-        let expected_subs = keys.iter().enumerate().filter(|(i, _)| i % clients == c).count();
+        let expected_subs = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % clients == c)
+            .count();
         let acked = acked.clone();
         let done_tx = done_tx.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -271,9 +318,17 @@ async fn end_to_end(
                         }
                     }
                     Event::Incoming(Packet::Publish(p)) => {
-                        let Ok(env) = Envelope::from_json(&p.payload) else { continue };
-                        let Ok(body) = env.payload_unverified() else { continue };
-                        if let Ok(Downlink { body: DownBody::Ack(a), .. }) = Downlink::decode(&body) {
+                        let Ok(env) = Envelope::from_json(&p.payload) else {
+                            continue;
+                        };
+                        let Ok(body) = env.payload_unverified() else {
+                            continue;
+                        };
+                        if let Ok(Downlink {
+                            body: DownBody::Ack(a),
+                            ..
+                        }) = Downlink::decode(&body)
+                        {
                             if matches!(a.status, AckStatus::Stored | AckStatus::Duplicate)
                                 && acked.fetch_add(1, Ordering::Relaxed) + 1 == total as u64
                             {
@@ -285,7 +340,9 @@ async fn end_to_end(
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(20), ready_rx).await.context("device subscriptions")??;
+        tokio::time::timeout(Duration::from_secs(20), ready_rx)
+            .await
+            .context("device subscriptions")??;
         conns.push((client, poller));
     }
     let start = Instant::now();
@@ -331,14 +388,22 @@ pub fn release_agent_binary() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "rollcall-agent", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "rollcall-agent",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .status()?;
     if !status.success() {
         bail!("building the release agent failed");
     }
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/rollcall-agent");
-    let p = std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("release/rollcall-agent")).unwrap_or(p);
+    let p = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| PathBuf::from(t).join("release/rollcall-agent"))
+        .unwrap_or(p);
     if !p.exists() {
         bail!("release agent binary not found at {}", p.display());
     }
@@ -347,7 +412,12 @@ pub fn release_agent_binary() -> Result<PathBuf> {
 
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Runs the real agent daemon against the cloud while recording events for a few
@@ -364,7 +434,11 @@ async fn agent_figures(url: &str, cfg: &CloudConfig, cloud_key: &str) -> Result<
             tmp.path().display()
         ),
     )?;
-    let out = std::process::Command::new(&bin).arg("init").arg("--config").arg(&conf).output()?;
+    let out = std::process::Command::new(&bin)
+        .arg("init")
+        .arg("--config")
+        .arg(&conf)
+        .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("agent init output")?;
     {
         let conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
@@ -372,7 +446,9 @@ async fn agent_figures(url: &str, cfg: &CloudConfig, cloud_key: &str) -> Result<
             &conn,
             &DeviceId::parse("bench-agent")?,
             &MemberId::parse("bench-member")?,
-            &rollcall_shared::dsse::PublicKey::from_base64(v["public_key"].as_str().unwrap_or_default())?,
+            &rollcall_shared::dsse::PublicKey::from_base64(
+                v["public_key"].as_str().unwrap_or_default(),
+            )?,
             SystemClock.now(),
         )?;
     }

@@ -55,8 +55,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Bench(BenchCmd::Ingest { mqtt_url, devices, reports, events, clients, no_agent, json }) => {
-            let b = rollcall::bench::IngestBench { devices, reports, events, clients, mqtt_url, agent: !no_agent };
+        Command::Bench(BenchCmd::Ingest {
+            mqtt_url,
+            devices,
+            reports,
+            events,
+            clients,
+            no_agent,
+            json,
+        }) => {
+            let b = rollcall::bench::IngestBench {
+                devices,
+                reports,
+                events,
+                clients,
+                mqtt_url,
+                agent: !no_agent,
+            };
             let f = rollcall::bench::ingest(&b).await?;
             if json {
                 println!("{}", serde_json::to_string(&f)?);

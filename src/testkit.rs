@@ -29,10 +29,18 @@ pub fn bins() -> &'static Bins {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins", "-p", "rollcall-agent", "-p", "rollcall-cloud", "--message-format=json-render-diagnostics"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "rollcall-agent",
+            "-p",
+            "rollcall-cloud",
+            "--message-format=json-render-diagnostics",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stderr(Stdio::inherit());
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
@@ -41,7 +49,9 @@ pub fn bins() -> &'static Bins {
         let mut agent = None;
         let mut cloud = None;
         for line in out.stdout.split(|b| *b == b'\n') {
-            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
             if let Some(exe) = v.get("executable").and_then(Value::as_str) {
                 match v["target"]["name"].as_str() {
                     Some("rollcall-agent") => agent = Some(PathBuf::from(exe)),
@@ -50,13 +60,20 @@ pub fn bins() -> &'static Bins {
                 }
             }
         }
-        Bins { agent: agent.expect("agent binary built"), cloud: cloud.expect("cloud binary built") }
+        Bins {
+            agent: agent.expect("agent binary built"),
+            cloud: cloud.expect("cloud binary built"),
+        }
     })
 }
 
 /// A free loopback port (closed again; a short race with other processes is accepted).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -110,7 +127,12 @@ impl Drop for Proc {
 pub fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(String::from_utf8(out.stdout)?)
 }
@@ -158,17 +180,23 @@ impl TestCloud {
     /// (Re)starts the serve process on the same ports and data dir.
     pub fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(&bins().cloud);
-        cmd.arg("serve").arg("--data-dir").arg(&self.data_dir).args(["--http-listen", "127.0.0.1:0"]);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--http-listen", "127.0.0.1:0"]);
         match &self.external_mqtt {
             Some(u) => cmd.args(["--mqtt-url", u]),
             None => cmd.arg("--mqtt-listen").arg(self.mqtt_listen.to_string()),
         };
-        cmd.env("ROLLCALL_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.env("ROLLCALL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("cloud ready line {line:?}"))?;
+        let v: Value =
+            serde_json::from_str(&line).with_context(|| format!("cloud ready line {line:?}"))?;
         self.mqtt_url = v["mqtt_url"].as_str().unwrap_or_default().to_owned();
         self.http_url = v["http_url"].as_str().unwrap_or_default().to_owned();
         self.public_key = v["public_key"].as_str().unwrap_or_default().to_owned();
@@ -192,28 +220,49 @@ impl TestCloud {
 
     /// Runs a `rollcall-cloud` CLI command against this cloud's data dir; returns stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        run_ok(Command::new(&bins().cloud).args(args).arg("--data-dir").arg(&self.data_dir))
+        run_ok(
+            Command::new(&bins().cloud)
+                .args(args)
+                .arg("--data-dir")
+                .arg(&self.data_dir),
+        )
     }
 
     /// Adds a member.
     pub fn add_member(&self, id: &str, name: &str) -> Result<()> {
-        self.cli(&["members", "add", "--id", id, "--name", name]).map(|_| ())
+        self.cli(&["members", "add", "--id", id, "--name", name])
+            .map(|_| ())
     }
 
     /// Registers a device.
     pub fn add_device(&self, id: &str, member: &str, public_key: &str) -> Result<Value> {
-        let out = self.cli(&["devices", "add", "--id", id, "--member", member, "--public-key", public_key])?;
+        let out = self.cli(&[
+            "devices",
+            "add",
+            "--id",
+            id,
+            "--member",
+            member,
+            "--public-key",
+            public_key,
+        ])?;
         Ok(serde_json::from_str(&out)?)
     }
 
     /// `members show ID --json`.
     pub fn member(&self, id: &str) -> Result<Value> {
-        Ok(serde_json::from_str(&self.cli(&["members", "show", id, "--json"])?)?)
+        Ok(serde_json::from_str(
+            &self.cli(&["members", "show", id, "--json"])?,
+        )?)
     }
 
     /// `quarantine list --json`.
     pub fn quarantine(&self) -> Result<Vec<Value>> {
-        Ok(serde_json::from_str(&self.cli(&["quarantine", "list", "--json"])?)?)
+        Ok(serde_json::from_str(&self.cli(&[
+            "quarantine",
+            "list",
+            "--json",
+        ])?)?)
     }
 
     /// Waits until member `id` has `n` distinct events stored.
@@ -229,7 +278,9 @@ impl TestCloud {
         let conn = rusqlite_open(&self.data_dir.join("rollcall.db"))?;
         let mut st = conn.prepare("SELECT seq FROM events WHERE device_id = ?1 ORDER BY seq")?;
         let rows = st.query_map([device], |r| r.get::<_, i64>(0))?;
-        Ok(rows.map(|r| r.map(|x| x as u64)).collect::<Result<_, _>>()?)
+        Ok(rows
+            .map(|r| r.map(|x| x as u64))
+            .collect::<Result<_, _>>()?)
     }
 }
 
@@ -269,7 +320,12 @@ impl TestAgent {
                 data_dir.display()
             ),
         )?;
-        let out = run_ok(Command::new(&bins().agent).arg("init").arg("--config").arg(&config))?;
+        let out = run_ok(
+            Command::new(&bins().agent)
+                .arg("init")
+                .arg("--config")
+                .arg(&config),
+        )?;
         let v: Value = serde_json::from_str(out.trim())?;
         Ok(Self {
             data_dir,
@@ -304,7 +360,12 @@ impl TestAgent {
 
     /// Runs an agent CLI command with this agent's config; returns stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        run_ok(Command::new(&bins().agent).args(args).arg("--config").arg(&self.config))
+        run_ok(
+            Command::new(&bins().agent)
+                .args(args)
+                .arg("--config")
+                .arg(&self.config),
+        )
     }
 
     /// `record KIND` through the CLI; returns the seq.
@@ -316,16 +377,23 @@ impl TestAgent {
     /// returns their seqs.
     pub fn record_via_socket(&self, kind: &str, n: usize) -> Result<Vec<u64>> {
         let path = self.data_dir.join("agent.sock");
-        let stream = wait_for("the agent's socket", Duration::from_secs(20), || UnixStream::connect(&path).ok())?;
+        let stream = wait_for("the agent's socket", Duration::from_secs(20), || {
+            UnixStream::connect(&path).ok()
+        })?;
         let mut w = stream.try_clone()?;
         let mut r = BufReader::new(stream);
         let mut seqs = Vec::with_capacity(n);
         let mut line = String::new();
         for i in 0..n {
-            writeln!(w, "{{\"kind\":\"{kind}\",\"qty\":{},\"attrs\":{{\"i\":\"{i}\"}}}}", 1 + i % 3)?;
+            writeln!(
+                w,
+                "{{\"kind\":\"{kind}\",\"qty\":{},\"attrs\":{{\"i\":\"{i}\"}}}}",
+                1 + i % 3
+            )?;
             line.clear();
             r.read_line(&mut line)?;
-            let v: Value = serde_json::from_str(&line).with_context(|| format!("socket answered {line:?}"))?;
+            let v: Value =
+                serde_json::from_str(&line).with_context(|| format!("socket answered {line:?}"))?;
             match v["seq"].as_u64() {
                 Some(s) if v["ok"] == Value::Bool(true) => seqs.push(s),
                 _ => bail!("socket refused event {i}: {line}"),
@@ -354,10 +422,14 @@ impl Mosquitto {
     /// Finds the mosquitto binary. `None` means "skip": allowed only when
     /// `ROLLCALL_REQUIRE_INTEROP` is unset (CI sets it, so there it is a failure).
     pub fn binary() -> Option<PathBuf> {
-        let found = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
+        let found = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
         if found.is_none() {
             assert!(
                 std::env::var_os("ROLLCALL_REQUIRE_INTEROP").is_none(),
@@ -370,7 +442,9 @@ impl Mosquitto {
 
     /// Starts Mosquitto on a free port; `None` when it is not installed (see [`Mosquitto::binary`]).
     pub fn start() -> Result<Option<Self>> {
-        let Some(_) = Self::binary() else { return Ok(None) };
+        let Some(_) = Self::binary() else {
+            return Ok(None);
+        };
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -378,7 +452,12 @@ impl Mosquitto {
             &conf,
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 1048576\nmax_queued_messages 100000\nmax_inflight_messages 1000\n"),
         )?;
-        let mut m = Mosquitto { port, _dir: dir, conf, proc: None };
+        let mut m = Mosquitto {
+            port,
+            _dir: dir,
+            conf,
+            proc: None,
+        };
         m.spawn()?;
         Ok(Some(m))
     }

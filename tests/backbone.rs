@@ -9,7 +9,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 fn agent(cloud: &TestCloud, device: &str, member: &str, mqtt_url: &str) -> TestAgent {
     let a = TestAgent::new(device, mqtt_url, &cloud.public_key, "").unwrap();
-    cloud.add_device(&a.device_id, member, &a.public_key).unwrap();
+    cloud
+        .add_device(&a.device_id, member, &a.public_key)
+        .unwrap();
     a
 }
 
@@ -17,8 +19,17 @@ fn agent(cloud: &TestCloud, device: &str, member: &str, mqtt_url: &str) -> TestA
 fn assert_exactly(cloud: &TestCloud, device: &str, mut seqs: Vec<u64>) {
     seqs.sort_unstable();
     let stored = cloud.stored_seqs(device).unwrap();
-    assert_eq!(stored.len(), seqs.len(), "{device}: stored {} events, recorded {}", stored.len(), seqs.len());
-    assert_eq!(stored, seqs, "{device}: stored seqs differ from recorded ones");
+    assert_eq!(
+        stored.len(),
+        seqs.len(),
+        "{device}: stored {} events, recorded {}",
+        stored.len(),
+        seqs.len()
+    );
+    assert_eq!(
+        stored, seqs,
+        "{device}: stored seqs differ from recorded ones"
+    );
 }
 
 fn drained(a: &TestAgent) -> bool {
@@ -43,10 +54,18 @@ fn two_agents_thousand_events(cloud: &TestCloud, mqtt_url: &str) {
     assert_eq!(m["usage"]["by_kind"]["rinse"], rinse);
     assert_exactly(cloud, "coffee-a", sa);
     assert_exactly(cloud, "coffee-b", sb);
-    wait_for("both outboxes to drain after acks", DEADLINE, || (drained(&a) && drained(&b)).then_some(())).unwrap();
+    wait_for("both outboxes to drain after acks", DEADLINE, || {
+        (drained(&a) && drained(&b)).then_some(())
+    })
+    .unwrap();
     // Clean shutdown on SIGTERM.
     for ag in [&mut a, &mut b] {
-        let st = ag.proc.as_mut().unwrap().terminate(Duration::from_secs(10)).unwrap();
+        let st = ag
+            .proc
+            .as_mut()
+            .unwrap()
+            .terminate(Duration::from_secs(10))
+            .unwrap();
         assert!(st.success(), "agent exited with {st}");
     }
 }
@@ -60,7 +79,9 @@ fn a_thousand_events_from_two_agents_arrive_exactly_once_through_the_embedded_br
 
 #[test]
 fn agents_and_ingest_interoperate_through_mosquitto() {
-    let Some(mosq) = Mosquitto::start().unwrap() else { return };
+    let Some(mosq) = Mosquitto::start().unwrap() else {
+        return;
+    };
     let cloud = TestCloud::start_with(Some(mosq.url())).unwrap();
     assert_eq!(cloud.mqtt_url, mosq.url());
     two_agents_thousand_events(&cloud, &mosq.url());
@@ -75,18 +96,26 @@ fn cloud_killed_mid_ingest_and_restarted_loses_and_duplicates_nothing() {
     a.start().unwrap();
     let mut seqs = a.record_via_socket("print_page", 1500).unwrap();
     // Kill the cloud (and its embedded broker) while reports are flowing.
-    wait_for("ingest to be under way", DEADLINE, || (cloud.stored_seqs("printer-a").ok()?.len() > 10).then_some(())).unwrap();
+    wait_for("ingest to be under way", DEADLINE, || {
+        (cloud.stored_seqs("printer-a").ok()?.len() > 10).then_some(())
+    })
+    .unwrap();
     cloud.kill9();
     seqs.extend(a.record_via_socket("print_page", 500).unwrap());
     cloud.spawn().unwrap();
     cloud.wait_events("m1", 2000, DEADLINE).unwrap();
     assert_exactly(&cloud, "printer-a", seqs);
-    wait_for("the outbox to drain", DEADLINE, || drained(&a).then_some(())).unwrap();
+    wait_for("the outbox to drain", DEADLINE, || {
+        drained(&a).then_some(())
+    })
+    .unwrap();
 }
 
 #[test]
 fn a_broker_restart_loses_and_duplicates_nothing() {
-    let Some(mut mosq) = Mosquitto::start().unwrap() else { return };
+    let Some(mut mosq) = Mosquitto::start().unwrap() else {
+        return;
+    };
     let cloud = TestCloud::start_with(Some(mosq.url())).unwrap();
     cloud.add_member("m1", "Ann Lee").unwrap();
     let mut a = agent(&cloud, "bike-a", "m1", &mosq.url());
@@ -112,11 +141,19 @@ fn an_agent_killed_between_record_and_ack_resends_after_restart() {
     seqs.extend(a.record_via_socket("brew", 300).unwrap());
     a.kill9();
     let before = cloud.stored_seqs("coffee-k").unwrap().len();
-    assert!(before < seqs.len() || drained(&a), "either some events were unacked at the kill, or all were acked");
+    assert!(
+        before < seqs.len() || drained(&a),
+        "either some events were unacked at the kill, or all were acked"
+    );
     a.start().unwrap();
-    cloud.wait_events("m1", seqs.len() as u64, DEADLINE).unwrap();
+    cloud
+        .wait_events("m1", seqs.len() as u64, DEADLINE)
+        .unwrap();
     assert_exactly(&cloud, "coffee-k", seqs);
-    wait_for("the outbox to drain", DEADLINE, || drained(&a).then_some(())).unwrap();
+    wait_for("the outbox to drain", DEADLINE, || {
+        drained(&a).then_some(())
+    })
+    .unwrap();
 }
 
 #[test]
@@ -139,7 +176,13 @@ fn an_agent_offline_with_thousands_of_events_queued_catches_up() {
     cloud.add_device("coffee-off", "m1", &a.public_key).unwrap();
     cloud.wait_events("m1", 5000, DEADLINE).unwrap();
     assert_exactly(&cloud, "coffee-off", seqs);
-    wait_for("the outbox to drain", DEADLINE, || drained(&a).then_some(())).unwrap();
+    wait_for("the outbox to drain", DEADLINE, || {
+        drained(&a).then_some(())
+    })
+    .unwrap();
     let st = a.status().unwrap();
-    assert!(st["reconnects"].as_u64().unwrap_or(0) >= 1 || st["connection"].is_string(), "{st}");
+    assert!(
+        st["reconnects"].as_u64().unwrap_or(0) >= 1 || st["connection"].is_string(),
+        "{st}"
+    );
 }

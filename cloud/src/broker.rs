@@ -41,11 +41,22 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<EmbeddedBroke
     // rumqttd binds its own listener and does not report the port, so resolve port 0
     // here. Another process could take the port in between; start-up then fails clearly.
     let addr = if listen.port() == 0 {
-        let l = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
-        l.local_addr().map_err(|source| BrokerError::Bind { addr: listen, source })?
+        let l = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?;
+        l.local_addr().map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?
     } else {
         // Fail early and clearly if the port is taken (rumqttd would only log it).
-        drop(TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?);
+        drop(
+            TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+                addr: listen,
+                source,
+            })?,
+        );
         listen
     };
     let toml_cfg = format!(
@@ -70,7 +81,8 @@ next_connection_delay_ms = 0
 "#,
         max_payload = BROKER_MAX_PAYLOAD,
     );
-    let config: rumqttd::Config = toml::from_str(&toml_cfg).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let config: rumqttd::Config =
+        toml::from_str(&toml_cfg).map_err(|e| BrokerError::Config(e.to_string()))?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {

@@ -146,7 +146,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command {
-        Command::Serve { mqtt_listen, mqtt_url, http_listen } => {
+        Command::Serve {
+            mqtt_listen,
+            mqtt_url,
+            http_listen,
+        } => {
             if let Some(a) = mqtt_listen {
                 cfg.broker.listen = a;
             }
@@ -160,14 +164,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(cfg, clock).await
         }
         Command::Members(cmd) => members(cfg, clock, cmd),
-        Command::Devices(DevicesCmd::Add { id, member, public_key }) => {
+        Command::Devices(DevicesCmd::Add {
+            id,
+            member,
+            public_key,
+        }) => {
             let device = DeviceId::parse(&id)?;
             let member = MemberId::parse(&member)?;
             let key = PublicKey::from_base64(&public_key).context("--public-key")?;
             let mut conn = crate::store::open_writer(&cfg.data_dir)?;
-            let registered = crate::registry::add_device(&conn, &device, &member, &key, clock.now())?;
+            let registered =
+                crate::registry::add_device(&conn, &device, &member, &key, clock.now())?;
             let topics = rollcall_shared::topics::Topics::new(&cfg.topic_prefix);
-            let (released, outcome) = crate::ingest::release_held(&mut conn, &topics, &device, cfg.ingest.replay_window)?;
+            let (released, outcome) =
+                crate::ingest::release_held(&mut conn, &topics, &device, cfg.ingest.replay_window)?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -177,13 +187,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Quarantine(QuarantineCmd::List { json, reason, limit }) => {
+        Command::Quarantine(QuarantineCmd::List {
+            json,
+            reason,
+            limit,
+        }) => {
             let conn = crate::store::open_writer(&cfg.data_dir)?;
             let rows = crate::ingest::list_quarantine(&conn, reason.as_deref(), limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<6} {:<20} {:<9} {:<24} {:<26} {:>5}  detail", "id", "reason", "state", "device", "received", "seen");
+                println!(
+                    "{:<6} {:<20} {:<9} {:<24} {:<26} {:>5}  detail",
+                    "id", "reason", "state", "device", "received", "seen"
+                );
                 for r in rows {
                     println!(
                         "{:<6} {:<20} {:<9} {:<24} {:<26} {:>5}  {}",
@@ -201,7 +218,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCmd::Show) => {
             let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
-            println!("{}", serde_json::json!({"public_key": key.public().to_base64(), "keyid": key.keyid()}));
+            println!(
+                "{}",
+                serde_json::json!({"public_key": key.public().to_base64(), "keyid": key.keyid()})
+            );
             Ok(())
         }
     }
@@ -210,7 +230,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::Result<()> {
     let region = cfg.registry.default_region.clone();
     match cmd {
-        MembersCmd::Add { id, name, phone, email, tz, plan, joined } => {
+        MembersCmd::Add {
+            id,
+            name,
+            phone,
+            email,
+            tz,
+            plan,
+            joined,
+        } => {
             let m = crate::registry::NewMember::parse(
                 &id,
                 &name,
@@ -230,7 +258,8 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
             Ok(())
         }
         MembersCmd::Import { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("Failed to read {}", file.display()))?;
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("Failed to read {}", file.display()))?;
             let mut conn = crate::store::open_writer(&cfg.data_dir)?;
             let s = crate::registry::import_members(&mut conn, &bytes, &region, clock.now())?;
             for r in &s.rejected {
@@ -238,7 +267,10 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
             }
             println!("{}", serde_json::to_string(&s)?);
             if !s.rejected.is_empty() {
-                bail!("{} row(s) rejected; the others were imported", s.rejected.len());
+                bail!(
+                    "{} row(s) rejected; the others were imported",
+                    s.rejected.len()
+                );
             }
             Ok(())
         }
@@ -252,9 +284,19 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{} ({})", v.name, v.id);
-                println!("  phone {}  email {}  tz {}", v.phone.as_deref().unwrap_or("-"), v.email.as_deref().unwrap_or("-"), v.tz.as_deref().unwrap_or("-"));
+                println!(
+                    "  phone {}  email {}  tz {}",
+                    v.phone.as_deref().unwrap_or("-"),
+                    v.email.as_deref().unwrap_or("-"),
+                    v.tz.as_deref().unwrap_or("-")
+                );
                 for d in &v.devices {
-                    println!("  device {}  {}  last seen {}", d.id, d.presence.as_deref().unwrap_or("never connected"), d.last_seen_at.as_deref().unwrap_or("-"));
+                    println!(
+                        "  device {}  {}  last seen {}",
+                        d.id,
+                        d.presence.as_deref().unwrap_or("never connected"),
+                        d.last_seen_at.as_deref().unwrap_or("-")
+                    );
                 }
                 println!(
                     "  usage: {} events from {} to {}",

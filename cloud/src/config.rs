@@ -140,7 +140,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".parse().expect("valid address") }
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+        }
     }
 }
 
@@ -161,7 +163,12 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { batch_max_reports: 512, replay_window: 4096, queue_capacity: 8192, verify_threads: 2 }
+        Self {
+            batch_max_reports: 512,
+            replay_window: 4096,
+            queue_capacity: 8192,
+            verify_threads: 2,
+        }
     }
 }
 
@@ -175,7 +182,9 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { default_region: "US".into() }
+        Self {
+            default_region: "US".into(),
+        }
     }
 }
 
@@ -186,9 +195,14 @@ impl CloudConfig {
         let (mut cfg, file) = match path {
             Some(p) => {
                 let file = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-                let cfg: CloudConfig =
-                    toml::from_str(&text).map_err(|e| ConfigError::Parse { file: file.clone(), message: e.to_string() })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+                let cfg: CloudConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    file: file.clone(),
+                    message: e.to_string(),
+                })?;
                 (cfg, file)
             }
             None => (CloudConfig::default(), "<defaults>".to_owned()),
@@ -222,21 +236,39 @@ impl CloudConfig {
 
     /// Checks ranges; `file` names the source in the error.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let bad = |key, message: String| Err(ConfigError::Invalid { file: file.to_owned(), key, message });
+        let bad = |key, message: String| {
+            Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message,
+            })
+        };
         if !(1..=10_000).contains(&self.ingest.batch_max_reports) {
-            return bad("ingest.batch_max_reports", format!("{} is outside 1..=10000", self.ingest.batch_max_reports));
+            return bad(
+                "ingest.batch_max_reports",
+                format!("{} is outside 1..=10000", self.ingest.batch_max_reports),
+            );
         }
         if self.ingest.replay_window == 0 {
             return bad("ingest.replay_window", "must be at least 1".into());
         }
         if !(16..=1_000_000).contains(&self.ingest.queue_capacity) {
-            return bad("ingest.queue_capacity", format!("{} is outside 16..=1000000", self.ingest.queue_capacity));
+            return bad(
+                "ingest.queue_capacity",
+                format!("{} is outside 16..=1000000", self.ingest.queue_capacity),
+            );
         }
         if !(1..=64).contains(&self.ingest.verify_threads) {
-            return bad("ingest.verify_threads", format!("{} is outside 1..=64", self.ingest.verify_threads));
+            return bad(
+                "ingest.verify_threads",
+                format!("{} is outside 1..=64", self.ingest.verify_threads),
+            );
         }
         if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
-            return bad("topic_prefix", "must be non-empty and free of MQTT wildcards".into());
+            return bad(
+                "topic_prefix",
+                "must be non-empty and free of MQTT wildcards".into(),
+            );
         }
         if !self.broker.url.is_empty() {
             if let Err(e) = crate::mqtt::BrokerUrl::parse(&self.broker.url) {
@@ -244,10 +276,24 @@ impl CloudConfig {
             }
         }
         if self.broker.shared_group.contains(['/', '+', '#']) {
-            return bad("broker.shared_group", "must not contain '/', '+' or '#'".into());
+            return bad(
+                "broker.shared_group",
+                "must not contain '/', '+' or '#'".into(),
+            );
         }
-        if self.registry.default_region.parse::<phonenumber::country::Id>().is_err() {
-            return bad("registry.default_region", format!("{:?} is not an ISO 3166 region code", self.registry.default_region));
+        if self
+            .registry
+            .default_region
+            .parse::<phonenumber::country::Id>()
+            .is_err()
+        {
+            return bad(
+                "registry.default_region",
+                format!(
+                    "{:?} is not an ISO 3166 region code",
+                    self.registry.default_region
+                ),
+            );
         }
         Ok(())
     }
@@ -277,15 +323,21 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_file_and_key() {
-        let e = load_str("[ingest]\nbatch_size = 3\n").unwrap_err().to_string();
+        let e = load_str("[ingest]\nbatch_size = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cloud.toml") && e.contains("batch_size"), "{e}");
     }
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let e = load_str("[ingest]\nbatch_max_reports = 0\n").unwrap_err().to_string();
+        let e = load_str("[ingest]\nbatch_max_reports = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ingest.batch_max_reports"), "{e}");
-        let e = load_str("[broker]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        let e = load_str("[broker]\nurl = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("broker.url"), "{e}");
     }
 

@@ -41,7 +41,10 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     /// Parses `input`, reading national numbers in `default_region` (ISO 3166 alpha-2, e.g. `US`).
     pub fn parse(input: &str, default_region: &str) -> Result<Self, DomainError> {
-        let err = |why: String| DomainError::Phone { input: input.to_owned(), why };
+        let err = |why: String| DomainError::Phone {
+            input: input.to_owned(),
+            why,
+        };
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Err(err("is empty".into()));
@@ -53,10 +56,13 @@ impl PhoneNumber {
             Ok(r) => Some(r),
             Err(_) if trimmed.starts_with('+') => None,
             Err(_) => {
-                return Err(err(format!("has no country code and the default region {default_region:?} is unknown")))
+                return Err(err(format!(
+                    "has no country code and the default region {default_region:?} is unknown"
+                )))
             }
         };
-        let n = phonenumber::parse(region, trimmed).map_err(|e| err(format!("cannot be read ({e})")))?;
+        let n = phonenumber::parse(region, trimmed)
+            .map_err(|e| err(format!("cannot be read ({e})")))?;
         if !phonenumber::is_valid(&n) {
             return Err(err("is not a valid number for its country".into()));
         }
@@ -86,7 +92,10 @@ pub struct Email(String);
 impl Email {
     /// Parses an address of the form `local@domain.tld`.
     pub fn parse(input: &str) -> Result<Self, DomainError> {
-        let err = |why| DomainError::Email { input: input.to_owned(), why };
+        let err = |why| DomainError::Email {
+            input: input.to_owned(),
+            why,
+        };
         let s = input.trim();
         if s.len() > 254 {
             return Err(err("is longer than 254 characters"));
@@ -98,7 +107,11 @@ impl Email {
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(err("contains spaces or control characters"));
         }
-        if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        if !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
+        {
             return Err(err("needs a domain like example.com after the '@'"));
         }
         Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
@@ -116,7 +129,11 @@ pub struct TimeZone(chrono_tz::Tz);
 impl TimeZone {
     /// Parses an IANA name such as `Europe/Berlin`.
     pub fn parse(input: &str) -> Result<Self, DomainError> {
-        input.trim().parse::<chrono_tz::Tz>().map(TimeZone).map_err(|_| DomainError::TimeZone(input.to_owned()))
+        input
+            .trim()
+            .parse::<chrono_tz::Tz>()
+            .map(TimeZone)
+            .map_err(|_| DomainError::TimeZone(input.to_owned()))
     }
     /// The IANA name.
     pub fn name(&self) -> &'static str {
@@ -134,7 +151,9 @@ pub fn parse_date_or_time(input: &str) -> Result<DateTime<Utc>, DomainError> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| DomainError::Date(input.to_owned()))
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| DomainError::Date(input.to_owned()))
 }
 
 /// A member's display name: 1–200 characters after trimming.
@@ -152,12 +171,33 @@ mod tests {
 
     #[test]
     fn phone_numbers_in_local_and_international_formats_become_e164() {
-        for input in ["+1 212 555 0142", "(212) 555-0142", "212.555.0142", "+1-212-555-0142", "+12125550142"] {
-            assert_eq!(PhoneNumber::parse(input, "US").unwrap().as_str(), "+12125550142", "{input}");
+        for input in [
+            "+1 212 555 0142",
+            "(212) 555-0142",
+            "212.555.0142",
+            "+1-212-555-0142",
+            "+12125550142",
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(input, "US").unwrap().as_str(),
+                "+12125550142",
+                "{input}"
+            );
         }
-        assert_eq!(PhoneNumber::parse("030 901820", "DE").unwrap().as_str(), "+4930901820");
-        assert_eq!(PhoneNumber::parse("0049 30 901820", "DE").unwrap().as_str(), "+4930901820");
-        assert_eq!(PhoneNumber::parse("011 1 212 555 0142", "US").unwrap().as_str(), "+12125550142");
+        assert_eq!(
+            PhoneNumber::parse("030 901820", "DE").unwrap().as_str(),
+            "+4930901820"
+        );
+        assert_eq!(
+            PhoneNumber::parse("0049 30 901820", "DE").unwrap().as_str(),
+            "+4930901820"
+        );
+        assert_eq!(
+            PhoneNumber::parse("011 1 212 555 0142", "US")
+                .unwrap()
+                .as_str(),
+            "+12125550142"
+        );
     }
 
     #[test]
@@ -171,17 +211,32 @@ mod tests {
 
     #[test]
     fn emails_need_a_local_part_and_a_domain() {
-        assert_eq!(Email::parse("Maria@Example.COM").unwrap().as_str(), "Maria@example.com");
-        for bad in ["maria", "@example.com", "maria@example", "ma ria@example.com", "maria@.com"] {
+        assert_eq!(
+            Email::parse("Maria@Example.COM").unwrap().as_str(),
+            "Maria@example.com"
+        );
+        for bad in [
+            "maria",
+            "@example.com",
+            "maria@example",
+            "ma ria@example.com",
+            "maria@.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn time_zones_and_dates_parse() {
-        assert_eq!(TimeZone::parse("Europe/Berlin").unwrap().name(), "Europe/Berlin");
+        assert_eq!(
+            TimeZone::parse("Europe/Berlin").unwrap().name(),
+            "Europe/Berlin"
+        );
         assert!(TimeZone::parse("Mars/Olympus").is_err());
-        assert_eq!(parse_date_or_time("2026-01-05").unwrap().to_rfc3339(), "2026-01-05T00:00:00+00:00");
+        assert_eq!(
+            parse_date_or_time("2026-01-05").unwrap().to_rfc3339(),
+            "2026-01-05T00:00:00+00:00"
+        );
         assert!(parse_date_or_time("05/01/2026").is_err());
     }
 }

@@ -143,95 +143,224 @@ fn sha_key(payload: &[u8]) -> String {
 
 /// Best-effort `report_seq` from an unverified or invalid payload (for dedup and acks).
 fn loose_report_seq(body: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("report_seq")?.as_u64()
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("report_seq")?
+        .as_u64()
 }
 
 /// Verifies and decodes one message. `lookup` finds a device's registration.
-pub fn check(topics: &Topics, msg: Inbound, lookup: &dyn Fn(&DeviceId) -> Option<DeviceInfo>) -> Checked {
-    let reject = |reason: Reason, detail: String, device: Option<DeviceId>, msg: Inbound, held: bool, dedup_key: String, ack_report: Option<u64>| {
-        Checked::Rejected(Box::new(Rejection { reason, detail, device, inbound: msg, held, dedup_key, ack_report }))
+pub fn check(
+    topics: &Topics,
+    msg: Inbound,
+    lookup: &dyn Fn(&DeviceId) -> Option<DeviceInfo>,
+) -> Checked {
+    let reject = |reason: Reason,
+                  detail: String,
+                  device: Option<DeviceId>,
+                  msg: Inbound,
+                  held: bool,
+                  dedup_key: String,
+                  ack_report: Option<u64>| {
+        Checked::Rejected(Box::new(Rejection {
+            reason,
+            detail,
+            device,
+            inbound: msg,
+            held,
+            dedup_key,
+            ack_report,
+        }))
     };
     if msg.payload.len() > MAX_ENVELOPE_BYTES {
         let key = sha_key(&msg.payload);
-        let detail = format!("{} bytes; the limit is {MAX_ENVELOPE_BYTES}", msg.payload.len());
+        let detail = format!(
+            "{} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+            msg.payload.len()
+        );
         let dev = topics.parse(&msg.topic).map(|(d, _)| d);
         return reject(Reason::TooLarge, detail, dev, msg, false, key, None);
     }
     let Some((device, channel)) = topics.parse(&msg.topic) else {
         let key = sha_key(&msg.payload);
-        return reject(Reason::Malformed, format!("unknown topic {:?}", msg.topic), None, msg, false, key, None);
+        return reject(
+            Reason::Malformed,
+            format!("unknown topic {:?}", msg.topic),
+            None,
+            msg,
+            false,
+            key,
+            None,
+        );
     };
     let expected_type = match channel {
         Channel::Usage => USAGE_PAYLOAD_TYPE,
         Channel::Status => STATUS_PAYLOAD_TYPE,
         Channel::Tx | Channel::Down => {
             let key = sha_key(&msg.payload);
-            return reject(Reason::Malformed, format!("ingest does not take {:?} messages", msg.topic), Some(device), msg, false, key, None);
+            return reject(
+                Reason::Malformed,
+                format!("ingest does not take {:?} messages", msg.topic),
+                Some(device),
+                msg,
+                false,
+                key,
+                None,
+            );
         }
     };
     let env = match Envelope::from_json(&msg.payload) {
         Ok(e) => e,
         Err(e) => {
             let key = sha_key(&msg.payload);
-            return reject(Reason::Malformed, e.to_string(), Some(device), msg, false, key, None);
+            return reject(
+                Reason::Malformed,
+                e.to_string(),
+                Some(device),
+                msg,
+                false,
+                key,
+                None,
+            );
         }
     };
     let Some(info) = lookup(&device) else {
         return if channel == Channel::Usage {
-            let seq = env.payload_unverified().ok().and_then(|b| loose_report_seq(&b));
+            let seq = env
+                .payload_unverified()
+                .ok()
+                .and_then(|b| loose_report_seq(&b));
             let key = match seq {
                 Some(s) => format!("held:{device}:{s}"),
                 None => format!("held:{device}:{}", sha_key(&msg.payload)),
             };
-            reject(Reason::UnknownDevice, format!("device {device} is not registered; held until it is"), Some(device), msg, true, key, None)
+            reject(
+                Reason::UnknownDevice,
+                format!("device {device} is not registered; held until it is"),
+                Some(device),
+                msg,
+                true,
+                key,
+                None,
+            )
         } else {
             let key = format!("status:{device}");
-            reject(Reason::UnknownDevice, format!("status from unregistered device {device}"), Some(device), msg, false, key, None)
+            reject(
+                Reason::UnknownDevice,
+                format!("status from unregistered device {device}"),
+                Some(device),
+                msg,
+                false,
+                key,
+                None,
+            )
         };
     };
     let body = match env.verify(expected_type, &info.key) {
         Ok(b) => b,
         Err(EnvelopeError::BadSignature) => {
             let key = sha_key(&msg.payload);
-            return reject(Reason::BadSignature, format!("no signature verifies under {device}'s registered key"), Some(device), msg, false, key, None);
+            return reject(
+                Reason::BadSignature,
+                format!("no signature verifies under {device}'s registered key"),
+                Some(device),
+                msg,
+                false,
+                key,
+                None,
+            );
         }
         Err(e) => {
             let key = sha_key(&msg.payload);
-            return reject(Reason::Malformed, e.to_string(), Some(device), msg, false, key, None);
+            return reject(
+                Reason::Malformed,
+                e.to_string(),
+                Some(device),
+                msg,
+                false,
+                key,
+                None,
+            );
         }
     };
     match channel {
         Channel::Usage => match UsageReport::decode(&body) {
             Ok(report) if report.device_id != device => {
                 let key = sha_key(&msg.payload);
-                let detail = format!("signed by {device} but claims to be from {}", report.device_id);
-                reject(Reason::DeviceMismatch, detail, Some(device), msg, false, key, None)
+                let detail = format!(
+                    "signed by {device} but claims to be from {}",
+                    report.device_id
+                );
+                reject(
+                    Reason::DeviceMismatch,
+                    detail,
+                    Some(device),
+                    msg,
+                    false,
+                    key,
+                    None,
+                )
             }
             Ok(report) => {
-                let fingerprints: Vec<i64> = report.events.iter().map(|e| e.fingerprint()).collect();
+                let fingerprints: Vec<i64> =
+                    report.events.iter().map(|e| e.fingerprint()).collect();
                 let mut h = Sha256::new();
                 for f in &fingerprints {
                     h.update(f.to_be_bytes());
                 }
                 let digest = i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"));
-                Checked::Usage { device, member: info.member_id, report, fingerprints, digest, received_at: msg.received_at }
+                Checked::Usage {
+                    device,
+                    member: info.member_id,
+                    report,
+                    fingerprints,
+                    digest,
+                    received_at: msg.received_at,
+                }
             }
             Err(e) => {
                 let key = sha_key(&msg.payload);
                 let ack = loose_report_seq(&body);
-                reject(Reason::from_payload(&e), e.to_string(), Some(device), msg, false, key, ack)
+                reject(
+                    Reason::from_payload(&e),
+                    e.to_string(),
+                    Some(device),
+                    msg,
+                    false,
+                    key,
+                    ack,
+                )
             }
         },
         _ => match DeviceStatus::decode(&body) {
             Ok(status) if status.device_id != device => {
                 let key = sha_key(&msg.payload);
-                let detail = format!("signed by {device} but claims to be from {}", status.device_id);
-                reject(Reason::DeviceMismatch, detail, Some(device), msg, false, key, None)
+                let detail = format!(
+                    "signed by {device} but claims to be from {}",
+                    status.device_id
+                );
+                reject(
+                    Reason::DeviceMismatch,
+                    detail,
+                    Some(device),
+                    msg,
+                    false,
+                    key,
+                    None,
+                )
             }
             Ok(status) => Checked::Status { device, status },
             Err(e) => {
                 let key = sha_key(&msg.payload);
-                reject(Reason::from_payload(&e), e.to_string(), Some(device), msg, false, key, None)
+                reject(
+                    Reason::from_payload(&e),
+                    e.to_string(),
+                    Some(device),
+                    msg,
+                    false,
+                    key,
+                    None,
+                )
             }
         },
     }
@@ -255,7 +384,11 @@ pub struct BatchOutcome {
 }
 
 /// Commits a batch of checked messages in one transaction.
-pub fn commit(conn: &mut Connection, items: &[Checked], replay_window: u64) -> rusqlite::Result<BatchOutcome> {
+pub fn commit(
+    conn: &mut Connection,
+    items: &[Checked],
+    replay_window: u64,
+) -> rusqlite::Result<BatchOutcome> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut out = BatchOutcome::default();
     for item in items {
@@ -265,13 +398,27 @@ pub fn commit(conn: &mut Connection, items: &[Checked], replay_window: u64) -> r
     Ok(out)
 }
 
-fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOutcome) -> rusqlite::Result<()> {
+fn apply(
+    tx: &Connection,
+    item: &Checked,
+    replay_window: u64,
+    out: &mut BatchOutcome,
+) -> rusqlite::Result<()> {
     match item {
-        Checked::Usage { device, member, report, fingerprints, digest, received_at } => {
+        Checked::Usage {
+            device,
+            member,
+            report,
+            fingerprints,
+            digest,
+            received_at,
+        } => {
             let seq = report.report_seq;
             let received_at = *received_at;
             let stored: Option<i64> = tx
-                .prepare_cached("SELECT digest FROM reports WHERE device_id = ?1 AND report_seq = ?2")?
+                .prepare_cached(
+                    "SELECT digest FROM reports WHERE device_id = ?1 AND report_seq = ?2",
+                )?
                 .query_row(params![device.as_str(), seq as i64], |r| r.get(0))
                 .optional()?;
             let replayed = |detail: String, out: &mut BatchOutcome| -> rusqlite::Result<()> {
@@ -281,7 +428,11 @@ fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOut
                     detail,
                     device: Some(device.clone()),
                     dedup_key: sha_key(&payload),
-                    inbound: Inbound { topic: format!("(verified report {seq})"), payload, received_at },
+                    inbound: Inbound {
+                        topic: format!("(verified report {seq})"),
+                        payload,
+                        received_at,
+                    },
                     held: false,
                     ack_report: Some(seq),
                 };
@@ -290,10 +441,23 @@ fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOut
             match stored {
                 Some(d) if d == *digest => {
                     out.reports_duplicate += 1;
-                    out.acks.push((device.clone(), Ack { report_seq: seq, status: AckStatus::Duplicate, stored: 0, reason: None }));
+                    out.acks.push((
+                        device.clone(),
+                        Ack {
+                            report_seq: seq,
+                            status: AckStatus::Duplicate,
+                            stored: 0,
+                            reason: None,
+                        },
+                    ));
                     return Ok(());
                 }
-                Some(_) => return replayed(format!("report {seq} was stored before with different content"), out),
+                Some(_) => {
+                    return replayed(
+                        format!("report {seq} was stored before with different content"),
+                        out,
+                    )
+                }
                 None => {}
             }
             let max: i64 = tx
@@ -308,7 +472,11 @@ fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOut
             let mut new_events = 0u32;
             let received_ms = received_at.timestamp_millis();
             for (e, fp) in report.events.iter().zip(fingerprints.iter()) {
-                let attrs = if e.attrs.is_empty() { None } else { Some(serde_json::to_string(&e.attrs).expect("attrs serialise")) };
+                let attrs = if e.attrs.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&e.attrs).expect("attrs serialise"))
+                };
                 let n = tx
                     .prepare_cached(
                         "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
@@ -331,11 +499,19 @@ fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOut
                     continue;
                 }
                 let old: i64 = tx
-                    .prepare_cached("SELECT fingerprint FROM events WHERE device_id = ?1 AND seq = ?2")?
+                    .prepare_cached(
+                        "SELECT fingerprint FROM events WHERE device_id = ?1 AND seq = ?2",
+                    )?
                     .query_row(params![device.as_str(), e.seq.get() as i64], |r| r.get(0))?;
                 if old != *fp {
                     tx.execute_batch("ROLLBACK TO report; RELEASE report")?;
-                    return replayed(format!("event seq {} was stored before with different content", e.seq), out);
+                    return replayed(
+                        format!(
+                            "event seq {} was stored before with different content",
+                            e.seq
+                        ),
+                        out,
+                    );
                 }
             }
             tx.prepare_cached("INSERT INTO reports (device_id, report_seq, digest, received_ms, events) VALUES (?1, ?2, ?3, ?4, ?5)")?
@@ -345,11 +521,22 @@ fn apply(tx: &Connection, item: &Checked, replay_window: u64, out: &mut BatchOut
             tx.execute_batch("RELEASE report")?;
             out.reports_stored += 1;
             out.events_stored += new_events as u64;
-            out.acks.push((device.clone(), Ack { report_seq: seq, status: AckStatus::Stored, stored: new_events, reason: None }));
+            out.acks.push((
+                device.clone(),
+                Ack {
+                    report_seq: seq,
+                    status: AckStatus::Stored,
+                    stored: new_events,
+                    reason: None,
+                },
+            ));
         }
         Checked::Status { device, status } => {
             let presence = serde_json::to_value(status.state).expect("serialises");
-            let health = status.health.as_ref().map(|h| serde_json::to_string(h).expect("serialises"));
+            let health = status
+                .health
+                .as_ref()
+                .map(|h| serde_json::to_string(h).expect("serialises"));
             // Keep the newest: (session, n) orders status messages; a Last Will has n = u64::MAX.
             tx.prepare_cached(
                 "UPDATE devices SET presence = ?2, presence_ms = ?3, status_session = ?4, status_n = ?5,
@@ -392,7 +579,15 @@ fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusql
     ])?;
     out.rejected.push(rej.reason);
     if let (Some(seq), Some(dev)) = (rej.ack_report, rej.device.clone()) {
-        out.acks.push((dev, Ack { report_seq: seq, status: AckStatus::Rejected, stored: 0, reason: Some(rej.reason.code().into()) }));
+        out.acks.push((
+            dev,
+            Ack {
+                report_seq: seq,
+                status: AckStatus::Rejected,
+                stored: 0,
+                reason: Some(rej.reason.code().into()),
+            },
+        ));
     }
     Ok(())
 }
@@ -400,7 +595,12 @@ fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusql
 /// Ingests the reports held for `device` (now registered) and marks them released.
 /// Returns how many held messages were processed. Their acks are not sent from here:
 /// the agent re-sends, and the re-send is acked as a duplicate.
-pub fn release_held(conn: &mut Connection, topics: &Topics, device: &DeviceId, replay_window: u64) -> Result<(u64, BatchOutcome), rusqlite::Error> {
+pub fn release_held(
+    conn: &mut Connection,
+    topics: &Topics,
+    device: &DeviceId,
+    replay_window: u64,
+) -> Result<(u64, BatchOutcome), rusqlite::Error> {
     let held: Vec<(i64, String, Vec<u8>, i64)> = conn
         .prepare("SELECT id, topic, payload, received_ms FROM quarantine WHERE state = 'held' AND device_id = ?1 ORDER BY id")?
         .query_map([device.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
@@ -413,13 +613,24 @@ pub fn release_held(conn: &mut Connection, topics: &Topics, device: &DeviceId, r
     let mut checked = Vec::with_capacity(held.len());
     for (_, topic, payload, received_ms) in &held {
         let received_at = DateTime::from_timestamp_millis(*received_ms).unwrap_or_default();
-        let c = check(topics, Inbound { topic: topic.clone(), payload: payload.clone(), received_at }, &lookup);
+        let c = check(
+            topics,
+            Inbound {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                received_at,
+            },
+            &lookup,
+        );
         checked.push(c);
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut out = BatchOutcome::default();
     for ((id, ..), c) in held.iter().zip(checked) {
-        tx.execute("UPDATE quarantine SET state = 'released' WHERE id = ?1", [id])?;
+        tx.execute(
+            "UPDATE quarantine SET state = 'released' WHERE id = ?1",
+            [id],
+        )?;
         apply(&tx, &c, replay_window, &mut out)?;
     }
     tx.commit()?;
@@ -452,7 +663,11 @@ pub struct QuarantineRow {
 }
 
 /// Lists quarantine rows, newest first, optionally filtered by reason.
-pub fn list_quarantine(conn: &Connection, reason: Option<&str>, limit: u32) -> rusqlite::Result<Vec<QuarantineRow>> {
+pub fn list_quarantine(
+    conn: &Connection,
+    reason: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<QuarantineRow>> {
     let mut st = conn.prepare(
         "SELECT id, reason, state, device_id, topic, detail, received_ms, last_seen_ms, seen_count, length(payload)
          FROM quarantine WHERE (?1 IS NULL OR reason = ?1) ORDER BY id DESC LIMIT ?2",

@@ -33,17 +33,25 @@ pub enum KeyFileError {
 /// Loads the key at `path`, creating it (mode 0600, never overwriting) if missing.
 pub fn load_or_create(path: &Path) -> Result<KeyPair, KeyFileError> {
     use base64::Engine;
-    let io = |source| KeyFileError::Io { path: path.display().to_string(), source };
+    let io = |source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                return Err(KeyFileError::Permissions { path: path.display().to_string(), mode });
+                return Err(KeyFileError::Permissions {
+                    path: path.display().to_string(),
+                    mode,
+                });
             }
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
                 .map_err(|_| KeyFileError::Corrupt(path.display().to_string()))?;
-            let seed: [u8; 32] = bytes.try_into().map_err(|_| KeyFileError::Corrupt(path.display().to_string()))?;
+            let seed: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| KeyFileError::Corrupt(path.display().to_string()))?;
             Ok(KeyPair::from_seed(seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -51,8 +59,18 @@ pub fn load_or_create(path: &Path) -> Result<KeyPair, KeyFileError> {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
             let key = KeyPair::generate();
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-            f.write_all(base64::engine::general_purpose::STANDARD.encode(key.seed()).as_bytes()).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            f.write_all(
+                base64::engine::general_purpose::STANDARD
+                    .encode(key.seed())
+                    .as_bytes(),
+            )
+            .map_err(io)?;
             f.sync_all().map_err(io)?;
             Ok(key)
         }
@@ -69,9 +87,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cloud.key");
         let k = load_or_create(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(load_or_create(&p).unwrap().public(), k.public());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(&p), Err(KeyFileError::Permissions { .. })));
+        assert!(matches!(
+            load_or_create(&p),
+            Err(KeyFileError::Permissions { .. })
+        ));
     }
 }

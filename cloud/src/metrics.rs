@@ -63,16 +63,46 @@ impl Metrics {
             released: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("ingest_reports", "Usage reports committed or re-acked", m.reports.clone());
-        registry.register("ingest_events", "Usage events newly stored", m.events.clone());
-        registry.register("ingest_rejected", "Messages sent to quarantine, by reason", m.rejected.clone());
-        registry.register("ingest_status", "Device status messages applied", m.statuses.clone());
+        registry.register(
+            "ingest_reports",
+            "Usage reports committed or re-acked",
+            m.reports.clone(),
+        );
+        registry.register(
+            "ingest_events",
+            "Usage events newly stored",
+            m.events.clone(),
+        );
+        registry.register(
+            "ingest_rejected",
+            "Messages sent to quarantine, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "ingest_status",
+            "Device status messages applied",
+            m.statuses.clone(),
+        );
         registry.register("ingest_acks", "Acks published after commit", m.acks.clone());
-        registry.register("ingest_batch_seconds", "Time to check and commit one batch", m.batch_seconds.clone());
-        registry.register("ingest_mqtt_connected", "1 while the ingest MQTT client is connected", m.mqtt_connected.clone());
-        registry.register("ingest_held_released", "Held reports ingested after registration", m.released.clone());
+        registry.register(
+            "ingest_batch_seconds",
+            "Time to check and commit one batch",
+            m.batch_seconds.clone(),
+        );
+        registry.register(
+            "ingest_mqtt_connected",
+            "1 while the ingest MQTT client is connected",
+            m.mqtt_connected.clone(),
+        );
+        registry.register(
+            "ingest_held_released",
+            "Held reports ingested after registration",
+            m.released.clone(),
+        );
         for r in crate::ingest::Reason::ALL {
-            let _ = m.rejected.get_or_create(&ReasonLabel { reason: r.code().into() });
+            let _ = m.rejected.get_or_create(&ReasonLabel {
+                reason: r.code().into(),
+            });
         }
         for r in ["stored", "duplicate"] {
             let _ = m.reports.get_or_create(&ResultLabel { result: r.into() });
@@ -83,18 +113,31 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
         s
     }
 
     /// Records what a committed batch did.
     pub fn record(&self, out: &crate::ingest::BatchOutcome) {
-        self.reports.get_or_create(&ResultLabel { result: "stored".into() }).inc_by(out.reports_stored);
-        self.reports.get_or_create(&ResultLabel { result: "duplicate".into() }).inc_by(out.reports_duplicate);
+        self.reports
+            .get_or_create(&ResultLabel {
+                result: "stored".into(),
+            })
+            .inc_by(out.reports_stored);
+        self.reports
+            .get_or_create(&ResultLabel {
+                result: "duplicate".into(),
+            })
+            .inc_by(out.reports_duplicate);
         self.events.inc_by(out.events_stored);
         self.statuses.inc_by(out.statuses);
         for r in &out.rejected {
-            self.rejected.get_or_create(&ReasonLabel { reason: r.code().into() }).inc();
+            self.rejected
+                .get_or_create(&ReasonLabel {
+                    reason: r.code().into(),
+                })
+                .inc();
         }
     }
 }
@@ -106,9 +149,15 @@ mod tests {
     #[test]
     fn rejection_counters_are_exposed_with_their_reason() {
         let m = Metrics::new();
-        m.record(&crate::ingest::BatchOutcome { rejected: vec![crate::ingest::Reason::BadSignature], ..Default::default() });
+        m.record(&crate::ingest::BatchOutcome {
+            rejected: vec![crate::ingest::Reason::BadSignature],
+            ..Default::default()
+        });
         let text = m.encode();
-        assert!(text.contains("rollcall_ingest_rejected_total{reason=\"bad_signature\"} 1"), "{text}");
+        assert!(
+            text.contains("rollcall_ingest_rejected_total{reason=\"bad_signature\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("rollcall_ingest_rejected_total{reason=\"replayed\"} 0"));
     }
 }

@@ -49,13 +49,22 @@ impl BrokerUrl {
             return Err(bad());
         }
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().map_err(|_| bad())?),
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse().map_err(|_| bad())?)
+            }
             _ => (rest, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err(bad());
         }
-        Ok(Self { host: host.trim_start_matches('[').trim_end_matches(']').to_owned(), port, tls })
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            tls,
+        })
     }
 }
 
@@ -70,7 +79,10 @@ pub fn client_options(
     let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
     opts.set_keep_alive(Duration::from_secs(30));
     // Incoming: room for oversize messages, so ingest can quarantine them as `too_large`.
-    opts.set_max_packet_size(crate::broker::BROKER_MAX_PAYLOAD + 4096, MAX_ENVELOPE_BYTES + 4096);
+    opts.set_max_packet_size(
+        crate::broker::BROKER_MAX_PAYLOAD + 4096,
+        MAX_ENVELOPE_BYTES + 4096,
+    );
     opts.set_clean_session(true);
     opts.set_inflight(1000);
     opts.set_request_channel_capacity(10_000);
@@ -78,7 +90,9 @@ pub fn client_options(
         opts.set_credentials(username, password);
     }
     if url.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(ca_file)?))));
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(ca_file)?),
+        )));
     }
     Ok(opts)
 }
@@ -89,10 +103,15 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, MqttSetupE
         path: "<none>".into(),
         why: "mqtts:// needs broker.ca_file".into(),
     })?;
-    let ca = |why: String| MqttSetupError::Ca { path: path.display().to_string(), why };
+    let ca = |why: String| MqttSetupError::Ca {
+        path: path.display().to_string(),
+        why,
+    };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca(e.to_string()))? {
-        roots.add(cert.map_err(|e| ca(e.to_string()))?).map_err(|e| ca(e.to_string()))?;
+        roots
+            .add(cert.map_err(|e| ca(e.to_string()))?)
+            .map_err(|e| ca(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(ca("holds no certificate".into()));
@@ -109,11 +128,27 @@ mod tests {
 
     #[test]
     fn broker_urls_parse_with_default_ports() {
-        assert_eq!(BrokerUrl::parse("mqtt://localhost").unwrap(), BrokerUrl { host: "localhost".into(), port: 1883, tls: false });
-        assert_eq!(BrokerUrl::parse("mqtts://b.example:9999").unwrap().port, 9999);
+        assert_eq!(
+            BrokerUrl::parse("mqtt://localhost").unwrap(),
+            BrokerUrl {
+                host: "localhost".into(),
+                port: 1883,
+                tls: false
+            }
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://b.example:9999").unwrap().port,
+            9999
+        );
         assert!(BrokerUrl::parse("mqtts://b.example").unwrap().tls);
         assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
-        for bad in ["http://x", "mqtt://", "localhost:1883", "mqtt://x:notaport", "mqtt://u:p@x"] {
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "localhost:1883",
+            "mqtt://x:notaport",
+            "mqtt://u:p@x",
+        ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
     }
@@ -121,7 +156,9 @@ mod tests {
     #[test]
     fn mqtts_without_a_ca_file_is_a_clear_error() {
         let url = BrokerUrl::parse("mqtts://x").unwrap();
-        let e = client_options("c", &url, "", "", None).unwrap_err().to_string();
+        let e = client_options("c", &url, "", "", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ca_file"), "{e}");
     }
 }

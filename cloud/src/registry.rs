@@ -71,22 +71,41 @@ impl NewMember {
         joined: Option<&str>,
         default_region: &str,
     ) -> Result<Self, RegistryError> {
-        let nonempty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        let nonempty = |s: Option<&str>| {
+            s.map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
         Ok(Self {
             id: MemberId::parse(id.trim())?,
             name: parse_name(name)?,
-            phone: nonempty(phone).map(|p| PhoneNumber::parse(&p, default_region)).transpose()?,
+            phone: nonempty(phone)
+                .map(|p| PhoneNumber::parse(&p, default_region))
+                .transpose()?,
             email: nonempty(email).map(|e| Email::parse(&e)).transpose()?,
             tz: nonempty(tz).map(|t| TimeZone::parse(&t)).transpose()?,
             plan: nonempty(plan),
-            joined: nonempty(joined).map(|j| parse_date_or_time(&j)).transpose()?,
+            joined: nonempty(joined)
+                .map(|j| parse_date_or_time(&j))
+                .transpose()?,
         })
     }
 }
 
 /// Inserts or updates a member (idempotent by id). Returns true when the member is new.
-pub fn upsert_member(conn: &Connection, m: &NewMember, now: DateTime<Utc>) -> Result<bool, RegistryError> {
-    let existed: bool = conn.query_row("SELECT 1 FROM members WHERE id = ?1", [m.id.as_str()], |_| Ok(())).optional()?.is_some();
+pub fn upsert_member(
+    conn: &Connection,
+    m: &NewMember,
+    now: DateTime<Utc>,
+) -> Result<bool, RegistryError> {
+    let existed: bool = conn
+        .query_row(
+            "SELECT 1 FROM members WHERE id = ?1",
+            [m.id.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
     conn.execute(
         "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -134,12 +153,18 @@ pub fn import_members(
     default_region: &str,
     now: DateTime<Utc>,
 ) -> Result<ImportSummary, RegistryError> {
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(csv_text);
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(csv_text);
     let mut summary = ImportSummary::default();
     let headers = match rdr.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
-            summary.rejected.push(RowError { line: 1, error: format!("cannot read the header: {e}") });
+            summary.rejected.push(RowError {
+                line: 1,
+                error: format!("cannot read the header: {e}"),
+            });
             return Ok(summary);
         }
     };
@@ -147,7 +172,11 @@ pub fn import_members(
     if headers.iter().collect::<Vec<_>>() != expected {
         summary.rejected.push(RowError {
             line: 1,
-            error: format!("header must be {:?}, found {:?}", expected.join(","), headers.iter().collect::<Vec<_>>().join(",")),
+            error: format!(
+                "header must be {:?}, found {:?}",
+                expected.join(","),
+                headers.iter().collect::<Vec<_>>().join(",")
+            ),
         });
         return Ok(summary);
     }
@@ -157,7 +186,10 @@ pub fn import_members(
             Ok(r) => r,
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                summary.rejected.push(RowError { line, error: e.to_string() });
+                summary.rejected.push(RowError {
+                    line,
+                    error: e.to_string(),
+                });
                 continue;
             }
         };
@@ -180,7 +212,10 @@ pub fn import_members(
                     summary.updated += 1;
                 }
             }
-            Err(e) => summary.rejected.push(RowError { line, error: e.to_string() }),
+            Err(e) => summary.rejected.push(RowError {
+                line,
+                error: e.to_string(),
+            }),
         }
     }
     tx.commit()?;
@@ -196,15 +231,23 @@ pub fn add_device(
     key: &PublicKey,
     now: DateTime<Utc>,
 ) -> Result<bool, RegistryError> {
-    let exists: bool =
-        conn.query_row("SELECT 1 FROM members WHERE id = ?1", [member.as_str()], |_| Ok(())).optional()?.is_some();
+    let exists: bool = conn
+        .query_row(
+            "SELECT 1 FROM members WHERE id = ?1",
+            [member.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
     if !exists {
         return Err(RegistryError::NoSuchMember(member.to_string()));
     }
     let current: Option<(String, Vec<u8>)> = conn
-        .query_row("SELECT member_id, public_key FROM devices WHERE id = ?1", [device.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT member_id, public_key FROM devices WHERE id = ?1",
+            [device.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     match current {
         Some((m, k)) if m == member.as_str() && k == key.as_bytes() => Ok(false),
@@ -229,18 +272,32 @@ pub struct DeviceInfo {
 }
 
 /// Looks a device up by id.
-pub fn device_info(conn: &Connection, device: &DeviceId) -> Result<Option<DeviceInfo>, RegistryError> {
+pub fn device_info(
+    conn: &Connection,
+    device: &DeviceId,
+) -> Result<Option<DeviceInfo>, RegistryError> {
     let row: Option<(String, Vec<u8>)> = conn
-        .query_row("SELECT member_id, public_key FROM devices WHERE id = ?1", [device.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT member_id, public_key FROM devices WHERE id = ?1",
+            [device.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
-    row.map(|(m, k)| Ok(DeviceInfo { member_id: MemberId::parse(&m)?, key: PublicKey::from_bytes(&k)? })).transpose()
+    row.map(|(m, k)| {
+        Ok(DeviceInfo {
+            member_id: MemberId::parse(&m)?,
+            key: PublicKey::from_bytes(&k)?,
+        })
+    })
+    .transpose()
 }
 
 /// Milliseconds to RFC 3339.
 pub fn ms_to_rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339()).unwrap_or_default()
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
 }
 
 /// A device in a member view.
@@ -303,19 +360,29 @@ pub struct MemberView {
 /// Reads a member with devices and usage totals.
 pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView>, RegistryError> {
     let Some(mut view) = conn
-        .query_row("SELECT id, name, phone, email, tz, plan, joined_ms FROM members WHERE id = ?1", [id.as_str()], |r| {
-            Ok(MemberView {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                phone: r.get(2)?,
-                email: r.get(3)?,
-                tz: r.get(4)?,
-                plan: r.get(5)?,
-                joined: r.get::<_, Option<i64>>(6)?.map(ms_to_rfc3339),
-                devices: vec![],
-                usage: UsageView { events: 0, first_at: None, last_at: None, by_kind: BTreeMap::new(), clock_suspect_events: 0 },
-            })
-        })
+        .query_row(
+            "SELECT id, name, phone, email, tz, plan, joined_ms FROM members WHERE id = ?1",
+            [id.as_str()],
+            |r| {
+                Ok(MemberView {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    phone: r.get(2)?,
+                    email: r.get(3)?,
+                    tz: r.get(4)?,
+                    plan: r.get(5)?,
+                    joined: r.get::<_, Option<i64>>(6)?.map(ms_to_rfc3339),
+                    devices: vec![],
+                    usage: UsageView {
+                        events: 0,
+                        first_at: None,
+                        last_at: None,
+                        by_kind: BTreeMap::new(),
+                        clock_suspect_events: 0,
+                    },
+                })
+            },
+        )
         .optional()?
     else {
         return Ok(None);
@@ -328,12 +395,16 @@ pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView
             let key: Vec<u8> = r.get(1)?;
             Ok(DeviceView {
                 id: r.get(0)?,
-                public_key: PublicKey::from_bytes(&key).map(|k| k.to_base64()).unwrap_or_default(),
+                public_key: PublicKey::from_bytes(&key)
+                    .map(|k| k.to_base64())
+                    .unwrap_or_default(),
                 registered_at: ms_to_rfc3339(r.get(2)?),
                 presence: r.get(3)?,
                 presence_at: r.get::<_, Option<i64>>(4)?.map(ms_to_rfc3339),
                 last_seen_at: r.get::<_, Option<i64>>(5)?.map(ms_to_rfc3339),
-                health: r.get::<_, Option<String>>(6)?.and_then(|h| serde_json::from_str(&h).ok()),
+                health: r
+                    .get::<_, Option<String>>(6)?
+                    .and_then(|h| serde_json::from_str(&h).ok()),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -346,8 +417,12 @@ pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView
     view.usage.first_at = first.map(ms_to_rfc3339);
     view.usage.last_at = last.map(ms_to_rfc3339);
     view.usage.clock_suspect_events = suspect as u64;
-    let mut st = conn.prepare("SELECT kind, SUM(qty) FROM events WHERE member_id = ?1 GROUP BY kind ORDER BY kind")?;
-    for row in st.query_map([id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+    let mut st = conn.prepare(
+        "SELECT kind, SUM(qty) FROM events WHERE member_id = ?1 GROUP BY kind ORDER BY kind",
+    )?;
+    for row in st.query_map([id.as_str()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })? {
         let (k, q) = row?;
         view.usage.by_kind.insert(k, q as u64);
     }
@@ -372,7 +447,17 @@ mod tests {
     #[test]
     fn members_are_stored_with_e164_phones_and_updated_by_id() {
         let (_d, c) = store();
-        let m = NewMember::parse("m1", "Maria Rossi", Some("(212) 555-0142"), Some("maria@example.com"), Some("America/New_York"), Some("pods"), Some("2026-01-03"), "US").unwrap();
+        let m = NewMember::parse(
+            "m1",
+            "Maria Rossi",
+            Some("(212) 555-0142"),
+            Some("maria@example.com"),
+            Some("America/New_York"),
+            Some("pods"),
+            Some("2026-01-03"),
+            "US",
+        )
+        .unwrap();
         assert!(upsert_member(&c, &m, now()).unwrap());
         assert!(!upsert_member(&c, &m, now()).unwrap());
         let v = show_member(&c, &m.id).unwrap().unwrap();
@@ -383,11 +468,25 @@ mod tests {
 
     #[test]
     fn bad_member_fields_say_what_is_wrong() {
-        let e = NewMember::parse("m1", "X", Some("12"), None, None, None, None, "US").unwrap_err().to_string();
+        let e = NewMember::parse("m1", "X", Some("12"), None, None, None, None, "US")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("phone"), "{e}");
-        let e = NewMember::parse("m 1", "X", None, None, None, None, None, "US").unwrap_err().to_string();
+        let e = NewMember::parse("m 1", "X", None, None, None, None, None, "US")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("member id"), "{e}");
-        assert!(NewMember::parse("m1", "X", None, None, Some("Nowhere/City"), None, None, "US").is_err());
+        assert!(NewMember::parse(
+            "m1",
+            "X",
+            None,
+            None,
+            Some("Nowhere/City"),
+            None,
+            None,
+            "US"
+        )
+        .is_err());
     }
 
     #[test]
@@ -414,9 +513,15 @@ mod tests {
         assert!(add_device(&c, &d, &m.id, &k, now()).unwrap());
         assert!(!add_device(&c, &d, &m.id, &k, now()).unwrap());
         let other = KeyPair::generate().public();
-        assert!(matches!(add_device(&c, &d, &m.id, &other, now()), Err(RegistryError::DeviceConflict(_))));
+        assert!(matches!(
+            add_device(&c, &d, &m.id, &other, now()),
+            Err(RegistryError::DeviceConflict(_))
+        ));
         let nobody = MemberId::parse("nobody").unwrap();
-        assert!(matches!(add_device(&c, &DeviceId::parse("d2").unwrap(), &nobody, &k, now()), Err(RegistryError::NoSuchMember(_))));
+        assert!(matches!(
+            add_device(&c, &DeviceId::parse("d2").unwrap(), &nobody, &k, now()),
+            Err(RegistryError::NoSuchMember(_))
+        ));
         assert_eq!(device_info(&c, &d).unwrap().unwrap().key, k);
     }
 }

@@ -38,18 +38,35 @@ impl RunningCloud {
 }
 
 /// Starts everything `serve` runs. Cancel `shutdown` to stop; then [`RunningCloud::wait`].
-pub async fn start(cfg: CloudConfig, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<RunningCloud> {
+pub async fn start(
+    cfg: CloudConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningCloud> {
     use anyhow::Context;
     // Create the store (and run migrations) before anything reads it.
     drop(crate::store::open_writer(&cfg.data_dir).context("Failed to open the store")?);
-    let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key")).context("Failed to load the cloud key")?;
+    let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))
+        .context("Failed to load the cloud key")?;
     let (url, mqtt_addr) = if cfg.broker.url.is_empty() {
         let b = broker::start(cfg.broker.listen, cfg.broker.max_connections)?;
-        (BrokerUrl { host: b.addr.ip().to_string(), port: b.addr.port(), tls: false }, Some(b.addr))
+        (
+            BrokerUrl {
+                host: b.addr.ip().to_string(),
+                port: b.addr.port(),
+                tls: false,
+            },
+            Some(b.addr),
+        )
     } else {
         (BrokerUrl::parse(&cfg.broker.url)?, None)
     };
-    let mqtt_url = format!("{}://{}:{}", if url.tls { "mqtts" } else { "mqtt" }, url.host, url.port);
+    let mqtt_url = format!(
+        "{}://{}:{}",
+        if url.tls { "mqtts" } else { "mqtt" },
+        url.host,
+        url.port
+    );
     let metrics = Arc::new(Metrics::new());
     let settings = WorkerSettings {
         url,
@@ -59,19 +76,39 @@ pub async fn start(cfg: CloudConfig, clock: Arc<dyn Clock>, shutdown: Cancellati
         shared_group: cfg.broker.shared_group.clone(),
     };
     let public_key = key.public();
-    let ingest = worker::start(&cfg, settings, key, clock, metrics.clone(), shutdown.clone()).await?;
+    let ingest = worker::start(
+        &cfg,
+        settings,
+        key,
+        clock,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("Failed to listen for HTTP on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
-    let app = router(AppState { metrics: metrics.clone() });
+    let app = router(AppState {
+        metrics: metrics.clone(),
+    });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+        {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
     tracing::info!(%http_addr, mqtt = %mqtt_url, "Rollcall cloud is up");
-    Ok(RunningCloud { mqtt_addr, mqtt_url, http_addr, public_key, metrics, tasks: vec![ingest, http] })
+    Ok(RunningCloud {
+        mqtt_addr,
+        mqtt_url,
+        http_addr,
+        public_key,
+        metrics,
+        tasks: vec![ingest, http],
+    })
 }

@@ -34,7 +34,10 @@ pub struct DeviceCache {
 impl DeviceCache {
     /// A cache reading from `reader`.
     pub fn new(reader: rusqlite::Connection) -> Self {
-        Self { map: RwLock::new(HashMap::new()), reader: Mutex::new(reader) }
+        Self {
+            map: RwLock::new(HashMap::new()),
+            reader: Mutex::new(reader),
+        }
     }
     /// The device's registration, if any.
     pub fn get(&self, d: &DeviceId) -> Option<DeviceInfo> {
@@ -51,7 +54,10 @@ impl DeviceCache {
                 }
             }
         }?;
-        self.map.write().expect("cache lock").insert(d.clone(), info.clone());
+        self.map
+            .write()
+            .expect("cache lock")
+            .insert(d.clone(), info.clone());
         Some(info)
     }
 }
@@ -248,10 +254,18 @@ pub async fn start(
 }
 
 /// Checks a batch on up to `threads` threads, keeping the order of the messages.
-fn check_parallel(topics: &Topics, batch: Vec<Inbound>, cache: &DeviceCache, threads: usize) -> Vec<Checked> {
+fn check_parallel(
+    topics: &Topics,
+    batch: Vec<Inbound>,
+    cache: &DeviceCache,
+    threads: usize,
+) -> Vec<Checked> {
     let lookup = |d: &DeviceId| cache.get(d);
     if threads <= 1 || batch.len() < 16 {
-        return batch.into_iter().map(|m| ingest::check(topics, m, &lookup)).collect();
+        return batch
+            .into_iter()
+            .map(|m| ingest::check(topics, m, &lookup))
+            .collect();
     }
     let chunk = batch.len().div_ceil(threads);
     let mut parts: Vec<Vec<Inbound>> = Vec::new();
@@ -266,8 +280,17 @@ fn check_parallel(topics: &Topics, batch: Vec<Inbound>, cache: &DeviceCache, thr
     std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
-            .map(|part| s.spawn(move || part.into_iter().map(|m| ingest::check(topics, m, &lookup)).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || {
+                    part.into_iter()
+                        .map(|m| ingest::check(topics, m, &lookup))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("check threads do not panic")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("check threads do not panic"))
+            .collect()
     })
 }

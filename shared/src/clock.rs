@@ -58,7 +58,9 @@ mod tests {
 
     #[test]
     fn manual_clock_moves_only_when_told_and_clones_share_time() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let c = ManualClock::new(t0);
         let c2 = c.clone();
         assert_eq!(c.now(), t0);

@@ -82,7 +82,9 @@ pub struct KeyPair {
 
 impl fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyPair").field("keyid", &self.keyid).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("keyid", &self.keyid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +119,10 @@ impl KeyPair {
         Envelope {
             payload: B64.encode(body),
             payload_type: payload_type.to_owned(),
-            signatures: vec![Signature { keyid: self.keyid.clone(), sig: B64.encode(sig.to_bytes()) }],
+            signatures: vec![Signature {
+                keyid: self.keyid.clone(),
+                sig: B64.encode(sig.to_bytes()),
+            }],
         }
     }
 }
@@ -140,13 +145,19 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// Parses standard base64 of 32 bytes.
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        let bytes = B64.decode(s.trim()).map_err(|e| KeyError::Base64(e.to_string()))?;
+        let bytes = B64
+            .decode(s.trim())
+            .map_err(|e| KeyError::Base64(e.to_string()))?;
         Self::from_bytes(&bytes)
     }
     /// Reads the raw 32 bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length(bytes.len()))?;
-        VerifyingKey::from_bytes(&arr).map(PublicKey).map_err(|_| KeyError::Invalid)
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| KeyError::Length(bytes.len()))?;
+        VerifyingKey::from_bytes(&arr)
+            .map(PublicKey)
+            .map_err(|_| KeyError::Invalid)
     }
     /// Standard base64 of the 32 bytes.
     pub fn to_base64(&self) -> String {
@@ -189,7 +200,8 @@ pub struct Envelope {
 impl Envelope {
     /// Parses the JSON form of an envelope.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if env.signatures.is_empty() || env.signatures.len() > MAX_SIGNATURES {
             return Err(EnvelopeError::Malformed(format!(
                 "an envelope carries 1 to {MAX_SIGNATURES} signatures, this one {}",
@@ -204,18 +216,30 @@ impl Envelope {
     }
     /// Decodes the payload without checking any signature (for quarantine and diagnostics).
     pub fn payload_unverified(&self) -> Result<Vec<u8>, EnvelopeError> {
-        B64.decode(&self.payload).map_err(|e| EnvelopeError::Malformed(format!("payload: {e}")))
+        B64.decode(&self.payload)
+            .map_err(|e| EnvelopeError::Malformed(format!("payload: {e}")))
     }
     /// Checks that the envelope is of `expected_type` and signed by `key`; returns the payload.
-    pub fn verify(&self, expected_type: &'static str, key: &PublicKey) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn verify(
+        &self,
+        expected_type: &'static str,
+        key: &PublicKey,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         if self.payload_type != expected_type {
-            return Err(EnvelopeError::WrongPayloadType { found: self.payload_type.clone(), expected: expected_type });
+            return Err(EnvelopeError::WrongPayloadType {
+                found: self.payload_type.clone(),
+                expected: expected_type,
+            });
         }
         let body = self.payload_unverified()?;
         let msg = pae(&self.payload_type, &body);
         for s in &self.signatures {
-            let Ok(raw) = B64.decode(&s.sig) else { continue };
-            let Ok(sig) = ed25519_dalek::Signature::from_slice(&raw) else { continue };
+            let Ok(raw) = B64.decode(&s.sig) else {
+                continue;
+            };
+            let Ok(sig) = ed25519_dalek::Signature::from_slice(&raw) else {
+                continue;
+            };
             if key.0.verify(&msg, &sig).is_ok() {
                 return Ok(body);
             }
@@ -231,7 +255,10 @@ mod tests {
     #[test]
     fn pae_matches_the_dsse_spec_test_vector_byte_for_byte() {
         let got = pae("http://example.com/HelloWorld", b"hello world");
-        assert_eq!(got, b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
+        assert_eq!(
+            got,
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
     }
 
     #[test]
@@ -244,7 +271,10 @@ mod tests {
         let k = KeyPair::generate();
         let env = k.sign(USAGE_PAYLOAD_TYPE, b"{\"v\":1}");
         let parsed = Envelope::from_json(&env.to_json()).unwrap();
-        assert_eq!(parsed.verify(USAGE_PAYLOAD_TYPE, &k.public()).unwrap(), b"{\"v\":1}");
+        assert_eq!(
+            parsed.verify(USAGE_PAYLOAD_TYPE, &k.public()).unwrap(),
+            b"{\"v\":1}"
+        );
         assert_eq!(parsed.signatures[0].keyid, k.public().keyid());
     }
 
@@ -253,10 +283,19 @@ mod tests {
         let k = KeyPair::generate();
         let other = KeyPair::generate();
         let mut env = k.sign(USAGE_PAYLOAD_TYPE, b"hello");
-        assert_eq!(env.verify(USAGE_PAYLOAD_TYPE, &other.public()), Err(EnvelopeError::BadSignature));
-        assert!(matches!(env.verify(STATUS_PAYLOAD_TYPE, &k.public()), Err(EnvelopeError::WrongPayloadType { .. })));
+        assert_eq!(
+            env.verify(USAGE_PAYLOAD_TYPE, &other.public()),
+            Err(EnvelopeError::BadSignature)
+        );
+        assert!(matches!(
+            env.verify(STATUS_PAYLOAD_TYPE, &k.public()),
+            Err(EnvelopeError::WrongPayloadType { .. })
+        ));
         env.payload = B64.encode(b"hellO");
-        assert_eq!(env.verify(USAGE_PAYLOAD_TYPE, &k.public()), Err(EnvelopeError::BadSignature));
+        assert_eq!(
+            env.verify(USAGE_PAYLOAD_TYPE, &k.public()),
+            Err(EnvelopeError::BadSignature)
+        );
     }
 
     #[test]
@@ -264,7 +303,10 @@ mod tests {
         let k = KeyPair::generate();
         let mut env = k.sign(USAGE_PAYLOAD_TYPE, b"x");
         env.payload_type = STATUS_PAYLOAD_TYPE.into();
-        assert_eq!(env.verify(STATUS_PAYLOAD_TYPE, &k.public()), Err(EnvelopeError::BadSignature));
+        assert_eq!(
+            env.verify(STATUS_PAYLOAD_TYPE, &k.public()),
+            Err(EnvelopeError::BadSignature)
+        );
     }
 
     #[test]
@@ -277,7 +319,10 @@ mod tests {
             Envelope::from_json(br#"{"payload":"","payloadType":"t","signatures":[]}"#),
             Err(EnvelopeError::Malformed(_))
         ));
-        assert!(matches!(Envelope::from_json(b"not json"), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::from_json(b"not json"),
+            Err(EnvelopeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -285,8 +330,14 @@ mod tests {
         let k = KeyPair::generate();
         let b = k.public().to_base64();
         assert_eq!(PublicKey::from_base64(&b).unwrap(), k.public());
-        assert!(matches!(PublicKey::from_base64("AAAA"), Err(KeyError::Length(3))));
-        assert!(matches!(PublicKey::from_base64("!!"), Err(KeyError::Base64(_))));
+        assert!(matches!(
+            PublicKey::from_base64("AAAA"),
+            Err(KeyError::Length(3))
+        ));
+        assert!(matches!(
+            PublicKey::from_base64("!!"),
+            Err(KeyError::Base64(_))
+        ));
     }
 
     #[test]
@@ -308,7 +359,10 @@ mod tests {
             .map(|s| s.success())
             .unwrap_or(false);
         if !have {
-            assert!(!required, "python3 with `cryptography` is required when ROLLCALL_REQUIRE_INTEROP is set");
+            assert!(
+                !required,
+                "python3 with `cryptography` is required when ROLLCALL_REQUIRE_INTEROP is set"
+            );
             eprintln!("SKIPPED: python3 with the `cryptography` package is not available");
             return;
         }
@@ -343,7 +397,11 @@ print("OK", body.decode())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "python said: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "python said: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(stdout.trim(), r#"OK {"v":1,"hello":"world"}"#);
     }
 }

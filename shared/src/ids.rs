@@ -44,10 +44,18 @@ fn check_id(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
         return Err(IdError::Empty { what });
     }
     if s.len() > max {
-        return Err(IdError::TooLong { what, len: s.len(), max });
+        return Err(IdError::TooLong {
+            what,
+            len: s.len(),
+            max,
+        });
     }
     let ok_first = s.as_bytes()[0].is_ascii_alphanumeric();
-    if !ok_first || !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !ok_first
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err(IdError::BadChar {
             what,
             value: s.chars().take(80).collect(),
@@ -125,10 +133,16 @@ impl EventKind {
             return Err(IdError::Empty { what: WHAT });
         }
         if s.len() > MAX_KIND_LEN {
-            return Err(IdError::TooLong { what: WHAT, len: s.len(), max: MAX_KIND_LEN });
+            return Err(IdError::TooLong {
+                what: WHAT,
+                len: s.len(),
+                max: MAX_KIND_LEN,
+            });
         }
         if !s.as_bytes()[0].is_ascii_lowercase()
-            || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(IdError::BadChar {
                 what: WHAT,
@@ -223,7 +237,10 @@ mod tests {
         for bad in ["", "a/b", "a+b", "#", "-lead", "é", "a b"] {
             assert!(DeviceId::parse(bad).is_err(), "{bad:?} must be rejected");
         }
-        assert!(matches!(DeviceId::parse(&"x".repeat(65)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            DeviceId::parse(&"x".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
         assert!(DeviceId::parse(&"x".repeat(64)).is_ok());
     }
 
@@ -246,6 +263,11 @@ mod tests {
     #[test]
     fn ids_deserialise_through_parse() {
         assert!(serde_json::from_str::<DeviceId>("\"a/b\"").is_err());
-        assert_eq!(serde_json::from_str::<MemberId>("\"m-1\"").unwrap().as_str(), "m-1");
+        assert_eq!(
+            serde_json::from_str::<MemberId>("\"m-1\"")
+                .unwrap()
+                .as_str(),
+            "m-1"
+        );
     }
 }

@@ -49,7 +49,10 @@ fn decode_versioned<T: for<'de> Deserialize<'de>>(
     version: impl Fn(&T) -> u32,
 ) -> Result<T, PayloadError> {
     if bytes.len() > max {
-        return Err(PayloadError::TooLarge(format!("{} bytes; the limit is {max}", bytes.len())));
+        return Err(PayloadError::TooLarge(format!(
+            "{} bytes; the limit is {max}",
+            bytes.len()
+        )));
     }
     match serde_json::from_slice::<T>(bytes) {
         Ok(t) if version(&t) == PROTOCOL_VERSION => Ok(t),
@@ -58,7 +61,9 @@ fn decode_versioned<T: for<'de> Deserialize<'de>>(
             Ok(VersionProbe { v: Some(v) }) if v != serde_json::json!(PROTOCOL_VERSION) => {
                 Err(PayloadError::UnsupportedVersion(v.to_string()))
             }
-            Ok(VersionProbe { v: None }) => Err(PayloadError::Malformed("missing version field `v`".into())),
+            Ok(VersionProbe { v: None }) => {
+                Err(PayloadError::Malformed("missing version field `v`".into()))
+            }
             _ => Err(PayloadError::Malformed(e.to_string())),
         },
     }
@@ -67,7 +72,9 @@ fn decode_versioned<T: for<'de> Deserialize<'de>>(
 fn check_time(what: &str, t: &DateTime<Utc>) -> Result<(), PayloadError> {
     let s = t.timestamp();
     if !(MIN_TIMESTAMP_S..MAX_TIMESTAMP_S).contains(&s) {
-        return Err(PayloadError::Malformed(format!("{what} {t} is outside 2000..2100")));
+        return Err(PayloadError::Malformed(format!(
+            "{what} {t} is outside 2000..2100"
+        )));
     }
     Ok(())
 }
@@ -97,11 +104,16 @@ impl UsageEvent {
     /// Checks one event against the protocol limits.
     pub fn validate(&self) -> Result<(), PayloadError> {
         if self.qty == 0 || self.qty > MAX_QTY {
-            return Err(PayloadError::Malformed(format!("event {}: qty {} is outside 1..={MAX_QTY}", self.seq, self.qty)));
+            return Err(PayloadError::Malformed(format!(
+                "event {}: qty {} is outside 1..={MAX_QTY}",
+                self.seq, self.qty
+            )));
         }
         check_time("occurred_at", &self.occurred_at)?;
         validate_attrs(&self.attrs).map_err(|e| match e {
-            PayloadError::Malformed(m) => PayloadError::Malformed(format!("event {}: {m}", self.seq)),
+            PayloadError::Malformed(m) => {
+                PayloadError::Malformed(format!("event {}: {m}", self.seq))
+            }
             other => other,
         })
     }
@@ -116,20 +128,29 @@ impl UsageEvent {
 
     /// True when `occurred_at` is not believable against `now` (see [`UsageEvent::clock_suspect`]).
     pub fn time_is_suspect(occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-        occurred_at.timestamp() < BUILD_EPOCH_S || (occurred_at - now).num_seconds() > MAX_FUTURE_SKEW_S
+        occurred_at.timestamp() < BUILD_EPOCH_S
+            || (occurred_at - now).num_seconds() > MAX_FUTURE_SKEW_S
     }
 }
 
 /// Checks an attribute map against the limits (also used by the agent before it stores one).
 pub fn validate_attrs(attrs: &BTreeMap<String, String>) -> Result<(), PayloadError> {
     if attrs.len() > MAX_ATTRS_PER_EVENT {
-        return Err(PayloadError::Malformed(format!("{} attributes; the limit is {MAX_ATTRS_PER_EVENT}", attrs.len())));
+        return Err(PayloadError::Malformed(format!(
+            "{} attributes; the limit is {MAX_ATTRS_PER_EVENT}",
+            attrs.len()
+        )));
     }
     for (k, v) in attrs {
         if k.is_empty() || k.len() > MAX_ATTR_KEY_LEN {
-            return Err(PayloadError::Malformed(format!("attribute key {k:?} must be 1..={MAX_ATTR_KEY_LEN} bytes")));
+            return Err(PayloadError::Malformed(format!(
+                "attribute key {k:?} must be 1..={MAX_ATTR_KEY_LEN} bytes"
+            )));
         }
-        if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        if !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
             return Err(PayloadError::Malformed(format!(
                 "attribute key {k:?} may only contain ASCII letters, digits, '_', '-' and '.'"
             )));
@@ -181,7 +202,9 @@ impl UsageReport {
             return Err(PayloadError::UnsupportedVersion(self.v.to_string()));
         }
         if self.events.is_empty() {
-            return Err(PayloadError::Malformed("a report carries at least one event".into()));
+            return Err(PayloadError::Malformed(
+                "a report carries at least one event".into(),
+            ));
         }
         if self.events.len() > MAX_EVENTS_PER_REPORT {
             return Err(PayloadError::TooLarge(format!(
@@ -193,14 +216,19 @@ impl UsageReport {
             return Err(PayloadError::Malformed("report_seq starts at 1".into()));
         }
         if self.boot_id.is_empty() || self.boot_id.len() > MAX_BOOT_ID_LEN {
-            return Err(PayloadError::Malformed(format!("boot_id must be 1..={MAX_BOOT_ID_LEN} bytes")));
+            return Err(PayloadError::Malformed(format!(
+                "boot_id must be 1..={MAX_BOOT_ID_LEN} bytes"
+            )));
         }
         check_time("sent_at", &self.sent_at)?;
         let mut prev: Option<Seq> = None;
         for e in &self.events {
             if let Some(p) = prev {
                 if e.seq <= p {
-                    return Err(PayloadError::Malformed(format!("event seq {} follows {p}: not increasing", e.seq)));
+                    return Err(PayloadError::Malformed(format!(
+                        "event seq {} follows {p}: not increasing",
+                        e.seq
+                    )));
                 }
             }
             prev = Some(e.seq);
@@ -374,9 +402,15 @@ mod tests {
     fn unknown_versions_are_told_apart_from_malformed_reports() {
         let mut r = report(vec![event(1)]);
         r.v = 2;
-        assert_eq!(UsageReport::decode(&r.encode()).unwrap_err().reason(), "unsupported_version");
+        assert_eq!(
+            UsageReport::decode(&r.encode()).unwrap_err().reason(),
+            "unsupported_version"
+        );
         let body = br#"{"v":"two","events":[]}"#;
-        assert_eq!(UsageReport::decode(body).unwrap_err().reason(), "unsupported_version");
+        assert_eq!(
+            UsageReport::decode(body).unwrap_err().reason(),
+            "unsupported_version"
+        );
         let body = br#"{"device_id":"x"}"#;
         assert_eq!(UsageReport::decode(body).unwrap_err().reason(), "malformed");
         assert_eq!(UsageReport::decode(b"{").unwrap_err().reason(), "malformed");
@@ -384,25 +418,44 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let mut v: serde_json::Value = serde_json::from_slice(&report(vec![event(1)]).encode()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&report(vec![event(1)]).encode()).unwrap();
         v["extra"] = serde_json::json!(1);
-        assert_eq!(UsageReport::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().reason(), "malformed");
-        let mut v: serde_json::Value = serde_json::from_slice(&report(vec![event(1)]).encode()).unwrap();
+        assert_eq!(
+            UsageReport::decode(&serde_json::to_vec(&v).unwrap())
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&report(vec![event(1)]).encode()).unwrap();
         v["events"][0]["colour"] = serde_json::json!("red");
-        assert_eq!(UsageReport::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            UsageReport::decode(&serde_json::to_vec(&v).unwrap())
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
     }
 
     #[test]
     fn limits_are_enforced() {
         let too_many: Vec<_> = (1..=MAX_EVENTS_PER_REPORT as u64 + 1).map(event).collect();
-        assert_eq!(report(too_many).validate().unwrap_err().reason(), "too_large");
+        assert_eq!(
+            report(too_many).validate().unwrap_err().reason(),
+            "too_large"
+        );
         let mut e = event(1);
         for i in 0..=MAX_ATTRS_PER_EVENT {
             e.attrs.insert(format!("k{i}"), "v".into());
         }
-        assert_eq!(report(vec![e]).validate().unwrap_err().reason(), "malformed");
+        assert_eq!(
+            report(vec![e]).validate().unwrap_err().reason(),
+            "malformed"
+        );
         let mut e = event(1);
-        e.attrs.insert("k".into(), "x".repeat(MAX_ATTR_VALUE_LEN + 1));
+        e.attrs
+            .insert("k".into(), "x".repeat(MAX_ATTR_VALUE_LEN + 1));
         assert!(report(vec![e]).validate().is_err());
         let mut e = event(1);
         e.qty = 0;
@@ -413,7 +466,10 @@ mod tests {
         assert!(report(vec![]).validate().is_err());
         assert!(report(vec![event(2), event(2)]).validate().is_err());
         let huge = vec![b' '; MAX_REPORT_BODY_BYTES + 1];
-        assert_eq!(UsageReport::decode(&huge).unwrap_err().reason(), "too_large");
+        assert_eq!(
+            UsageReport::decode(&huge).unwrap_err().reason(),
+            "too_large"
+        );
     }
 
     #[test]
@@ -446,7 +502,12 @@ mod tests {
             v: 1,
             device_id: DeviceId::parse("dev-1").unwrap(),
             sent_at: t("2026-11-20T08:00:00Z"),
-            body: DownBody::Ack(Ack { report_seq: 4, status: AckStatus::Stored, stored: 3, reason: None }),
+            body: DownBody::Ack(Ack {
+                report_seq: 4,
+                status: AckStatus::Stored,
+                stored: 3,
+                reason: None,
+            }),
         };
         assert_eq!(Downlink::decode(&d.encode()).unwrap(), d);
         let s = DeviceStatus {

@@ -44,7 +44,9 @@ impl Default for Topics {
 impl Topics {
     /// Topics under `prefix` (trailing slashes are ignored).
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.trim_end_matches('/').to_owned() }
+        Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
     }
     /// The topic of `device`'s `channel`.
     pub fn topic(&self, device: &DeviceId, channel: Channel) -> String {
@@ -73,7 +75,9 @@ impl Topics {
     /// Splits a topic into device and channel; `None` if it is not one of ours.
     /// The device id found here is a routing hint: trust comes from the signature.
     pub fn parse(&self, topic: &str) -> Option<(DeviceId, Channel)> {
-        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/v1/devices/")?;
+        let rest = topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/v1/devices/")?;
         let (dev, chan) = rest.split_once('/')?;
         let channel = match chan {
             "usage" => Channel::Usage,
@@ -97,7 +101,10 @@ mod tests {
         assert_eq!(t.usage(&d), "rollcall/v1/devices/dev-7/usage");
         assert_eq!(t.down(&d), "rollcall/v1/devices/dev-7/down");
         assert_eq!(t.filter(Channel::Status), "rollcall/v1/devices/+/status");
-        assert_eq!(t.parse("rollcall/v1/devices/dev-7/tx"), Some((d, Channel::Tx)));
+        assert_eq!(
+            t.parse("rollcall/v1/devices/dev-7/tx"),
+            Some((d, Channel::Tx))
+        );
         assert_eq!(t.parse("rollcall/v1/devices/dev-7/other"), None);
         assert_eq!(t.parse("other/v1/devices/dev-7/usage"), None);
         assert_eq!(t.parse("rollcall/v1/devices/a/b/usage"), None);
@@ -106,6 +113,9 @@ mod tests {
     #[test]
     fn custom_prefixes_work() {
         let t = Topics::new("acme/");
-        assert_eq!(t.usage(&DeviceId::parse("d").unwrap()), "acme/v1/devices/d/usage");
+        assert_eq!(
+            t.usage(&DeviceId::parse("d").unwrap()),
+            "acme/v1/devices/d/usage"
+        );
     }
 }
