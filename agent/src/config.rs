@@ -707,6 +707,13 @@ path = "/run/rollcall.sock"
     }
 
     #[test]
+    fn the_example_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
+        let c = LoadedConfig::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.outbox_path(), PathBuf::from("agent-data/outbox.db"));
+    }
+
+    #[test]
     fn a_missing_file_is_named() {
         let e = LoadedConfig::load(
             Some(Path::new("/nonexistent/agent.toml")),

@@ -156,7 +156,11 @@ async fn every_event_arrives_and_the_outbox_drains_only_after_acks() {
 
     cloud.set_mode(AckMode::Correct);
     cloud.ack_everything_received(&agent.device).await;
-    wait_until("the outbox drains", WAIT, || agent.depth() == 0).await;
+    // The outbox row deletion and the stats counter are two steps: wait for both.
+    wait_until("the outbox drains and every ack is counted", WAIT, || {
+        agent.depth() == 0 && agent.stats.snapshot().reports_acked >= 15
+    })
+    .await;
     let snap = agent.stats.snapshot();
     assert_eq!((snap.reports_acked, snap.events_acked), (15, 300));
     assert!(snap.connected);
