@@ -31,6 +31,7 @@ pub fn bins() -> &'static Bins {
         let mut cmd = Command::new(cargo);
         cmd.args([
             "build",
+            "--locked",
             "--bins",
             "-p",
             "rollcall-agent",
