@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`testkit`]: start the real cloud, agents and Mosquitto on ephemeral ports in temp dirs.
 //! - [`bench`]: `rollcall bench …` (JSON figures).
+//! - [`sim`]: the fleet simulator with ground truth (`rollcall simulate`).
 
 pub mod bench;
+pub mod sim;
 pub mod testkit;

@@ -1,6 +1,13 @@
-//! `rollcall`: benchmarks (and, as they land, the demo, simulator and evaluation).
+//! `rollcall`: the fleet simulator and benchmarks (and, as they land, the demo and
+//! evaluation).
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rollcall::sim::{CloudTarget, FleetConfig, FleetSize, SimOptions, Simulation};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 /// Rollcall one-box tools.
 #[derive(Debug, Parser)]
@@ -12,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Simulate a fleet of members whose devices run the real agent code, with ground truth.
+    Simulate(SimulateArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -45,6 +54,112 @@ enum BenchCmd {
     },
 }
 
+/// `rollcall simulate`.
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Fleet description (default: the built-in copy of config/fleet.toml).
+    #[arg(long, value_name = "FILE")]
+    fleet: Option<PathBuf>,
+    /// Number of members (each with one or two devices).
+    #[arg(long, conflicts_with = "devices")]
+    members: Option<usize>,
+    /// Number of devices (members are added until there are this many).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Seed: the same seed gives the same members, events and ground truth.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Days of past usage replayed first, as fast as the cloud ingests.
+    #[arg(long, default_value_t = 0, value_name = "DAYS")]
+    history: u32,
+    /// Days of live usage after the history; without it, runs until Ctrl-C.
+    #[arg(long, value_name = "DAYS")]
+    days: Option<u32>,
+    /// Simulated seconds per real second during the live days (86400: a day per second).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// The cloud's data directory (default: a new temporary directory, kept).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Report to an external broker; a cloud must already serve --data-dir through it.
+    #[arg(long, value_name = "URL")]
+    mqtt_url: Option<String>,
+    /// Where the in-process cloud's embedded broker listens.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    mqtt_listen: SocketAddr,
+    /// Where the in-process cloud's HTTP API listens.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    http_listen: SocketAddr,
+    /// Ground-truth file (default: DATA_DIR/truth.json).
+    #[arg(long, value_name = "FILE")]
+    truth: Option<PathBuf>,
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+}
+
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    if a.history == 0 && a.days.is_none() {
+        anyhow::bail!("give --history DAYS, --days DAYS, or both (see `rollcall simulate --help`)");
+    }
+    let fleet = match &a.fleet {
+        Some(p) => FleetConfig::load(p)?,
+        None => FleetConfig::builtin(),
+    };
+    let size = match (a.members, a.devices) {
+        (_, Some(0)) | (Some(0), _) => anyhow::bail!("--members and --devices must be at least 1"),
+        (_, Some(d)) => FleetSize::Devices(d),
+        (Some(m), None) => FleetSize::Members(m),
+        (None, None) => FleetSize::Members(300),
+    };
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => tempfile::Builder::new()
+            .prefix("rollcall-sim-")
+            .tempdir()
+            .context("Failed to create a temporary data directory")?
+            .keep(),
+    };
+    let cloud = match a.mqtt_url {
+        Some(mqtt_url) => CloudTarget::External { mqtt_url },
+        None => CloudTarget::InProcess {
+            mqtt_listen: a.mqtt_listen,
+            http_listen: a.http_listen,
+        },
+    };
+    let truth_path = a.truth.unwrap_or_else(|| data_dir.join("truth.json"));
+    let opts = SimOptions {
+        fleet,
+        seed: a.seed,
+        size,
+        history_days: a.history,
+        live_days: a.days,
+        speed: a.speed,
+        data_dir,
+        cloud,
+        truth_path,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let mut sim = Simulation::start(opts).await?;
+    sim.run_history(&shutdown).await?;
+    sim.run_live(&shutdown).await?;
+    let summary = sim.finish().await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -55,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Simulate(a) => simulate(a).await?,
         Command::Bench(BenchCmd::Ingest {
             mqtt_url,
             devices,

@@ -53,6 +53,54 @@ pub enum Command {
     /// The cloud's signing key.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Score every registered member now (or as of an earlier instant) and print counts by state.
+    Score {
+        /// Score the fleet as it stood at this instant (RFC 3339); usage after it is ignored.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Print JSON: `{"as_of", "counts", "members": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet model.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Historical usage.
+    #[command(subcommand)]
+    Usage(UsageCmd),
+}
+
+/// `model …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Fit the model by maximum likelihood and print parameters, log-likelihood, members, convergence.
+    Fit {
+        /// Fit on a usage CSV instead of the store (the store is not touched).
+        #[arg(long, requires = "calibration_end")]
+        from_csv: Option<PathBuf>,
+        /// With --from-csv: ignore usage after this date (YYYY-MM-DD).
+        #[arg(long)]
+        calibration_end: Option<String>,
+        /// With --from-csv: time unit, `days` or `weeks`.
+        #[arg(long, default_value = "days")]
+        unit: String,
+        /// `mbgnbd` or `bgnbd` (default: `scoring.model`).
+        #[arg(long)]
+        model: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `usage …`.
+#[derive(Debug, Subcommand)]
+pub enum UsageCmd {
+    /// Import usage from CSV (`member_id,occurred_at,kind,qty` or `device_id,…`); idempotent.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
 }
 
 /// `members …`.
@@ -216,6 +264,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Score { as_of, json } => score(cfg, clock, as_of, json),
+        Command::Model(ModelCmd::Fit {
+            from_csv,
+            calibration_end,
+            unit,
+            model,
+            json,
+        }) => model_fit(cfg, clock, from_csv, calibration_end, &unit, model, json),
+        Command::Usage(UsageCmd::Import { file }) => usage_import(cfg, clock, &file),
         Command::Keys(KeysCmd::Show) => {
             let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
             println!(
@@ -307,10 +364,168 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
                 for (k, q) in &v.usage.by_kind {
                     println!("    {k}: {q}");
                 }
+                if let (Some(state), Some(score)) = (&v.state, v.score) {
+                    println!("  engagement: {state}, score {score}");
+                    for r in &v.reasons {
+                        println!("    {r}");
+                    }
+                    for t in &v.transitions {
+                        println!(
+                            "    {}  {} -> {}",
+                            t.at,
+                            t.old_state.as_deref().unwrap_or("-"),
+                            t.new_state
+                        );
+                    }
+                }
             }
             Ok(())
         }
     }
+}
+
+fn score(
+    cfg: CloudConfig,
+    clock: Arc<dyn Clock>,
+    as_of: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = clock.now();
+    let as_of = match as_of {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+            .with_context(|| format!("--as-of {s:?} is not an RFC 3339 instant"))?
+            .with_timezone(&chrono::Utc),
+        None => now,
+    };
+    let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+    let run = crate::scoring::score_once(&mut conn, &cfg.scoring, as_of, now)?;
+    for w in &run.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !run.persisted {
+        eprintln!(
+            "note: {} is before the latest stored scoring run; these scores were not stored",
+            run.as_of.to_rfc3339()
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string(&run)?);
+    } else {
+        println!("as of {}", run.as_of.to_rfc3339());
+        for (s, n) in &run.counts {
+            println!("{:<9} {n}", s.name());
+        }
+    }
+    Ok(())
+}
+
+fn model_fit(
+    cfg: CloudConfig,
+    clock: Arc<dyn Clock>,
+    from_csv: Option<PathBuf>,
+    calibration_end: Option<String>,
+    unit: &str,
+    model: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::scoring::{ModelKind, Unit};
+    let kind = match model {
+        Some(m) => ModelKind::parse(&m)
+            .with_context(|| format!("--model {m:?}: expected mbgnbd or bgnbd"))?,
+        None => cfg.scoring.model,
+    };
+    let result = match from_csv {
+        Some(file) => {
+            let end = calibration_end.context("--calibration-end is required with --from-csv")?;
+            let end = chrono::NaiveDate::parse_from_str(&end, "%Y-%m-%d")
+                .with_context(|| format!("--calibration-end {end:?} is not YYYY-MM-DD"))?;
+            let unit = Unit::parse(unit)
+                .with_context(|| format!("--unit {unit:?}: expected days or weeks"))?;
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("Failed to read {}", file.display()))?;
+            let (r, rejected) = crate::scoring::fit_csv(&bytes, end, unit, kind)?;
+            for e in &rejected {
+                eprintln!("{}:{}: {}", file.display(), e.line, e.error);
+            }
+            r
+        }
+        None => {
+            let mut scoring = cfg.scoring.clone();
+            scoring.model = kind;
+            let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+            let now = clock.now();
+            crate::scoring::fit_store(&mut conn, &scoring, now, now)?
+        }
+    };
+    if !result.converged {
+        eprintln!("warning: the fit did not converge");
+    }
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        let p = result.params;
+        println!(
+            "{}: r={:.4} alpha={:.4} a={:.4} b={:.4}  log-likelihood {:.2}  members {}  {}",
+            result.model,
+            p.r,
+            p.alpha,
+            p.a,
+            p.b,
+            result.log_likelihood,
+            result.members,
+            if result.converged {
+                "converged"
+            } else {
+                "NOT converged"
+            }
+        );
+    }
+    Ok(())
+}
+
+fn usage_import(
+    cfg: CloudConfig,
+    clock: Arc<dyn Clock>,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let bytes =
+        std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;
+    let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows ({eta})")
+                .expect("valid template"),
+        );
+        b
+    });
+    let out = crate::usage::import(
+        &mut conn,
+        &bytes,
+        cfg.scoring.default_tz(),
+        clock.now(),
+        |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for r in &out.rejected {
+        eprintln!("{}:{}: {}", file.display(), r.line, r.error);
+    }
+    println!("{}", serde_json::to_string(&out)?);
+    if !out.rejected.is_empty() {
+        bail!(
+            "{} row(s) rejected; the others were imported",
+            out.rejected.len()
+        );
+    }
+    Ok(())
 }
 
 async fn serve(cfg: CloudConfig, clock: Arc<dyn Clock>) -> anyhow::Result<()> {

@@ -80,6 +80,8 @@ pub struct CloudConfig {
     pub ingest: IngestConfig,
     /// The member and device registry.
     pub registry: RegistryConfig,
+    /// Membership scoring (`[scoring]`).
+    pub scoring: ScoringConfig,
 }
 
 impl Default for CloudConfig {
@@ -91,6 +93,7 @@ impl Default for CloudConfig {
             http: HttpConfig::default(),
             ingest: IngestConfig::default(),
             registry: RegistryConfig::default(),
+            scoring: ScoringConfig::default(),
         }
     }
 }
@@ -188,6 +191,177 @@ impl Default for RegistryConfig {
     }
 }
 
+/// `[scoring]`: the fleet model, its schedule, and the engagement state machine.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Run the background scorer in `serve`.
+    pub enabled: bool,
+    /// `mbgnbd` (default) or `bgnbd`.
+    pub model: crate::scoring::model::ModelKind,
+    /// How often `serve` scores the fleet, in seconds of real time.
+    pub score_interval_s: u64,
+    /// Refit the model when the last fit is this many hours old (by the injected clock).
+    pub refit_interval_h: u64,
+    /// The fit uses members whose clock started within this many days before the fit.
+    pub fit_window_days: u32,
+    /// With fewer members than this in the window, the model is not refitted.
+    pub min_fit_members: u32,
+    /// Time zone for members without one (IANA name).
+    pub default_tz: String,
+    /// A member is `new` for this many days after joining.
+    pub onboarding_days: u32,
+    /// ... and until they have this many active days; after the onboarding window a member
+    /// with fewer is flagged `lapsing` (the onboarding rule).
+    pub onboarding_min_active_days: u32,
+    /// A new member with no active day this many days after joining is flagged `lapsing`.
+    pub no_start_days: u32,
+    /// Enter `lapsing` when `p_engaged` falls below this.
+    pub lapsing_enter_below: f64,
+    /// Leave `lapsing` (or `lapsed`) only when `p_engaged` rises above this after new activity.
+    pub lapsing_exit_above: f64,
+    /// `lapsed` (probably gone) below this `p_engaged`.
+    pub lapsed_below: f64,
+    /// `champion`: in this top fraction of members by expected active days …
+    pub champion_top_fraction: f64,
+    /// … and at least this `p_engaged`.
+    pub champion_min_p_engaged: f64,
+    /// A champion stays one while in this top fraction …
+    pub champion_keep_fraction: f64,
+    /// … and at or above this `p_engaged`.
+    pub champion_keep_p_engaged: f64,
+    /// No state change sooner than this many days after the previous one.
+    pub min_dwell_days: u32,
+    /// Parameters used until the fleet is large enough to fit (per day).
+    pub prior: crate::scoring::model::Params,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: crate::scoring::model::ModelKind::Mbgnbd,
+            score_interval_s: 300,
+            refit_interval_h: 24,
+            fit_window_days: 365,
+            min_fit_members: 50,
+            default_tz: "UTC".into(),
+            onboarding_days: 14,
+            onboarding_min_active_days: 3,
+            no_start_days: 7,
+            lapsing_enter_below: 0.5,
+            lapsing_exit_above: 0.7,
+            lapsed_below: 0.2,
+            champion_top_fraction: 0.10,
+            champion_min_p_engaged: 0.9,
+            champion_keep_fraction: 0.20,
+            champion_keep_p_engaged: 0.8,
+            min_dwell_days: 3,
+            prior: crate::scoring::model::Params {
+                r: 1.0,
+                alpha: 2.0,
+                a: 1.0,
+                b: 30.0,
+            },
+        }
+    }
+}
+
+impl ScoringConfig {
+    /// The default time zone (validated at load).
+    pub fn default_tz(&self) -> chrono_tz::Tz {
+        self.default_tz.parse().unwrap_or(chrono_tz::UTC)
+    }
+
+    /// Checks ranges and orderings; errors name the `scoring.*` key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let unit = |k: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1.0 {
+                Ok(())
+            } else {
+                Err((k, format!("{v} is outside (0, 1)")))
+            }
+        };
+        unit("scoring.lapsing_enter_below", self.lapsing_enter_below)?;
+        unit("scoring.lapsing_exit_above", self.lapsing_exit_above)?;
+        unit("scoring.lapsed_below", self.lapsed_below)?;
+        unit("scoring.champion_top_fraction", self.champion_top_fraction)?;
+        unit(
+            "scoring.champion_min_p_engaged",
+            self.champion_min_p_engaged,
+        )?;
+        unit(
+            "scoring.champion_keep_fraction",
+            self.champion_keep_fraction,
+        )?;
+        unit(
+            "scoring.champion_keep_p_engaged",
+            self.champion_keep_p_engaged,
+        )?;
+        if self.lapsed_below >= self.lapsing_enter_below {
+            return Err((
+                "scoring.lapsed_below",
+                format!(
+                    "{} must be below scoring.lapsing_enter_below ({})",
+                    self.lapsed_below, self.lapsing_enter_below
+                ),
+            ));
+        }
+        if self.lapsing_exit_above < self.lapsing_enter_below {
+            return Err((
+                "scoring.lapsing_exit_above",
+                format!(
+                    "{} must be at least scoring.lapsing_enter_below ({}): that gap is the hysteresis",
+                    self.lapsing_exit_above, self.lapsing_enter_below
+                ),
+            ));
+        }
+        if self.champion_keep_fraction < self.champion_top_fraction {
+            return Err((
+                "scoring.champion_keep_fraction",
+                "must be at least scoring.champion_top_fraction".into(),
+            ));
+        }
+        if self.champion_keep_p_engaged > self.champion_min_p_engaged {
+            return Err((
+                "scoring.champion_keep_p_engaged",
+                "must be at most scoring.champion_min_p_engaged".into(),
+            ));
+        }
+        if self.score_interval_s == 0 || self.score_interval_s > 86_400 {
+            return Err((
+                "scoring.score_interval_s",
+                format!("{} is outside 1..=86400", self.score_interval_s),
+            ));
+        }
+        if self.refit_interval_h == 0 {
+            return Err(("scoring.refit_interval_h", "must be at least 1".into()));
+        }
+        if self.fit_window_days == 0 {
+            return Err(("scoring.fit_window_days", "must be at least 1".into()));
+        }
+        if self.onboarding_days == 0 || self.no_start_days > self.onboarding_days {
+            return Err((
+                "scoring.no_start_days",
+                "must be at most scoring.onboarding_days, which must be at least 1".into(),
+            ));
+        }
+        if self.default_tz.parse::<chrono_tz::Tz>().is_err() {
+            return Err((
+                "scoring.default_tz",
+                format!("{:?} is not an IANA time zone name", self.default_tz),
+            ));
+        }
+        if !self.prior.is_valid() {
+            return Err((
+                "scoring.prior",
+                "r, alpha, a and b must be positive and finite".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl CloudConfig {
     /// Loads `path`, or the defaults when `None`; then applies `ROLLCALL_*` environment
     /// overrides and validates.
@@ -281,6 +455,9 @@ impl CloudConfig {
                 "must not contain '/', '+' or '#'".into(),
             );
         }
+        if let Err((key, message)) = self.scoring.validate() {
+            return bad(key, message);
+        }
         if self
             .registry
             .default_region
@@ -346,6 +523,29 @@ mod tests {
         let c = load_str("[broker]\npassword = \"hunter2\"\n").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.broker.password.expose(), "hunter2");
+    }
+
+    #[test]
+    fn scoring_thresholds_are_checked_and_name_the_key() {
+        let c = load_str("[scoring]\nmodel = \"bgnbd\"\nmin_dwell_days = 5\n").unwrap();
+        assert_eq!(c.scoring.model, crate::scoring::model::ModelKind::Bgnbd);
+        assert_eq!(c.scoring.min_dwell_days, 5);
+        let e = load_str("[scoring]\nlapsing_exit_above = 0.3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scoring.lapsing_exit_above"), "{e}");
+        let e = load_str("[scoring]\nthreshold = 0.3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threshold"), "{e}");
+        let e = load_str("[scoring]\nmodel = \"bgbb\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model"), "{e}");
+        let e = load_str("[scoring.prior]\nr = 1.0\nalpha = 1.0\na = 1.0\nb = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scoring.prior"), "{e}");
     }
 
     #[test]

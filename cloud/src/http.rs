@@ -1,8 +1,10 @@
-//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and (as later issues land)
-//! the API and console. Errors are JSON `{"error": code, "message": ...}`.
+//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API:
+//! `GET /api/v1/members/{id}/score` and `GET /api/v1/engagement/summary` (not yet behind
+//! tokens). Errors are JSON `{"error": code, "message": ...}`. Handlers read the store on
+//! their own read-only connections, off the async executor.
 
 use crate::metrics::Metrics;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,6 +16,8 @@ use std::sync::Arc;
 pub struct AppState {
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The data directory (the API opens read connections to the store there).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// An API error, rendered as JSON with its status code.
@@ -42,6 +46,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/members/{id}/score", get(member_score))
+        .route("/api/v1/engagement/summary", get(engagement_summary))
         .fallback(not_found)
         .with_state(state)
 }
@@ -61,6 +67,103 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+}
+
+impl ApiError {
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "API request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "the request could not be completed".into(),
+        }
+    }
+    fn not_found(code: &'static str, message: String) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code,
+            message,
+        }
+    }
+}
+
+/// Runs `f` on a read connection to the store, off the executor.
+async fn with_store<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let dir = s.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::store::open_reader(&dir).map_err(ApiError::internal)?;
+        f(&conn)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn member_score(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let member = rollcall_shared::MemberId::parse(&id).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_member_id",
+        message: e.to_string(),
+    })?;
+    with_store(&s, move |conn| {
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM members WHERE id = ?1",
+                [member.as_str()],
+                |_| Ok(()),
+            )
+            .map(|_| true)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(false),
+                e => Err(ApiError::internal(e)),
+            })?;
+        if !exists {
+            return Err(ApiError::not_found(
+                "no_such_member",
+                format!("no member with id {:?}", member.as_str()),
+            ));
+        }
+        let score = crate::scoring::persist::score_view(conn, member.as_str())
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::not_found("not_scored", "the member has not been scored yet".into())
+            })?;
+        let transitions = crate::scoring::persist::transitions(
+            conn,
+            member.as_str(),
+            crate::registry::RECENT_TRANSITIONS,
+        )
+        .map_err(ApiError::internal)?;
+        let mut v = serde_json::to_value(score).map_err(ApiError::internal)?;
+        v["transitions"] = serde_json::to_value(transitions).map_err(ApiError::internal)?;
+        Ok(Json(v))
+    })
+    .await
+}
+
+/// Query of `GET /api/v1/engagement/summary`.
+#[derive(Debug, serde::Deserialize)]
+struct SummaryQuery {
+    /// Days of history (default 90, at most 3660).
+    days: Option<u32>,
+}
+
+async fn engagement_summary(
+    State(s): State<AppState>,
+    Query(q): Query<SummaryQuery>,
+) -> Result<Json<crate::scoring::persist::EngagementSummary>, ApiError> {
+    let days = q.days.unwrap_or(90).clamp(1, 3660);
+    with_store(&s, move |conn| {
+        crate::scoring::persist::engagement_summary(conn, days)
+            .map(Json)
+            .map_err(ApiError::internal)
+    })
+    .await
 }
 
 async fn not_found() -> ApiError {

@@ -11,6 +11,8 @@
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`mqtt`]: broker URLs and client options (TLS, packet limits).
 //! - [`keys`]: the cloud's own signing key.
+//! - [`usage`]: the usage CSV format, and `usage import` (idempotent).
+//! - [`scoring`]: membership scoring: active days, the fleet model, states and reasons.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`http`]: `/healthz`, `/metrics`, JSON errors.
 //! - [`server`]: `serve`: broker + ingest + HTTP, started and stopped together.
@@ -26,6 +28,8 @@ pub mod keys;
 pub mod metrics;
 pub mod mqtt;
 pub mod registry;
+pub mod scoring;
 pub mod server;
 pub mod store;
+pub mod usage;
 pub mod worker;

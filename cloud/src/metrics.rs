@@ -21,6 +21,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Label for members by engagement state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `new`, `active`, `champion`, `lapsing` or `lapsed`.
+    pub state: String,
+}
+
 /// The cloud's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +47,14 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     /// `rollcall_ingest_held_released_total`: held reports ingested after their device was registered.
     pub released: Counter,
+    /// `rollcall_scoring_members{state}`: members per engagement state at the last scoring run.
+    pub scoring_members: Family<StateLabel, Gauge>,
+    /// `rollcall_scoring_runs_total`: scoring runs completed.
+    pub scoring_runs: Counter,
+    /// `rollcall_scoring_fits_total`: model refits adopted.
+    pub scoring_fits: Counter,
+    /// `rollcall_scoring_run_seconds`: time of one scoring run.
+    pub scoring_run_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -61,6 +76,10 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             mqtt_connected: Gauge::default(),
             released: Counter::default(),
+            scoring_members: Family::default(),
+            scoring_runs: Counter::default(),
+            scoring_fits: Counter::default(),
+            scoring_run_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +118,31 @@ impl Metrics {
             "Held reports ingested after registration",
             m.released.clone(),
         );
+        registry.register(
+            "scoring_members",
+            "Members per engagement state at the last scoring run",
+            m.scoring_members.clone(),
+        );
+        registry.register(
+            "scoring_runs",
+            "Scoring runs completed",
+            m.scoring_runs.clone(),
+        );
+        registry.register(
+            "scoring_fits",
+            "Model refits adopted",
+            m.scoring_fits.clone(),
+        );
+        registry.register(
+            "scoring_run_seconds",
+            "Time of one scoring run",
+            m.scoring_run_seconds.clone(),
+        );
+        for s in crate::scoring::State::ALL {
+            let _ = m.scoring_members.get_or_create(&StateLabel {
+                state: s.name().into(),
+            });
+        }
         for r in crate::ingest::Reason::ALL {
             let _ = m.rejected.get_or_create(&ReasonLabel {
                 reason: r.code().into(),
@@ -159,5 +203,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rollcall_ingest_rejected_total{reason=\"replayed\"} 0"));
+        assert!(
+            text.contains("rollcall_scoring_members{state=\"lapsing\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -31,6 +31,9 @@ pub enum RegistryError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading the member's score failed.
+    #[error(transparent)]
+    Scoring(#[from] crate::scoring::ScoringError),
 }
 
 impl From<rusqlite::Error> for RegistryError {
@@ -355,7 +358,20 @@ pub struct MemberView {
     pub devices: Vec<DeviceView>,
     /// Usage totals.
     pub usage: UsageView,
+    /// Score 0–100 at the latest scoring run (null before the first).
+    pub score: Option<u8>,
+    /// Engagement state at the latest scoring run.
+    pub state: Option<String>,
+    /// Plain-language reasons for the state.
+    pub reasons: Vec<String>,
+    /// The latest scoring run's numbers in full.
+    pub scoring: Option<crate::scoring::persist::ScoreView>,
+    /// Recent state changes, newest first.
+    pub transitions: Vec<crate::scoring::persist::TransitionView>,
 }
+
+/// How many recent transitions `members show` lists.
+pub const RECENT_TRANSITIONS: u32 = 10;
 
 /// Reads a member with devices and usage totals.
 pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView>, RegistryError> {
@@ -380,6 +396,11 @@ pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView
                         by_kind: BTreeMap::new(),
                         clock_suspect_events: 0,
                     },
+                    score: None,
+                    state: None,
+                    reasons: vec![],
+                    scoring: None,
+                    transitions: vec![],
                 })
             },
         )
@@ -426,6 +447,13 @@ pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView
         let (k, q) = row?;
         view.usage.by_kind.insert(k, q as u64);
     }
+    if let Some(sv) = crate::scoring::persist::score_view(conn, id.as_str())? {
+        view.score = Some(sv.score);
+        view.state = Some(sv.state.clone());
+        view.reasons = sv.reasons.clone();
+        view.scoring = Some(sv);
+    }
+    view.transitions = crate::scoring::persist::transitions(conn, id.as_str(), RECENT_TRANSITIONS)?;
     Ok(Some(view))
 }
 

@@ -1,5 +1,6 @@
 //! `serve`: the embedded broker (unless an external one is configured), the ingest
-//! worker and the HTTP listener, started together and stopped together.
+//! worker, the background scorer (`[scoring] enabled`) and the HTTP listener, started
+//! together and stopped together.
 
 use crate::broker;
 use crate::config::CloudConfig;
@@ -76,6 +77,7 @@ pub async fn start(
         shared_group: cfg.broker.shared_group.clone(),
     };
     let public_key = key.public();
+    let clock_for_scoring = clock.clone();
     let ingest = worker::start(
         &cfg,
         settings,
@@ -92,6 +94,7 @@ pub async fn start(
     let http_addr = listener.local_addr()?;
     let app = router(AppState {
         metrics: metrics.clone(),
+        data_dir: cfg.data_dir.clone(),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -102,6 +105,18 @@ pub async fn start(
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
+    let mut tasks = vec![ingest, http];
+    if cfg.scoring.enabled {
+        let conn = crate::store::open_writer(&cfg.data_dir)
+            .context("Failed to open the store for scoring")?;
+        let scorer = crate::scoring::Scorer::new(conn, cfg.scoring.clone(), metrics.clone());
+        tasks.push(tokio::spawn(scoring_loop(
+            scorer,
+            clock_for_scoring,
+            std::time::Duration::from_secs(cfg.scoring.score_interval_s),
+            shutdown.clone(),
+        )));
+    }
     tracing::info!(%http_addr, mqtt = %mqtt_url, "Rollcall cloud is up");
     Ok(RunningCloud {
         mqtt_addr,
@@ -109,6 +124,41 @@ pub async fn start(
         http_addr,
         public_key,
         metrics,
-        tasks: vec![ingest, http],
+        tasks,
     })
+}
+
+/// The background scorer: one [`crate::scoring::Scorer::tick`] at start and then every
+/// `interval` (real time; the as-of instant comes from the injected clock, so a
+/// compressed simulation refits once per simulated `refit_interval_h`). Stops on
+/// `shutdown` after the run in progress.
+async fn scoring_loop(
+    scorer: crate::scoring::Scorer,
+    clock: Arc<dyn Clock>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let scorer = Arc::new(std::sync::Mutex::new(scorer));
+    loop {
+        let now = clock.now();
+        let s = scorer.clone();
+        let run = tokio::task::spawn_blocking(move || s.lock().expect("scorer lock").tick(now));
+        match run.await {
+            Ok(Ok(t)) => tracing::info!(
+                as_of = %t.as_of,
+                refitted = t.refitted,
+                written = t.written,
+                counts = ?t.counts,
+                "Scored the fleet"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Scoring run failed; retrying at the next tick")
+            }
+            Err(e) => tracing::error!(error = %e, "Scoring task panicked"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }

@@ -11,6 +11,16 @@
 //!   so a re-sent report is recognised and acked again without change.
 //! - `quarantine (dedup_key)`: one row per rejected message (a held report from an unknown
 //!   device is keyed by device and report number, others by the payload's SHA-256).
+//! - Imported usage (`usage import`) lives in `events` too, under the synthetic device
+//!   `import:{member_id}` (a `:` can never appear in a real device id) with `seq` taken
+//!   from a SHA-256 of the row's content and its occurrence number among identical rows
+//!   of the file, so importing the same file again changes nothing.
+//! - `member_scores (member_id)`: the latest score and state of each member, replaced by
+//!   each scoring run that moves time forward (`scoring_runs.as_of_ms` never decreases).
+//! - `state_transitions`: append-only; one row per state change (and one, with no old
+//!   state, when a member is first scored), written in the same transaction as the score.
+//! - `engagement_daily (day, state)`: members per state at the last run of each UTC day.
+//! - `model_fits`: append-only; every fit, adopted or not, with its convergence.
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -105,6 +115,72 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL CHECK (state IN ('held', 'rejected', 'released'))
     );
     CREATE INDEX quarantine_held ON quarantine(device_id) WHERE state = 'held';
+    "#,
+    // 2: membership scoring.
+    r#"
+    CREATE INDEX events_received ON events(received_ms);
+    CREATE TABLE model_fits (
+        id INTEGER PRIMARY KEY,
+        fitted_ms INTEGER NOT NULL,
+        as_of_ms INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        r REAL NOT NULL,
+        alpha REAL NOT NULL,
+        a REAL NOT NULL,
+        b REAL NOT NULL,
+        log_likelihood REAL NOT NULL,
+        members INTEGER NOT NULL,
+        converged INTEGER NOT NULL,
+        adopted INTEGER NOT NULL,
+        note TEXT
+    );
+    CREATE TABLE scoring_runs (
+        id INTEGER PRIMARY KEY,
+        as_of_ms INTEGER NOT NULL,
+        ran_ms INTEGER NOT NULL,
+        members INTEGER NOT NULL,
+        changed INTEGER NOT NULL,
+        fit_id INTEGER REFERENCES model_fits(id)
+    );
+    CREATE TABLE member_scores (
+        member_id TEXT PRIMARY KEY REFERENCES members(id),
+        as_of_ms INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('new', 'active', 'champion', 'lapsing', 'lapsed')),
+        state_since_ms INTEGER NOT NULL,
+        last_active_at_entry INTEGER,
+        score INTEGER NOT NULL,
+        p_engaged REAL NOT NULL,
+        p_silent_14d REAL NOT NULL,
+        p_silent_30d REAL NOT NULL,
+        expected_active_days_30d REAL NOT NULL,
+        rhythm_per_week REAL NOT NULL,
+        days_since_last INTEGER,
+        tenure_days INTEGER NOT NULL,
+        active_days INTEGER NOT NULL,
+        reasons TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX member_scores_state ON member_scores(state);
+    CREATE TABLE state_transitions (
+        id INTEGER PRIMARY KEY,
+        member_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        old_state TEXT,
+        new_state TEXT NOT NULL,
+        score INTEGER NOT NULL,
+        p_engaged REAL NOT NULL,
+        p_silent_14d REAL NOT NULL,
+        days_since_last INTEGER,
+        tenure_days INTEGER NOT NULL,
+        active_days INTEGER NOT NULL,
+        reasons TEXT NOT NULL
+    );
+    CREATE INDEX state_transitions_member ON state_transitions(member_id, at_ms);
+    CREATE TABLE engagement_daily (
+        day TEXT NOT NULL,
+        state TEXT NOT NULL,
+        members INTEGER NOT NULL,
+        PRIMARY KEY (day, state)
+    ) WITHOUT ROWID;
     "#,
 ];
 

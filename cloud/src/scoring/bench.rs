@@ -1,0 +1,121 @@
+//! The scoring benchmark: fit on simulated members, then score a simulated fleet, in
+//! memory (the store is not part of the measurement). `rollcall bench scoring` prints it.
+
+use super::engine;
+use super::fit::{self, FitData, FitOptions};
+use super::model::{ModelKind, Params};
+use super::simulate::simulate;
+use super::state::{Memory, State};
+use super::summary::MemberDays;
+use super::ScoringError;
+use crate::config::ScoringConfig;
+use serde::Serialize;
+use std::time::Instant;
+
+/// The parameters the benchmark simulates from (daily; a fleet of consumer devices).
+pub const BENCH_PARAMS: Params = Params {
+    r: 0.6,
+    alpha: 4.0,
+    a: 0.6,
+    b: 12.0,
+};
+
+/// What the benchmark measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchResult {
+    /// Members fitted on.
+    pub fit_members: usize,
+    /// Distinct `(x, t_x, T)` tuples among them.
+    pub fit_distinct: usize,
+    /// Wall-clock seconds of the fit (cold start, grouping included).
+    pub fit_seconds: f64,
+    /// Likelihood evaluations used.
+    pub fit_evaluations: usize,
+    /// Whether the fit converged.
+    pub fit_converged: bool,
+    /// The parameters simulated from.
+    pub true_params: Params,
+    /// The parameters recovered.
+    pub fitted_params: Params,
+    /// Members scored.
+    pub score_members: usize,
+    /// Wall-clock seconds to score them: the model's numbers, the fleet ranking and the
+    /// state machine for every member.
+    pub score_seconds: f64,
+    /// Wall-clock seconds to also write every member's plain-language reasons.
+    pub reasons_seconds: f64,
+    /// Members per state.
+    pub counts: std::collections::BTreeMap<State, u64>,
+    /// Threads available.
+    pub threads: usize,
+}
+
+/// Fits on `fit_members` simulated members and scores `score_members` (targets: 100,000
+/// in under 2 s and 1,000,000 in under 3 s on two cores).
+pub fn run(fit_members: usize, score_members: usize) -> Result<BenchResult, ScoringError> {
+    let kind = ModelKind::Mbgnbd;
+    let cfg = ScoringConfig::default();
+    let fit_data = simulate(kind, &BENCH_PARAMS, fit_members, 365, 1.0, 1);
+    let t0 = Instant::now();
+    let data = FitData::new(fit_data.iter().copied(), 1.0);
+    let r = fit::fit(&data, &FitOptions::new(kind))?;
+    let fit_seconds = t0.elapsed().as_secs_f64();
+
+    let fleet = simulate(kind, &BENCH_PARAMS, score_members, 365, 1.0, 2);
+    let as_of_day = 20_000;
+    let mds: Vec<Option<MemberDays>> = fleet
+        .iter()
+        .map(|s| {
+            let origin = as_of_day - s.t_days as i32;
+            Some(MemberDays {
+                summary: *s,
+                origin_day: origin,
+                active_days: s.x + 1,
+                last_active_day: Some(origin + s.t_x_days as i32),
+            })
+        })
+        .collect();
+    let days = vec![as_of_day; mds.len()];
+    let memory: Vec<Option<Memory>> = vec![None; mds.len()];
+    let t1 = Instant::now();
+    let evals = engine::evaluate(
+        &cfg,
+        kind,
+        &r.params,
+        &mds,
+        &days,
+        as_of_day as i64 * super::summary::DAY_MS,
+        &memory,
+    );
+    let score_seconds = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let mut chars = 0usize;
+    for e in evals.iter().flatten() {
+        chars += engine::reasons_for(&cfg, e, None, chrono_tz::UTC)
+            .iter()
+            .map(String::len)
+            .sum::<usize>();
+    }
+    let reasons_seconds = t2.elapsed().as_secs_f64() + score_seconds;
+    std::hint::black_box(chars);
+    let mut counts = std::collections::BTreeMap::new();
+    for e in evals.iter().flatten() {
+        *counts.entry(e.decision.state).or_insert(0u64) += 1;
+    }
+    Ok(BenchResult {
+        fit_members,
+        fit_distinct: data.distinct(),
+        fit_seconds,
+        fit_evaluations: r.evaluations,
+        fit_converged: r.converged,
+        true_params: BENCH_PARAMS,
+        fitted_params: r.params,
+        score_members,
+        score_seconds,
+        reasons_seconds,
+        counts,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
+}

@@ -1,0 +1,220 @@
+//! One scoring pass over a fleet: the model's numbers per member, the fleet ranking for
+//! `champion`, and the state machine. Pure and in memory: the live scorer, `score
+//! --as-of`, the replay and the benchmark all call [`evaluate`].
+
+use super::model::{self, ModelKind, Params};
+use super::reasons::{self, ReasonInput};
+use super::state::{self, Decision, Memory, Observation, Rank};
+use super::summary::{date_of, MemberDays};
+use crate::config::ScoringConfig;
+use serde::Serialize;
+
+/// Days in the "next 14 days" silence horizon.
+pub const SILENT_SHORT_DAYS: f64 = 14.0;
+/// Days in the "next 30 days" horizons.
+pub const SILENT_LONG_DAYS: f64 = 30.0;
+
+/// What the model says about one member (time unit: days).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Numbers {
+    /// P(still engaged).
+    pub p_engaged: f64,
+    /// P(no active day in the next 14 days).
+    pub p_silent_14d: f64,
+    /// P(no active day in the next 30 days).
+    pub p_silent_30d: f64,
+    /// Expected active days in the next 30 days (at most 30).
+    pub expected_active_days_30d: f64,
+    /// Usual active days per week while engaged.
+    pub rhythm_per_week: f64,
+    /// Days since the last active day (`None`: never active).
+    pub days_since_last: Option<u32>,
+    /// Days since the member's clock started.
+    pub tenure_days: u32,
+    /// Distinct active days.
+    pub active_days: u32,
+    /// How often an engaged member goes this long without activity.
+    pub p_silence_if_engaged: f64,
+    /// 0–100: the chance, in percent, of at least one active day in the next 14 days.
+    pub score: u8,
+}
+
+/// The model's numbers for a member as of `as_of_day`.
+pub fn numbers(kind: ModelKind, p: &Params, md: &MemberDays, as_of_day: i32) -> Numbers {
+    let s = md.summary.to_rft(1.0);
+    let p_engaged = model::p_engaged(kind, p, &s);
+    let p_silent_14d = model::p_silent(kind, p, &s, SILENT_SHORT_DAYS);
+    let p_silent_30d = model::p_silent(kind, p, &s, SILENT_LONG_DAYS);
+    let expected = model::expected_active(kind, p, &s, SILENT_LONG_DAYS).min(SILENT_LONG_DAYS);
+    Numbers {
+        p_engaged,
+        p_silent_14d,
+        p_silent_30d,
+        expected_active_days_30d: expected,
+        rhythm_per_week: (7.0 * model::rate_if_engaged(p, &s)).min(7.0),
+        days_since_last: md.last_active_day.map(|d| (as_of_day - d).max(0) as u32),
+        tenure_days: md.summary.t_days,
+        active_days: md.active_days,
+        p_silence_if_engaged: model::p_silence_this_long_if_engaged(p, &s),
+        score: (100.0 * (1.0 - p_silent_14d)).round().clamp(0.0, 100.0) as u8,
+    }
+}
+
+/// Expected-active-days thresholds for the champion ranking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RankThresholds {
+    /// At or above: in the champion fraction.
+    pub top: f64,
+    /// At or above: in the wider keep fraction.
+    pub keep: f64,
+}
+
+/// Fewest established members for a ranking to mean anything.
+const MIN_RANKED: usize = 10;
+
+/// Thresholds over the *established* members (past onboarding, enough active days).
+pub fn rank_thresholds(cfg: &ScoringConfig, nums: &[Option<Numbers>]) -> Option<RankThresholds> {
+    let mut v: Vec<f64> = nums
+        .iter()
+        .flatten()
+        .filter(|n| established(cfg, n))
+        .map(|n| n.expected_active_days_30d)
+        .collect();
+    if v.len() < MIN_RANKED {
+        return None;
+    }
+    let mut at = |fraction: f64| -> f64 {
+        let k = ((v.len() as f64) * (1.0 - fraction)).floor() as usize;
+        let k = k.min(v.len() - 1);
+        *v.select_nth_unstable_by(k, f64::total_cmp).1
+    };
+    Some(RankThresholds {
+        top: at(cfg.champion_top_fraction),
+        keep: at(cfg.champion_keep_fraction),
+    })
+}
+
+fn established(cfg: &ScoringConfig, n: &Numbers) -> bool {
+    n.tenure_days >= cfg.onboarding_days && n.active_days >= cfg.onboarding_min_active_days
+}
+
+/// The member's rank by expected active days.
+pub fn rank(th: Option<&RankThresholds>, n: &Numbers) -> Rank {
+    match th {
+        Some(t) if n.expected_active_days_30d >= t.top && n.expected_active_days_30d > 0.0 => {
+            Rank::Top
+        }
+        Some(t) if n.expected_active_days_30d >= t.keep && n.expected_active_days_30d > 0.0 => {
+            Rank::Keep
+        }
+        _ => Rank::Below,
+    }
+}
+
+/// One member's result of a pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluated {
+    /// The model's numbers.
+    pub numbers: Numbers,
+    /// The state machine's decision.
+    pub decision: Decision,
+}
+
+/// A whole pass: numbers for every member (in parallel), ranking, state machine.
+/// `members[i]` is `None` for a member whose clock had not started; `memory[i]` is what
+/// the machine remembers of member `i`.
+pub fn evaluate(
+    cfg: &ScoringConfig,
+    kind: ModelKind,
+    params: &Params,
+    members: &[Option<MemberDays>],
+    as_of_days: &[i32],
+    as_of_ms: i64,
+    memory: &[Option<Memory>],
+) -> Vec<Option<Evaluated>> {
+    let nums = numbers_parallel(kind, params, members, as_of_days);
+    let th = rank_thresholds(cfg, &nums);
+    nums.iter()
+        .zip(members)
+        .enumerate()
+        .map(|(i, (n, md))| {
+            let (n, md) = (n.as_ref()?, md.as_ref()?);
+            let o = Observation {
+                as_of_ms,
+                tenure_days: n.tenure_days,
+                active_days: n.active_days,
+                last_active_day: md.last_active_day,
+                p_engaged: n.p_engaged,
+                rank: rank(th.as_ref(), n),
+            };
+            let decision = state::step(cfg, memory.get(i).and_then(|m| m.as_ref()), &o);
+            Some(Evaluated {
+                numbers: *n,
+                decision,
+            })
+        })
+        .collect()
+}
+
+/// The model's numbers for many members, split over the available cores.
+pub fn numbers_parallel(
+    kind: ModelKind,
+    params: &Params,
+    members: &[Option<MemberDays>],
+    as_of_days: &[i32],
+) -> Vec<Option<Numbers>> {
+    let one = |(md, day): (&Option<MemberDays>, &i32)| {
+        md.as_ref().map(|m| numbers(kind, params, m, *day))
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(16);
+    if threads < 2 || members.len() < 20_000 {
+        return members.iter().zip(as_of_days).map(one).collect();
+    }
+    let chunk = members.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let parts: Vec<_> = members
+            .chunks(chunk)
+            .zip(as_of_days.chunks(chunk))
+            .map(|(m, d)| sc.spawn(move || m.iter().zip(d).map(one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("scoring thread"))
+            .collect()
+    })
+}
+
+/// The plain-language reasons for one evaluated member. `offline` is a device whose
+/// latest status (at or before the run) is offline, with the instant it went offline.
+pub fn reasons_for(
+    cfg: &ScoringConfig,
+    e: &Evaluated,
+    offline: Option<(&str, Option<i64>)>,
+    tz: chrono_tz::Tz,
+) -> Vec<String> {
+    let n = &e.numbers;
+    let offline = offline.map(|(d, since)| {
+        (
+            d,
+            since.map(|ms| date_of(super::summary::local_day(ms, tz)).to_string()),
+        )
+    });
+    reasons::reasons(
+        cfg,
+        &ReasonInput {
+            state: e.decision.state,
+            rule: e.decision.rule,
+            rhythm_per_week: n.rhythm_per_week,
+            days_since_last: n.days_since_last,
+            p_silence_if_engaged: n.p_silence_if_engaged,
+            p_engaged: n.p_engaged,
+            tenure_days: n.tenure_days,
+            active_days: n.active_days,
+            expected_active_days_30d: n.expected_active_days_30d,
+            offline_device: offline,
+        },
+    )
+}

@@ -1,0 +1,183 @@
+//! Deterministic replay of history: the live scorer's model schedule and state machine,
+//! run day by day over the store without writing to it.
+
+use super::engine;
+use super::fit;
+use super::fleet::Fleet;
+use super::model::{ModelKind, Params};
+use super::run::fit_fleet;
+use super::state::{Memory, State};
+use super::summary::{local_day_of, MemberDays, DAY_MS};
+use super::ScoringError;
+use crate::config::ScoringConfig;
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::Connection;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One member on one day of a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ReplayPoint {
+    /// Engagement state.
+    pub state: State,
+    /// P(still engaged).
+    pub p_engaged: f64,
+    /// P(no active day in the next 14 days).
+    pub p_silent_14d: f64,
+    /// 0–100.
+    pub score: u8,
+}
+
+/// One day of a replay.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplayDay {
+    /// The instant scored.
+    pub as_of: DateTime<Utc>,
+    /// The model.
+    pub model: ModelKind,
+    /// Its parameters that day.
+    pub params: Params,
+    /// Whether the model was refitted that day.
+    pub refitted: bool,
+    /// Members per state.
+    pub counts: BTreeMap<State, u64>,
+}
+
+/// A whole replay: `points[d][m]` is member `members[m]` on day `days[d]` (`None` before
+/// the member's clock started).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Replay {
+    /// Member ids.
+    pub members: Vec<String>,
+    /// The days.
+    pub days: Vec<ReplayDay>,
+    /// Per day, per member.
+    pub points: Vec<Vec<Option<ReplayPoint>>>,
+    /// Warnings (fits that fell back).
+    pub warnings: Vec<String>,
+}
+
+impl Replay {
+    /// The member's position in [`Replay::members`].
+    pub fn member_index(&self, id: &str) -> Option<usize> {
+        self.members.iter().position(|m| m == id)
+    }
+}
+
+/// Replays scoring from `from` to `to` (inclusive) in steps of one day, exactly as the
+/// live scorer would have run at those instants: usage after each instant is ignored, the
+/// model is refitted whenever the last fit is `refit_interval_h` old (the first day
+/// always fits; a fit that does not converge keeps the last good parameters, and too few
+/// members falls back to `prior`), and the same state machine carries each member's
+/// state, hysteresis and dwell from day to day. Nothing is written to the store.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use chrono::{Duration, TimeZone, Utc};
+/// use rollcall_cloud::{config::ScoringConfig, scoring};
+/// let conn = rollcall_cloud::store::open_reader(std::path::Path::new("data"))?;
+/// let from = Utc.with_ymd_and_hms(2026, 1, 1, 23, 59, 0).unwrap();
+/// let r = scoring::replay(&conn, &ScoringConfig::default(), from, from + Duration::days(90))?;
+/// for (day, points) in r.days.iter().zip(&r.points) {
+///     let lapsing = points.iter().flatten().filter(|p| p.state == scoring::State::Lapsing).count();
+///     println!("{} {lapsing}", day.as_of.date_naive());
+/// }
+/// # Ok(()) }
+/// ```
+pub fn replay(
+    conn: &Connection,
+    cfg: &ScoringConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Replay, ScoringError> {
+    let mut days = Vec::new();
+    let mut points = Vec::new();
+    let (members, warnings) = replay_each(conn, cfg, from, to, |d, p| {
+        days.push(d.clone());
+        points.push(p.to_vec());
+    })?;
+    Ok(Replay {
+        members,
+        days,
+        points,
+        warnings,
+    })
+}
+
+/// [`replay`] without keeping every day in memory: `on_day` gets each day and its points
+/// (indexed like the returned member ids). Returns the member ids and the warnings.
+pub fn replay_each(
+    conn: &Connection,
+    cfg: &ScoringConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut on_day: impl FnMut(&ReplayDay, &[Option<ReplayPoint>]),
+) -> Result<(Vec<String>, Vec<String>), ScoringError> {
+    if to < from {
+        return Err(ScoringError::Invalid(format!(
+            "replay ends ({to}) before it starts ({from})"
+        )));
+    }
+    let fleet = Fleet::load(conn, cfg.default_tz())?;
+    let ids: Vec<String> = fleet.members.iter().map(|m| m.id.clone()).collect();
+    let mut memory: Vec<Option<Memory>> = vec![None; fleet.len()];
+    let mut warnings = Vec::new();
+    let mut params: Option<(Params, bool)> = None; // (params, fitted rather than prior)
+    let mut last_fit_ms = i64::MIN;
+    let refit_ms = cfg.refit_interval_h as i64 * 3_600_000;
+    let mut as_of = from;
+    let mut points: Vec<Option<ReplayPoint>> = vec![None; fleet.len()];
+    while as_of <= to {
+        let as_of_ms = as_of.timestamp_millis();
+        let mut refitted = false;
+        if params.is_none() || as_of_ms.saturating_sub(last_fit_ms) >= refit_ms {
+            let last_good = params.filter(|p| p.1).map(|p| p.0);
+            let attempt = fit_fleet(&fleet, cfg, as_of, last_good);
+            let choice = fit::choose(&attempt, last_good, cfg.prior);
+            if let Some(w) = choice.warning {
+                warnings.push(format!("{}: {w}", as_of.date_naive()));
+            }
+            refitted = choice.adopted_new;
+            params = Some((choice.params, choice.adopted_new || last_good.is_some()));
+            last_fit_ms = as_of_ms;
+        }
+        let p = params.expect("set above").0;
+        let as_of_days: Vec<i32> = fleet
+            .members
+            .iter()
+            .map(|m| local_day_of(as_of, m.tz))
+            .collect();
+        let mds: Vec<Option<MemberDays>> = fleet
+            .members
+            .iter()
+            .zip(&as_of_days)
+            .map(|(m, d)| m.days.summarise(Some(m.start_day()), *d, as_of_ms))
+            .collect();
+        let evals = engine::evaluate(cfg, cfg.model, &p, &mds, &as_of_days, as_of_ms, &memory);
+        let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
+        for (i, e) in evals.iter().enumerate() {
+            points[i] = e.map(|e| {
+                memory[i] = Some(e.decision.memory);
+                *counts.entry(e.decision.state).or_default() += 1;
+                ReplayPoint {
+                    state: e.decision.state,
+                    p_engaged: e.numbers.p_engaged,
+                    p_silent_14d: e.numbers.p_silent_14d,
+                    score: e.numbers.score,
+                }
+            });
+        }
+        on_day(
+            &ReplayDay {
+                as_of,
+                model: cfg.model,
+                params: p,
+                refitted,
+                counts,
+            },
+            &points,
+        );
+        as_of += Duration::milliseconds(DAY_MS);
+    }
+    Ok((ids, warnings))
+}

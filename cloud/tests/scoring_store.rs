@@ -1,0 +1,359 @@
+//! Scoring against a real store: usage import, `score`, `members show`, replay, the API.
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use rollcall_cloud::config::ScoringConfig;
+use rollcall_cloud::scoring::{self, State};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+fn start() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()
+}
+
+fn as_of() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 20, 0, 0).unwrap()
+}
+
+/// 160 members with different rhythms; a third of them stop at some point; `never`
+/// joined and never used the device; `daily-stop` was active daily and stopped 9 days
+/// before `as_of`.
+fn fleet_csvs() -> (String, String) {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut members = String::from("id,name,phone,email,tz,plan,joined\n");
+    let mut usage = String::from("member_id,occurred_at,kind,qty\n");
+    let end = as_of().date_naive();
+    for i in 0..160 {
+        let id = format!("m{i:03}");
+        let joined = start() + Duration::days((i % 90) as i64);
+        let tz = if i % 2 == 0 {
+            "Europe/Berlin"
+        } else {
+            "America/New_York"
+        };
+        writeln!(members, "{id},Member {i},,,{tz},pods,{joined}").unwrap();
+        let p = [0.85, 0.6, 0.15, 0.04, 0.3][i % 5];
+        let stop = if i % 3 == 0 {
+            joined + Duration::days(rng.i64(10..140))
+        } else {
+            end + Duration::days(1)
+        };
+        let mut d = joined;
+        while d < end && d < stop {
+            if rng.f64() < p {
+                writeln!(usage, "{id},{d},brew,1").unwrap();
+            }
+            d += Duration::days(1);
+        }
+    }
+    writeln!(
+        members,
+        "never,Never Started,,,Europe/Berlin,pods,{}",
+        end - Duration::days(9)
+    )
+    .unwrap();
+    writeln!(members, "daily-stop,Daily Stopper,,,UTC,pods,{}", start()).unwrap();
+    let mut d = start();
+    while d <= end - Duration::days(9) {
+        writeln!(usage, "daily-stop,{d},brew,2").unwrap();
+        d += Duration::days(1);
+    }
+    (members, usage)
+}
+
+fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("ROLLCALL_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn load_fleet(dir: &Path) {
+    let (members, usage) = fleet_csvs();
+    std::fs::write(dir.join("members.csv"), members).unwrap();
+    std::fs::write(dir.join("usage.csv"), usage).unwrap();
+    let out = cli(
+        dir,
+        &[
+            "members",
+            "import",
+            dir.join("members.csv").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(
+        dir,
+        &["usage", "import", dir.join("usage.csv").to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(first["imported"].as_u64().unwrap() > 5000, "{first}");
+    // Importing the same file again changes nothing.
+    let out = cli(
+        dir,
+        &["usage", "import", dir.join("usage.csv").to_str().unwrap()],
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["imported"], 0);
+    assert_eq!(again["duplicates"], first["imported"]);
+}
+
+#[test]
+fn score_scores_every_member_and_explains_the_lapsing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let as_of = as_of().to_rfc3339();
+    let out = cli(dir.path(), &["score", "--as-of", &as_of, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 162, "every registered member is scored");
+    let total: u64 = v["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 162);
+    for m in members {
+        for k in [
+            "id",
+            "state",
+            "score",
+            "p_engaged",
+            "p_silent_14d",
+            "p_silent_30d",
+            "reasons",
+        ] {
+            assert!(!m[k].is_null(), "{k} missing in {m}");
+        }
+        let s = m["score"].as_u64().unwrap();
+        assert!(s <= 100);
+    }
+    let find = |id: &str| members.iter().find(|m| m["id"] == id).unwrap().clone();
+    let never = find("never");
+    assert_eq!(never["state"], "lapsing", "{never}");
+    assert!(
+        never["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("has not used the device yet"),
+        "{never}"
+    );
+    let stopper = find("daily-stop");
+    assert!(
+        matches!(stopper["state"].as_str(), Some("lapsing" | "lapsed")),
+        "{stopper}"
+    );
+    let reason = stopper["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with("Usually active every day; silent for 9 days; a silence this long happens to an engaged member"),
+        "{reason}"
+    );
+    // Every state the fleet should show up in appears.
+    for s in ["active", "lapsing", "lapsed", "champion"] {
+        assert!(
+            v["counts"][s].as_u64().unwrap() > 0,
+            "no {s}: {}",
+            v["counts"]
+        );
+    }
+    // Without --json: counts by state.
+    let out = cli(dir.path(), &["score", "--as-of", &as_of]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lapsing"), "{text}");
+
+    // `members show` gains score, state, reasons and transitions.
+    let out = cli(dir.path(), &["members", "show", "daily-stop", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        matches!(v["state"].as_str(), Some("lapsing" | "lapsed")),
+        "{v}"
+    );
+    assert!(v["score"].as_u64().is_some());
+    assert!(!v["reasons"].as_array().unwrap().is_empty());
+    let t = v["transitions"].as_array().unwrap();
+    assert_eq!(t.len(), 1, "{v}");
+    assert!(t[0]["old_state"].is_null());
+    assert!(
+        v["usage"]["events"].as_u64().unwrap() > 100,
+        "imported usage counts"
+    );
+}
+
+#[test]
+fn scoring_as_of_an_earlier_instant_ignores_later_usage_and_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let cfg = ScoringConfig::default();
+    let late = scoring::score_once(&mut conn, &cfg, as_of(), as_of()).unwrap();
+    assert!(late.persisted);
+    let early_at = as_of() - Duration::days(60);
+    let early = scoring::score_once(&mut conn, &cfg, early_at, as_of()).unwrap();
+    assert!(!early.persisted);
+    let stopper = early.members.iter().find(|m| m.id == "daily-stop").unwrap();
+    // Dates import as noon local time; at 20:00 that day's use has happened.
+    assert_eq!(stopper.days_since_last, Some(0), "{stopper:?}");
+    assert!(
+        matches!(stopper.state, State::Active | State::Champion),
+        "{stopper:?}"
+    );
+    // Members who joined after the earlier instant are not scored then.
+    assert!(early.members.iter().all(|m| m.id != "never"));
+    assert!(early.members.len() < late.members.len());
+}
+
+#[test]
+fn replay_runs_the_same_machine_as_the_live_scorer_day_by_day() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let cfg = ScoringConfig::default();
+    let from = as_of() - Duration::days(20);
+    let to = as_of();
+    let reader = rollcall_cloud::store::open_reader(dir.path()).unwrap();
+    let r1 = scoring::replay(&reader, &cfg, from, to).unwrap();
+    let r2 = scoring::replay(&reader, &cfg, from, to).unwrap();
+    assert_eq!(r1, r2, "replay is deterministic");
+    assert_eq!(r1.days.len(), 21);
+    assert!(r1.days[0].refitted);
+    // The live scorer, run at the same instants, lands on the same states and numbers.
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let mut live = None;
+    for d in 0..=20 {
+        live = Some(scoring::score_once(&mut conn, &cfg, from + Duration::days(d), to).unwrap());
+    }
+    let live = live.unwrap();
+    let last = r1.points.last().unwrap();
+    for m in &live.members {
+        let i = r1.member_index(&m.id).unwrap();
+        let p = last[i].unwrap();
+        assert_eq!(p.state, m.state, "{}", m.id);
+        assert!((p.p_engaged - m.p_engaged).abs() < 1e-9, "{}", m.id);
+        assert_eq!(p.score, m.score);
+    }
+    // Transitions were recorded as states changed.
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM state_transitions WHERE old_state IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(n > 0);
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // Chunked or not: the JSON is the part between the first '{' and the last '}'.
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    (status, serde_json::from_str(json).unwrap())
+}
+
+#[tokio::test]
+async fn the_api_serves_member_scores_and_the_engagement_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    scoring::score_once(&mut conn, &ScoringConfig::default(), as_of(), as_of()).unwrap();
+    let state = rollcall_cloud::http::AppState {
+        metrics: std::sync::Arc::new(rollcall_cloud::metrics::Metrics::new()),
+        data_dir: dir.path().to_owned(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, rollcall_cloud::http::router(state))
+            .await
+            .unwrap();
+    });
+    let (status, v) = http_get(addr, "/api/v1/members/never/score").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "lapsing");
+    assert_eq!(v["transitions"].as_array().unwrap().len(), 1);
+    let (status, v) = http_get(addr, "/api/v1/members/nobody/score").await;
+    assert_eq!((status, v["error"].as_str()), (404, Some("no_such_member")));
+    let (status, v) = http_get(addr, "/api/v1/engagement/summary").await;
+    assert_eq!(status, 200);
+    let total: u64 = v["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 162);
+    assert_eq!(v["by_day"][0]["day"], "2026-06-01");
+}
+
+#[test]
+fn the_live_scorer_refits_on_the_clocks_schedule_and_updates_the_gauges() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let metrics = std::sync::Arc::new(rollcall_cloud::metrics::Metrics::new());
+    let conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let mut scorer = scoring::Scorer::new(conn, ScoringConfig::default(), metrics.clone());
+    let t0 = as_of();
+    let first = scorer.tick(t0).unwrap();
+    assert!(first.refitted);
+    assert_eq!(first.counts.values().sum::<u64>(), 162);
+    assert_eq!(first.written, 162);
+    // Five minutes later: no refit, and nothing changed enough to rewrite.
+    let second = scorer.tick(t0 + Duration::minutes(5)).unwrap();
+    assert!(!second.refitted);
+    assert_eq!(second.written, 0);
+    // A day later by the clock: refit, and every member's tenure moved on.
+    let third = scorer.tick(t0 + Duration::hours(24)).unwrap();
+    assert!(third.refitted);
+    assert_eq!(third.written, 162);
+    let text = metrics.encode();
+    let lapsing = third.counts[&State::Lapsing];
+    assert!(
+        text.contains(&format!(
+            "rollcall_scoring_members{{state=\"lapsing\"}} {lapsing}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("rollcall_scoring_runs_total 3"), "{text}");
+    // New usage arriving between ticks is picked up incrementally.
+    let mut w = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let day = (t0 + Duration::hours(24)).date_naive();
+    let csv = format!("member_id,occurred_at,kind,qty\nnever,{day},brew,1\n");
+    rollcall_cloud::usage::import(
+        &mut w,
+        csv.as_bytes(),
+        chrono_tz::UTC,
+        t0 + Duration::hours(24),
+        |_, _| {},
+    )
+    .unwrap();
+    scorer.tick(t0 + Duration::hours(25)).unwrap();
+    let v = rollcall_cloud::scoring::persist::score_view(&w, "never")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.active_days, 1, "{v:?}");
+    assert_eq!(v.days_since_last, Some(0));
+}
