@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`testkit`]: start the real cloud, agents and Mosquitto on ephemeral ports in temp dirs.
 //! - [`bench`]: `rollcall bench …` (JSON figures).
+//! - [`eval`]: compare the cloud's scoring with the simulator's ground truth (`rollcall eval`).
 //! - [`sim`]: the fleet simulator with ground truth (`rollcall simulate`).
 
 pub mod bench;
+pub mod eval;
 pub mod sim;
 pub mod testkit;

@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Simulate a fleet of members whose devices run the real agent code, with ground truth.
     Simulate(SimulateArgs),
+    /// Compare the cloud's scoring with a simulation's ground truth (AUC, precision, recall,
+    /// lead time, false alarms) for the model and two baselines.
+    Eval(EvalArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -93,6 +96,46 @@ struct SimulateArgs {
     /// Ground-truth file (default: DATA_DIR/truth.json).
     #[arg(long, value_name = "FILE")]
     truth: Option<PathBuf>,
+}
+
+/// `rollcall eval`.
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// The cloud's data directory the simulation reported to.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Ground-truth file (default: DATA_DIR/truth.json).
+    #[arg(long, value_name = "FILE")]
+    truth: Option<PathBuf>,
+    /// Cloud config whose `[scoring]` section to replay (default: the built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Days at the start of the window not evaluated (the model needs history first).
+    #[arg(long, default_value_t = 28, value_name = "DAYS")]
+    warmup: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let truth_path = a.truth.unwrap_or_else(|| a.data_dir.join("truth.json"));
+    let truth = rollcall::sim::Truth::read(&truth_path)?;
+    let scoring = match &a.config {
+        Some(p) => rollcall_cloud::config::CloudConfig::load(Some(p))?.scoring,
+        None => Default::default(),
+    };
+    let opts = rollcall::eval::EvalOptions {
+        warmup_days: a.warmup,
+        scoring,
+    };
+    let e = rollcall::eval::evaluate(&a.data_dir, &truth, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+    } else {
+        print!("{}", rollcall::eval::table(&e));
+    }
+    Ok(())
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.
@@ -171,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Simulate(a) => simulate(a).await?,
+        Command::Eval(a) => tokio::task::spawn_blocking(move || eval(a)).await??,
         Command::Bench(BenchCmd::Ingest {
             mqtt_url,
             devices,

@@ -1,0 +1,383 @@
+//! `rollcall eval`: compares the cloud's scoring with the simulator's ground truth.
+//!
+//! The cloud's scorer is replayed day by day over the evaluation window
+//! ([`rollcall_cloud::scoring::replay_each`], the same state machine as the live scorer,
+//! seeing only usage that had happened by each day). Two baselines see the same usage:
+//!
+//! - `silent_14d`: flag a member silent for 14 days or more;
+//! - `gap_3x`: flag a member silent for three times their own median gap between active
+//!   days or more (14 days while they have fewer than two gaps).
+//!
+//! Figures, for the model and both baselines, over member-days of the window:
+//!
+//! - `auc`: area under the ROC curve of the predictor's score (`p_silent_14d`; days silent;
+//!   days silent ÷ median gap) for "no active day in the next 14 days" (the member's
+//!   local dates), over member-days whose 14 days lie inside the truth;
+//! - a *flag* is a run of days in `lapsing`/`lapsed` (or over the baseline's threshold); a
+//!   flag that starts at most 14 days before the member's true drop-out, or after it, is a
+//!   true alarm; any other flag is a false alarm (holidays, weekly rhythms, seasons…);
+//! - `precision`: true alarms ÷ all flags started in the window;
+//! - `recall`: members who truly dropped out (at least 14 days before the window ends)
+//!   and were flagged on or after the drop-out ÷ those members;
+//! - `median_lead_days`: for those caught, days from the true drop-out to the start of
+//!   the flag that caught it (negative: flagged before; lower is better);
+//! - `false_alarms_per_1000`: false alarms per 1,000 member-days of truly engaged members.
+
+use crate::sim::truth::{MemberTruth, Truth};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use chrono_tz::Tz;
+use rollcall_cloud::config::ScoringConfig;
+use rollcall_cloud::scoring::{self, State};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+/// Quality figures of one predictor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Figures {
+    /// ROC AUC for "silent in the next 14 days".
+    pub auc: f64,
+    /// True alarms ÷ all flags.
+    pub precision: f64,
+    /// Caught drop-outs ÷ drop-outs.
+    pub recall: f64,
+    /// Median days from drop-out to the flag that caught it (lower is better).
+    pub median_lead_days: f64,
+    /// False alarms per 1,000 engaged member-days.
+    pub false_alarms_per_1000: f64,
+}
+
+/// The whole evaluation (`rollcall eval --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// The cloud's model.
+    pub model: Figures,
+    /// `silent_14d` and `gap_3x`.
+    pub baselines: BTreeMap<String, Figures>,
+    /// First day evaluated.
+    pub from: NaiveDate,
+    /// Last day evaluated.
+    pub to: NaiveDate,
+    /// Members evaluated.
+    pub members: usize,
+    /// Member-days with a 14-day label.
+    pub labelled_member_days: u64,
+    /// Members who truly dropped out in the window (with 14 days left to notice).
+    pub dropouts: usize,
+    /// Engaged member-days (the false-alarm denominator).
+    pub engaged_member_days: u64,
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Days at the start of the truth window to skip (the model needs some history).
+    pub warmup_days: u32,
+    /// The scoring configuration to replay.
+    pub scoring: ScoringConfig,
+}
+
+const PREDICTORS: [&str; 3] = ["model", "silent_14d", "gap_3x"];
+
+/// Per member: what the store knows (event instants, sorted) and the truth.
+struct Subject<'a> {
+    truth: &'a MemberTruth,
+    tz: Tz,
+    events_ms: Vec<i64>,
+    active: HashSet<NaiveDate>,
+    joined: NaiveDate,
+    /// Per predictor, per evaluated day: flagged?
+    flags: [Vec<bool>; 3],
+}
+
+impl Subject<'_> {
+    /// Local date at `as_of`, days silent and median gap, from events up to `as_of`.
+    fn view(&self, as_of: DateTime<Utc>) -> (NaiveDate, i64, Option<f64>) {
+        let today = as_of.with_timezone(&self.tz).date_naive();
+        let n = self
+            .events_ms
+            .partition_point(|t| *t <= as_of.timestamp_millis());
+        let mut days: Vec<NaiveDate> = self.events_ms[..n]
+            .iter()
+            .map(|t| {
+                DateTime::from_timestamp_millis(*t)
+                    .expect("valid instant")
+                    .with_timezone(&self.tz)
+                    .date_naive()
+            })
+            .collect();
+        days.dedup();
+        let silent = match days.last() {
+            Some(last) => (today - *last).num_days(),
+            None => (today - self.joined).num_days().max(0),
+        };
+        let mut gaps: Vec<i64> = days.windows(2).map(|w| (w[1] - w[0]).num_days()).collect();
+        let median = if gaps.len() >= 2 {
+            gaps.sort_unstable();
+            let m = gaps.len() / 2;
+            Some(if gaps.len() % 2 == 0 {
+                (gaps[m - 1] + gaps[m]) as f64 / 2.0
+            } else {
+                gaps[m] as f64
+            })
+        } else {
+            None
+        };
+        (today, silent, median)
+    }
+}
+
+/// Runs the evaluation of the store in `data_dir` against `truth`.
+pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Evaluation> {
+    let conn = rollcall_cloud::store::open_reader(data_dir)
+        .with_context(|| format!("Failed to open the store in {}", data_dir.display()))?;
+    let from_date = truth.start + Duration::days(i64::from(opts.warmup_days));
+    let to_date = truth.end - Duration::days(1);
+    if to_date < from_date {
+        bail!(
+            "the truth covers {} to {}: too short for a {}-day warm-up; simulate more --history",
+            truth.start,
+            truth.end,
+            opts.warmup_days
+        );
+    }
+    let end_of = |d: NaiveDate| {
+        d.and_time(NaiveTime::from_hms_opt(23, 59, 59).expect("valid"))
+            .and_utc()
+    };
+    let (from, to) = (end_of(from_date), end_of(to_date));
+
+    // What the store knows, per member.
+    let mut events: HashMap<String, Vec<i64>> = HashMap::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT member_id, occurred_ms FROM events ORDER BY member_id, occurred_ms")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (m, t) = row?;
+            events.entry(m).or_default().push(t);
+        }
+    }
+    let by_id: HashMap<&str, &MemberTruth> =
+        truth.members.iter().map(|m| (m.id.as_str(), m)).collect();
+
+    let replay =
+        scoring::replay(&conn, &opts.scoring, from, to).context("Failed to replay the scoring")?;
+    if let Some(first) = replay.warnings.first() {
+        tracing::warn!(count = replay.warnings.len(), %first, "The scoring replay had warnings (first shown)");
+    }
+    let ndays = replay.days.len();
+    let mut subjects: Vec<Option<Subject>> = replay
+        .members
+        .iter()
+        .map(|id| {
+            let truth = by_id.get(id.as_str())?;
+            let tz: Tz = truth.tz.parse().ok()?;
+            Some(Subject {
+                truth,
+                tz,
+                events_ms: events.remove(id).unwrap_or_default(),
+                active: truth.active_days.iter().copied().collect(),
+                joined: truth.joined,
+                flags: [vec![false; ndays], vec![false; ndays], vec![false; ndays]],
+            })
+        })
+        .collect();
+    let evaluated = subjects.iter().flatten().count();
+    if evaluated == 0 {
+        bail!("no member in the store appears in the truth file: wrong --truth or --data-dir?");
+    }
+
+    let mut samples: [Vec<(f64, bool)>; 3] = Default::default();
+    let mut labelled = 0u64;
+    let mut engaged_days = 0u64;
+    for (d, day) in replay.days.iter().enumerate() {
+        for (m, subject) in subjects.iter_mut().enumerate() {
+            let Some(s) = subject else { continue };
+            let Some(point) = replay.points[d][m] else {
+                continue;
+            };
+            let (today, silent, median) = s.view(day.as_of);
+            let Some(true_state) = s.truth.state_on(today) else {
+                continue;
+            };
+            if true_state != "churned" {
+                engaged_days += 1;
+            }
+            let gap_limit = median.map_or(14.0, |g| 3.0 * g.max(1.0));
+            s.flags[0][d] = matches!(point.state, State::Lapsing | State::Lapsed);
+            s.flags[1][d] = silent >= 14;
+            s.flags[2][d] = silent as f64 >= gap_limit;
+            if today + Duration::days(14) < truth.end {
+                let label = !(1..=14).any(|k| s.active.contains(&(today + Duration::days(k))));
+                labelled += 1;
+                samples[0].push((point.p_silent_14d, label));
+                samples[1].push((silent as f64, label));
+                samples[2].push((silent as f64 / (gap_limit / 3.0), label));
+            }
+        }
+    }
+
+    let dates: Vec<NaiveDate> = replay.days.iter().map(|d| d.as_of.date_naive()).collect();
+    let dropouts = subjects
+        .iter()
+        .flatten()
+        .filter(|s| {
+            s.truth
+                .dropout
+                .is_some_and(|d| d >= from_date && d + Duration::days(14) <= to_date)
+        })
+        .count();
+    let mut figures = PREDICTORS
+        .iter()
+        .enumerate()
+        .map(|(p, _)| flag_figures(&subjects, p, &dates, from_date, to_date, engaged_days));
+    let mut with_auc = |p: usize, f: Figures| Figures {
+        auc: auc(&mut samples[p]),
+        ..f
+    };
+    let model = with_auc(0, figures.next().expect("model"));
+    let silent = with_auc(1, figures.next().expect("silent_14d"));
+    let gap = with_auc(2, figures.next().expect("gap_3x"));
+    Ok(Evaluation {
+        model,
+        baselines: BTreeMap::from([
+            ("silent_14d".to_owned(), silent),
+            ("gap_3x".to_owned(), gap),
+        ]),
+        from: from_date,
+        to: to_date,
+        members: evaluated,
+        labelled_member_days: labelled,
+        dropouts,
+        engaged_member_days: engaged_days,
+    })
+}
+
+/// Precision, recall, lead time and false alarms of predictor `p`'s flags.
+fn flag_figures(
+    subjects: &[Option<Subject>],
+    p: usize,
+    dates: &[NaiveDate],
+    from: NaiveDate,
+    to: NaiveDate,
+    engaged_days: u64,
+) -> Figures {
+    let (mut alarms, mut true_alarms, mut dropouts, mut caught) = (0u64, 0u64, 0u64, 0u64);
+    let mut leads: Vec<i64> = Vec::new();
+    for s in subjects.iter().flatten() {
+        let flags = &s.flags[p];
+        let dropout = s.truth.dropout;
+        // Flags that start inside the window (one already up on its first day started before).
+        for d in 1..flags.len() {
+            if flags[d] && !flags[d - 1] {
+                alarms += 1;
+                if dropout.is_some_and(|x| dates[d] + Duration::days(14) >= x) {
+                    true_alarms += 1;
+                }
+            }
+        }
+        let Some(x) = dropout.filter(|x| *x >= from && *x + Duration::days(14) <= to) else {
+            continue;
+        };
+        dropouts += 1;
+        // The first flagged day on or after the drop-out, then back to its flag's start.
+        let Some(first) = (0..flags.len()).find(|d| dates[*d] >= x && flags[*d]) else {
+            continue;
+        };
+        let mut start = first;
+        while start > 0 && flags[start - 1] {
+            start -= 1;
+        }
+        caught += 1;
+        leads.push((dates[start] - x).num_days());
+    }
+    leads.sort_unstable();
+    let median = if leads.is_empty() {
+        f64::NAN
+    } else if leads.len() % 2 == 0 {
+        (leads[leads.len() / 2 - 1] + leads[leads.len() / 2]) as f64 / 2.0
+    } else {
+        leads[leads.len() / 2] as f64
+    };
+    let ratio = |a: u64, b: u64| {
+        if b == 0 {
+            f64::NAN
+        } else {
+            a as f64 / b as f64
+        }
+    };
+    Figures {
+        auc: f64::NAN,
+        precision: ratio(true_alarms, alarms),
+        recall: ratio(caught, dropouts),
+        median_lead_days: median,
+        false_alarms_per_1000: 1000.0 * ratio(alarms - true_alarms, engaged_days),
+    }
+}
+
+/// ROC AUC by the rank-sum (Mann–Whitney) statistic, ties given their average rank.
+pub fn auc(samples: &mut [(f64, bool)]) -> f64 {
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut pos, mut i) = (0.0, 0u64, 0usize);
+    while i < samples.len() {
+        let mut j = i;
+        while j < samples.len() && samples[j].0 == samples[i].0 {
+            j += 1;
+        }
+        let avg = (i + 1 + j) as f64 / 2.0;
+        for s in &samples[i..j] {
+            if s.1 {
+                rank_sum += avg;
+                pos += 1;
+            }
+        }
+        i = j;
+    }
+    let neg = samples.len() as u64 - pos;
+    if pos == 0 || neg == 0 {
+        return f64::NAN;
+    }
+    (rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
+}
+
+/// The evaluation as a text table.
+pub fn table(e: &Evaluation) -> String {
+    let mut out = format!(
+        "Evaluation {} to {}: {} members, {} labelled member-days, {} drop-outs\n\n",
+        e.from, e.to, e.members, e.labelled_member_days, e.dropouts
+    );
+    out.push_str(&format!(
+        "{:<12} {:>7} {:>10} {:>8} {:>17} {:>22}\n",
+        "predictor", "AUC", "precision", "recall", "median lead days", "false alarms / 1000 md"
+    ));
+    let mut row = |name: &str, f: &Figures| {
+        out.push_str(&format!(
+            "{:<12} {:>7.3} {:>10.3} {:>8.3} {:>17.1} {:>22.2}\n",
+            name, f.auc, f.precision, f.recall, f.median_lead_days, f.false_alarms_per_1000
+        ));
+    };
+    row("model", &e.model);
+    for (name, f) in &e.baselines {
+        row(name, f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_is_one_for_a_perfect_ranking_and_half_for_ties() {
+        let mut perfect = vec![(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
+        assert_eq!(auc(&mut perfect), 1.0);
+        let mut ties = vec![(0.5, false), (0.5, true), (0.5, false), (0.5, true)];
+        assert_eq!(auc(&mut ties), 0.5);
+        let mut inverted = vec![(0.9, false), (0.1, true)];
+        assert_eq!(auc(&mut inverted), 0.0);
+        let mut one_class = vec![(0.3, true)];
+        assert!(auc(&mut one_class).is_nan());
+    }
+}
