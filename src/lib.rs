@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`testkit`]: start the real cloud, agents and Mosquitto on ephemeral ports in temp dirs.
 //! - [`bench`]: `rollcall bench …` (JSON figures).
+//! - [`demo`]: `rollcall demo`, the whole system on one box.
 //! - [`eval`]: compare the cloud's scoring with the simulator's ground truth (`rollcall eval`).
 //! - [`sim`]: the fleet simulator with ground truth (`rollcall simulate`).
 
 pub mod bench;
+pub mod demo;
 pub mod eval;
 pub mod sim;
 pub mod testkit;

@@ -19,6 +19,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system on one box: cloud, broker and a simulated fleet with history;
+    /// prints one JSON line with the console URL and an admin token, runs until Ctrl-C.
+    Demo(DemoArgs),
     /// Simulate a fleet of members whose devices run the real agent code, with ground truth.
     Simulate(SimulateArgs),
     /// Compare the cloud's scoring with a simulation's ground truth (AUC, precision, recall,
@@ -96,6 +99,84 @@ struct SimulateArgs {
     /// Ground-truth file (default: DATA_DIR/truth.json).
     #[arg(long, value_name = "FILE")]
     truth: Option<PathBuf>,
+    /// First day of the simulated window (YYYY-MM-DD, not in the future), to reproduce a
+    /// run exactly; history then runs from it to now. Default: --history days ago.
+    #[arg(long, value_name = "DATE")]
+    start: Option<chrono::NaiveDate>,
+}
+
+/// `rollcall demo`.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Data directory (resumed if it holds an earlier demo); default: a new temporary one.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Start clean even if --data-dir holds an earlier demo.
+    #[arg(long)]
+    fresh: bool,
+    /// HTTP API and console address.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    http_listen: SocketAddr,
+    /// Embedded MQTT broker address.
+    #[arg(long, default_value = "127.0.0.1:1883", value_name = "ADDR")]
+    mqtt_listen: SocketAddr,
+    /// Members in the simulated fleet.
+    #[arg(long, default_value_t = 300)]
+    members: usize,
+    /// Seed of the simulated fleet.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Days of history generated on first start.
+    #[arg(long, default_value_t = 120, value_name = "DAYS")]
+    history: u32,
+    /// Simulated seconds per real second once live.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Fleet description (default: the built-in copy of config/fleet.toml).
+    #[arg(long, value_name = "FILE")]
+    fleet: Option<PathBuf>,
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let fleet = match &a.fleet {
+        Some(p) => FleetConfig::load(p)?,
+        None => FleetConfig::builtin(),
+    };
+    let progress = std::io::stderr().is_terminal();
+    let opts = rollcall::demo::DemoOptions {
+        data_dir: a.data_dir,
+        fresh: a.fresh,
+        http_listen: a.http_listen,
+        mqtt_listen: a.mqtt_listen,
+        members: a.members,
+        seed: a.seed,
+        history_days: a.history,
+        speed: a.speed,
+        fleet,
+        progress,
+    };
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let summary = rollcall::demo::run(opts, shutdown, |ready| {
+        println!("{}", serde_json::to_string(ready).expect("ready line serialises"));
+        if progress {
+            eprintln!(
+                "\nRollcall demo is running with {} members.\n  console: {}\n  API:     {}  (Authorization: Bearer {})\n  data:    {}\nCtrl-C stops it; run again with --data-dir {} to resume.",
+                ready.members,
+                ready.console_url,
+                ready.api_url,
+                ready.token,
+                ready.data_dir.display(),
+                ready.data_dir.display()
+            );
+        }
+    })
+    .await?;
+    eprintln!(
+        "Stopped: {} events recorded, {} acknowledged, {} waiting in offline devices.",
+        summary.events_recorded, summary.events_acked, summary.events_pending
+    );
+    Ok(())
 }
 
 /// `rollcall eval`.
@@ -152,7 +233,10 @@ fn cancel_on_signals(token: CancellationToken) {
 }
 
 async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
-    if a.history == 0 && a.days.is_none() {
+    if a.start.is_some_and(|d| d > chrono::Utc::now().date_naive()) {
+        anyhow::bail!("--start must not be in the future");
+    }
+    if a.history == 0 && a.days.is_none() && a.start.is_none() {
         anyhow::bail!("give --history DAYS, --days DAYS, or both (see `rollcall simulate --help`)");
     }
     let fleet = match &a.fleet {
@@ -192,6 +276,11 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         cloud,
         truth_path,
         progress: std::io::stderr().is_terminal(),
+        window: a.start.map(|d| {
+            let past = (chrono::Utc::now().date_naive() - d).num_days();
+            (d, past + i64::from(a.days.unwrap_or(30)) + 1)
+        }),
+        cloud_config: None,
     };
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
@@ -209,10 +298,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROLLCALL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off")),
         )
         .init();
     match Cli::parse().command {
+        Command::Demo(a) => demo(a).await?,
         Command::Simulate(a) => simulate(a).await?,
         Command::Eval(a) => tokio::task::spawn_blocking(move || eval(a)).await??,
         Command::Bench(BenchCmd::Ingest {

@@ -68,6 +68,30 @@ pub enum Command {
     /// Historical usage.
     #[command(subcommand)]
     Usage(UsageCmd),
+    /// API bearer tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+}
+
+/// `tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Create a token and print it once as JSON `{"id", "name", "role", "token"}`.
+    Create {
+        /// `support`, `analyst` or `admin`.
+        #[arg(long)]
+        role: String,
+        /// Who or what the token is for.
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a token by id (from `tokens list`).
+    Revoke {
+        /// Token id.
+        id: i64,
+    },
+    /// List tokens (never their secrets) as JSON.
+    List,
 }
 
 /// `model …`.
@@ -273,6 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => model_fit(cfg, clock, from_csv, calibration_end, &unit, model, json),
         Command::Usage(UsageCmd::Import { file }) => usage_import(cfg, clock, &file),
+        Command::Tokens(cmd) => tokens(cfg, clock, cmd),
         Command::Keys(KeysCmd::Show) => {
             let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
             println!(
@@ -282,6 +307,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn tokens(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: TokensCmd) -> anyhow::Result<()> {
+    use crate::tokens::{self, Role};
+    let conn = crate::store::open_writer(&cfg.data_dir)?;
+    match cmd {
+        TokensCmd::Create { role, name } => {
+            let t = tokens::create(&conn, &name, Role::parse(&role)?, clock.now())?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        TokensCmd::Revoke { id } => {
+            if !tokens::revoke(&conn, id, clock.now())? {
+                bail!("no live token with id {id}");
+            }
+            println!("{}", serde_json::json!({"revoked": id}));
+        }
+        TokensCmd::List => println!("{}", serde_json::to_string(&tokens::list(&conn)?)?),
+    }
+    Ok(())
 }
 
 fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::Result<()> {

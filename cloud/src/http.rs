@@ -1,9 +1,12 @@
-//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API:
-//! `GET /api/v1/members/{id}/score` and `GET /api/v1/engagement/summary` (not yet behind
-//! tokens). Errors are JSON `{"error": code, "message": ...}`. Handlers read the store on
-//! their own read-only connections, off the async executor.
+//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API under `/api/v1`:
+//! `GET /api/v1/members/{id}/score` and `GET /api/v1/engagement/summary`. Every API route
+//! requires `Authorization: Bearer <token>` (see [`crate::tokens`]); the caller's
+//! [`Principal`] is in the request's extensions. Errors are JSON
+//! `{"error": code, "message": ...}`. Handlers read the store on their own read-only
+//! connections, off the async executor.
 
 use crate::metrics::Metrics;
+use crate::tokens::Principal;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,13 +46,49 @@ impl IntoResponse for ApiError {
 
 /// The router.
 pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/members/{id}/score", get(member_score))
+        .route("/api/v1/engagement/summary", get(engagement_summary))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/members/{id}/score", get(member_score))
-        .route("/api/v1/engagement/summary", get(engagement_summary))
+        .merge(api)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Lets a request through only with a valid bearer token; puts its [`Principal`] in the
+/// request's extensions.
+async fn require_token(
+    State(s): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let unauthorized = |message: &str| ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthorized",
+        message: message.to_owned(),
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .ok_or_else(|| {
+            unauthorized("send Authorization: Bearer <token> (rollcall-cloud tokens create)")
+        })?;
+    let principal = with_store(&s, move |conn| {
+        crate::tokens::authenticate(conn, &presented).map_err(ApiError::internal)
+    })
+    .await?
+    .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    req.extensions_mut().insert::<Principal>(principal);
+    Ok(next.run(req).await)
 }
 
 async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {

@@ -31,5 +31,6 @@ pub mod registry;
 pub mod scoring;
 pub mod server;
 pub mod store;
+pub mod tokens;
 pub mod usage;
 pub mod worker;

@@ -182,6 +182,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (day, state)
     ) WITHOUT ROWID;
     "#,
+    // 3: API tokens (stored as SHA-256 hashes; see tokens.rs).
+    r#"
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('support', 'analyst', 'admin')),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER,
+        last_used_ms INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -258,12 +258,21 @@ fn replay_runs_the_same_machine_as_the_live_scorer_day_by_day() {
     assert!(n > 0);
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8(buf).unwrap();
@@ -280,6 +289,11 @@ async fn the_api_serves_member_scores_and_the_engagement_summary() {
     load_fleet(dir.path());
     let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
     scoring::score_once(&mut conn, &ScoringConfig::default(), as_of(), as_of()).unwrap();
+    use rollcall_cloud::tokens;
+    let token = tokens::create(&conn, "analyst", tokens::Role::Analyst, as_of()).unwrap();
+    let revoked = tokens::create(&conn, "gone", tokens::Role::Admin, as_of()).unwrap();
+    tokens::revoke(&conn, revoked.id, as_of()).unwrap();
+    let tk = Some(token.token.as_str());
     let state = rollcall_cloud::http::AppState {
         metrics: std::sync::Arc::new(rollcall_cloud::metrics::Metrics::new()),
         data_dir: dir.path().to_owned(),
@@ -291,13 +305,22 @@ async fn the_api_serves_member_scores_and_the_engagement_summary() {
             .await
             .unwrap();
     });
-    let (status, v) = http_get(addr, "/api/v1/members/never/score").await;
+    // No token, an unknown one, a revoked one: 401 with a JSON reason.
+    for t in [None, Some("rc_unknown"), Some(revoked.token.as_str())] {
+        let (status, v) = http_get(addr, "/api/v1/members/never/score", t).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{t:?}"
+        );
+    }
+    let (status, v) = http_get(addr, "/api/v1/members/never/score", tk).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "lapsing");
     assert_eq!(v["transitions"].as_array().unwrap().len(), 1);
-    let (status, v) = http_get(addr, "/api/v1/members/nobody/score").await;
+    let (status, v) = http_get(addr, "/api/v1/members/nobody/score", tk).await;
     assert_eq!((status, v["error"].as_str()), (404, Some("no_such_member")));
-    let (status, v) = http_get(addr, "/api/v1/engagement/summary").await;
+    let (status, v) = http_get(addr, "/api/v1/engagement/summary", tk).await;
     assert_eq!(status, 200);
     let total: u64 = v["counts"]
         .as_object()

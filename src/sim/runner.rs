@@ -79,10 +79,19 @@ pub struct SimOptions {
     pub data_dir: PathBuf,
     /// Which cloud.
     pub cloud: CloudTarget,
+    /// Base configuration of an in-process cloud (its data dir and listen addresses are
+    /// set from the fields above); `None`: the defaults.
+    pub cloud_config: Option<rollcall_cloud::config::CloudConfig>,
     /// Where to write the ground truth.
     pub truth_path: PathBuf,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// A fixed window: its first date and planned length in days (to reproduce a run, or
+    /// to resume a fleet planned earlier). History then runs from that date to now.
+    /// `None`: the window starts `history_days` before the live phase. Either way, when
+    /// the store already holds usage from this fleet, the devices continue their
+    /// numbering and usage the cloud already received is not generated again.
+    pub window: Option<(NaiveDate, i64)>,
 }
 
 /// What a finished run reports (`rollcall simulate` prints it as JSON).
@@ -132,6 +141,8 @@ struct SimDevice {
     recorded: u64,
     refused: u64,
     suspect: u64,
+    /// Its member has joined (and is registered): it may connect.
+    admitted: bool,
 }
 
 impl SimDevice {
@@ -144,7 +155,13 @@ impl SimDevice {
     }
 }
 
+struct ResumePoints {
+    until: Option<DateTime<Utc>>,
+    devices: std::collections::HashMap<String, (u64, u64, u64)>,
+}
+
 struct SimMember {
+    registered: bool,
     next_day: i64,
     pending: VecDeque<SimEvent>,
     devices: Vec<usize>,
@@ -159,6 +176,8 @@ pub struct Simulation {
     live_start: DateTime<Utc>,
     members: Vec<SimMember>,
     devices: Vec<SimDevice>,
+    /// Usage up to this instant already reached the cloud in an earlier run.
+    resumed_until: Option<DateTime<Utc>>,
     cloud: Option<(rollcall_cloud::server::RunningCloud, CancellationToken)>,
     mqtt_url: String,
     http_addr: Option<SocketAddr>,
@@ -223,10 +242,13 @@ impl Simulation {
             }
             None => now,
         };
-        let start_date: NaiveDate =
-            (live_start - Duration::days(i64::from(opts.history_days))).date_naive();
+        let (start_date, plan_days) = opts.window.unwrap_or_else(|| {
+            let start: NaiveDate =
+                (live_start - Duration::days(i64::from(opts.history_days))).date_naive();
+            let days = i64::from(opts.history_days) + i64::from(opts.live_days.unwrap_or(30)) + 1;
+            (start, days)
+        });
         let t0 = start_date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
-        let plan_days = i64::from(opts.history_days) + i64::from(opts.live_days.unwrap_or(30)) + 1;
         let fleet = Fleet::plan(&opts.fleet, opts.seed, opts.size, start_date, plan_days);
         let clock = ManualClock::new(t0);
 
@@ -248,10 +270,8 @@ impl Simulation {
                 mqtt_listen,
                 http_listen,
             } => {
-                let mut cfg = rollcall_cloud::config::CloudConfig {
-                    data_dir: opts.data_dir.clone(),
-                    ..Default::default()
-                };
+                let mut cfg = opts.cloud_config.clone().unwrap_or_default();
+                cfg.data_dir = opts.data_dir.clone();
                 cfg.broker.listen = *mqtt_listen;
                 cfg.http.listen = *http_listen;
                 cfg.broker.max_connections = fleet.device_count() + 64;
@@ -287,14 +307,17 @@ impl Simulation {
             clock,
             t0,
             live_start,
+            resumed_until: None,
             cloud,
             mqtt_url,
             http_addr,
             started: Instant::now(),
         };
-        sim.register()?;
         sim.build_devices(cloud_key)?;
-        sim.toggle_uplinks(t0);
+        let from = sim.resumed_until.unwrap_or(t0);
+        sim.clock.set(from);
+        sim.admit(from)?;
+        sim.toggle_uplinks(from);
         sim.wait_connected().await?;
         Ok(sim)
     }
@@ -319,11 +342,22 @@ impl Simulation {
         &self.clock
     }
 
-    fn register(&self) -> Result<()> {
+    /// Registers (in the cloud's registry) the members who have joined by `t`, with their
+    /// devices, in one transaction. Members join the fleet when their day comes.
+    fn admit(&mut self, t: DateTime<Utc>) -> Result<()> {
+        let due: Vec<usize> = (0..self.members.len())
+            .filter(|i| {
+                let m = &self.fleet.members[*i];
+                !self.members[*i].registered && self.fleet.day_start(m.tz, m.joined_day) <= t
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
         let mut conn = rollcall_cloud::store::open_writer(&self.opts.data_dir)?;
         let tx = conn.transaction()?;
-        let now = self.clock.now();
-        for m in &self.fleet.members {
+        for &i in &due {
+            let m = &self.fleet.members[i];
             let joined = self.fleet.day_start(m.tz, m.joined_day);
             let member = NewMember {
                 id: MemberId::parse(&m.id)?,
@@ -334,13 +368,19 @@ impl Simulation {
                 plan: Some(m.plan.clone()),
                 joined: Some(joined),
             };
-            registry::upsert_member(&tx, &member, now)?;
+            registry::upsert_member(&tx, &member, joined.max(self.t0).min(t))?;
             for d in &m.devices {
                 let key = d.key(self.fleet.seed).public();
-                registry::add_device(&tx, &DeviceId::parse(&d.id)?, &member.id, &key, now)?;
+                registry::add_device(&tx, &DeviceId::parse(&d.id)?, &member.id, &key, t)?;
             }
         }
         tx.commit()?;
+        for i in due {
+            self.members[i].registered = true;
+            for &d in &self.members[i].devices {
+                self.devices[d].admitted = true;
+            }
+        }
         Ok(())
     }
 
@@ -357,16 +397,26 @@ impl Simulation {
             ..UplinkSettings::default()
         };
         let topics = Topics::default();
+        let resume = self.resume_points()?;
+        if let Some(until) = resume.until {
+            self.resumed_until = Some(until);
+        }
         for m in &self.fleet.members {
             let mut ids = Vec::new();
             for d in &m.devices {
                 let instant = |day: i64| self.fleet.day_start(m.tz, day);
                 let wrong = d.clock_wrong.map(|s| (instant(s.from), instant(s.to)));
                 let clock = DeviceClock::new(self.clock.clone(), wrong);
-                let outbox = Arc::new(MemoryOutbox::new(
-                    OutboxLimits::default(),
-                    Arc::new(clock.clone()),
-                ));
+                let outbox = Arc::new(match resume.devices.get(&d.id) {
+                    Some(&(seq, report_seq, session)) => MemoryOutbox::resume(
+                        OutboxLimits::default(),
+                        Arc::new(clock.clone()),
+                        seq + 1,
+                        report_seq + 1,
+                        session,
+                    ),
+                    None => MemoryOutbox::new(OutboxLimits::default(), Arc::new(clock.clone())),
+                });
                 let stats = UplinkStats::new();
                 let id = DeviceId::parse(&d.id)?;
                 let runtime = AgentRuntime {
@@ -393,10 +443,18 @@ impl Simulation {
                     recorded: 0,
                     refused: 0,
                     suspect: 0,
+                    admitted: false,
                 });
             }
+            let mut next_day = m.joined_day.max(0);
+            if let Some(until) = resume.until {
+                while self.fleet.day_start(m.tz, next_day + 1) <= until {
+                    next_day += 1;
+                }
+            }
             self.members.push(SimMember {
-                next_day: m.joined_day.max(0),
+                registered: false,
+                next_day,
                 pending: VecDeque::new(),
                 devices: ids,
             });
@@ -404,10 +462,44 @@ impl Simulation {
         Ok(())
     }
 
+    /// What the store already holds from this fleet: per device the newest event seq,
+    /// report seq and status session, and the newest receipt time.
+    fn resume_points(&self) -> Result<ResumePoints> {
+        let conn = rollcall_cloud::store::open_reader(&self.opts.data_dir)?;
+        let mut devices = std::collections::HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT d.id, d.max_report_seq, COALESCE(d.status_session, 0),
+                    COALESCE((SELECT MAX(seq) FROM events e WHERE e.device_id = d.id), 0)
+             FROM devices d",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, report_seq, session, seq) = row?;
+            if seq > 0 || report_seq > 0 {
+                devices.insert(id, (seq as u64, report_seq as u64, session as u64));
+            }
+        }
+        let until: Option<i64> =
+            conn.query_row("SELECT MAX(received_ms) FROM events", [], |r| r.get(0))?;
+        Ok(ResumePoints {
+            until: until
+                .filter(|_| !devices.is_empty())
+                .and_then(DateTime::from_timestamp_millis),
+            devices,
+        })
+    }
+
     /// Starts and stops uplinks to match the devices' offline spells at `t`.
     fn toggle_uplinks(&mut self, t: DateTime<Utc>) {
         for d in &mut self.devices {
-            let want = !d.offline.is_some_and(|(a, b)| a <= t && t < b);
+            let want = d.admitted && !d.offline.is_some_and(|(a, b)| a <= t && t < b);
             match (&d.running, want) {
                 (None, true) => {
                     if d.stopping.as_ref().is_some_and(|h| !h.is_finished()) {
@@ -466,7 +558,10 @@ impl Simulation {
         for (mi, sm) in self.members.iter_mut().enumerate() {
             let plan: &MemberPlan = &self.fleet.members[mi];
             while self.fleet.day_start(plan.tz, sm.next_day) <= t {
-                sm.pending.extend(self.fleet.day_events(plan, sm.next_day));
+                let skip = self.resumed_until;
+                let events = self.fleet.day_events(plan, sm.next_day);
+                sm.pending
+                    .extend(events.into_iter().filter(|e| skip.is_none_or(|u| e.at > u)));
                 sm.next_day += 1;
             }
             while sm.pending.front().is_some_and(|e| e.at <= t) {
@@ -520,13 +615,19 @@ impl Simulation {
 
     /// Replays the history phase day by day.
     pub async fn run_history(&mut self, shutdown: &CancellationToken) -> Result<()> {
-        let days = (self.live_start - self.t0).num_seconds().div_euclid(86_400) as u64 + 1;
+        let from = self.resumed_until.unwrap_or(self.t0).max(self.t0);
+        let days = (self.live_start - from)
+            .num_seconds()
+            .max(0)
+            .div_euclid(86_400) as u64
+            + 1;
         let pb = bar(self.opts.progress, days, "history");
-        let mut t = self.t0;
+        let mut t = from;
         let mut recorded = 0;
         while t < self.live_start && !shutdown.is_cancelled() {
             t = (t + Duration::days(1)).min(self.live_start);
             self.clock.set(t);
+            self.admit(t)?;
             self.toggle_uplinks(t);
             recorded += self.emit(t);
             let drained = self.wait_drained(std::time::Duration::from_secs(10)).await;
@@ -566,6 +667,7 @@ impl Simulation {
                 t = t.min(e);
             }
             self.clock.set(t);
+            self.admit(t)?;
             self.toggle_uplinks(t);
             self.emit(t);
             pb.set_position((t - self.live_start).num_minutes().max(0) as u64);
@@ -579,8 +681,13 @@ impl Simulation {
 
     /// Drains what can be drained, stops every device and the in-process cloud, writes
     /// the ground truth and returns the summary.
-    pub async fn finish(mut self) -> Result<SimSummary> {
+    pub async fn finish(self) -> Result<SimSummary> {
         let drain = std::time::Duration::from_secs(30 + self.devices.len() as u64 / 100);
+        self.finish_within(drain).await
+    }
+
+    /// [`Simulation::finish`], waiting at most `drain` for outstanding acknowledgements.
+    pub async fn finish_within(mut self, drain: std::time::Duration) -> Result<SimSummary> {
         if !self.wait_drained(drain).await {
             tracing::warn!(
                 pending = self.pending_online(),

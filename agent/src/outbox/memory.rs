@@ -58,6 +58,30 @@ impl MemoryOutbox {
         }
     }
 
+    /// An empty outbox that continues a device's numbering: the next event gets
+    /// `next_seq`, the next report `next_report_seq`, and [`Outbox::next_session`] returns
+    /// values above `session`. For simulated devices that restart without their memory
+    /// (the cloud would refuse reused numbers as replays).
+    pub fn resume(
+        limits: OutboxLimits,
+        clock: Arc<dyn Clock>,
+        next_seq: u64,
+        next_report_seq: u64,
+        session: u64,
+    ) -> Self {
+        let state = State {
+            next_seq: next_seq.max(1),
+            next_report_seq: next_report_seq.max(1),
+            session,
+            ..State::default()
+        };
+        Self {
+            state: Mutex::new(state),
+            limits,
+            clock,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("memory outbox lock")
     }
@@ -210,5 +234,27 @@ impl Outbox for MemoryOutbox {
 
     fn may_block(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_shared::ManualClock;
+
+    #[test]
+    fn a_resumed_outbox_continues_the_numbering() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let o = MemoryOutbox::resume(OutboxLimits::default(), clock.clone(), 42, 7, 3);
+        let ev = NewEvent {
+            kind: rollcall_shared::EventKind::parse("brew").unwrap(),
+            qty: 1,
+            occurred_at: clock.now(),
+            attrs: BTreeMap::new(),
+            clock_suspect: false,
+        };
+        assert_eq!(o.append(ev).unwrap().get(), 42);
+        assert_eq!(o.build_report(10, 100_000).unwrap().unwrap().report_seq, 7);
+        assert_eq!(o.next_session().unwrap(), 4);
     }
 }

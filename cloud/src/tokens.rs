@@ -1,0 +1,281 @@
+//! API tokens: bearer tokens with a role, printed once when created and stored only as a
+//! SHA-256 hash (tokens are 256 random bits, so a fast hash is enough: nothing to
+//! brute-force). Revoked tokens stay in the table for the audit trail.
+//!
+//! Roles: `support` sees members' contact details and history; `analyst` sees aggregates
+//! and pseudonymous member ids; `admin` sees everything and may change the registry.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Prefix of every token, so that leaked tokens are easy to recognise and scan for.
+pub const TOKEN_PREFIX: &str = "rc_";
+
+/// Why a token operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Not a role we know.
+    #[error("unknown role {0:?}: use support, analyst or admin")]
+    UnknownRole(String),
+    /// The name is empty or too long.
+    #[error("token name must be 1..=64 characters")]
+    BadName,
+    /// No random bytes from the OS.
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] rusqlite::Error),
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Aggregates and pseudonymous ids only.
+    Analyst,
+    /// Members' contact details and history.
+    Support,
+    /// Everything, including registry changes.
+    Admin,
+}
+
+impl Role {
+    /// Parses `support`, `analyst` or `admin`.
+    pub fn parse(s: &str) -> Result<Role, TokenError> {
+        match s {
+            "support" => Ok(Role::Support),
+            "analyst" => Ok(Role::Analyst),
+            "admin" => Ok(Role::Admin),
+            other => Err(TokenError::UnknownRole(other.to_owned())),
+        }
+    }
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Support => "support",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether this role may see names, phone numbers and e-mail addresses.
+    pub fn sees_contact_details(self) -> bool {
+        matches!(self, Role::Support | Role::Admin)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A newly created token: the only time its secret is available.
+#[derive(Serialize)]
+pub struct IssuedToken {
+    /// Row id (for `tokens revoke`).
+    pub id: i64,
+    /// Who or what it is for.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The bearer token itself.
+    pub token: String,
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("token", &"***")
+            .finish()
+    }
+}
+
+/// Who a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// Token row id.
+    pub token_id: i64,
+    /// Token name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// A token as `tokens list` shows it (never the secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    /// Row id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<String>,
+    /// Last successful use.
+    pub last_used_at: Option<String>,
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn rfc3339(ms: i64) -> String {
+    crate::registry::ms_to_rfc3339(ms)
+}
+
+/// Creates a token for `name` with `role`.
+pub fn create(
+    conn: &Connection,
+    name: &str,
+    role: Role,
+    now: DateTime<Utc>,
+) -> Result<IssuedToken, TokenError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(TokenError::BadName);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
+    use base64::Engine as _;
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    conn.execute(
+        "INSERT INTO api_tokens (name, role, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![name, role.as_str(), hash(&token), now.timestamp_millis()],
+    )?;
+    Ok(IssuedToken {
+        id: conn.last_insert_rowid(),
+        name: name.to_owned(),
+        role,
+        token,
+    })
+}
+
+/// Revokes the token with row id `id`. Returns false if there is no such live token.
+pub fn revoke(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, TokenError> {
+    let n = conn.execute(
+        "UPDATE api_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+        params![id, now.timestamp_millis()],
+    )?;
+    Ok(n == 1)
+}
+
+/// The principal behind a presented token, if it is known and not revoked.
+pub fn authenticate(conn: &Connection, presented: &str) -> Result<Option<Principal>, TokenError> {
+    if !presented.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let row = conn
+        .query_row(
+            "SELECT id, name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_ms IS NULL",
+            [hash(presented)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(match row {
+        Some((token_id, name, role)) => Some(Principal {
+            token_id,
+            name,
+            role: Role::parse(&role)?,
+        }),
+        None => None,
+    })
+}
+
+/// Every token, newest first.
+pub fn list(conn: &Connection) -> Result<Vec<TokenInfo>, TokenError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, role, created_ms, revoked_ms, last_used_ms FROM api_tokens ORDER BY id DESC",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            role: r.get(2)?,
+            created_at: rfc3339(r.get(3)?),
+            revoked_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
+            last_used_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_writer(dir.path()).unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn a_created_token_authenticates_with_its_role_until_revoked() {
+        let (_d, conn) = store();
+        let now = Utc::now();
+        let t = create(&conn, "front desk", Role::Support, now).unwrap();
+        assert!(t.token.starts_with("rc_") && t.token.len() > 40);
+        let p = authenticate(&conn, &t.token).unwrap().unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("front desk", Role::Support));
+        assert!(authenticate(&conn, "rc_not-a-token").unwrap().is_none());
+        assert!(authenticate(&conn, "").unwrap().is_none());
+        assert!(revoke(&conn, t.id, now).unwrap());
+        assert!(
+            !revoke(&conn, t.id, now).unwrap(),
+            "revoking twice changes nothing"
+        );
+        assert!(authenticate(&conn, &t.token).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_the_hash_is_stored_and_debug_hides_the_secret() {
+        let (_d, conn) = store();
+        let t = create(&conn, "ops", Role::Admin, Utc::now()).unwrap();
+        let stored: Vec<u8> = conn
+            .query_row(
+                "SELECT token_hash FROM api_tokens WHERE id = ?1",
+                [t.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, hash(&t.token));
+        assert!(!format!("{t:?}").contains(&t.token));
+        let listed = list(&conn).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(!serde_json::to_string(&listed).unwrap().contains(&t.token));
+    }
+
+    #[test]
+    fn bad_roles_and_names_are_refused() {
+        let (_d, conn) = store();
+        assert!(matches!(
+            Role::parse("root"),
+            Err(TokenError::UnknownRole(_))
+        ));
+        assert!(matches!(
+            create(&conn, "  ", Role::Admin, Utc::now()),
+            Err(TokenError::BadName)
+        ));
+    }
+}
