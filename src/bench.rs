@@ -89,6 +89,22 @@ fn opts(id: &str, url: &str) -> Result<MqttOptions> {
     Ok(o)
 }
 
+/// Registers `bench-member`, the member every benchmark device belongs to.
+fn register_bench_member(conn: &rusqlite::Connection) -> Result<()> {
+    let m = rollcall_cloud::registry::NewMember::parse(
+        "bench-member",
+        "Bench Member",
+        None,
+        None,
+        None,
+        None,
+        None,
+        "US",
+    )?;
+    rollcall_cloud::registry::upsert_member(conn, &m, SystemClock.now())?;
+    Ok(())
+}
+
 /// Runs the ingest benchmark.
 pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     let tmp = tempfile::tempdir()?;
@@ -114,17 +130,7 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     {
         let mut conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
         let tx = conn.transaction()?;
-        let m = rollcall_cloud::registry::NewMember::parse(
-            "bench-member",
-            "Bench Member",
-            None,
-            None,
-            None,
-            None,
-            None,
-            "US",
-        )?;
-        rollcall_cloud::registry::upsert_member(&tx, &m, clock.now())?;
+        register_bench_member(&tx)?;
         for (d, k) in &keys {
             rollcall_cloud::registry::add_device(
                 &tx,
@@ -420,68 +426,208 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// A running release agent daemon registered with a cloud, for measurements.
+struct BenchAgent {
+    child: crate::testkit::Proc,
+    pid: u32,
+    socket: std::os::unix::net::UnixStream,
+    size: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchAgent {
+    /// Initialises, registers (under `bench-member` in the store of `cfg`) and starts the
+    /// release agent daemon against `url`.
+    async fn start(url: &str, cfg: &CloudConfig, cloud_key: &str) -> Result<BenchAgent> {
+        let bin = release_agent_binary()?;
+        let size = std::fs::metadata(&bin)?.len();
+        let tmp = tempfile::tempdir()?;
+        let conf = tmp.path().join("agent.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "device_id = \"bench-agent\"\ndata_dir = \"{}\"\ncloud_public_key = \"{cloud_key}\"\n[mqtt]\nurl = \"{url}\"\n[uplink]\nbatch_interval_ms = 100\n",
+                tmp.path().display()
+            ),
+        )?;
+        let out = std::process::Command::new(&bin)
+            .arg("init")
+            .arg("--config")
+            .arg(&conf)
+            .output()?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("agent init output")?;
+        {
+            let conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
+            rollcall_cloud::registry::add_device(
+                &conn,
+                &DeviceId::parse("bench-agent")?,
+                &MemberId::parse("bench-member")?,
+                &rollcall_shared::dsse::PublicKey::from_base64(
+                    v["public_key"].as_str().unwrap_or_default(),
+                )?,
+                SystemClock.now(),
+            )?;
+        }
+        let child = crate::testkit::Proc(
+            std::process::Command::new(&bin)
+                .arg("run")
+                .arg("--config")
+                .arg(&conf)
+                .env("ROLLCALL_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
+        );
+        let pid = child.0.id();
+        let sock = tmp.path().join("agent.sock");
+        let socket = crate::testkit::wait_for("agent socket", Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        })?;
+        Ok(BenchAgent {
+            child,
+            pid,
+            socket,
+            size,
+            _dir: tmp,
+        })
+    }
+
+    /// Records one event over the socket and waits for its answer.
+    fn record(
+        &mut self,
+        r: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+        i: u64,
+    ) -> Result<()> {
+        use std::io::{BufRead, Write};
+        writeln!(
+            self.socket,
+            "{{\"kind\":\"brew\",\"attrs\":{{\"n\":\"{i}\"}}}}"
+        )?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if !line.contains("\"seq\"") {
+            bail!("the agent refused an event: {line}");
+        }
+        Ok(())
+    }
+}
+
+/// CPU time (user + system) of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz.max(1.0))
+}
+
 /// Runs the real agent daemon against the cloud while recording events for a few
 /// seconds; returns its peak RSS (KiB) and binary size.
 async fn agent_figures(url: &str, cfg: &CloudConfig, cloud_key: &str) -> Result<(u64, u64)> {
-    let bin = release_agent_binary()?;
-    let size = std::fs::metadata(&bin)?.len();
-    let tmp = tempfile::tempdir()?;
-    let conf = tmp.path().join("agent.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "device_id = \"bench-agent\"\ndata_dir = \"{}\"\ncloud_public_key = \"{cloud_key}\"\n[mqtt]\nurl = \"{url}\"\n[uplink]\nbatch_interval_ms = 100\n",
-            tmp.path().display()
-        ),
-    )?;
-    let out = std::process::Command::new(&bin)
-        .arg("init")
-        .arg("--config")
-        .arg(&conf)
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("agent init output")?;
-    {
-        let conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
-        rollcall_cloud::registry::add_device(
-            &conn,
-            &DeviceId::parse("bench-agent")?,
-            &MemberId::parse("bench-member")?,
-            &rollcall_shared::dsse::PublicKey::from_base64(
-                v["public_key"].as_str().unwrap_or_default(),
-            )?,
-            SystemClock.now(),
-        )?;
-    }
-    let mut child = crate::testkit::Proc(
-        std::process::Command::new(&bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&conf)
-            .env("ROLLCALL_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let pid = child.0.id();
-    let sock = tmp.path().join("agent.sock");
-    let stream = crate::testkit::wait_for("agent socket", Duration::from_secs(20), || {
-        std::os::unix::net::UnixStream::connect(&sock).ok()
-    })?;
+    let mut a = BenchAgent::start(url, cfg, cloud_key).await?;
+    let mut r = std::io::BufReader::new(a.socket.try_clone()?);
     let mut peak = 0;
     let start = Instant::now();
-    let mut w = stream.try_clone()?;
-    let mut r = std::io::BufReader::new(stream);
-    let mut line = String::new();
     let mut i = 0u64;
     // About 100 events/s for 5 s, sampling RSS as we go.
     while start.elapsed() < Duration::from_secs(5) {
-        use std::io::{BufRead, Write};
-        writeln!(w, "{{\"kind\":\"brew\",\"attrs\":{{\"n\":\"{i}\"}}}}")?;
-        line.clear();
-        r.read_line(&mut line)?;
+        a.record(&mut r, i)?;
         i += 1;
-        peak = peak.max(rss_kb(pid).unwrap_or(0));
+        peak = peak.max(rss_kb(a.pid).unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = child.terminate(Duration::from_secs(10));
-    Ok((peak, size))
+    let _ = a.child.terminate(Duration::from_secs(10));
+    Ok((peak, a.size))
+}
+
+/// The agent at one recording rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRate {
+    /// Events recorded per second (over the socket, each committed durably).
+    pub events_per_s: u32,
+    /// Peak resident memory, KiB.
+    pub rss_kb: u64,
+    /// CPU use of the daemon (user + system), percent of one core.
+    pub cpu_percent: f64,
+}
+
+/// `rollcall bench agent` figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentFigures {
+    /// Memory and CPU at 1, 10 and 100 events/s.
+    pub rates: Vec<AgentRate>,
+    /// Size of the release agent binary, bytes.
+    pub binary_bytes: u64,
+    /// Events recorded per second over the local socket as fast as one client can
+    /// (each one committed to the SQLite outbox before the answer), while the uplink runs.
+    pub record_socket_per_s: f64,
+    /// Seconds each rate ran.
+    pub seconds_per_rate: u64,
+}
+
+/// Runs the real agent daemon against an in-process cloud at 1, 10 and 100 events/s, then
+/// as fast as possible.
+pub async fn agent(seconds_per_rate: u64, burst: u64) -> Result<AgentFigures> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = CloudConfig {
+        data_dir: tmp.path().to_path_buf(),
+        ..Default::default()
+    };
+    cfg.broker.listen = "127.0.0.1:0".parse()?;
+    cfg.http.listen = "127.0.0.1:0".parse()?;
+    cfg.scoring.enabled = false;
+    {
+        let conn = rollcall_cloud::store::open_writer(&cfg.data_dir)?;
+        register_bench_member(&conn)?;
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cloud = rollcall_cloud::server::start(
+        cfg.clone(),
+        std::sync::Arc::new(SystemClock),
+        shutdown.clone(),
+    )
+    .await?;
+    let url = cloud.mqtt_url.clone();
+    let mut a = BenchAgent::start(&url, &cfg, &cloud.public_key.to_base64()).await?;
+    let mut r = std::io::BufReader::new(a.socket.try_clone()?);
+    let mut i = 0u64;
+    let mut rates = Vec::new();
+    for rate in [1u32, 10, 100] {
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let cpu0 = cpu_seconds(a.pid).unwrap_or(0.0);
+        let start = Instant::now();
+        let mut peak = 0;
+        let mut next = Instant::now();
+        while start.elapsed() < Duration::from_secs(seconds_per_rate) {
+            a.record(&mut r, i)?;
+            i += 1;
+            peak = peak.max(rss_kb(a.pid).unwrap_or(0));
+            next += period;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        let cpu = cpu_seconds(a.pid).unwrap_or(0.0) - cpu0;
+        rates.push(AgentRate {
+            events_per_s: rate,
+            rss_kb: peak,
+            cpu_percent: 100.0 * cpu / start.elapsed().as_secs_f64(),
+        });
+    }
+    let start = Instant::now();
+    for _ in 0..burst {
+        a.record(&mut r, i)?;
+        i += 1;
+    }
+    let record_socket_per_s = burst as f64 / start.elapsed().as_secs_f64();
+    let _ = a.child.terminate(Duration::from_secs(10));
+    shutdown.cancel();
+    cloud.wait().await;
+    Ok(AgentFigures {
+        rates,
+        binary_bytes: a.size,
+        record_socket_per_s,
+        seconds_per_rate,
+    })
 }

@@ -34,6 +34,16 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
+    /// The agent daemon's memory and CPU at 1, 10 and 100 events/s, its binary size and
+    /// its local record throughput (prints JSON).
+    Agent {
+        /// Seconds at each rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Events recorded back to back for the throughput figure.
+        #[arg(long, default_value_t = 2000)]
+        burst: u64,
+    },
     /// End-to-end ingest throughput, raw broker throughput, agent memory and size.
     Ingest {
         /// External broker (e.g. mqtt://127.0.0.1:1883 for Mosquitto); embedded by default.
@@ -305,6 +315,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo(a).await?,
         Command::Simulate(a) => simulate(a).await?,
         Command::Eval(a) => tokio::task::spawn_blocking(move || eval(a)).await??,
+        Command::Bench(BenchCmd::Agent { seconds, burst }) => {
+            let f = rollcall::bench::agent(seconds.max(1), burst.max(1)).await?;
+            println!("{}", serde_json::to_string(&f)?);
+        }
         Command::Bench(BenchCmd::Ingest {
             mqtt_url,
             devices,
