@@ -34,6 +34,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
+    /// Fit the fleet model on simulated members and score a large fleet (prints JSON).
+    Scoring {
+        /// Members to fit on.
+        #[arg(long, default_value_t = 100_000)]
+        fit_members: usize,
+        /// Members to score.
+        #[arg(long, default_value_t = 1_000_000)]
+        score_members: usize,
+    },
     /// The agent daemon's memory and CPU at 1, 10 and 100 events/s, its binary size and
     /// its local record throughput (prints JSON).
     Agent {
@@ -315,6 +324,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo(a).await?,
         Command::Simulate(a) => simulate(a).await?,
         Command::Eval(a) => tokio::task::spawn_blocking(move || eval(a)).await??,
+        Command::Bench(BenchCmd::Scoring {
+            fit_members,
+            score_members,
+        }) => {
+            let f = tokio::task::spawn_blocking(move || {
+                rollcall_cloud::scoring::bench::run(fit_members.max(1), score_members.max(1))
+            })
+            .await??;
+            println!("{}", serde_json::to_string(&f)?);
+        }
         Command::Bench(BenchCmd::Agent { seconds, burst }) => {
             let f = rollcall::bench::agent(seconds.max(1), burst.max(1)).await?;
             println!("{}", serde_json::to_string(&f)?);
