@@ -273,7 +273,9 @@ impl Default for ScoringConfig {
     }
 }
 
-pub use crate::outreach::config::{CapConfig, OutreachConfig, QuietHours, RuleConfig, WebhookConfig};
+pub use crate::outreach::config::{
+    CapConfig, OutreachConfig, QuietHours, RuleConfig, WebhookConfig,
+};
 
 /// `[delivery]`: the dispatcher of the delivery queue (`crate::delivery`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -26,6 +26,18 @@ pub struct AppState {
     pub clock: Arc<dyn rollcall_shared::Clock>,
 }
 
+impl AppState {
+    /// State with the system clock and no opt-out key (the opt-out link answers 404).
+    pub fn new(metrics: Arc<Metrics>, data_dir: std::path::PathBuf) -> Self {
+        Self {
+            metrics,
+            data_dir,
+            optout: None,
+            clock: Arc::new(rollcall_shared::SystemClock),
+        }
+    }
+}
+
 /// An API error, rendered as JSON with its status code.
 #[derive(Debug)]
 pub struct ApiError {

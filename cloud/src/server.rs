@@ -149,8 +149,7 @@ pub async fn start(
         None
     };
     if cfg.outreach.enabled {
-        let outreach =
-            crate::outreach::Outreach::new(&cfg).context("Failed to set up outreach")?;
+        let outreach = crate::outreach::Outreach::new(&cfg).context("Failed to set up outreach")?;
         let conn = crate::store::open_writer(&cfg.data_dir)
             .context("Failed to open the store for outreach")?;
         tasks.push(tokio::spawn(outreach_loop(
@@ -217,9 +216,14 @@ fn start_dispatcher(
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<(crate::delivery::dispatcher::Dispatcher, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    crate::delivery::dispatcher::Dispatcher,
+    tokio::task::JoinHandle<()>,
+)> {
+    use crate::delivery::{
+        device::DeviceSender, dispatcher, email::EmailSender, webhook::WebhookSender,
+    };
     use anyhow::Context;
-    use crate::delivery::{device::DeviceSender, dispatcher, email::EmailSender, webhook::WebhookSender};
     let webhook = WebhookSender::new(&cfg.delivery, &cfg.outreach.webhooks)
         .context("Failed to build the webhook client")?;
     let email = if cfg.delivery.smtp.host.is_empty() {
@@ -269,7 +273,12 @@ async fn outreach_loop(
         });
         match run.await {
             Ok(Ok(r)) => {
-                for (d, n) in [("queued", r.queued), ("held", r.held), ("skipped", r.skipped), ("cancelled", r.cancelled)] {
+                for (d, n) in [
+                    ("queued", r.queued),
+                    ("held", r.held),
+                    ("skipped", r.skipped),
+                    ("cancelled", r.cancelled),
+                ] {
                     metrics
                         .outreach_decisions
                         .get_or_create(&crate::metrics::DecisionLabel { decision: d.into() })
@@ -284,7 +293,9 @@ async fn outreach_loop(
                     tracing::info!(?r, "Outreach tick");
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "Outreach tick failed; retrying at the next tick"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Outreach tick failed; retrying at the next tick")
+            }
             Err(e) => tracing::error!(error = %e, "Outreach task panicked"),
         }
         tokio::select! {

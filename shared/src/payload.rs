@@ -393,7 +393,10 @@ impl MessageReceipt {
                 "a receipt names 1..={MAX_RECEIPT_IDS} messages"
             )));
         }
-        if r.message_ids.iter().any(|m| m.is_empty() || m.len() > MAX_MESSAGE_ID_LEN) {
+        if r.message_ids
+            .iter()
+            .any(|m| m.is_empty() || m.len() > MAX_MESSAGE_ID_LEN)
+        {
             return Err(PayloadError::Malformed("bad message id in receipt".into()));
         }
         check_time("at", &r.at)?;

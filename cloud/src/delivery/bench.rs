@@ -140,7 +140,8 @@ pub async fn run_async(n: usize) -> anyhow::Result<BenchResult> {
     while let Outcome::Worked(_) = d.dispatch_once().await? {}
     let seconds = t0.elapsed().as_secs_f64();
     server.abort();
-    let attempts: i64 = conn.query_row("SELECT COUNT(*) FROM delivery_attempts", [], |r| r.get(0))?;
+    let attempts: i64 =
+        conn.query_row("SELECT COUNT(*) FROM delivery_attempts", [], |r| r.get(0))?;
     let s = seen.lock().expect("lock");
     let received: u32 = s.ids.values().sum();
     Ok(BenchResult {
@@ -165,7 +166,10 @@ impl Drop for TempDir {
 }
 
 fn tempfile_dir() -> std::io::Result<TempDir> {
-    let p = std::env::temp_dir().join(format!("rollcall-delivery-bench-{:016x}", fastrand::u64(..)));
+    let p = std::env::temp_dir().join(format!(
+        "rollcall-delivery-bench-{:016x}",
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&p)?;
     Ok(TempDir(p))
 }

@@ -161,7 +161,12 @@ impl DeviceSender {
         let env = self.key.sign(DOWNLINK_PAYLOAD_TYPE, &down.encode());
         match self
             .client
-            .publish(self.topics.down(&device), QoS::AtLeastOnce, false, env.to_json())
+            .publish(
+                self.topics.down(&device),
+                QoS::AtLeastOnce,
+                false,
+                env.to_json(),
+            )
             .await
         {
             Ok(()) => Attempt::Published,

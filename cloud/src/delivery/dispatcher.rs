@@ -203,9 +203,7 @@ impl Dispatcher {
         }
         let cfg = self.cfg.clone();
         let now = self.clock.now();
-        let step = self
-            .db(move |c| record(c, &results, &cfg, now))
-            .await?;
+        let step = self.db(move |c| record(c, &results, &cfg, now)).await?;
         report.delivered += step.delivered;
         report.published += step.published;
         report.retried += step.retried;

@@ -31,7 +31,9 @@ pub struct EmailSender {
 
 impl std::fmt::Debug for EmailSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailSender").field("from", &self.from).finish()
+        f.debug_struct("EmailSender")
+            .field("from", &self.from)
+            .finish()
     }
 }
 

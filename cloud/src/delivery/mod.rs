@@ -269,10 +269,7 @@ pub fn enqueue(tx: &Transaction<'_>, d: NewDelivery) -> Result<Enqueued, Deliver
 
 /// [`enqueue`] for code that holds the connection of a transaction it opened itself
 /// (a `&Transaction` derefs to it). Refuses to run outside a transaction.
-pub fn enqueue_in_transaction(
-    tx: &Connection,
-    d: NewDelivery,
-) -> Result<Enqueued, DeliveryError> {
+pub fn enqueue_in_transaction(tx: &Connection, d: NewDelivery) -> Result<Enqueued, DeliveryError> {
     if tx.is_autocommit() {
         return Err(DeliveryError::NotInTransaction);
     }
@@ -488,9 +485,7 @@ pub fn retry(conn: &mut Connection, id: i64, now: DateTime<Utc>) -> Result<(), D
 }
 
 /// Counts of deliveries per status.
-pub fn counts(
-    conn: &Connection,
-) -> Result<std::collections::BTreeMap<String, u64>, DeliveryError> {
+pub fn counts(conn: &Connection) -> Result<std::collections::BTreeMap<String, u64>, DeliveryError> {
     let mut st = conn.prepare("SELECT status, COUNT(*) FROM deliveries GROUP BY status")?;
     let mut out = std::collections::BTreeMap::new();
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {

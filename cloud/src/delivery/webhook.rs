@@ -92,7 +92,12 @@ impl WebhookSecret {
 }
 
 /// The `webhook-signature` header value: `v1,<sig>` for each secret, space-separated.
-pub fn signature_header(secrets: &[WebhookSecret], id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header(
+    secrets: &[WebhookSecret],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     secrets
         .iter()
         .map(|s| format!("{SCHEME},{}", s.sign(id, timestamp, body)))
@@ -345,7 +350,7 @@ mod tests {
         let ts = 1614265330;
         let body = br#"{"test": 2432232314}"#;
         assert_eq!(
-            signature_header(&[secret.clone()], id, ts, body),
+            signature_header(std::slice::from_ref(&secret), id, ts, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         let now = DateTime::from_timestamp(ts + 10, 0).unwrap();
@@ -368,8 +373,17 @@ mod tests {
     #[test]
     fn private_and_loopback_addresses_are_not_public() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -383,9 +397,11 @@ mod tests {
         let hook = WebhookConfig {
             name: "x".into(),
             url: "http://127.0.0.1:9/hook".into(),
-            secrets: vec![crate::config::Secret::new(WebhookSecret::from_bytes(&[1; 32]).to_whsec())],
+            secrets: vec![crate::config::Secret::new(
+                WebhookSecret::from_bytes(&[1; 32]).to_whsec(),
+            )],
         };
-        let s = WebhookSender::new(&DeliveryConfig::default(), &[hook.clone()]).unwrap();
+        let s = WebhookSender::new(&DeliveryConfig::default(), std::slice::from_ref(&hook)).unwrap();
         match s.send("x", "id1", "{}".into(), Utc::now()).await {
             Attempt::Permanent { error } => assert!(error.contains("ssrf_refused"), "{error}"),
             other => panic!("{other:?}"),

@@ -197,16 +197,106 @@ pub fn default_rules() -> BTreeMap<String, RuleConfig> {
     use Category::*;
     use TriggerKind::*;
     BTreeMap::from([
-        ("welcome".into(), rule(OnboardingWelcome, "welcome", "Welcome to {{ business.name }}, {{ member.first_name }}", Marketing, 40)),
-        ("first_week_nudge".into(), rule(OnboardingNudge, "first_week_nudge", "Getting started with your {{ member.device_model }}", Marketing, 45)),
-        ("win_back".into(), rule(ToLapsing, "win_back", "We miss you, {{ member.first_name }}", Marketing, 50)),
-        ("last_call".into(), rule(ToLapsed, "last_call", "Is everything all right, {{ member.first_name }}?", Marketing, 55)),
-        ("welcome_back".into(), rule(WelcomeBack, "welcome_back", "Welcome back, {{ member.first_name }}", Marketing, 30)),
-        ("champion".into(), rule(Champion, "champion", "You are one of our top members, {{ member.first_name }}", Marketing, 20)),
-        ("hundredth_use".into(), rule(MilestoneUses, "hundredth_use", "{{ milestone.uses }} uses and counting", Marketing, 25)),
-        ("streak".into(), rule(MilestoneStreak, "streak", "{{ milestone.streak_days }} days in a row!", Marketing, 25)),
-        ("order_accepted".into(), rule(OrderAccepted, "order_accepted", "Your order {{ order.id }} is on its way", Transactional, 90)),
-        ("order_cancellable".into(), rule(OrderCancellable, "order_cancellable", "Your {{ order.sku }} reorder: cancel until {{ order.cancellable_until }}", Transactional, 95)),
+        (
+            "welcome".into(),
+            rule(
+                OnboardingWelcome,
+                "welcome",
+                "Welcome to {{ business.name }}, {{ member.first_name }}",
+                Marketing,
+                40,
+            ),
+        ),
+        (
+            "first_week_nudge".into(),
+            rule(
+                OnboardingNudge,
+                "first_week_nudge",
+                "Getting started with your {{ member.device_model }}",
+                Marketing,
+                45,
+            ),
+        ),
+        (
+            "win_back".into(),
+            rule(
+                ToLapsing,
+                "win_back",
+                "We miss you, {{ member.first_name }}",
+                Marketing,
+                50,
+            ),
+        ),
+        (
+            "last_call".into(),
+            rule(
+                ToLapsed,
+                "last_call",
+                "Is everything all right, {{ member.first_name }}?",
+                Marketing,
+                55,
+            ),
+        ),
+        (
+            "welcome_back".into(),
+            rule(
+                WelcomeBack,
+                "welcome_back",
+                "Welcome back, {{ member.first_name }}",
+                Marketing,
+                30,
+            ),
+        ),
+        (
+            "champion".into(),
+            rule(
+                Champion,
+                "champion",
+                "You are one of our top members, {{ member.first_name }}",
+                Marketing,
+                20,
+            ),
+        ),
+        (
+            "hundredth_use".into(),
+            rule(
+                MilestoneUses,
+                "hundredth_use",
+                "{{ milestone.uses }} uses and counting",
+                Marketing,
+                25,
+            ),
+        ),
+        (
+            "streak".into(),
+            rule(
+                MilestoneStreak,
+                "streak",
+                "{{ milestone.streak_days }} days in a row!",
+                Marketing,
+                25,
+            ),
+        ),
+        (
+            "order_accepted".into(),
+            rule(
+                OrderAccepted,
+                "order_accepted",
+                "Your order {{ order.id }} is on its way",
+                Transactional,
+                90,
+            ),
+        ),
+        (
+            "order_cancellable".into(),
+            rule(
+                OrderCancellable,
+                "order_cancellable",
+                "Your {{ order.sku }} reorder: cancel until {{ order.cancellable_until }}",
+                Transactional,
+                95,
+            ),
+        ),
     ])
 }
 
@@ -298,8 +388,7 @@ impl OutreachConfig {
                 }
             }
         }
-        super::templates::Templates::load(self)
-            .map_err(|e| ("outreach.rules", e.to_string()))?;
+        super::templates::Templates::load(self).map_err(|e| ("outreach.rules", e.to_string()))?;
         Ok(())
     }
 }

@@ -353,8 +353,11 @@ mod tests {
     fn usage_is_summarised_in_the_members_calendar() {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::store::open_writer(dir.path()).unwrap();
-        conn.execute("INSERT INTO members (id, name, created_ms) VALUES ('m1', 'Ana', 0)", [])
-            .unwrap();
+        conn.execute(
+            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'Ana', 0)",
+            [],
+        )
+        .unwrap();
         let ev = |seq: i64, at: &str, kind: &str, attrs: Option<&str>| {
             conn.execute(
                 "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, fingerprint)
@@ -363,13 +366,33 @@ mod tests {
             )
             .unwrap();
         };
-        ev(1, "2026-02-27T10:00:00Z", "brew", Some(r#"{"drink":"espresso"}"#));
-        ev(2, "2026-03-01T10:00:00Z", "brew", Some(r#"{"drink":"latte","model":"Barista Pro"}"#));
-        ev(3, "2026-03-02T10:00:00Z", "brew", Some(r#"{"drink":"latte"}"#));
+        ev(
+            1,
+            "2026-02-27T10:00:00Z",
+            "brew",
+            Some(r#"{"drink":"espresso"}"#),
+        );
+        ev(
+            2,
+            "2026-03-01T10:00:00Z",
+            "brew",
+            Some(r#"{"drink":"latte","model":"Barista Pro"}"#),
+        );
+        ev(
+            3,
+            "2026-03-02T10:00:00Z",
+            "brew",
+            Some(r#"{"drink":"latte"}"#),
+        );
         ev(4, "2026-03-03T10:00:00Z", "clean", None);
-        let now = DateTime::parse_from_rfc3339("2026-03-04T09:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-03-04T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let s = summarise_usage(&conn, "m1", chrono_tz::UTC, now, 3).unwrap();
-        assert_eq!((s.total, s.this_month, s.last_month, s.active_days), (4, 3, 1, 4));
+        assert_eq!(
+            (s.total, s.this_month, s.last_month, s.active_days),
+            (4, 3, 1, 4)
+        );
         assert_eq!(s.favourite_kind.as_deref(), Some("brew"));
         assert_eq!(s.favourite_value.as_deref(), Some("latte"));
         assert_eq!(s.device_model.as_deref(), Some("Barista Pro"));

@@ -225,9 +225,7 @@ impl Outreach {
         let facts = context::facts(conn, &self.cfg, member_id)?
             .ok_or_else(|| OutreachError::Invalid(format!("no member with id {member_id:?}")))?;
         let data = match r.trigger {
-            TriggerKind::OrderAccepted | TriggerKind::OrderCancellable => {
-                OrderEvent::sample_data()
-            }
+            TriggerKind::OrderAccepted | TriggerKind::OrderCancellable => OrderEvent::sample_data(),
             _ => serde_json::Value::Null,
         };
         let trigger = Trigger {
@@ -322,7 +320,14 @@ impl Outreach {
                 if let Err(e) = &rendered {
                     tracing::warn!(member_id = %t.member_id, rule = %name, error = %e, "Template failed on the member's data");
                     finish(conn, id, &Decision::Skipped(reasons::RENDER_FAILED), now_ms)?;
-                    log(conn, id, "render", "skip", Some(reasons::RENDER_FAILED), now_ms)?;
+                    log(
+                        conn,
+                        id,
+                        "render",
+                        "skip",
+                        Some(reasons::RENDER_FAILED),
+                        now_ms,
+                    )?;
                     continue;
                 }
                 log(conn, id, "plan", "planned", None, now_ms)?;
@@ -408,7 +413,14 @@ impl Outreach {
         }
         // 2. Quiet hours, in the member's time zone.
         if facts.tz_fallback {
-            log(conn, row.id, "timezone", "fallback", Some(reasons::TZ_FALLBACK), now_ms)?;
+            log(
+                conn,
+                row.id,
+                "timezone",
+                "fallback",
+                Some(reasons::TZ_FALLBACK),
+                now_ms,
+            )?;
         }
         let quiet = if self.cfg.quiet_hours.categories.contains(&row.category) {
             let (start, end) = self.cfg.quiet_hours.window();
@@ -457,12 +469,7 @@ impl Outreach {
             Some(Decision::Skipped(reasons::DUPLICATE_EPISODE))
         } else {
             match row.trigger.relevant_states() {
-                Some(states)
-                    if !facts
-                        .state
-                        .as_deref()
-                        .is_some_and(|s| states.contains(&s)) =>
-                {
+                Some(states) if !facts.state.as_deref().is_some_and(|s| states.contains(&s)) => {
                     Some(Decision::Cancelled(reasons::NO_LONGER_RELEVANT))
                 }
                 _ => None,
@@ -582,11 +589,14 @@ impl Outreach {
              WHERE member_id = ?1 AND status IN ('held', 'queued')",
         )?;
         let rows: Vec<(i64, String, String, Option<i64>)> = st
-            .query_map([member_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .query_map([member_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
         let mut n = 0;
         for (id, trigger, status, delivery_id) in rows {
-            let Some(states) = TriggerKind::parse(&trigger).and_then(|k| k.relevant_states()) else {
+            let Some(states) = TriggerKind::parse(&trigger).and_then(|k| k.relevant_states())
+            else {
                 continue;
             };
             if states.contains(&new_state) {
@@ -598,9 +608,26 @@ impl Outreach {
                 _ => false,
             };
             if cancel {
-                finish(conn, id, &Decision::Cancelled(reasons::NO_LONGER_RELEVANT), now_ms)?;
-                log(conn, id, "relevance", "cancel", Some(reasons::NO_LONGER_RELEVANT), now_ms)?;
-                tracing::info!(outreach_id = id, member_id, new_state, "Outreach cancelled: no longer relevant");
+                finish(
+                    conn,
+                    id,
+                    &Decision::Cancelled(reasons::NO_LONGER_RELEVANT),
+                    now_ms,
+                )?;
+                log(
+                    conn,
+                    id,
+                    "relevance",
+                    "cancel",
+                    Some(reasons::NO_LONGER_RELEVANT),
+                    now_ms,
+                )?;
+                tracing::info!(
+                    outreach_id = id,
+                    member_id,
+                    new_state,
+                    "Outreach cancelled: no longer relevant"
+                );
                 n += 1;
             }
         }
@@ -801,19 +828,38 @@ mod tests {
         // 23:00 EST on Saturday 7 March 2026; clocks spring forward at 02:00 on the 8th.
         let until = quiet_until(t("2026-03-08T04:00:00Z"), ny, hm("21:00"), hm("08:00")).unwrap();
         assert_eq!(until, t("2026-03-08T12:00:00Z")); // 08:00 EDT, not 13:00Z
-        // The autumn change: 08:00 EST on 1 November 2026 is 13:00Z.
+                                                      // The autumn change: 08:00 EST on 1 November 2026 is 13:00Z.
         let until = quiet_until(t("2026-11-01T05:00:00Z"), ny, hm("21:00"), hm("08:00")).unwrap();
         assert_eq!(until, t("2026-11-01T13:00:00Z"));
-        assert_eq!(quiet_until(t("2026-03-08T15:00:00Z"), ny, hm("21:00"), hm("08:00")), None);
+        assert_eq!(
+            quiet_until(t("2026-03-08T15:00:00Z"), ny, hm("21:00"), hm("08:00")),
+            None
+        );
         // A daytime window, and none at all.
-        assert!(quiet_until(t("2026-03-08T13:00:00Z"), chrono_tz::UTC, hm("12:00"), hm("14:00")).is_some());
-        assert_eq!(quiet_until(t("2026-03-08T13:00:00Z"), chrono_tz::UTC, hm("12:00"), hm("12:00")), None);
+        assert!(quiet_until(
+            t("2026-03-08T13:00:00Z"),
+            chrono_tz::UTC,
+            hm("12:00"),
+            hm("14:00")
+        )
+        .is_some());
+        assert_eq!(
+            quiet_until(
+                t("2026-03-08T13:00:00Z"),
+                chrono_tz::UTC,
+                hm("12:00"),
+                hm("12:00")
+            ),
+            None
+        );
     }
 
     #[test]
     fn a_wall_time_in_the_spring_gap_moves_to_the_first_valid_minute() {
         let ny = chrono_tz::America::New_York;
-        let gap = chrono::NaiveDate::from_ymd_opt(2026, 3, 8).unwrap().and_time(hm("02:30"));
+        let gap = chrono::NaiveDate::from_ymd_opt(2026, 3, 8)
+            .unwrap()
+            .and_time(hm("02:30"));
         assert_eq!(local_to_utc(ny, gap), t("2026-03-08T07:00:00Z"));
     }
 

@@ -133,7 +133,11 @@ mod tests {
                 category: "marketing".into()
             })
         );
-        let forged = format!("{}.{}", B64.encode("m2|*|marketing"), t.split_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            B64.encode("m2|*|marketing"),
+            t.split_once('.').unwrap().1
+        );
         assert_eq!(k.verify(&forged), None);
         assert_eq!(OptOutKey::from_seed(b"other").verify(&t), None);
         assert_eq!(k.verify("garbage"), None);

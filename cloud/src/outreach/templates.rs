@@ -47,16 +47,46 @@ pub enum TemplateError {
 
 /// The built-in templates (the same files as `config/templates/`).
 pub const BUILT_IN: &[(&str, &str)] = &[
-    ("welcome", include_str!("../../../config/templates/welcome.txt.j2")),
-    ("first_week_nudge", include_str!("../../../config/templates/first_week_nudge.txt.j2")),
-    ("win_back", include_str!("../../../config/templates/win_back.txt.j2")),
-    ("last_call", include_str!("../../../config/templates/last_call.txt.j2")),
-    ("welcome_back", include_str!("../../../config/templates/welcome_back.txt.j2")),
-    ("champion", include_str!("../../../config/templates/champion.txt.j2")),
-    ("hundredth_use", include_str!("../../../config/templates/hundredth_use.txt.j2")),
-    ("streak", include_str!("../../../config/templates/streak.txt.j2")),
-    ("order_accepted", include_str!("../../../config/templates/order_accepted.txt.j2")),
-    ("order_cancellable", include_str!("../../../config/templates/order_cancellable.txt.j2")),
+    (
+        "welcome",
+        include_str!("../../../config/templates/welcome.txt.j2"),
+    ),
+    (
+        "first_week_nudge",
+        include_str!("../../../config/templates/first_week_nudge.txt.j2"),
+    ),
+    (
+        "win_back",
+        include_str!("../../../config/templates/win_back.txt.j2"),
+    ),
+    (
+        "last_call",
+        include_str!("../../../config/templates/last_call.txt.j2"),
+    ),
+    (
+        "welcome_back",
+        include_str!("../../../config/templates/welcome_back.txt.j2"),
+    ),
+    (
+        "champion",
+        include_str!("../../../config/templates/champion.txt.j2"),
+    ),
+    (
+        "hundredth_use",
+        include_str!("../../../config/templates/hundredth_use.txt.j2"),
+    ),
+    (
+        "streak",
+        include_str!("../../../config/templates/streak.txt.j2"),
+    ),
+    (
+        "order_accepted",
+        include_str!("../../../config/templates/order_accepted.txt.j2"),
+    ),
+    (
+        "order_cancellable",
+        include_str!("../../../config/templates/order_cancellable.txt.j2"),
+    ),
 ];
 
 /// A rendered message.

@@ -307,8 +307,14 @@ mod tests {
         assert_eq!(transition_kind(Some("active"), "lapsing"), Some(ToLapsing));
         assert_eq!(transition_kind(Some("new"), "lapsing"), Some(ToLapsing));
         assert_eq!(transition_kind(Some("lapsing"), "lapsed"), Some(ToLapsed));
-        assert_eq!(transition_kind(Some("lapsing"), "active"), Some(WelcomeBack));
-        assert_eq!(transition_kind(Some("lapsed"), "champion"), Some(WelcomeBack));
+        assert_eq!(
+            transition_kind(Some("lapsing"), "active"),
+            Some(WelcomeBack)
+        );
+        assert_eq!(
+            transition_kind(Some("lapsed"), "champion"),
+            Some(WelcomeBack)
+        );
         assert_eq!(transition_kind(Some("active"), "champion"), Some(Champion));
         assert_eq!(transition_kind(Some("new"), "active"), None);
         assert_eq!(transition_kind(None, "lapsing"), None);

@@ -79,7 +79,9 @@ pub fn list(
             episode: r.get(4)?,
             channel: r.get(5)?,
             category: r.get(6)?,
-            due_at: (status == "held").then(|| r.get::<_, i64>(12).map(ms_to_rfc3339)).transpose()?,
+            due_at: (status == "held")
+                .then(|| r.get::<_, i64>(12).map(ms_to_rfc3339))
+                .transpose()?,
             status,
             reason,
             subject: r.get(9)?,
