@@ -401,7 +401,8 @@ mod tests {
                 WebhookSecret::from_bytes(&[1; 32]).to_whsec(),
             )],
         };
-        let s = WebhookSender::new(&DeliveryConfig::default(), std::slice::from_ref(&hook)).unwrap();
+        let s =
+            WebhookSender::new(&DeliveryConfig::default(), std::slice::from_ref(&hook)).unwrap();
         match s.send("x", "id1", "{}".into(), Utc::now()).await {
             Attempt::Permanent { error } => assert!(error.contains("ssrf_refused"), "{error}"),
             other => panic!("{other:?}"),

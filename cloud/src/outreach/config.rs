@@ -59,7 +59,7 @@ impl Default for OutreachConfig {
             business_tz: "UTC".into(),
             public_url: "http://127.0.0.1:8080".into(),
             templates_dir: None,
-            default_device_model: "your machine".into(),
+            default_device_model: "machine".into(),
             episode_gap_days: 30,
             onboarding_lookback_days: 3,
             nudge_max_active_days: 1,

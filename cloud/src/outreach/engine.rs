@@ -174,12 +174,13 @@ impl Outreach {
         )?);
         set_cursor(&tx, "events_received_ms", now_ms)?;
         report.triggers = found.len() as u64;
-        let mut rows = Vec::new();
+        // Held messages that are due; read before planning, which inserts new rows as held.
+        let mut rows = due_held(&tx, now_ms)?;
+        let held = rows.len();
         for t in &found {
             rows.extend(self.plan(&tx, t, now)?);
         }
-        report.planned = rows.len() as u64;
-        rows.extend(due_held(&tx, now_ms)?);
+        report.planned = (rows.len() - held) as u64;
         // Higher priority first, so it takes the member's cap; then oldest first.
         rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         for row in rows {
@@ -440,8 +441,8 @@ impl Outreach {
                 let count = |from: i64, to: i64| -> Result<u32, OutreachError> {
                     Ok(conn.query_row(
                         "SELECT COUNT(*) FROM outreach WHERE member_id = ?1 AND channel = ?2 AND category = ?3
-                           AND status = 'queued' AND queued_ms >= ?4 AND queued_ms < ?5",
-                        params![row.member_id, row.channel.name(), row.category.name(), from, to],
+                           AND status = 'queued' AND queued_ms >= ?4 AND queued_ms < ?5 AND id != ?6",
+                        params![row.member_id, row.channel.name(), row.category.name(), from, to, row.id],
                         |r| r.get(0),
                     )?)
                 };
