@@ -31,17 +31,47 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
     cfg.delivery.device_ack_timeout_s = 1;
     let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
     let now = clock.now();
-    add_member(&conn, "m-maria", "Maria Lopez", Some("UTC"), None, "2025-01-10");
-    add_usage(&conn, "m-maria", 5, &(now - chrono::Duration::days(9)).to_rfc3339(), "latte");
-    set_state(&conn, "m-maria", None, "active", now - chrono::Duration::days(30));
+    add_member(
+        &conn,
+        "m-maria",
+        "Maria Lopez",
+        Some("UTC"),
+        None,
+        "2025-01-10",
+    );
+    add_usage(
+        &conn,
+        "m-maria",
+        5,
+        &(now - chrono::Duration::days(9)).to_rfc3339(),
+        "latte",
+    );
+    set_state(
+        &conn,
+        "m-maria",
+        None,
+        "active",
+        now - chrono::Duration::days(30),
+    );
     let device_key = KeyPair::generate();
     let device = DeviceId::parse("dev-maria").unwrap();
-    rollcall_cloud::registry::add_device(&conn, &device, &MemberId::parse("m-maria").unwrap(), &device_key.public(), now).unwrap();
+    rollcall_cloud::registry::add_device(
+        &conn,
+        &device,
+        &MemberId::parse("m-maria").unwrap(),
+        &device_key.public(),
+        now,
+    )
+    .unwrap();
 
     let broker = rollcall_cloud::broker::start("127.0.0.1:0".parse().unwrap(), 100).unwrap();
     let cloud_key = rollcall_cloud::keys::load_or_create(&dir.path().join("cloud.key")).unwrap();
     let shutdown = CancellationToken::new();
-    let url = BrokerUrl { host: "127.0.0.1".into(), port: broker.addr.port(), tls: false };
+    let url = BrokerUrl {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+        tls: false,
+    };
     let (sender, _task) = DeviceSender::start(
         DeviceChannelSettings {
             url,
@@ -60,7 +90,10 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
         rollcall_cloud::store::open_writer(dir.path()).unwrap(),
         cfg.delivery.clone(),
         clock.clone(),
-        Channels { device: Some(sender), ..Channels::default() },
+        Channels {
+            device: Some(sender),
+            ..Channels::default()
+        },
         Arc::new(Metrics::new()),
     )
     .unwrap();
@@ -72,7 +105,10 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
         key: device_key,
         device_id: device.clone(),
         topics: Topics::default(),
-        mqtt: MqttSettings::new(rollcall_agent::uplink::BrokerUrl::plain("127.0.0.1", broker.addr.port())),
+        mqtt: MqttSettings::new(rollcall_agent::uplink::BrokerUrl::plain(
+            "127.0.0.1",
+            broker.addr.port(),
+        )),
         uplink: UplinkSettings::default(),
         cloud_key: Some(cloud_key.public()),
         clock: clock.clone(),
@@ -84,7 +120,9 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
     set_state(&conn, "m-maria", Some("active"), "lapsing", clock.now());
     let outreach = Outreach::new(&cfg).unwrap();
     assert_eq!(outreach.tick(&mut conn, clock.now()).unwrap().queued, 1);
-    let id = rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0].delivery_id.unwrap();
+    let id = rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0]
+        .delivery_id
+        .unwrap();
     let t0 = Instant::now();
     loop {
         dispatcher.dispatch_once().await.unwrap();
@@ -92,15 +130,27 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
         if d.status == "delivered" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "not delivered: {d:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not delivered: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let kept = outbox.messages().unwrap();
     assert_eq!(kept.len(), 1, "kept once, whatever the re-sends: {kept:?}");
-    assert_eq!(kept[0].id, format!("outreach:{}", rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0].id));
+    assert_eq!(
+        kept[0].id,
+        format!(
+            "outreach:{}",
+            rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0].id
+        )
+    );
     assert_eq!(kept[0].title, "We miss you, Maria");
     assert!(kept[0].body.starts_with("Hi Maria,"), "{}", kept[0].body);
-    assert_eq!(rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0].status, "sent");
+    assert_eq!(
+        rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0].status,
+        "sent"
+    );
     agent_stop.cancel();
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;

@@ -37,7 +37,11 @@ fn cli(config: &std::path::Path, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -55,8 +59,21 @@ async fn deliveries_in_flight_when_the_cloud_is_killed_are_all_delivered_once_af
         let now = chrono::Utc::now();
         for i in 0..MEMBERS {
             let id = format!("m-{i:03}");
-            add_member(&conn, &id, &format!("Member{i} Test"), Some("UTC"), None, "2025-01-10");
-            add_usage(&conn, &id, 5, &(now - chrono::Duration::days(10)).to_rfc3339(), "latte");
+            add_member(
+                &conn,
+                &id,
+                &format!("Member{i} Test"),
+                Some("UTC"),
+                None,
+                "2025-01-10",
+            );
+            add_usage(
+                &conn,
+                &id,
+                5,
+                &(now - chrono::Duration::days(10)).to_rfc3339(),
+                "latte",
+            );
             set_state(&conn, &id, None, "active", now - chrono::Duration::days(30));
             set_state(&conn, &id, Some("active"), "lapsing", now);
         }
@@ -100,7 +117,10 @@ concurrency = 8
     let mut first = serve(&config);
     let t0 = Instant::now();
     while receiver.received().len() < 10 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no deliveries started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no deliveries started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Requests are in flight right now (the receiver takes 400 ms to answer each).
@@ -116,7 +136,11 @@ concurrency = 8
         if distinct.len() >= MEMBERS {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(90), "only {} of {MEMBERS} delivered", distinct.len());
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "only {} of {MEMBERS} delivered",
+            distinct.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let anything still due finish, then stop cleanly.
@@ -129,11 +153,17 @@ concurrency = 8
     assert_eq!(receiver.bad_signatures(), 0);
     let mut by_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in &got {
-        by_id.entry(r.id.clone()).or_default().push(r.body["member"]["id"].as_str().unwrap().to_owned());
+        by_id
+            .entry(r.id.clone())
+            .or_default()
+            .push(r.body["member"]["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(by_id.len(), MEMBERS);
     for (id, members) in &by_id {
-        assert!(members.iter().all(|m| m == &members[0]), "{id}: one id, one member");
+        assert!(
+            members.iter().all(|m| m == &members[0]),
+            "{id}: one id, one member"
+        );
     }
     let members: BTreeSet<_> = by_id.values().map(|m| m[0].clone()).collect();
     assert_eq!(members.len(), MEMBERS, "every member, each once");
@@ -149,14 +179,28 @@ concurrency = 8
         assert_eq!(d["status"], "delivered", "{d}");
     }
     assert!(
-        deliveries.iter().any(|d| d["attempts"].as_u64().unwrap() >= 2),
+        deliveries
+            .iter()
+            .any(|d| d["attempts"].as_u64().unwrap() >= 2),
         "some deliveries were in flight at the kill and were sent again"
     );
     let outreach = cli(&config, &["outreach", "list", "--json"]);
     let outreach = outreach.as_array().unwrap();
-    assert_eq!(outreach.len(), MEMBERS, "nothing planned twice across the restart");
+    assert_eq!(
+        outreach.len(),
+        MEMBERS,
+        "nothing planned twice across the restart"
+    );
     for o in outreach {
-        for k in ["id", "member_id", "rule", "channel", "status", "reason", "body"] {
+        for k in [
+            "id",
+            "member_id",
+            "rule",
+            "channel",
+            "status",
+            "reason",
+            "body",
+        ] {
             assert!(o.get(k).is_some(), "{k} in {o}");
         }
         assert_eq!(o["status"], "sent");
