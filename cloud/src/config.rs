@@ -722,6 +722,44 @@ mod tests {
     }
 
     #[test]
+    fn outreach_templates_are_rendered_at_load_and_errors_name_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t/hi.txt.j2"), "Hi {{ member.nmae }}").unwrap();
+        let p = dir.path().join("cloud.toml");
+        let rule = "[outreach.rules.hi]\ntrigger = \"to_lapsing\"\nchannels = [\"webhook\"]\ntemplate = \"hi\"\ncategory = \"marketing\"\n";
+        std::fs::write(&p, format!("[outreach]\ntemplates_dir = \"t\"\n{rule}")).unwrap();
+        let e = CloudConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("cloud.toml")
+                && e.contains("outreach.rules")
+                && e.contains("rule hi")
+                && e.contains("undefined"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("t/hi.txt.j2"), "Hi {{ member.first_name }}").unwrap();
+        CloudConfig::load(Some(&p)).unwrap();
+        let e = load_str("[outreach]\nbusiness_tz = \"Mars/Base\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outreach.business_tz"), "{e}");
+        let e = load_str(
+            "[[outreach.webhooks]]\nname = \"x\"\nurl = \"http://h/\"\nsecrets = [\"nope\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("outreach.webhooks") && !e.contains("nope"),
+            "{e}"
+        );
+        let c = load_str("[[outreach.webhooks]]\nname = \"x\"\nurl = \"http://h/\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n").unwrap();
+        assert!(
+            !format!("{c:?}").contains("MfKQ9r8G"),
+            "secrets stay out of Debug"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let mut c = CloudConfig::default();
         c.apply_env(|k| (k == "ROLLCALL_HTTP_LISTEN").then(|| "127.0.0.1:0".to_owned()));
