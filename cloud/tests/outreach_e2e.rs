@@ -116,7 +116,8 @@ concurrency = 8
 
     let mut first = serve(&config);
     let t0 = Instant::now();
-    while receiver.received().len() < 10 {
+    // Kill while the receiver is holding several requests: they are in flight for sure.
+    while receiver.received().len() < 10 || receiver.in_progress() < 4 {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "no deliveries started"
@@ -127,6 +128,15 @@ concurrency = 8
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let before_restart = receiver.received().len();
+    let in_flight: i64 = rollcall_cloud::store::open_reader(&data)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'in_flight'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(in_flight > 0, "deliveries were in flight at the kill");
     assert!(before_restart < MEMBERS, "killed too late to test anything");
 
     let mut second = serve(&config);

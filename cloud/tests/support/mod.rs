@@ -36,6 +36,7 @@ struct ReceiverState {
     last: Option<Reply>,
     received: Vec<Received>,
     bad_signatures: usize,
+    started: usize,
 }
 
 /// A local HTTP receiver of Standard Webhooks.
@@ -83,6 +84,7 @@ impl Receiver {
                     }
                     let reply = {
                         let mut s = st.lock().unwrap();
+                        s.started += 1;
                         let r = s
                             .replies
                             .pop_front()
@@ -140,6 +142,12 @@ impl Receiver {
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))
             .collect()
+    }
+
+    /// Requests being answered right now (arrived, not yet answered).
+    pub fn in_progress(&self) -> usize {
+        let s = self.state.lock().unwrap();
+        s.started - s.received.len()
     }
 
     pub fn bad_signatures(&self) -> usize {
