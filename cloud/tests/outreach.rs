@@ -571,3 +571,73 @@ fn webhook_delivery_benchmark() {
     assert_eq!(r.distinct, r.deliveries);
     assert_eq!(r.bad_signatures, 0);
 }
+
+#[tokio::test]
+async fn a_delivery_that_keeps_failing_goes_dead_after_the_last_attempt() {
+    let mut e = env("2026-05-21T09:00:00Z", vec![Reply::Status(500)], |c| {
+        c.delivery.max_attempts = 3;
+    })
+    .await;
+    e.maria();
+    set_state(&e.conn, "m-maria", Some("active"), "lapsing", e.clock.now());
+    e.tick();
+    for _ in 0..10 {
+        e.dispatch().await;
+        e.clock.advance(Duration::minutes(2));
+    }
+    assert_eq!(e.receiver.received().len(), 3);
+    let m = e.list("m-maria")[0].clone();
+    assert_eq!(
+        (m.status.as_str(), m.reason.as_deref(), m.attempts),
+        ("dead", Some("HTTP 500"), 3)
+    );
+    let dead = rollcall_cloud::delivery::list(
+        &e.conn,
+        Some(rollcall_cloud::delivery::DeliveryStatus::Dead),
+        10,
+    )
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+}
+
+#[tokio::test]
+async fn the_weekly_cap_counts_the_members_iso_week() {
+    let mut e = env("2026-05-18T09:00:00Z", vec![], |c| {
+        // Monday 18 May 2026; one a day, two a week.
+        c.outreach
+            .caps
+            .get_mut(&rollcall_cloud::outreach::Category::Marketing)
+            .unwrap()
+            .per_week = 2;
+        c.outreach.episode_gap_days = 0;
+    })
+    .await;
+    e.maria();
+    let mut statuses = Vec::new();
+    for day in 0..3 {
+        set_state(&e.conn, "m-maria", Some("active"), "lapsing", e.clock.now());
+        e.tick();
+        set_state(
+            &e.conn,
+            "m-maria",
+            Some("lapsing"),
+            "active",
+            e.clock.now() + Duration::hours(1),
+        );
+        e.clock.advance(Duration::hours(1));
+        e.dispatch().await;
+        e.tick();
+        statuses.push((
+            day,
+            e.of_rule("m-maria", "win_back")[0].status.clone(),
+            e.of_rule("m-maria", "win_back")[0].reason.clone(),
+        ));
+        e.clock.advance(Duration::hours(23));
+    }
+    assert_eq!(statuses[0].1, "sent");
+    assert_eq!(statuses[1].1, "sent");
+    assert_eq!(
+        (statuses[2].1.as_str(), statuses[2].2.as_deref()),
+        ("skipped", Some("frequency_cap_weekly"))
+    );
+}
