@@ -77,6 +77,7 @@ fn next_ack(d: &Device, cloud_key: &PublicKey) -> rollcall_shared::payload::Ack 
         .expect("acks are signed by the cloud");
     match Downlink::decode(&body).unwrap().body {
         DownBody::Ack(a) => a,
+        other => panic!("expected an ack, got {other:?}"),
     }
 }
 

@@ -78,6 +78,8 @@ pub enum Command {
     Run,
     /// Show the outbox and connection state.
     Status(StatusArgs),
+    /// List the display messages the cloud sent, newest first.
+    Messages(StatusArgs),
 }
 
 /// Arguments of `record`.
@@ -241,6 +243,31 @@ pub async fn execute(
                 )?;
             } else {
                 write!(out, "{}", report.to_table(now))?;
+            }
+        }
+        Command::Messages(args) => {
+            identity::ensure_data_dir(cfg.data_dir())?;
+            let outbox =
+                SqliteOutbox::open(&cfg.outbox_path(), cfg.outbox_limits(), clock.clone())?;
+            let messages = outbox.messages()?;
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&messages).expect("messages serialise")
+                )?;
+            } else if messages.is_empty() {
+                writeln!(out, "no messages")?;
+            } else {
+                for m in messages {
+                    writeln!(
+                        out,
+                        "{}  {}\n  {}\n",
+                        m.received_at.to_rfc3339(),
+                        m.title,
+                        m.body.replace('\n', "\n  ")
+                    )?;
+                }
             }
         }
         Command::Run => daemon::run_daemon(cfg, clock, shutdown).await?,

@@ -371,3 +371,37 @@ fn the_daemon_serves_the_socket_holds_the_lock_and_stops_on_sigterm() {
         "nothing is lost or deleted without an ack"
     );
 }
+
+#[test]
+fn messages_lists_what_the_cloud_sent_as_text_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let empty = run(&["messages", "--json", "--data-dir", d]);
+    assert!(empty.status.success(), "{}", stderr(&empty));
+    assert_eq!(stdout(&empty).trim(), "[]");
+    // What the uplink keeps when a display message arrives.
+    let outbox = rollcall_agent::outbox::SqliteOutbox::open(
+        &dir.path().join("outbox.db"),
+        Default::default(),
+        std::sync::Arc::new(rollcall_shared::SystemClock),
+    )
+    .unwrap();
+    use rollcall_agent::outbox::Outbox;
+    outbox
+        .store_message(&rollcall_shared::payload::DeviceMessage {
+            id: "outreach:1".into(),
+            title: "Welcome back, Maria".into(),
+            body: "It is good to see your machine busy again.".into(),
+        })
+        .unwrap();
+    drop(outbox);
+    let json = run(&["messages", "--json", "--data-dir", d]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(v[0]["id"], "outreach:1");
+    assert_eq!(v[0]["title"], "Welcome back, Maria");
+    let text = stdout(&run(&["messages", "--data-dir", d]));
+    assert!(
+        text.contains("Welcome back, Maria") && text.contains("busy again"),
+        "{text}"
+    );
+}

@@ -71,6 +71,75 @@ pub enum Command {
     /// API bearer tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Personalised outreach: preview, list, plan now.
+    #[command(subcommand)]
+    Outreach(OutreachCmd),
+    /// The delivery queue.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCmd),
+}
+
+/// `outreach …`.
+#[derive(Debug, Subcommand)]
+pub enum OutreachCmd {
+    /// Render what rule NAME would send to a member, with their real data, without sending.
+    Preview {
+        /// Member id.
+        #[arg(long)]
+        member: String,
+        /// Rule name (`[outreach.rules.NAME]`).
+        #[arg(long)]
+        rule: String,
+        /// Print JSON (with the template context).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List messages, newest first: id, member, rule, channel, status, reason, body.
+    List {
+        /// Only this member.
+        #[arg(long)]
+        member: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Show one message with its policy log.
+    Show {
+        /// Message id.
+        id: i64,
+    },
+    /// Run one planning step now (what `serve` does every `outreach.tick_interval_s`).
+    Tick,
+}
+
+/// `deliveries …`.
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCmd {
+    /// List deliveries, newest first: id, channel, status, attempts, last error.
+    List {
+        /// Only this status: pending, in_flight, awaiting_ack, delivered, dead, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Show one delivery with every attempt.
+    Show {
+        /// Delivery id.
+        id: i64,
+    },
+    /// Make a dead delivery due again now (one more attempt; re-enables a 410'd endpoint).
+    Retry {
+        /// Delivery id.
+        id: i64,
+    },
 }
 
 /// `tokens …`.
@@ -298,6 +367,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => model_fit(cfg, clock, from_csv, calibration_end, &unit, model, json),
         Command::Usage(UsageCmd::Import { file }) => usage_import(cfg, clock, &file),
         Command::Tokens(cmd) => tokens(cfg, clock, cmd),
+        Command::Outreach(cmd) => outreach(cfg, clock, cmd),
+        Command::Deliveries(cmd) => deliveries(cfg, clock, cmd),
         Command::Keys(KeysCmd::Show) => {
             let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
             println!(
@@ -570,6 +641,139 @@ fn usage_import(
         );
     }
     Ok(())
+}
+
+fn outreach(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: OutreachCmd) -> anyhow::Result<()> {
+    match cmd {
+        OutreachCmd::Preview { member, rule, json } => {
+            let member = MemberId::parse(&member)?;
+            let o = crate::outreach::Outreach::new(&cfg)?;
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let p = o.preview(&conn, member.as_str(), &rule, clock.now())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                let channels: Vec<_> = p.channels.iter().map(|c| c.name()).collect();
+                println!(
+                    "rule {} ({}, {}) to {} by {}",
+                    p.rule,
+                    p.trigger,
+                    p.category.name(),
+                    p.member_id,
+                    channels.join(", ")
+                );
+                println!("Subject: {}\n\n{}", p.subject, p.body);
+            }
+            Ok(())
+        }
+        OutreachCmd::List {
+            member,
+            json,
+            limit,
+        } => {
+            let member = member.map(|m| MemberId::parse(&m)).transpose()?;
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let rows =
+                crate::outreach::view::list(&conn, member.as_ref().map(|m| m.as_str()), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<6} {:<14} {:<18} {:<8} {:<10} {:<22} subject",
+                    "id", "member", "rule", "channel", "status", "reason"
+                );
+                for r in rows {
+                    println!(
+                        "{:<6} {:<14} {:<18} {:<8} {:<10} {:<22} {}",
+                        r.id,
+                        r.member_id,
+                        r.rule,
+                        r.channel,
+                        r.status,
+                        r.reason.as_deref().unwrap_or("-"),
+                        r.subject
+                    );
+                }
+            }
+            Ok(())
+        }
+        OutreachCmd::Show { id } => {
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let row = crate::outreach::view::list(&conn, None, u32::MAX)?
+                .into_iter()
+                .find(|r| r.id == id)
+                .with_context(|| format!("no outreach message with id {id}"))?;
+            let log = crate::outreach::view::log(&conn, id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"message": row, "log": log}))?
+            );
+            Ok(())
+        }
+        OutreachCmd::Tick => {
+            let o = crate::outreach::Outreach::new(&cfg)?;
+            let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+            let r = o.tick(&mut conn, clock.now())?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+    }
+}
+
+fn deliveries(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: DeliveriesCmd) -> anyhow::Result<()> {
+    let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+    match cmd {
+        DeliveriesCmd::List {
+            status,
+            json,
+            limit,
+        } => {
+            let status = status
+                .as_deref()
+                .map(crate::delivery::DeliveryStatus::parse)
+                .transpose()?;
+            let rows = crate::delivery::list(&conn, status, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<6} {:<8} {:<13} {:>8}  {:<26} last error",
+                    "id", "channel", "status", "attempts", "target"
+                );
+                for r in rows {
+                    println!(
+                        "{:<6} {:<8} {:<13} {:>8}  {:<26} {}",
+                        r.id,
+                        r.channel,
+                        r.status,
+                        r.attempts,
+                        r.target,
+                        r.last_error.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(())
+        }
+        DeliveriesCmd::Show { id } => {
+            let d = crate::delivery::get(&conn, id)?
+                .with_context(|| format!("no delivery with id {id}"))?;
+            let attempts = crate::delivery::attempts(&conn, id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"delivery": d, "attempts": attempts})
+                )?
+            );
+            Ok(())
+        }
+        DeliveriesCmd::Retry { id } => {
+            crate::delivery::retry(&mut conn, id, clock.now())?;
+            let d = crate::delivery::get(&conn, id)?
+                .with_context(|| format!("no delivery with id {id}"))?;
+            println!("{}", serde_json::to_string(&d)?);
+            Ok(())
+        }
+    }
 }
 
 async fn serve(cfg: CloudConfig, clock: Arc<dyn Clock>) -> anyhow::Result<()> {

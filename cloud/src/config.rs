@@ -82,6 +82,10 @@ pub struct CloudConfig {
     pub registry: RegistryConfig,
     /// Membership scoring (`[scoring]`).
     pub scoring: ScoringConfig,
+    /// Personalised outreach (`[outreach]`): rules, templates, policy, webhooks.
+    pub outreach: OutreachConfig,
+    /// The delivery queue's dispatcher (`[delivery]`).
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for CloudConfig {
@@ -94,6 +98,8 @@ impl Default for CloudConfig {
             ingest: IngestConfig::default(),
             registry: RegistryConfig::default(),
             scoring: ScoringConfig::default(),
+            outreach: OutreachConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -267,6 +273,160 @@ impl Default for ScoringConfig {
     }
 }
 
+pub use crate::outreach::config::{
+    CapConfig, OutreachConfig, QuietHours, RuleConfig, WebhookConfig,
+};
+
+/// `[delivery]`: the dispatcher of the delivery queue (`crate::delivery`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Run the dispatcher in `serve`.
+    pub enabled: bool,
+    /// Attempts before a delivery is `dead`.
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt, in milliseconds (doubling after each).
+    pub backoff_initial_ms: u64,
+    /// Cap on the delay between attempts, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Relative jitter on each delay (0.2: ±20 %).
+    pub backoff_jitter: f64,
+    /// How often the dispatcher looks for due deliveries when idle (real milliseconds).
+    pub poll_interval_ms: u64,
+    /// Most deliveries claimed in one step.
+    pub batch_size: usize,
+    /// Most deliveries in flight at once.
+    pub concurrency: usize,
+    /// Whole-request timeout for webhooks, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Connect timeout for webhooks and SMTP, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Allow webhook URLs that resolve to private, loopback or link-local addresses (SSRF guard off).
+    pub allow_private_addresses: bool,
+    /// A device message not acknowledged by the agent within this many seconds is sent again.
+    pub device_ack_timeout_s: u64,
+    /// SMTP for the e-mail channel.
+    pub smtp: SmtpConfig,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_attempts: 10,
+            backoff_initial_ms: 10 * 60_000,
+            backoff_max_ms: 24 * 3_600_000,
+            backoff_jitter: 0.2,
+            poll_interval_ms: 500,
+            batch_size: 256,
+            concurrency: 64,
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            allow_private_addresses: false,
+            device_ack_timeout_s: 300,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The retry schedule.
+    pub fn backoff(&self) -> crate::delivery::Backoff {
+        crate::delivery::Backoff {
+            initial: std::time::Duration::from_millis(self.backoff_initial_ms),
+            max: std::time::Duration::from_millis(self.backoff_max_ms),
+            jitter: self.backoff_jitter,
+        }
+    }
+
+    /// Checks ranges; errors name the `delivery.*` key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err((
+                "delivery.max_attempts",
+                format!("{} is outside 1..=100", self.max_attempts),
+            ));
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
+            return Err((
+                "delivery.backoff_max_ms",
+                "backoff_initial_ms must be at least 1 and at most backoff_max_ms".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.backoff_jitter) {
+            return Err((
+                "delivery.backoff_jitter",
+                format!("{} is outside [0, 1)", self.backoff_jitter),
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err((
+                "delivery.batch_size",
+                format!("{} is outside 1..=10000", self.batch_size),
+            ));
+        }
+        if !(1..=4096).contains(&self.concurrency) {
+            return Err((
+                "delivery.concurrency",
+                format!("{} is outside 1..=4096", self.concurrency),
+            ));
+        }
+        if self.request_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err((
+                "delivery.request_timeout_ms",
+                "timeouts must be at least 1 ms".into(),
+            ));
+        }
+        if self.poll_interval_ms == 0 {
+            return Err(("delivery.poll_interval_ms", "must be at least 1".into()));
+        }
+        if !matches!(self.smtp.security.as_str(), "none" | "starttls" | "tls") {
+            return Err((
+                "delivery.smtp.security",
+                format!("{:?}: expected none, starttls or tls", self.smtp.security),
+            ));
+        }
+        if !self.smtp.host.is_empty() && crate::domain::Email::parse(&self.smtp.from).is_err() {
+            return Err((
+                "delivery.smtp.from",
+                format!("{:?} is not an e-mail address", self.smtp.from),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[delivery.smtp]`: the e-mail channel.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// SMTP server host; empty disables the e-mail channel (e-mails are skipped with `no_smtp`).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `none` (plain, for local relays and tests), `starttls` or `tls` (rustls).
+    pub security: String,
+    /// User name (empty: no authentication).
+    pub username: String,
+    /// Password (secret).
+    pub password: Secret,
+    /// The From address.
+    pub from: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 25,
+            security: "starttls".into(),
+            username: String::new(),
+            password: Secret::default(),
+            from: "rollcall@example.com".into(),
+        }
+    }
+}
+
 impl ScoringConfig {
     /// The default time zone (validated at load).
     pub fn default_tz(&self) -> chrono_tz::Tz {
@@ -373,10 +533,17 @@ impl CloudConfig {
                     file: file.clone(),
                     source,
                 })?;
-                let cfg: CloudConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    file: file.clone(),
-                    message: e.to_string(),
-                })?;
+                let mut cfg: CloudConfig =
+                    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                        file: file.clone(),
+                        message: e.to_string(),
+                    })?;
+                // Templates are found relative to the file that names them.
+                if let Some(dir) = cfg.outreach.templates_dir.as_mut() {
+                    if dir.is_relative() {
+                        *dir = p.parent().unwrap_or(Path::new(".")).join(&*dir);
+                    }
+                }
                 (cfg, file)
             }
             None => (CloudConfig::default(), "<defaults>".to_owned()),
@@ -456,6 +623,12 @@ impl CloudConfig {
             );
         }
         if let Err((key, message)) = self.scoring.validate() {
+            return bad(key, message);
+        }
+        if let Err((key, message)) = self.delivery.validate() {
+            return bad(key, message);
+        }
+        if let Err((key, message)) = self.outreach.validate() {
             return bad(key, message);
         }
         if self
@@ -546,6 +719,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("scoring.prior"), "{e}");
+    }
+
+    #[test]
+    fn outreach_templates_are_rendered_at_load_and_errors_name_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t/hi.txt.j2"), "Hi {{ member.nmae }}").unwrap();
+        let p = dir.path().join("cloud.toml");
+        let rule = "[outreach.rules.hi]\ntrigger = \"to_lapsing\"\nchannels = [\"webhook\"]\ntemplate = \"hi\"\ncategory = \"marketing\"\n";
+        std::fs::write(&p, format!("[outreach]\ntemplates_dir = \"t\"\n{rule}")).unwrap();
+        let e = CloudConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("cloud.toml")
+                && e.contains("outreach.rules")
+                && e.contains("rule hi")
+                && e.contains("undefined"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("t/hi.txt.j2"), "Hi {{ member.first_name }}").unwrap();
+        CloudConfig::load(Some(&p)).unwrap();
+        let e = load_str("[outreach]\nbusiness_tz = \"Mars/Base\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outreach.business_tz"), "{e}");
+        let e = load_str(
+            "[[outreach.webhooks]]\nname = \"x\"\nurl = \"http://h/\"\nsecrets = [\"nope\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("outreach.webhooks") && !e.contains("nope"),
+            "{e}"
+        );
+        let c = load_str("[[outreach.webhooks]]\nname = \"x\"\nurl = \"http://h/\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n").unwrap();
+        assert!(
+            !format!("{c:?}").contains("MfKQ9r8G"),
+            "secrets stay out of Debug"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API under `/api/v1`:
-//! `GET /api/v1/members/{id}/score` and `GET /api/v1/engagement/summary`. Every API route
+//! `GET /api/v1/members/{id}/score`, `GET /api/v1/engagement/summary`,
+//! `GET /api/v1/members/{id}/outreach` and `GET /api/v1/deliveries`. Every API route
 //! requires `Authorization: Bearer <token>` (see [`crate::tokens`]); the caller's
-//! [`Principal`] is in the request's extensions. Errors are JSON
-//! `{"error": code, "message": ...}`. Handlers read the store on their own read-only
-//! connections, off the async executor.
+//! [`Principal`] is in the request's extensions. The members' one-click
+//! `GET /api/v1/optout?token=...` is never behind tokens: the signed token is the
+//! authority. Errors are JSON `{"error": code, "message": ...}`. Handlers read the store
+//! on their own read-only connections, off the async executor.
 
 use crate::metrics::Metrics;
 use crate::tokens::Principal;
@@ -21,6 +23,22 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The data directory (the API opens read connections to the store there).
     pub data_dir: std::path::PathBuf,
+    /// The key that checks opt-out tokens (`None`: the opt-out link answers 404).
+    pub optout: Option<crate::outreach::optout::OptOutKey>,
+    /// The clock that stamps opt-outs.
+    pub clock: Arc<dyn rollcall_shared::Clock>,
+}
+
+impl AppState {
+    /// State with the system clock and no opt-out key (the opt-out link answers 404).
+    pub fn new(metrics: Arc<Metrics>, data_dir: std::path::PathBuf) -> Self {
+        Self {
+            metrics,
+            data_dir,
+            optout: None,
+            clock: Arc::new(rollcall_shared::SystemClock),
+        }
+    }
 }
 
 /// An API error, rendered as JSON with its status code.
@@ -49,6 +67,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/members/{id}/score", get(member_score))
         .route("/api/v1/engagement/summary", get(engagement_summary))
+        .route("/api/v1/members/{id}/outreach", get(member_outreach))
+        .route("/api/v1/deliveries", get(deliveries))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -57,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .route("/api/v1/optout", get(optout))
         .fallback(not_found)
         .with_state(state)
 }
@@ -203,6 +224,95 @@ async fn engagement_summary(
             .map_err(ApiError::internal)
     })
     .await
+}
+
+async fn member_outreach(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<crate::outreach::view::OutreachView>>, ApiError> {
+    let member = rollcall_shared::MemberId::parse(&id).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_member_id",
+        message: e.to_string(),
+    })?;
+    with_store(&s, move |conn| {
+        crate::outreach::view::list(conn, Some(member.as_str()), 500)
+            .map(Json)
+            .map_err(ApiError::internal)
+    })
+    .await
+}
+
+/// Query of `GET /api/v1/deliveries`.
+#[derive(Debug, serde::Deserialize)]
+struct DeliveriesQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn deliveries(
+    State(s): State<AppState>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<Vec<crate::delivery::DeliveryView>>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(crate::delivery::DeliveryStatus::parse)
+        .transpose()
+        .map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_status",
+            message: e.to_string(),
+        })?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    with_store(&s, move |conn| {
+        crate::delivery::list(conn, status, limit)
+            .map(Json)
+            .map_err(ApiError::internal)
+    })
+    .await
+}
+
+/// Query of `GET /api/v1/optout`.
+#[derive(Debug, serde::Deserialize)]
+struct OptOutQuery {
+    token: String,
+}
+
+async fn optout(
+    State(s): State<AppState>,
+    Query(q): Query<OptOutQuery>,
+) -> Result<axum::response::Html<String>, ApiError> {
+    let Some(key) = s.optout.clone() else {
+        return Err(ApiError::not_found("not_found", "no such route".into()));
+    };
+    let Some(o) = key.verify(&q.token) else {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_token",
+            message: "this opt-out link is not valid".into(),
+        });
+    };
+    let dir = s.data_dir.clone();
+    let now = s.clock.now();
+    let rec = o.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::store::open_writer(&dir).map_err(ApiError::internal)?;
+        crate::outreach::optout::record(&conn, &rec, "link", now).map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    tracing::info!(member_id = %o.member_id, channel = %o.channel, category = %o.category, "Member opted out");
+    let what = if o.channel == "*" {
+        "any channel".to_owned()
+    } else {
+        format!("{} messages", o.channel)
+    };
+    Ok(axum::response::Html(format!(
+        "<!doctype html><meta charset=utf-8><title>Unsubscribed</title>\
+         <p>You will no longer receive {} messages from us by {what}. Messages about your orders still reach you.</p>",
+        o.category
+    )))
 }
 
 async fn not_found() -> ApiError {

@@ -196,7 +196,7 @@ pub fn check(
     let expected_type = match channel {
         Channel::Usage => USAGE_PAYLOAD_TYPE,
         Channel::Status => STATUS_PAYLOAD_TYPE,
-        Channel::Tx | Channel::Down => {
+        Channel::Tx | Channel::Down | Channel::Receipt => {
             let key = sha_key(&msg.payload);
             return reject(
                 Reason::Malformed,

@@ -13,20 +13,27 @@
 //! - [`keys`]: the cloud's own signing key.
 //! - [`usage`]: the usage CSV format, and `usage import` (idempotent).
 //! - [`scoring`]: membership scoring: active days, the fleet model, states and reasons.
+//! - [`outreach`]: personalised outreach: triggers, rules, templates, policy.
+//! - [`delivery`]: the durable delivery queue and its dispatcher (webhook, device, e-mail).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`http`]: `/healthz`, `/metrics`, JSON errors.
-//! - [`server`]: `serve`: broker + ingest + HTTP, started and stopped together.
+//! - [`server`]: `serve`: broker + ingest + scoring + outreach + dispatcher + HTTP, started
+//!   and stopped together.
 //! - [`cli`]: the command-line interface of `rollcall-cloud`.
+
+#![warn(missing_docs)]
 
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod mqtt;
+pub mod outreach;
 pub mod registry;
 pub mod scoring;
 pub mod server;

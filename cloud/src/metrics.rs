@@ -28,6 +28,22 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// Label for delivery attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    /// `webhook`, `device` or `email`.
+    pub channel: String,
+    /// `delivered`, `published`, `retry`, `gone` or `permanent`.
+    pub outcome: String,
+}
+
+/// Label for outreach decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// `queued`, `held`, `skipped` or `cancelled`.
+    pub decision: String,
+}
+
 /// The cloud's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +71,12 @@ pub struct Metrics {
     pub scoring_fits: Counter,
     /// `rollcall_scoring_run_seconds`: time of one scoring run.
     pub scoring_run_seconds: Histogram,
+    /// `rollcall_delivery_attempts_total{channel,outcome}`: delivery attempts made.
+    pub delivery_attempts: Family<DeliveryLabel, Counter>,
+    /// `rollcall_delivery_attempt_seconds`: time of one delivery attempt.
+    pub delivery_latency_seconds: Histogram,
+    /// `rollcall_outreach_decisions_total{decision}`: outreach policy decisions.
+    pub outreach_decisions: Family<DecisionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +102,9 @@ impl Metrics {
             scoring_runs: Counter::default(),
             scoring_fits: Counter::default(),
             scoring_run_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            delivery_attempts: Family::default(),
+            delivery_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            outreach_decisions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +162,21 @@ impl Metrics {
             "scoring_run_seconds",
             "Time of one scoring run",
             m.scoring_run_seconds.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts, by channel and outcome",
+            m.delivery_attempts.clone(),
+        );
+        registry.register(
+            "delivery_attempt_seconds",
+            "Time of one delivery attempt",
+            m.delivery_latency_seconds.clone(),
+        );
+        registry.register(
+            "outreach_decisions",
+            "Outreach policy decisions",
+            m.outreach_decisions.clone(),
         );
         for s in crate::scoring::State::ALL {
             let _ = m.scoring_members.get_or_create(&StateLabel {

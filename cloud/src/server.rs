@@ -1,6 +1,7 @@
 //! `serve`: the embedded broker (unless an external one is configured), the ingest
-//! worker, the background scorer (`[scoring] enabled`) and the HTTP listener, started
-//! together and stopped together.
+//! worker, the background scorer (`[scoring] enabled`), the outreach planner
+//! (`[outreach] enabled`), the delivery dispatcher (`[delivery] enabled`) and the HTTP
+//! listener, started together and stopped together.
 
 use crate::broker;
 use crate::config::CloudConfig;
@@ -78,6 +79,16 @@ pub async fn start(
     };
     let public_key = key.public();
     let clock_for_scoring = clock.clone();
+    let clock_for_outreach = clock.clone();
+    let delivery_key = key.clone();
+    let device_settings = crate::delivery::device::DeviceChannelSettings {
+        url: settings.url.clone(),
+        username: settings.username.clone(),
+        password: settings.password.clone(),
+        ca_file: settings.ca_file.clone(),
+        topic_prefix: cfg.topic_prefix.clone(),
+        data_dir: cfg.data_dir.clone(),
+    };
     let ingest = worker::start(
         &cfg,
         settings,
@@ -92,9 +103,13 @@ pub async fn start(
         .await
         .with_context(|| format!("Failed to listen for HTTP on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let optout = crate::outreach::optout::OptOutKey::load(&cfg.data_dir)
+        .context("Failed to load the opt-out key")?;
     let app = router(AppState {
         metrics: metrics.clone(),
         data_dir: cfg.data_dir.clone(),
+        optout: Some(optout),
+        clock: clock_for_outreach.clone(),
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -114,6 +129,36 @@ pub async fn start(
             scorer,
             clock_for_scoring,
             std::time::Duration::from_secs(cfg.scoring.score_interval_s),
+            shutdown.clone(),
+        )));
+    }
+    let wake = if cfg.delivery.enabled {
+        let (d, device_task) = start_dispatcher(
+            &cfg,
+            device_settings,
+            delivery_key,
+            clock_for_outreach.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
+        let wake = d.notifier();
+        tasks.push(device_task);
+        tasks.push(tokio::spawn(d.run(shutdown.clone())));
+        Some(wake)
+    } else {
+        None
+    };
+    if cfg.outreach.enabled {
+        let outreach = crate::outreach::Outreach::new(&cfg).context("Failed to set up outreach")?;
+        let conn = crate::store::open_writer(&cfg.data_dir)
+            .context("Failed to open the store for outreach")?;
+        tasks.push(tokio::spawn(outreach_loop(
+            outreach,
+            conn,
+            clock_for_outreach,
+            std::time::Duration::from_secs(cfg.outreach.tick_interval_s),
+            metrics.clone(),
+            wake,
             shutdown.clone(),
         )));
     }
@@ -155,6 +200,103 @@ async fn scoring_loop(
                 tracing::warn!(error = %e, "Scoring run failed; retrying at the next tick")
             }
             Err(e) => tracing::error!(error = %e, "Scoring task panicked"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Builds the channel senders and the dispatcher (not yet running).
+fn start_dispatcher(
+    cfg: &CloudConfig,
+    device: crate::delivery::device::DeviceChannelSettings,
+    key: rollcall_shared::dsse::KeyPair,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    crate::delivery::dispatcher::Dispatcher,
+    tokio::task::JoinHandle<()>,
+)> {
+    use crate::delivery::{
+        device::DeviceSender, dispatcher, email::EmailSender, webhook::WebhookSender,
+    };
+    use anyhow::Context;
+    let webhook = WebhookSender::new(&cfg.delivery, &cfg.outreach.webhooks)
+        .context("Failed to build the webhook client")?;
+    let email = if cfg.delivery.smtp.host.is_empty() {
+        None
+    } else {
+        Some(
+            EmailSender::new(
+                &cfg.delivery.smtp,
+                std::time::Duration::from_millis(cfg.delivery.request_timeout_ms),
+            )
+            .context("Failed to set up SMTP")?,
+        )
+    };
+    let (device, task) = DeviceSender::start(device, key, clock.clone(), shutdown)
+        .context("Failed to connect the device channel")?;
+    let channels = dispatcher::Channels {
+        webhook: Some(webhook),
+        email,
+        device: Some(device),
+    };
+    let conn = crate::store::open_writer(&cfg.data_dir)
+        .context("Failed to open the store for the dispatcher")?;
+    let d = dispatcher::Dispatcher::new(conn, cfg.delivery.clone(), clock, channels, metrics)?;
+    Ok((d, task))
+}
+
+/// The outreach planner: one [`crate::outreach::Outreach::tick`] at start and then every
+/// `interval` (real time; the instant comes from the injected clock). Wakes the
+/// dispatcher when something was queued. Stops on `shutdown` after the tick in progress.
+async fn outreach_loop(
+    outreach: crate::outreach::Outreach,
+    conn: rusqlite::Connection,
+    clock: Arc<dyn Clock>,
+    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+    shutdown: CancellationToken,
+) {
+    let state = Arc::new(std::sync::Mutex::new((outreach, conn)));
+    loop {
+        let now = clock.now();
+        let s = state.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let mut g = s.lock().expect("outreach lock");
+            let (o, c) = &mut *g;
+            o.tick(c, now)
+        });
+        match run.await {
+            Ok(Ok(r)) => {
+                for (d, n) in [
+                    ("queued", r.queued),
+                    ("held", r.held),
+                    ("skipped", r.skipped),
+                    ("cancelled", r.cancelled),
+                ] {
+                    metrics
+                        .outreach_decisions
+                        .get_or_create(&crate::metrics::DecisionLabel { decision: d.into() })
+                        .inc_by(n);
+                }
+                if r.queued > 0 {
+                    if let Some(w) = &wake {
+                        w.notify_one();
+                    }
+                }
+                if r != crate::outreach::TickReport::default() {
+                    tracing::info!(?r, "Outreach tick");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Outreach tick failed; retrying at the next tick")
+            }
+            Err(e) => tracing::error!(error = %e, "Outreach task panicked"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -21,6 +21,14 @@
 //!   state, when a member is first scored), written in the same transaction as the score.
 //! - `engagement_daily (day, state)`: members per state at the last run of each UTC day.
 //! - `model_fits`: append-only; every fit, adopted or not, with its convergence.
+//! - `deliveries (idempotency_key)`: one row per message to deliver, whatever the number of
+//!   enqueues; `delivery_attempts` is append-only, one row per attempt. Invariants in
+//!   [`crate::delivery`].
+//! - `outreach (rule, member_id, trigger_key, channel)`: one row per trigger occurrence and
+//!   channel, so re-scanning triggers changes nothing; at most one row per
+//!   `(rule, member_id, episode, channel)` is ever queued (the others are `skipped` with
+//!   `duplicate_episode`). `outreach_log` is append-only: every policy decision.
+//! - `consent (member_id, channel, category)`: opt-outs (`channel = '*'`: every channel).
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -193,6 +201,94 @@ const MIGRATIONS: &[&str] = &[
         revoked_ms INTEGER,
         last_used_ms INTEGER
     );
+    "#,
+    // 4: the delivery queue and personalised outreach.
+    r#"
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        purpose TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'awaiting_ack', 'delivered', 'dead', 'cancelled')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        extra_attempts INTEGER NOT NULL DEFAULT 0,
+        not_before_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        lease_until_ms INTEGER,
+        delivered_ms INTEGER,
+        last_status_code INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries(not_before_ms) WHERE status IN ('pending', 'awaiting_ack');
+    CREATE INDEX deliveries_status ON deliveries(status, id);
+    CREATE TABLE delivery_attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        n INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        status_code INTEGER,
+        error TEXT
+    );
+    CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, n);
+    CREATE TABLE delivery_endpoints (
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        disabled_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (channel, target)
+    ) WITHOUT ROWID;
+    CREATE TABLE outreach (
+        id INTEGER PRIMARY KEY,
+        member_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        trigger_key TEXT NOT NULL,
+        episode TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        category TEXT NOT NULL CHECK (category IN ('transactional', 'marketing')),
+        priority INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'held', 'skipped', 'cancelled')),
+        reason TEXT,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        trigger_data TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        queued_ms INTEGER,
+        delivery_id INTEGER REFERENCES deliveries(id),
+        UNIQUE (rule, member_id, trigger_key, channel)
+    );
+    CREATE INDEX outreach_member ON outreach(member_id, id);
+    CREATE INDEX outreach_held ON outreach(due_ms) WHERE status = 'held';
+    CREATE INDEX outreach_episode ON outreach(rule, member_id, episode, channel);
+    CREATE INDEX outreach_caps ON outreach(member_id, channel, category, queued_ms) WHERE queued_ms IS NOT NULL;
+    CREATE TABLE outreach_log (
+        id INTEGER PRIMARY KEY,
+        outreach_id INTEGER NOT NULL REFERENCES outreach(id),
+        at_ms INTEGER NOT NULL,
+        step TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX outreach_log_outreach ON outreach_log(outreach_id);
+    CREATE TABLE consent (
+        member_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        category TEXT NOT NULL,
+        opted_out_ms INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (member_id, channel, category)
+    ) WITHOUT ROWID;
+    CREATE TABLE outreach_cursor (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -294,10 +294,10 @@ async fn the_api_serves_member_scores_and_the_engagement_summary() {
     let revoked = tokens::create(&conn, "gone", tokens::Role::Admin, as_of()).unwrap();
     tokens::revoke(&conn, revoked.id, as_of()).unwrap();
     let tk = Some(token.token.as_str());
-    let state = rollcall_cloud::http::AppState {
-        metrics: std::sync::Arc::new(rollcall_cloud::metrics::Metrics::new()),
-        data_dir: dir.path().to_owned(),
-    };
+    let state = rollcall_cloud::http::AppState::new(
+        std::sync::Arc::new(rollcall_cloud::metrics::Metrics::new()),
+        dir.path().to_owned(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

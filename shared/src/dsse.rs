@@ -23,6 +23,8 @@ pub const STATUS_PAYLOAD_TYPE: &str = "application/vnd.rollcall.status.v1+json";
 pub const DOWNLINK_PAYLOAD_TYPE: &str = "application/vnd.rollcall.down.v1+json";
 /// Payload type of a device-initiated replenishment transaction.
 pub const TRANSACTION_PAYLOAD_TYPE: &str = "application/vnd.rollcall.transaction.v1+json";
+/// Payload type of an agent's receipt for display messages.
+pub const RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.rollcall.receipt.v1+json";
 /// Most signatures an envelope may carry.
 pub const MAX_SIGNATURES: usize = 4;
 

@@ -31,3 +31,11 @@ pub const MAX_TIMESTAMP_S: i64 = 4_102_444_800;
 pub const MAX_FUTURE_SKEW_S: i64 = 10 * 60;
 /// The agent's build date (2026-11-01): a device clock earlier than this has never synced.
 pub const BUILD_EPOCH_S: i64 = 1_793_491_200;
+/// Longest display-message id (the cloud's idempotency key), in bytes.
+pub const MAX_MESSAGE_ID_LEN: usize = 200;
+/// Longest display-message title, in bytes.
+pub const MAX_MESSAGE_TITLE_LEN: usize = 200;
+/// Longest display-message body, in bytes.
+pub const MAX_MESSAGE_BODY_LEN: usize = 4 * 1024;
+/// Most message ids in one receipt.
+pub const MAX_RECEIPT_IDS: usize = 100;

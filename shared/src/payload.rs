@@ -335,6 +335,77 @@ pub struct Ack {
 pub enum DownBody {
     /// Acknowledgement of a usage report, sent only after the durable commit.
     Ack(Ack),
+    /// A message for the device's display; the agent stores it and answers with a
+    /// [`MessageReceipt`] on `.../receipt`.
+    Message(DeviceMessage),
+}
+
+/// A message for the device's display (outreach: "welcome back", "100 brews!").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceMessage {
+    /// The message's id (the cloud's idempotency key): the same on every re-send.
+    pub id: String,
+    /// Short title.
+    pub title: String,
+    /// The text.
+    pub body: String,
+}
+
+impl DeviceMessage {
+    /// Checks the limits.
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        if self.id.is_empty() || self.id.len() > MAX_MESSAGE_ID_LEN {
+            return Err(PayloadError::Malformed(format!(
+                "message id must be 1..={MAX_MESSAGE_ID_LEN} bytes"
+            )));
+        }
+        if self.title.len() > MAX_MESSAGE_TITLE_LEN || self.body.len() > MAX_MESSAGE_BODY_LEN {
+            return Err(PayloadError::TooLarge(format!(
+                "message title/body over {MAX_MESSAGE_TITLE_LEN}/{MAX_MESSAGE_BODY_LEN} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The agent's receipt for display messages it has stored, on `.../receipt`, signed
+/// with the device key. Receipts are idempotent: re-sending one changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageReceipt {
+    /// Protocol version.
+    pub v: u32,
+    /// The device.
+    pub device_id: DeviceId,
+    /// Ids of the messages stored.
+    pub message_ids: Vec<String>,
+    /// Device time.
+    pub at: DateTime<Utc>,
+}
+
+impl MessageReceipt {
+    /// Decodes and validates a receipt body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let r: MessageReceipt = decode_versioned(bytes, 64 * 1024, |r: &MessageReceipt| r.v)?;
+        if r.message_ids.is_empty() || r.message_ids.len() > MAX_RECEIPT_IDS {
+            return Err(PayloadError::Malformed(format!(
+                "a receipt names 1..={MAX_RECEIPT_IDS} messages"
+            )));
+        }
+        if r.message_ids
+            .iter()
+            .any(|m| m.is_empty() || m.len() > MAX_MESSAGE_ID_LEN)
+        {
+            return Err(PayloadError::Malformed("bad message id in receipt".into()));
+        }
+        check_time("at", &r.at)?;
+        Ok(r)
+    }
+    /// The JSON body.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("receipts serialise")
+    }
 }
 
 /// A message from the cloud to one device, on `.../down`, signed with the cloud's key.
@@ -354,7 +425,11 @@ pub struct Downlink {
 impl Downlink {
     /// Decodes and validates a downlink body.
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
-        decode_versioned(bytes, MAX_REPORT_BODY_BYTES, |d: &Downlink| d.v)
+        let d: Downlink = decode_versioned(bytes, MAX_REPORT_BODY_BYTES, |d: &Downlink| d.v)?;
+        if let DownBody::Message(m) = &d.body {
+            m.validate()?;
+        }
+        Ok(d)
     }
     /// The JSON body.
     pub fn encode(&self) -> Vec<u8> {
@@ -510,6 +585,27 @@ mod tests {
             }),
         };
         assert_eq!(Downlink::decode(&d.encode()).unwrap(), d);
+        let m = Downlink {
+            body: DownBody::Message(DeviceMessage {
+                id: "outreach:7".into(),
+                title: "Welcome back".into(),
+                body: "Hi Maria".into(),
+            }),
+            ..d.clone()
+        };
+        assert_eq!(Downlink::decode(&m.encode()).unwrap(), m);
+        let mut big = m.clone();
+        if let DownBody::Message(msg) = &mut big.body {
+            msg.body = "x".repeat(MAX_MESSAGE_BODY_LEN + 1);
+        }
+        assert!(Downlink::decode(&big.encode()).is_err());
+        let r = MessageReceipt {
+            v: 1,
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            message_ids: vec!["outreach:7".into()],
+            at: t("2026-11-20T08:00:00Z"),
+        };
+        assert_eq!(MessageReceipt::decode(&r.encode()).unwrap(), r);
         let s = DeviceStatus {
             v: 1,
             device_id: DeviceId::parse("dev-1").unwrap(),

@@ -1,4 +1,4 @@
-//! MQTT topic names (DESIGN §4): `{prefix}/v1/devices/{device_id}/{usage|tx|status|down}`.
+//! MQTT topic names (DESIGN §4): `{prefix}/v1/devices/{device_id}/{usage|tx|status|down|receipt}`.
 
 use crate::ids::DeviceId;
 
@@ -16,6 +16,8 @@ pub enum Channel {
     Status,
     /// Acks, receipts, display messages (down, QoS 1).
     Down,
+    /// The agent's receipts for display messages (up, QoS 1).
+    Receipt,
 }
 
 impl Channel {
@@ -25,6 +27,7 @@ impl Channel {
             Channel::Tx => "tx",
             Channel::Status => "status",
             Channel::Down => "down",
+            Channel::Receipt => "receipt",
         }
     }
 }
@@ -68,6 +71,10 @@ impl Topics {
     pub fn down(&self, device: &DeviceId) -> String {
         self.topic(device, Channel::Down)
     }
+    /// `.../receipt` of a device.
+    pub fn receipt(&self, device: &DeviceId) -> String {
+        self.topic(device, Channel::Receipt)
+    }
     /// The subscription filter for one channel of every device (`.../devices/+/usage`).
     pub fn filter(&self, channel: Channel) -> String {
         format!("{}/v1/devices/+/{}", self.prefix, channel.as_str())
@@ -84,6 +91,7 @@ impl Topics {
             "tx" => Channel::Tx,
             "status" => Channel::Status,
             "down" => Channel::Down,
+            "receipt" => Channel::Receipt,
             _ => return None,
         };
         Some((DeviceId::parse(dev).ok()?, channel))

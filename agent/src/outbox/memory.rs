@@ -26,6 +26,7 @@ struct State {
     last_ack_at: Option<DateTime<Utc>>,
     session: u64,
     daemon: Option<DaemonState>,
+    messages: std::collections::VecDeque<super::StoredMessage>,
 }
 
 /// An outbox held in memory (lost when the process ends). Cheap to create by the thousand.
@@ -230,6 +231,29 @@ impl Outbox for MemoryOutbox {
 
     fn daemon_state(&self) -> Result<Option<DaemonState>, OutboxError> {
         Ok(self.lock().daemon.clone())
+    }
+
+    fn store_message(
+        &self,
+        m: &rollcall_shared::payload::DeviceMessage,
+    ) -> Result<bool, OutboxError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        if s.messages.iter().any(|x| x.id == m.id) {
+            return Ok(false);
+        }
+        s.messages.push_front(super::StoredMessage {
+            id: m.id.clone(),
+            title: m.title.clone(),
+            body: m.body.clone(),
+            received_at: now,
+        });
+        s.messages.truncate(super::MAX_STORED_MESSAGES);
+        Ok(true)
+    }
+
+    fn messages(&self) -> Result<Vec<super::StoredMessage>, OutboxError> {
+        Ok(self.lock().messages.iter().cloned().collect())
     }
 
     fn may_block(&self) -> bool {

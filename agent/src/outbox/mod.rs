@@ -50,7 +50,7 @@ pub use sqlite::SqliteOutbox;
 
 use chrono::{DateTime, Utc};
 use rollcall_shared::ids::{EventKind, Seq};
-use rollcall_shared::payload::{AckStatus, UsageEvent};
+use rollcall_shared::payload::{AckStatus, DeviceMessage, UsageEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -228,6 +228,22 @@ pub struct DaemonState {
     pub reconnects: u64,
 }
 
+/// Most display messages an outbox keeps.
+pub const MAX_STORED_MESSAGES: usize = 100;
+
+/// A display message from the cloud, as kept on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredMessage {
+    /// The cloud's id for it.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Text.
+    pub body: String,
+    /// When it arrived (agent clock).
+    pub received_at: DateTime<Utc>,
+}
+
 /// Durable store of unacknowledged usage events. See the module doc for the invariants
 /// every implementation keeps.
 pub trait Outbox: Send + Sync {
@@ -267,6 +283,13 @@ pub trait Outbox: Send + Sync {
 
     /// The daemon's last written state, `None` if no daemon ever ran.
     fn daemon_state(&self) -> Result<Option<DaemonState>, OutboxError>;
+
+    /// Keeps a display message from the cloud (idempotent by id; the oldest beyond
+    /// [`MAX_STORED_MESSAGES`] are dropped). Returns true when the id was new.
+    fn store_message(&self, message: &DeviceMessage) -> Result<bool, OutboxError>;
+
+    /// The display messages kept, newest first.
+    fn messages(&self) -> Result<Vec<StoredMessage>, OutboxError>;
 
     /// Whether calls may block on I/O (async callers then use `spawn_blocking`).
     fn may_block(&self) -> bool {

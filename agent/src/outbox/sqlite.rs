@@ -13,6 +13,7 @@
 //! the daemon wait for each other instead of failing.
 
 use super::*;
+use rollcall_shared::payload::DeviceMessage;
 use rollcall_shared::Clock;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::Path;
@@ -20,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Numbered schema migrations; `PRAGMA user_version` is how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value
@@ -41,7 +43,17 @@ CREATE INDEX events_by_report ON events(report_seq, seq);
 INSERT INTO meta(key, value) VALUES
     ('next_seq', 1), ('next_report_seq', 1), ('event_count', 0), ('event_bytes', 0),
     ('evictions', 0), ('rejected_full', 0), ('rejected_by_cloud', 0), ('session', 0);
-"#];
+"#,
+    r#"
+CREATE TABLE messages (
+    n              INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    title          TEXT    NOT NULL,
+    body           TEXT    NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+"#,
+];
 
 /// How long a writer waits for the other process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -386,6 +398,37 @@ impl Outbox for SqliteOutbox {
     fn set_daemon_state(&self, state: &DaemonState) -> Result<(), OutboxError> {
         let json = serde_json::to_string(state).expect("daemon state serialises");
         self.with_tx(|tx| meta_set(tx, "daemon_state", json))
+    }
+
+    fn store_message(&self, m: &DeviceMessage) -> Result<bool, OutboxError> {
+        let now = self.now_ms();
+        self.with_tx(|tx| {
+            let n = tx.execute(
+                "INSERT INTO messages (id, title, body, received_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO NOTHING",
+                rusqlite::params![m.id, m.title, m.body, now],
+            )?;
+            tx.execute(
+                "DELETE FROM messages WHERE n <= (SELECT MAX(n) FROM messages) - ?1",
+                [super::MAX_STORED_MESSAGES as i64],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn messages(&self) -> Result<Vec<super::StoredMessage>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        let mut st =
+            conn.prepare("SELECT id, title, body, received_at_ms FROM messages ORDER BY n DESC")?;
+        let rows = st.query_map([], |r| {
+            Ok(super::StoredMessage {
+                id: r.get(0)?,
+                title: r.get(1)?,
+                body: r.get(2)?,
+                received_at: chrono::DateTime::from_timestamp_millis(r.get(3)?).unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn daemon_state(&self) -> Result<Option<DaemonState>, OutboxError> {

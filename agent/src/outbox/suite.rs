@@ -373,6 +373,35 @@ fn session_counter_and_daemon_state_persist<F: Fixture>() {
     assert_eq!(o.daemon_state().unwrap(), Some(st));
 }
 
+fn display_messages_are_kept_once_newest_first_and_bounded<F: Fixture>() {
+    let (f, _clock) = unlimited::<F>();
+    let o = f.open();
+    let msg = |i: usize| rollcall_shared::payload::DeviceMessage {
+        id: format!("outreach:{i}"),
+        title: format!("t{i}"),
+        body: "hello".into(),
+    };
+    assert!(o.store_message(&msg(1)).unwrap());
+    assert!(
+        !o.store_message(&msg(1)).unwrap(),
+        "a re-sent message is kept once"
+    );
+    assert!(o.store_message(&msg(2)).unwrap());
+    drop(o);
+    let o = f.open();
+    let kept = o.messages().unwrap();
+    assert_eq!(
+        kept.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["outreach:2", "outreach:1"]
+    );
+    for i in 3..=(MAX_STORED_MESSAGES + 10) {
+        o.store_message(&msg(i)).unwrap();
+    }
+    let kept = o.messages().unwrap();
+    assert_eq!(kept.len(), MAX_STORED_MESSAGES);
+    assert_eq!(kept[0].id, format!("outreach:{}", MAX_STORED_MESSAGES + 10));
+}
+
 macro_rules! outbox_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -396,4 +425,5 @@ outbox_suite!(
     concurrent_writers_get_distinct_seqs,
     stats_report_unsent_inflight_and_ages,
     session_counter_and_daemon_state_persist,
+    display_messages_are_kept_once_newest_first_and_bounded,
 );

@@ -17,6 +17,8 @@
 //!   every `status_interval`, and sets a signed, retained offline status as the Last Will.
 //!   A clean shutdown publishes the offline status itself (a clean DISCONNECT discards
 //!   the will), then disconnects.
+//! - Keeps display messages from the cloud ([`DownBody::Message`], verified like acks) in
+//!   the outbox store and confirms each with a signed [`MessageReceipt`] on `.../receipt`.
 //!
 //! # Sessions and the Last Will
 //!
@@ -51,13 +53,13 @@ pub use session::{Backoff, SessionInput, SessionState};
 use crate::capture::protocol_time;
 use crate::outbox::{AckOutcome, ConnectionState, DaemonState, Outbox, OutboxError};
 use rollcall_shared::dsse::{
-    Envelope, EnvelopeError, KeyPair, PublicKey, DOWNLINK_PAYLOAD_TYPE, STATUS_PAYLOAD_TYPE,
-    USAGE_PAYLOAD_TYPE,
+    Envelope, EnvelopeError, KeyPair, PublicKey, DOWNLINK_PAYLOAD_TYPE, RECEIPT_PAYLOAD_TYPE,
+    STATUS_PAYLOAD_TYPE, USAGE_PAYLOAD_TYPE,
 };
 use rollcall_shared::limits::MAX_REPORT_BODY_BYTES;
 use rollcall_shared::payload::{
-    Ack, AckStatus, DeviceStatus, DownBody, Downlink, Health, PayloadError, Presence, UsageEvent,
-    UsageReport,
+    Ack, AckStatus, DeviceMessage, DeviceStatus, DownBody, Downlink, Health, MessageReceipt,
+    PayloadError, Presence, UsageEvent, UsageReport,
 };
 use rollcall_shared::topics::Topics;
 use rollcall_shared::{Clock, DeviceId, PROTOCOL_VERSION};
@@ -383,6 +385,7 @@ struct Uplink {
     written_state: Option<ConnectionState>,
     usage_topic: String,
     status_topic: String,
+    receipt_topic: String,
     down_topic: String,
 }
 
@@ -403,6 +406,7 @@ impl Uplink {
         Self {
             usage_topic: rt.topics.usage(&rt.device_id),
             status_topic: rt.topics.status(&rt.device_id),
+            receipt_topic: rt.topics.receipt(&rt.device_id),
             down_topic: rt.topics.down(&rt.device_id),
             inflight: inflight
                 .into_iter()
@@ -577,12 +581,15 @@ impl Uplink {
                 return;
             }
         };
-        let DownBody::Ack(Ack {
+        let Ack {
             report_seq,
             status,
             stored,
             reason,
-        }) = down.body;
+        } = match down.body {
+            DownBody::Ack(a) => a,
+            DownBody::Message(m) => return self.on_message(m).await,
+        };
         let outcome = outbox_call(&self.rt.outbox, move |o| o.ack(report_seq, status)).await;
         match outcome {
             Ok(AckOutcome::Deleted { events }) => {
@@ -615,6 +622,32 @@ impl Uplink {
                 warn!(%error, report_seq, "Could not apply an ack; the report will be re-sent")
             }
         }
+    }
+
+    /// A display message: keep it (idempotent by id), then confirm with a signed receipt.
+    /// A lost receipt makes the cloud send the message again; it is kept once and
+    /// confirmed again.
+    async fn on_message(&mut self, m: DeviceMessage) {
+        let id = m.id.clone();
+        match outbox_call(&self.rt.outbox, move |o| o.store_message(&m)).await {
+            Ok(new) => info!(message_id = %id, new, "Display message received"),
+            Err(error) => {
+                warn!(%error, message_id = %id, "Could not keep a display message; the cloud will send it again");
+                return;
+            }
+        }
+        let receipt = MessageReceipt {
+            v: PROTOCOL_VERSION,
+            device_id: self.rt.device_id.clone(),
+            message_ids: vec![id],
+            at: protocol_time(self.rt.clock.now()),
+        };
+        let env = self
+            .rt
+            .key
+            .sign(RECEIPT_PAYLOAD_TYPE, &receipt.encode())
+            .to_json();
+        let _ = self.publish(&self.receipt_topic, false, env);
     }
 
     /// One round of work while connected: subscribe, status, re-sends, new reports.
