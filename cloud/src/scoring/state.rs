@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Hysteresis: a member enters `lapsing` when `p_engaged` falls below
-//! `lapsing_enter_below` and leaves it (or `lapsed`) only when it is back above the higher
+//! `lapsing_enter_below`, or when their silence is one an engaged member with their own
+//! rhythm goes through less often than `lapsing_silence_below`, and leaves it (or `lapsed`) only when it is back above the higher
 //! `lapsing_exit_above` *and* there has been activity since the member entered. A
 //! champion keeps the title in a wider band than it takes to win it. And no state changes
 //! sooner than `min_dwell_days` after the previous change. The machine is a pure
@@ -134,6 +135,8 @@ pub struct Observation {
     pub last_active_day: Option<i32>,
     /// The model's P(engaged).
     pub p_engaged: f64,
+    /// How often an engaged member with this rhythm goes this long without activity.
+    pub p_silence_if_engaged: f64,
     /// Rank by expected active days.
     pub rank: Rank,
 }
@@ -170,7 +173,9 @@ fn wanted(cfg: &ScoringConfig, prev: Option<&Memory>, o: &Observation) -> (State
         if !(new_activity && o.p_engaged > cfg.lapsing_exit_above) {
             return (m.state, Rule::Held);
         }
-    } else if o.p_engaged < cfg.lapsing_enter_below {
+    } else if o.p_engaged < cfg.lapsing_enter_below
+        || o.p_silence_if_engaged < cfg.lapsing_silence_below
+    {
         return (State::Lapsing, Rule::ModelLapsing);
     }
     let was_champion = prev.is_some_and(|m| m.state == State::Champion);
@@ -232,6 +237,7 @@ mod tests {
             active_days: 40,
             last_active_day,
             p_engaged: p,
+            p_silence_if_engaged: 1.0,
             rank: Rank::Below,
         }
     }
@@ -318,6 +324,7 @@ mod tests {
             active_days: 0,
             last_active_day: None,
             p_engaged: 0.9,
+            p_silence_if_engaged: 1.0,
             rank: Rank::Below,
         };
         let d0 = step(&cfg(), None, &o(0));
@@ -336,6 +343,7 @@ mod tests {
             active_days: 2,
             last_active_day: Some(3),
             p_engaged: 0.8,
+            p_silence_if_engaged: 1.0,
             rank: Rank::Below,
         };
         let new = remembered(State::New, 0, None);
