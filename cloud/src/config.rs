@@ -216,6 +216,11 @@ pub struct ScoringConfig {
     pub onboarding_min_active_days: u32,
     /// A new member with no active day this many days after joining is flagged `lapsing`.
     pub no_start_days: u32,
+    /// A member who joined fewer than this many days ago ...
+    pub onboarding_watch_days: u32,
+    /// ... and has been silent for this many days is flagged `lapsing` by the onboarding
+    /// rule (started, then faded); 0 turns it off.
+    pub onboarding_fade_days: u32,
     /// Enter `lapsing` when `p_engaged` falls below this.
     pub lapsing_enter_below: f64,
     /// ... or when the member's silence is one an engaged member with their own rhythm
@@ -254,10 +259,12 @@ impl Default for ScoringConfig {
             onboarding_days: 14,
             onboarding_min_active_days: 3,
             no_start_days: 7,
-            lapsing_enter_below: 0.5,
+            onboarding_watch_days: 45,
+            onboarding_fade_days: 14,
+            lapsing_enter_below: 0.05,
             lapsing_silence_below: 0.0,
             lapsing_exit_above: 0.7,
-            lapsed_below: 0.2,
+            lapsed_below: 0.02,
             champion_top_fraction: 0.10,
             champion_min_p_engaged: 0.9,
             champion_keep_fraction: 0.20,
@@ -566,7 +573,7 @@ mod tests {
         let c = load_str("[scoring]\nmodel = \"bgnbd\"\nmin_dwell_days = 5\n").unwrap();
         assert_eq!(c.scoring.model, crate::scoring::model::ModelKind::Bgnbd);
         assert_eq!(c.scoring.min_dwell_days, 5);
-        let e = load_str("[scoring]\nlapsing_exit_above = 0.3\n")
+        let e = load_str("[scoring]\nlapsing_exit_above = 0.03\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("scoring.lapsing_exit_above"), "{e}");
@@ -574,7 +581,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("threshold"), "{e}");
-        let e = load_str("[scoring]\nmodel = \"bgbb\"\n")
+        let c = load_str("[scoring]\nmodel = \"bgbb\"\n").unwrap();
+        assert_eq!(c.scoring.model, crate::scoring::model::ModelKind::Bgbb);
+        let e = load_str("[scoring]\nmodel = \"pareto\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("model"), "{e}");

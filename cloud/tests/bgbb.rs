@@ -72,10 +72,18 @@ fn bg_bb_on_the_donation_data_matches_the_published_fit() {
         (1.204, 0.750, 0.657, 2.783),
         "{p:?}"
     );
-    assert_eq!(round(r.log_likelihood, 1), -33_225.6, "{}", r.log_likelihood);
+    assert_eq!(
+        round(r.log_likelihood, 1),
+        -33_225.6,
+        "{}",
+        r.log_likelihood
+    );
     // The published parameters are (to their precision) at the maximum.
     let at_published = data.log_likelihood(ModelKind::Bgbb, &PUBLISHED.to_slots());
-    assert!((at_published - r.log_likelihood).abs() < 0.05, "{at_published}");
+    assert!(
+        (at_published - r.log_likelihood).abs() < 0.05,
+        "{at_published}"
+    );
 }
 
 /// The donation data as a usage file: donor `d{row}-{k}`'s origin is 2020-01-01, the
@@ -304,8 +312,14 @@ print(json.dumps(out))
         let k = ModelKind::Bgbb;
         let hf = *h as f64;
         let what = format!("{p:?} x={x} t_x={tx} n={n} h={h}");
-        assert!(close(model::p_engaged(k, &slots, &s), pa), "P(alive) {what}");
-        assert!(close(model::p_silent(k, &slots, &s, hf), ps), "P(silent) {what}");
+        assert!(
+            close(model::p_engaged(k, &slots, &s), pa),
+            "P(alive) {what}"
+        );
+        assert!(
+            close(model::p_silent(k, &slots, &s, hf), ps),
+            "P(silent) {what}"
+        );
         assert!(
             close(model::expected_active(k, &slots, &s, hf), ex),
             "E[active] {what}: {} vs {ex}",
@@ -313,6 +327,9 @@ print(json.dumps(out))
         );
         assert!(close(model::log_likelihood(k, &slots, &s), ll), "LL {what}");
         let o = model::member_outputs(k, &slots, &s, [hf, hf]);
-        assert!(close(o.p_silent[0], ps) && close(o.expected_active, ex), "{what}");
+        assert!(
+            close(o.p_silent[0], ps) && close(o.expected_active, ex),
+            "{what}"
+        );
     }
 }

@@ -1,12 +1,12 @@
 //! The scoring benchmark: fit on simulated members, then score a simulated fleet, in
 //! memory (the store is not part of the measurement). `rollcall bench scoring` prints it.
 
+use super::bgbb::BgbbParams;
 use super::engine;
 use super::fit::{self, FitData, FitOptions};
 use super::model::{ModelKind, Params};
 use super::simulate::simulate;
 use super::state::{Memory, State};
-use super::bgbb::BgbbParams;
 use super::summary::{DaySummary, MemberDays};
 use super::ScoringError;
 use crate::config::ScoringConfig;

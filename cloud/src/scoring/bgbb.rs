@@ -399,13 +399,21 @@ mod tests {
         ] {
             let ours = log_likelihood(&DONATIONS, &rft(x, t_x, n));
             let theirs = direct_ll(&DONATIONS, x, t_x, n);
-            assert!((ours - theirs).abs() < 1e-10, "{x} {t_x} {n}: {ours} {theirs}");
+            assert!(
+                (ours - theirs).abs() < 1e-10,
+                "{x} {t_x} {n}: {ours} {theirs}"
+            );
         }
     }
 
     #[test]
     fn grouped_likelihood_equals_the_sum_over_members() {
-        let members = [(0u32, 0u32, 6u32, 2.0), (2, 3, 6, 1.0), (2, 6, 6, 3.0), (5, 90, 200, 1.0)];
+        let members = [
+            (0u32, 0u32, 6u32, 2.0),
+            (2, 3, 6, 1.0),
+            (2, 6, 6, 3.0),
+            (5, 90, 200, 1.0),
+        ];
         let xs = vec![0u32, 2, 5];
         let groups: Vec<_> = members
             .iter()
@@ -455,7 +463,12 @@ mod tests {
         ] {
             let o = outputs(&p, &rft(x, t_x, n), [14.0, 30.0]);
             assert!(o.log_likelihood.is_finite(), "{x} {t_x} {n} {o:?}");
-            for v in [o.p_alive, o.p_silent[0], o.p_silent[1], o.p_silence_if_alive] {
+            for v in [
+                o.p_alive,
+                o.p_silent[0],
+                o.p_silent[1],
+                o.p_silence_if_alive,
+            ] {
                 assert!((0.0..=1.0).contains(&v), "{x} {t_x} {n} {o:?}");
             }
             assert!(o.expected_active[1] >= 0.0 && o.expected_active[1] <= 30.0);

@@ -142,6 +142,7 @@ pub fn evaluate(
                 tenure_days: n.tenure_days,
                 active_days: n.active_days,
                 last_active_day: md.last_active_day,
+                days_since_last: n.days_since_last,
                 p_engaged: n.p_engaged,
                 p_silence_if_engaged: n.p_silence_if_engaged,
                 rank: rank(th.as_ref(), n),
