@@ -176,11 +176,18 @@ pub fn log_likelihood(p: &BgbbParams, s: &Rft) -> f64 {
 /// frequencies, `groups` sorted by `(x, t_x, n)` as `(index into xs, t_x, n, weight)`,
 /// every `n ≤ max_day`.
 ///
-/// Per frequency `x`, the dead terms `D(j) ∝ exp(g(j))`, `g(j) = ln Γ(β+j−x) − ln Γ(α+β+j)
-/// + ln Γ(δ+j) − ln Γ(γ+1+δ+j)`, are summed backwards as `R(m) = Σ_{j=m}^{J−1} D(j)/D(m)
-/// = 1 + ρ(m)·R(m+1)` with the rational ratio `ρ`; then with `w(n) = (γ+δ+n)/γ` (the alive
-/// term over the dead term at `n`)
-/// `ln L = ln Γ(α+x) + c + g(t_x) + ln(R(t_x) + e^{g(n)−g(t_x)}·(w(n) − R(n)))`.
+/// Per frequency `x`, the dead terms are `D(j) ∝ exp(g(j))` with
+///
+/// ```text
+/// g(j) = ln Γ(β+j−x) − ln Γ(α+β+j) + ln Γ(δ+j) − ln Γ(γ+1+δ+j),
+/// ```
+///
+/// summed backwards as `R(m) = Σ_{j=m}^{J−1} D(j)/D(m) = 1 + ρ(m)·R(m+1)` with the
+/// rational ratio `ρ`. With `w(n) = (γ+δ+n)/γ`, the alive term over the dead term at `n`:
+///
+/// ```text
+/// ln L = ln Γ(α+x) + c + g(t_x) + ln(R(t_x) + e^{g(n)−g(t_x)}·(w(n) − R(n))).
+/// ```
 pub fn grouped_log_likelihood(
     p: &BgbbParams,
     xs: &[u32],
