@@ -106,15 +106,7 @@ impl Params {
     /// The parameters as a JSON object under `kind`'s names (`{"r", "alpha", "a", "b"}`,
     /// or `{"alpha", "beta", "gamma", "delta"}` for BG/BB).
     pub fn named(&self, kind: ModelKind) -> serde_json::Value {
-        let names = kind.param_names();
-        let values = [self.r, self.alpha, self.a, self.b];
-        serde_json::Value::Object(
-            names
-                .iter()
-                .zip(values)
-                .map(|(n, v)| ((*n).to_owned(), serde_json::json!(v)))
-                .collect(),
-        )
+        serde_json::to_value(NamedParams(kind, *self)).expect("numbers serialise")
     }
 }
 
@@ -125,7 +117,13 @@ pub struct NamedParams(pub ModelKind, pub Params);
 
 impl Serialize for NamedParams {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.1.named(self.0).serialize(s)
+        use serde::ser::SerializeMap;
+        let p = &self.1;
+        let mut m = s.serialize_map(Some(4))?;
+        for (name, v) in self.0.param_names().iter().zip([p.r, p.alpha, p.a, p.b]) {
+            m.serialize_entry(name, &v)?;
+        }
+        m.end()
     }
 }
 
