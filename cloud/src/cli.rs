@@ -177,7 +177,7 @@ pub enum ModelCmd {
         /// With --from-csv: time unit, `days` or `weeks`.
         #[arg(long, default_value = "days")]
         unit: String,
-        /// `mbgnbd` or `bgnbd` (default: `scoring.model`).
+        /// `bgbb`, `mbgnbd` or `bgnbd` (default: `scoring.model`).
         #[arg(long)]
         model: Option<String>,
         /// Print JSON.
@@ -546,7 +546,7 @@ fn model_fit(
     use crate::scoring::{ModelKind, Unit};
     let kind = match model {
         Some(m) => ModelKind::parse(&m)
-            .with_context(|| format!("--model {m:?}: expected mbgnbd or bgnbd"))?,
+            .with_context(|| format!("--model {m:?}: expected bgbb, mbgnbd or bgnbd"))?,
         None => cfg.scoring.model,
     };
     let result = match from_csv {
@@ -579,12 +579,17 @@ fn model_fit(
         println!("{}", serde_json::to_string(&result)?);
     } else {
         let p = result.params;
+        let n = result.model.param_names();
         println!(
-            "{}: r={:.4} alpha={:.4} a={:.4} b={:.4}  log-likelihood {:.2}  members {}  {}",
+            "{}: {}={:.4} {}={:.4} {}={:.4} {}={:.4}  log-likelihood {:.2}  members {}  {}",
             result.model,
+            n[0],
             p.r,
+            n[1],
             p.alpha,
+            n[2],
             p.a,
+            n[3],
             p.b,
             result.log_likelihood,
             result.members,

@@ -203,7 +203,7 @@ impl Default for RegistryConfig {
 pub struct ScoringConfig {
     /// Run the background scorer in `serve`.
     pub enabled: bool,
-    /// `mbgnbd` (default) or `bgnbd`.
+    /// `bgbb` (default: discrete daily opportunities), `mbgnbd` or `bgnbd`.
     pub model: crate::scoring::model::ModelKind,
     /// How often `serve` scores the fleet, in seconds of real time.
     pub score_interval_s: u64,
@@ -222,8 +222,16 @@ pub struct ScoringConfig {
     pub onboarding_min_active_days: u32,
     /// A new member with no active day this many days after joining is flagged `lapsing`.
     pub no_start_days: u32,
+    /// A member who joined fewer than this many days ago ...
+    pub onboarding_watch_days: u32,
+    /// ... and has been silent for this many days is flagged `lapsing` by the onboarding
+    /// rule (started, then faded); 0 turns it off.
+    pub onboarding_fade_days: u32,
     /// Enter `lapsing` when `p_engaged` falls below this.
     pub lapsing_enter_below: f64,
+    /// ... or when the member's silence is one an engaged member with their own rhythm
+    /// goes through less often than this (P(silent this long | engaged)); 0 turns it off.
+    pub lapsing_silence_below: f64,
     /// Leave `lapsing` (or `lapsed`) only when `p_engaged` rises above this after new activity.
     pub lapsing_exit_above: f64,
     /// `lapsed` (probably gone) below this `p_engaged`.
@@ -238,15 +246,17 @@ pub struct ScoringConfig {
     pub champion_keep_p_engaged: f64,
     /// No state change sooner than this many days after the previous one.
     pub min_dwell_days: u32,
-    /// Parameters used until the fleet is large enough to fit (per day).
+    /// MBG/NBD and BG/NBD parameters used until the fleet is large enough to fit (per day).
     pub prior: crate::scoring::model::Params,
+    /// BG/BB parameters used until the fleet is large enough to fit.
+    pub prior_bgbb: crate::scoring::bgbb::BgbbParams,
 }
 
 impl Default for ScoringConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            model: crate::scoring::model::ModelKind::Mbgnbd,
+            model: crate::scoring::model::ModelKind::Bgbb,
             score_interval_s: 300,
             refit_interval_h: 24,
             fit_window_days: 365,
@@ -255,9 +265,12 @@ impl Default for ScoringConfig {
             onboarding_days: 14,
             onboarding_min_active_days: 3,
             no_start_days: 7,
-            lapsing_enter_below: 0.5,
+            onboarding_watch_days: 45,
+            onboarding_fade_days: 14,
+            lapsing_enter_below: 0.05,
+            lapsing_silence_below: 0.0,
             lapsing_exit_above: 0.7,
-            lapsed_below: 0.2,
+            lapsed_below: 0.02,
             champion_top_fraction: 0.10,
             champion_min_p_engaged: 0.9,
             champion_keep_fraction: 0.20,
@@ -268,6 +281,12 @@ impl Default for ScoringConfig {
                 alpha: 2.0,
                 a: 1.0,
                 b: 30.0,
+            },
+            prior_bgbb: crate::scoring::bgbb::BgbbParams {
+                alpha: 1.5,
+                beta: 1.0,
+                gamma: 1.0,
+                delta: 500.0,
             },
         }
     }
@@ -428,6 +447,18 @@ impl Default for SmtpConfig {
 }
 
 impl ScoringConfig {
+    /// The prior parameters for `kind`, in [`crate::scoring::model::Params`] slots.
+    pub fn prior_for(
+        &self,
+        kind: crate::scoring::model::ModelKind,
+    ) -> crate::scoring::model::Params {
+        if kind.is_discrete() {
+            self.prior_bgbb.to_slots()
+        } else {
+            self.prior
+        }
+    }
+
     /// The default time zone (validated at load).
     pub fn default_tz(&self) -> chrono_tz::Tz {
         self.default_tz.parse().unwrap_or(chrono_tz::UTC)
@@ -516,6 +547,18 @@ impl ScoringConfig {
             return Err((
                 "scoring.prior",
                 "r, alpha, a and b must be positive and finite".into(),
+            ));
+        }
+        if !self.prior_bgbb.to_slots().is_valid() {
+            return Err((
+                "scoring.prior_bgbb",
+                "alpha, beta, gamma and delta must be positive and finite".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.lapsing_silence_below) {
+            return Err((
+                "scoring.lapsing_silence_below",
+                format!("{} is outside [0, 1)", self.lapsing_silence_below),
             ));
         }
         Ok(())
@@ -703,7 +746,7 @@ mod tests {
         let c = load_str("[scoring]\nmodel = \"bgnbd\"\nmin_dwell_days = 5\n").unwrap();
         assert_eq!(c.scoring.model, crate::scoring::model::ModelKind::Bgnbd);
         assert_eq!(c.scoring.min_dwell_days, 5);
-        let e = load_str("[scoring]\nlapsing_exit_above = 0.3\n")
+        let e = load_str("[scoring]\nlapsing_exit_above = 0.03\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("scoring.lapsing_exit_above"), "{e}");
@@ -711,7 +754,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("threshold"), "{e}");
-        let e = load_str("[scoring]\nmodel = \"bgbb\"\n")
+        let c = load_str("[scoring]\nmodel = \"bgbb\"\n").unwrap();
+        assert_eq!(c.scoring.model, crate::scoring::model::ModelKind::Bgbb);
+        let e = load_str("[scoring]\nmodel = \"pareto\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("model"), "{e}");

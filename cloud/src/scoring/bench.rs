@@ -1,18 +1,19 @@
 //! The scoring benchmark: fit on simulated members, then score a simulated fleet, in
 //! memory (the store is not part of the measurement). `rollcall bench scoring` prints it.
 
+use super::bgbb::BgbbParams;
 use super::engine;
 use super::fit::{self, FitData, FitOptions};
 use super::model::{ModelKind, Params};
 use super::simulate::simulate;
 use super::state::{Memory, State};
-use super::summary::MemberDays;
+use super::summary::{DaySummary, MemberDays};
 use super::ScoringError;
 use crate::config::ScoringConfig;
 use serde::Serialize;
 use std::time::Instant;
 
-/// The parameters the benchmark simulates from (daily; a fleet of consumer devices).
+/// The MBG/NBD parameters the benchmark simulates from (daily; a fleet of consumer devices).
 pub const BENCH_PARAMS: Params = Params {
     r: 0.6,
     alpha: 4.0,
@@ -20,9 +21,28 @@ pub const BENCH_PARAMS: Params = Params {
     b: 12.0,
 };
 
+/// The BG/BB parameters the benchmark simulates from (daily opportunities: active on
+/// about 60% of days, drop-out about 0.4% a day, both varying between members).
+pub const BENCH_BGBB_PARAMS: BgbbParams = BgbbParams {
+    alpha: 1.2,
+    beta: 0.8,
+    gamma: 0.6,
+    delta: 150.0,
+};
+
+/// Members simulated from `kind`'s benchmark parameters over up to a year.
+fn bench_members(kind: ModelKind, n: usize, seed: u64) -> Vec<DaySummary> {
+    match kind {
+        ModelKind::Bgbb => super::bgbb::simulate(&BENCH_BGBB_PARAMS, n, 365, seed),
+        _ => simulate(kind, &BENCH_PARAMS, n, 365, 1.0, seed),
+    }
+}
+
 /// What the benchmark measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchResult {
+    /// The model benchmarked.
+    pub model: ModelKind,
     /// Members fitted on.
     pub fit_members: usize,
     /// Distinct `(x, t_x, T)` tuples among them.
@@ -33,10 +53,10 @@ pub struct BenchResult {
     pub fit_evaluations: usize,
     /// Whether the fit converged.
     pub fit_converged: bool,
-    /// The parameters simulated from.
-    pub true_params: Params,
-    /// The parameters recovered.
-    pub fitted_params: Params,
+    /// The parameters simulated from (under the model's names).
+    pub true_params: serde_json::Value,
+    /// The parameters recovered (under the model's names).
+    pub fitted_params: serde_json::Value,
     /// Members scored.
     pub score_members: usize,
     /// Wall-clock seconds to score them: the model's numbers, the fleet ranking and the
@@ -50,18 +70,29 @@ pub struct BenchResult {
     pub threads: usize,
 }
 
-/// Fits on `fit_members` simulated members and scores `score_members` (targets: 100,000
-/// in under 2 s and 1,000,000 in under 3 s on two cores).
+/// Fits the default model on `fit_members` simulated members and scores `score_members`
+/// (targets: 100,000 in under 2 s and 1,000,000 in under 3 s on two cores).
 pub fn run(fit_members: usize, score_members: usize) -> Result<BenchResult, ScoringError> {
-    let kind = ModelKind::Mbgnbd;
-    let cfg = ScoringConfig::default();
-    let fit_data = simulate(kind, &BENCH_PARAMS, fit_members, 365, 1.0, 1);
+    run_model(ScoringConfig::default().model, fit_members, score_members)
+}
+
+/// [`run`] for a given model.
+pub fn run_model(
+    kind: ModelKind,
+    fit_members: usize,
+    score_members: usize,
+) -> Result<BenchResult, ScoringError> {
+    let cfg = ScoringConfig {
+        model: kind,
+        ..ScoringConfig::default()
+    };
+    let fit_data = bench_members(kind, fit_members, 1);
     let t0 = Instant::now();
     let data = FitData::new(fit_data.iter().copied(), 1.0);
     let r = fit::fit(&data, &FitOptions::new(kind))?;
     let fit_seconds = t0.elapsed().as_secs_f64();
 
-    let fleet = simulate(kind, &BENCH_PARAMS, score_members, 365, 1.0, 2);
+    let fleet = bench_members(kind, score_members, 2);
     let as_of_day = 20_000;
     let mds: Vec<Option<MemberDays>> = fleet
         .iter()
@@ -102,14 +133,19 @@ pub fn run(fit_members: usize, score_members: usize) -> Result<BenchResult, Scor
     for e in evals.iter().flatten() {
         *counts.entry(e.decision.state).or_insert(0u64) += 1;
     }
+    let true_params = match kind {
+        ModelKind::Bgbb => BENCH_BGBB_PARAMS.to_slots(),
+        _ => BENCH_PARAMS,
+    };
     Ok(BenchResult {
+        model: kind,
         fit_members,
         fit_distinct: data.distinct(),
         fit_seconds,
         fit_evaluations: r.evaluations,
         fit_converged: r.converged,
-        true_params: BENCH_PARAMS,
-        fitted_params: r.params,
+        true_params: true_params.named(kind),
+        fitted_params: r.params.named(kind),
         score_members,
         score_seconds,
         reasons_seconds,

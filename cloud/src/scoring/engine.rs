@@ -42,20 +42,18 @@ pub struct Numbers {
 /// The model's numbers for a member as of `as_of_day`.
 pub fn numbers(kind: ModelKind, p: &Params, md: &MemberDays, as_of_day: i32) -> Numbers {
     let s = md.summary.to_rft(1.0);
-    let p_engaged = model::p_engaged(kind, p, &s);
-    let p_silent_14d = model::p_silent(kind, p, &s, SILENT_SHORT_DAYS);
-    let p_silent_30d = model::p_silent(kind, p, &s, SILENT_LONG_DAYS);
-    let expected = model::expected_active(kind, p, &s, SILENT_LONG_DAYS).min(SILENT_LONG_DAYS);
+    let o = model::member_outputs(kind, p, &s, [SILENT_SHORT_DAYS, SILENT_LONG_DAYS]);
+    let p_silent_14d = o.p_silent[0];
     Numbers {
-        p_engaged,
+        p_engaged: o.p_engaged,
         p_silent_14d,
-        p_silent_30d,
-        expected_active_days_30d: expected,
-        rhythm_per_week: (7.0 * model::rate_if_engaged(p, &s)).min(7.0),
+        p_silent_30d: o.p_silent[1],
+        expected_active_days_30d: o.expected_active.min(SILENT_LONG_DAYS),
+        rhythm_per_week: (7.0 * o.rate).min(7.0),
         days_since_last: md.last_active_day.map(|d| (as_of_day - d).max(0) as u32),
         tenure_days: md.summary.t_days,
         active_days: md.active_days,
-        p_silence_if_engaged: model::p_silence_this_long_if_engaged(p, &s),
+        p_silence_if_engaged: o.p_silence_if_engaged,
         score: (100.0 * (1.0 - p_silent_14d)).round().clamp(0.0, 100.0) as u8,
     }
 }
@@ -144,7 +142,9 @@ pub fn evaluate(
                 tenure_days: n.tenure_days,
                 active_days: n.active_days,
                 last_active_day: md.last_active_day,
+                days_since_last: n.days_since_last,
                 p_engaged: n.p_engaged,
+                p_silence_if_engaged: n.p_silence_if_engaged,
                 rank: rank(th.as_ref(), n),
             };
             let decision = state::step(cfg, memory.get(i).and_then(|m| m.as_ref()), &o);

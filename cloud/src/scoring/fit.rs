@@ -10,10 +10,19 @@
 //! positive), started from several points and restarted from its best point until a
 //! restart no longer improves it. A fit *converges* when the last restart ended on its
 //! tolerance, improved nothing, and left the parameters finite and away from the bounds
-//! `e^±12`. Callers keep the last good parameters when a fit does not converge
+//! `e^±12`, with one exception: when both shapes of one mixing distribution run off to
+//! the upper bound together (their ratio, the mean, fixed), the fleet is homogeneous in
+//! that respect: the likelihood is flat along the ridge and the limit is a proper model
+//! (every member shares the mean rate or drop-out probability). That is a converged fit
+//! once the likelihood is checked to be flat there. Daily active-day data, where every
+//! member's drop-out chance is small and alike, end exactly there. A distribution that
+//! collapses onto zero (`a → 0`, `b → ∞`: no evidence of anyone stopping) is not
+//! converged. Callers keep the last good parameters when a fit does not converge
 //! ([`choose`]).
+//!
+//! BG/BB ([`super::bgbb`]) counts whole days: its data must be in days.
 
-use super::model::{ln_gamma, log_add_exp, ModelKind, Params};
+use super::model::{ln_gamma, log_add_exp, ModelKind, NamedParams, Params};
 use super::summary::DaySummary;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -37,12 +46,18 @@ pub enum FitError {
     /// The likelihood was not finite at any starting point.
     #[error("the log-likelihood is not finite at any starting point")]
     NotFinite,
+    /// BG/BB counts whole daily opportunities; the data was in another unit.
+    #[error("bgbb counts whole days: fit it with the time unit days")]
+    WholeDays,
 }
 
 /// Log-parameters stay within ±this (parameters within e^±12 ≈ 6e-6 .. 1.6e5).
 const LOG_BOUND: f64 = 12.0;
 /// A fit whose parameters end this close to a bound has degenerated.
 const BOUND_MARGIN: f64 = 0.5;
+/// Along a ridge (both shapes of a mixing distribution at the upper bound), the total
+/// log-likelihood may change by at most this much when both shrink by a factor e.
+const RIDGE_FLATNESS: f64 = 0.1;
 
 /// Distinct summaries with weights, ready for repeated likelihood evaluations.
 #[derive(Debug, Clone)]
@@ -100,8 +115,16 @@ impl FitData {
         self.groups.len()
     }
 
-    /// The total log-likelihood of `p` under `kind`.
+    /// The total log-likelihood of `p` under `kind` (BG/BB: in whole days whatever the unit).
     pub fn log_likelihood(&self, kind: ModelKind, p: &Params) -> f64 {
+        if kind == ModelKind::Bgbb {
+            return super::bgbb::grouped_log_likelihood(
+                &super::bgbb::BgbbParams::from_slots(p),
+                &self.xs,
+                &self.groups,
+                self.max_day,
+            );
+        }
         let unit = self.days_per_unit;
         let ln_tab: Vec<f64> = (0..=self.max_day)
             .map(|d| (p.alpha + d as f64 / unit).ln())
@@ -117,7 +140,7 @@ impl FitData {
                 let beta = p.b
                     + match kind {
                         ModelKind::Mbgnbd => x + 1.0,
-                        ModelKind::Bgnbd => x,
+                        ModelKind::Bgnbd | ModelKind::Bgbb => x,
                     };
                 let head = base + ln_gamma(p.r + x) + ln_gamma(beta) - ln_gamma(p.a + beta);
                 let c4 = if kind == ModelKind::Bgnbd && x == 0.0 {
@@ -182,8 +205,9 @@ impl FitOptions {
     }
 }
 
-/// The outcome of a fit.
-#[derive(Debug, Clone, Serialize)]
+/// The outcome of a fit. In JSON the parameters go by the model's names
+/// ([`ModelKind::param_names`]).
+#[derive(Debug, Clone)]
 pub struct FitResult {
     /// Which model.
     pub model: ModelKind,
@@ -199,12 +223,38 @@ pub struct FitResult {
     pub evaluations: usize,
 }
 
+impl Serialize for FitResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Out {
+            model: ModelKind,
+            params: NamedParams,
+            log_likelihood: f64,
+            members: u64,
+            converged: bool,
+            evaluations: usize,
+        }
+        Out {
+            model: self.model,
+            params: NamedParams(self.model, self.params),
+            log_likelihood: self.log_likelihood,
+            members: self.members,
+            converged: self.converged,
+            evaluations: self.evaluations,
+        }
+        .serialize(s)
+    }
+}
+
 /// Fits `kind` to `data` by maximum likelihood.
 pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
     if data.members == 0 {
         return Err(FitError::NoData);
     }
     let kind = opts.kind;
+    if kind.is_discrete() && data.days_per_unit != 1.0 {
+        return Err(FitError::WholeDays);
+    }
     let total = data.members as f64;
     let mut evals = 0usize;
     let mut objective = |th: &[f64; 4]| -> f64 {
@@ -227,6 +277,22 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
     };
     let starts: Vec<[f64; 4]> = match opts.warm_start {
         Some(p) if p.is_valid() => vec![to_log(&p)],
+        _ if kind.is_discrete() => {
+            // α/(α+β) near the mean share of active days; drop-out rare per day.
+            let m = rate.clamp(0.02, 0.95);
+            let odds = (1.0 - m) / m;
+            [(1.0, 1.0, 20.0), (0.5, 0.5, 200.0), (2.0, 1.5, 2000.0)]
+                .iter()
+                .map(|&(al, ga, de)| {
+                    to_log(&Params {
+                        r: al,
+                        alpha: al * odds,
+                        a: ga,
+                        b: de,
+                    })
+                })
+                .collect()
+        }
         _ => [
             (1.0, 1.0, 1.0, 1.0),
             (0.5, 0.5, 0.5, 3.0),
@@ -269,8 +335,10 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
         }
     }
     let p = from_log(&th);
-    let inside = th.iter().all(|v| v.abs() < LOG_BOUND - BOUND_MARGIN);
     let ll = data.log_likelihood(kind, &p);
+    let inside = [(0, 1), (2, 3)]
+        .iter()
+        .all(|&(i, j)| pair_inside_or_on_ridge(data, kind, &th, ll, i, j));
     Ok(FitResult {
         model: kind,
         params: p,
@@ -279,6 +347,39 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
         converged: converged && inside && ll.is_finite() && p.is_valid(),
         evaluations: evals,
     })
+}
+
+/// Whether parameters `i` and `j` (the two shapes of one mixing distribution) are away
+/// from the bounds, or both large together on a ridge where the likelihood is flat.
+fn pair_inside_or_on_ridge(
+    data: &FitData,
+    kind: ModelKind,
+    th: &[f64; 4],
+    ll: f64,
+    i: usize,
+    j: usize,
+) -> bool {
+    let near = |v: f64| v.abs() >= LOG_BOUND - BOUND_MARGIN;
+    if !near(th[i]) && !near(th[j]) {
+        return true;
+    }
+    // Both shapes large (a point mass at their ratio), none at the lower bound.
+    if th[i] <= 0.0 || th[j] <= 0.0 {
+        return false;
+    }
+    let at = |di: f64, dj: f64| {
+        let mut t = *th;
+        t[i] += di;
+        t[j] += dj;
+        data.log_likelihood(kind, &from_log(&t))
+    };
+    // Flat along the ridge (the mean kept) ...
+    let along = at(-1.0, -1.0);
+    // ... but pinned across it: the data must fix the mean, not let it run to 0 or ∞.
+    let across = [at(0.0, 1.0), at(0.0, -1.0)];
+    along.is_finite()
+        && (ll - along).abs() <= RIDGE_FLATNESS
+        && across.iter().all(|v| *v < ll - RIDGE_FLATNESS)
 }
 
 fn to_log(p: &Params) -> [f64; 4] {

@@ -6,6 +6,17 @@
 //! only events *received* since the refresh before the previous one are read again (the
 //! `events_received` index), which covers any event stamped before a refresh but committed
 //! after it; active days are a set, so reading an event twice changes nothing.
+//!
+//! Two rules about time make the summaries honest:
+//!
+//! - An event recorded while its device's clock was wrong (`clock_suspect`, such as a
+//!   clock reset to 2000-01-01) is counted on the day the cloud received it, not on the
+//!   day its clock claimed: a year-2000 "active day" would otherwise start the member's
+//!   clock decades early.
+//! - A member's clock never starts before the fleet's first recorded usage
+//!   ([`Fleet::observed_from_ms`]): when members who joined long ago are registered, or
+//!   the history imported is shorter than their membership, the store cannot have seen
+//!   their usage before that, and unseen days are not silence.
 
 use super::summary::{local_day, ActiveDays};
 use super::ScoringError;
@@ -20,7 +31,10 @@ pub struct FleetMember {
     pub id: String,
     /// Their time zone (the default when unset).
     pub tz: Tz,
-    /// When their clock starts unless they were active earlier: joined, else registered (Unix ms).
+    /// Joined, else registered (Unix ms).
+    pub joined_ms: i64,
+    /// When their clock starts unless they were active earlier: `joined_ms`, but not
+    /// before the fleet's first recorded usage (Unix ms).
     pub start_ms: i64,
     /// Active days.
     pub days: ActiveDays,
@@ -43,6 +57,8 @@ pub struct Fleet {
     index: HashMap<String, usize>,
     /// Start instants (clock ms) of the last two refreshes.
     refreshes: [Option<i64>; 2],
+    /// The earliest recorded usage of any member (Unix ms), if any.
+    pub observed_from_ms: Option<i64>,
 }
 
 impl Fleet {
@@ -52,6 +68,7 @@ impl Fleet {
         f.reload_members(conn, default_tz)?;
         f.read_events(conn, None)?;
         f.read_presence(conn)?;
+        f.apply_observation_start();
         Ok(f)
     }
 
@@ -73,8 +90,9 @@ impl Fleet {
         let changed_tz = self.reload_members(conn, default_tz)?;
         for i in changed_tz {
             let m = &mut self.members[i];
-            let mut st =
-                conn.prepare_cached("SELECT occurred_ms FROM events WHERE member_id = ?1")?;
+            let mut st = conn.prepare_cached(
+                "SELECT CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events WHERE member_id = ?1",
+            )?;
             let ms: Vec<i64> = st
                 .query_map([&m.id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
@@ -83,8 +101,22 @@ impl Fleet {
         let since = self.refreshes[0];
         self.read_events(conn, since)?;
         self.read_presence(conn)?;
+        self.apply_observation_start();
         self.refreshes = [self.refreshes[1], Some(now_ms)];
         Ok(())
+    }
+
+    /// Sets every member's `start_ms`: joined, but not before the fleet's first usage.
+    fn apply_observation_start(&mut self) {
+        for m in &mut self.members {
+            if let Some(first) = m.days.first_instant() {
+                self.observed_from_ms = Some(self.observed_from_ms.map_or(first, |o| o.min(first)));
+            }
+        }
+        let from = self.observed_from_ms.unwrap_or(i64::MIN);
+        for m in &mut self.members {
+            m.start_ms = m.joined_ms.max(from);
+        }
     }
 
     /// The member's position, by id.
@@ -124,6 +156,7 @@ impl Fleet {
             match self.index.get(&id) {
                 Some(&i) => {
                     let m = &mut self.members[i];
+                    m.joined_ms = start_ms;
                     m.start_ms = start_ms;
                     if m.tz != tz {
                         m.tz = tz;
@@ -135,6 +168,7 @@ impl Fleet {
                     self.members.push(FleetMember {
                         id,
                         tz,
+                        joined_ms: start_ms,
                         start_ms,
                         days: ActiveDays::default(),
                         offline: None,
@@ -148,11 +182,11 @@ impl Fleet {
     fn read_events(&mut self, conn: &Connection, since: Option<i64>) -> Result<(), ScoringError> {
         let (sql, arg) = match since {
             None => (
-                "SELECT member_id, occurred_ms FROM events ORDER BY member_id",
+                "SELECT member_id, CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events ORDER BY member_id",
                 i64::MIN,
             ),
             Some(s) => (
-                "SELECT member_id, occurred_ms FROM events WHERE received_ms >= ?1",
+                "SELECT member_id, CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events WHERE received_ms >= ?1",
                 s,
             ),
         };

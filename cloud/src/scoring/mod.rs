@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`summary`]: usage → active days in the member's time zone → `(x, t_x, T)`.
 //! - [`model`]: MBG/NBD and BG/NBD in log space: likelihood, P(engaged), P(silent h),
-//!   expected active days.
+//!   expected active days; the entry points for every model.
+//! - [`bgbb`]: BG/BB (discrete daily opportunities, the default model).
 //! - [`fit`]: maximum likelihood (Nelder–Mead in log space, restarts, convergence,
 //!   fallback to the last good parameters).
 //! - [`state`]: the state machine (`new`, `active`, `champion`, `lapsing`, `lapsed`) with
@@ -21,6 +22,7 @@
 //! [`replay()`] / [`replay_each`] (history, read-only), [`fit_csv`] and [`bench::run`].
 
 pub mod bench;
+pub mod bgbb;
 pub mod csvfit;
 pub mod engine;
 pub mod fit;

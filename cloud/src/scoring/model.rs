@@ -1,5 +1,7 @@
-//! The buy-till-you-die models: MBG/NBD (Batislam, Denizel and Filiztekin 2007, the
-//! default) and BG/NBD (Fader, Hardie and Lee 2005), in log space.
+//! The buy-till-you-die models: MBG/NBD (Batislam, Denizel and Filiztekin 2007) and
+//! BG/NBD (Fader, Hardie and Lee 2005), in log space, and the entry points that dispatch
+//! to BG/BB (Fader, Hardie and Shang 2010, discrete daily opportunities, the default;
+//! its mathematics is in [`super::bgbb`]).
 //!
 //! A member is summarised by `(x, t_x, T)` in the model's time unit: `x` active days
 //! after the origin, `t_x` the time from the origin to the last of them (0 when
@@ -14,6 +16,7 @@
 //! days uses a rearranged `₂F₁` series whose parameters do not grow with `x` (see
 //! [`expected_active`]).
 
+use super::bgbb::{self, BgbbParams};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -23,10 +26,15 @@ use std::fmt;
 pub enum ModelKind {
     /// Modified BG/NBD: a member may also stop right at the origin, so a member with no
     /// repeat activity is not certainly engaged.
-    #[default]
     Mbgnbd,
     /// BG/NBD: stopping happens only after an active day; P(engaged) is 1 for `x = 0`.
     Bgnbd,
+    /// BG/BB: one opportunity a day, active with probability `p ~ Beta(α, β)` while
+    /// alive, dropping out before each day with probability `θ ~ Beta(γ, δ)`. Made for
+    /// daily usage; [`Params`] holds `(α, β, γ, δ)` in its slots (see
+    /// [`super::bgbb::BgbbParams`]).
+    #[default]
+    Bgbb,
 }
 
 impl ModelKind {
@@ -35,22 +43,35 @@ impl ModelKind {
         match self {
             ModelKind::Mbgnbd => "mbgnbd",
             ModelKind::Bgnbd => "bgnbd",
+            ModelKind::Bgbb => "bgbb",
         }
     }
-    /// Parses `mbgnbd` or `bgnbd`.
+    /// Parses `mbgnbd`, `bgnbd` or `bgbb`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "mbgnbd" | "mbg/nbd" | "mbg" => Some(ModelKind::Mbgnbd),
             "bgnbd" | "bg/nbd" | "bg" => Some(ModelKind::Bgnbd),
+            "bgbb" | "bg/bb" => Some(ModelKind::Bgbb),
             _ => None,
         }
+    }
+    /// The names of the four parameters, in [`Params`] slot order.
+    pub fn param_names(self) -> [&'static str; 4] {
+        match self {
+            ModelKind::Mbgnbd | ModelKind::Bgnbd => ["r", "alpha", "a", "b"],
+            ModelKind::Bgbb => ["alpha", "beta", "gamma", "delta"],
+        }
+    }
+    /// Whether the model counts whole daily opportunities (BG/BB) rather than continuous time.
+    pub fn is_discrete(self) -> bool {
+        self == ModelKind::Bgbb
     }
     /// Survival opportunities a member with `x` repeat active days has passed: the
     /// second Beta parameter of `p` given engagement is `b` plus this.
     fn survivals(self, x: f64) -> f64 {
         match self {
             ModelKind::Mbgnbd => x + 1.0,
-            ModelKind::Bgnbd => x,
+            ModelKind::Bgnbd | ModelKind::Bgbb => x,
         }
     }
 }
@@ -61,7 +82,7 @@ impl fmt::Display for ModelKind {
     }
 }
 
-/// The four fleet-level parameters.
+/// The four fleet-level parameters (for BG/BB, `(α, β, γ, δ)` in slot order).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -81,6 +102,28 @@ impl Params {
         [self.r, self.alpha, self.a, self.b]
             .iter()
             .all(|v| v.is_finite() && *v > 0.0)
+    }
+    /// The parameters as a JSON object under `kind`'s names (`{"r", "alpha", "a", "b"}`,
+    /// or `{"alpha", "beta", "gamma", "delta"}` for BG/BB).
+    pub fn named(&self, kind: ModelKind) -> serde_json::Value {
+        serde_json::to_value(NamedParams(kind, *self)).expect("numbers serialise")
+    }
+}
+
+/// Serialises a [`Params`] field under the names of the model in the same struct: used
+/// with `#[serde(serialize_with)]` through [`NamedParams`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NamedParams(pub ModelKind, pub Params);
+
+impl Serialize for NamedParams {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let p = &self.1;
+        let mut m = s.serialize_map(Some(4))?;
+        for (name, v) in self.0.param_names().iter().zip([p.r, p.alpha, p.a, p.b]) {
+            m.serialize_entry(name, &v)?;
+        }
+        m.end()
     }
 }
 
@@ -117,8 +160,13 @@ fn ln_age_ratio(p: &Params, s: &Rft) -> f64 {
 /// Log of the odds that a member has stopped: `ln(P(stopped)/P(engaged))`.
 /// MBG/NBD: `ln a − ln(b+x) + (r+x)·ln((α+T)/(α+t_x))`; BG/NBD the same with `b+x−1`,
 /// and `−∞` when `x = 0`.
+/// For BG/BB, `ln((1 − P(alive))/P(alive))`.
 pub fn ln_stop_odds(kind: ModelKind, p: &Params, s: &Rft) -> f64 {
     let denom = match kind {
+        ModelKind::Bgbb => {
+            let pa = p_engaged(kind, p, s);
+            return (1.0 - pa).ln() - pa.ln();
+        }
         ModelKind::Mbgnbd => p.b + s.x,
         ModelKind::Bgnbd if s.x <= 0.0 => return f64::NEG_INFINITY,
         ModelKind::Bgnbd => p.b + s.x - 1.0,
@@ -138,6 +186,9 @@ fn logistic_of_neg(z: f64) -> f64 {
 
 /// P(engaged | x, t_x, T): the probability that the member has not stopped.
 pub fn p_engaged(kind: ModelKind, p: &Params, s: &Rft) -> f64 {
+    if kind == ModelKind::Bgbb {
+        return bgbb::outputs(&BgbbParams::from_slots(p), s, [0.0, 0.0]).p_alive;
+    }
     logistic_of_neg(ln_stop_odds(kind, p, s))
 }
 
@@ -149,7 +200,11 @@ pub fn ln_p_quiet_if_engaged(p: &Params, s: &Rft, h: f64) -> f64 {
 
 /// P(no active day in the next `h` time units | x, t_x, T) =
 /// `P(stopped) + P(engaged)·((α+T)/(α+T+h))^(r+x)`.
+/// For BG/BB, `L(x, t_x, n+h) / L(x, t_x, n)` in whole days.
 pub fn p_silent(kind: ModelKind, p: &Params, s: &Rft, h: f64) -> f64 {
+    if kind == ModelKind::Bgbb {
+        return bgbb::outputs(&BgbbParams::from_slots(p), s, [h, 0.0]).p_silent[0];
+    }
     let pe = p_engaged(kind, p, s);
     let quiet = ln_p_quiet_if_engaged(p, s, h).exp();
     ((1.0 - pe) + pe * quiet).clamp(0.0, 1.0)
@@ -168,12 +223,53 @@ pub fn rate_if_engaged(p: &Params, s: &Rft) -> f64 {
     (p.r + s.x) / (p.alpha + s.t_x)
 }
 
+/// Everything the scorer reports about one member, computed once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemberOutputs {
+    /// P(engaged).
+    pub p_engaged: f64,
+    /// P(no active day in the next `h[0]` and `h[1]` time units).
+    pub p_silent: [f64; 2],
+    /// Expected active days in the next `h[1]` time units.
+    pub expected_active: f64,
+    /// How often an engaged member with this history goes as long without activity.
+    pub p_silence_if_engaged: f64,
+    /// Active days per time unit while engaged (BG/BB: the daily probability).
+    pub rate: f64,
+}
+
+/// [`p_engaged`], [`p_silent`] at both horizons, [`expected_active`] at `h[1]`, the
+/// silence probability if engaged and the rate, in one go (one pass for BG/BB).
+pub fn member_outputs(kind: ModelKind, p: &Params, s: &Rft, h: [f64; 2]) -> MemberOutputs {
+    if kind == ModelKind::Bgbb {
+        let o = bgbb::outputs(&BgbbParams::from_slots(p), s, h);
+        return MemberOutputs {
+            p_engaged: o.p_alive,
+            p_silent: o.p_silent,
+            expected_active: o.expected_active[1],
+            p_silence_if_engaged: o.p_silence_if_alive,
+            rate: o.rate,
+        };
+    }
+    MemberOutputs {
+        p_engaged: p_engaged(kind, p, s),
+        p_silent: [p_silent(kind, p, s, h[0]), p_silent(kind, p, s, h[1])],
+        expected_active: expected_active(kind, p, s, h[1]),
+        p_silence_if_engaged: p_silence_this_long_if_engaged(p, s),
+        rate: rate_if_engaged(p, s),
+    }
+}
+
 /// One member's log-likelihood contribution.
 ///
 /// BG/NBD: `ln Γ(r+x) − ln Γ(r) + r ln α + ln B(a, b+x) − ln B(a, b)` plus
 /// `ln[(α+T)^−(r+x) + δ(x>0)·a/(b+x−1)·(α+t_x)^−(r+x)]`.
 /// MBG/NBD: the same with `B(a, b+x+1)` and `a/(b+x)`, the second term for every `x`.
+/// BG/BB: see [`super::bgbb`].
 pub fn log_likelihood(kind: ModelKind, p: &Params, s: &Rft) -> f64 {
+    if kind == ModelKind::Bgbb {
+        return bgbb::log_likelihood(&BgbbParams::from_slots(p), s);
+    }
     let beta = p.b + kind.survivals(s.x);
     let head = ln_gamma(p.r + s.x) - ln_gamma(p.r) + p.r * p.alpha.ln() + ln_gamma(p.a + p.b)
         - ln_gamma(p.b)
@@ -212,9 +308,14 @@ const SERIES_MAX_TERMS: usize = 20_000;
 /// overflows; the `1/(a−1)` is cancelled analytically, so `a` near 1 is harmless. When
 /// the series would be long (z near 1 with a heavy tail) a tanh-sinh quadrature of the
 /// Beta expectation is used instead.
+///
+/// BG/BB: `P(alive at n) · (α+x)/(α+β+n) · Σ_{k=1}^{h} P(no drop-out in k more days | alive)`.
 pub fn expected_active(kind: ModelKind, p: &Params, s: &Rft, h: f64) -> f64 {
     if h <= 0.0 {
         return 0.0;
+    }
+    if kind == ModelKind::Bgbb {
+        return bgbb::outputs(&BgbbParams::from_slots(p), s, [h, 0.0]).expected_active[0];
     }
     let pe = p_engaged(kind, p, s);
     let shape = p.r + s.x;

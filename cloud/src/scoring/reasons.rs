@@ -101,6 +101,13 @@ pub fn reasons(cfg: &ScoringConfig, r: &ReasonInput<'_>) -> Vec<String> {
             cfg.onboarding_min_active_days,
             days(cfg.onboarding_days)
         )),
+        Some(Rule::FadedStart) => out.push(format!(
+            "Joined {} ago, was active on {}, and has been silent for {}: the onboarding rule flags a new member who stops using the device within their first {}",
+            days(r.tenure_days),
+            days(r.active_days),
+            days(r.days_since_last.unwrap_or(0)),
+            days(cfg.onboarding_watch_days)
+        )),
         Some(Rule::Onboarding) => out.push(format!(
             "New member: joined {} ago, active on {} so far",
             days(r.tenure_days),
@@ -127,7 +134,12 @@ pub fn reasons(cfg: &ScoringConfig, r: &ReasonInput<'_>) -> Vec<String> {
             cfg.lapsing_exit_above * 100.0,
             r.p_engaged * 100.0
         )),
-        State::Lapsing if !matches!(r.rule, Rule::NeverStarted | Rule::SlowStart) => {
+        State::Lapsing
+            if !matches!(
+                r.rule,
+                Rule::NeverStarted | Rule::SlowStart | Rule::FadedStart
+            ) =>
+        {
             out.push(format!(
                 "Drifting away: the chance this member is still engaged has fallen to {:.0}%",
                 r.p_engaged * 100.0

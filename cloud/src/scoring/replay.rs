@@ -4,7 +4,7 @@
 use super::engine;
 use super::fit;
 use super::fleet::Fleet;
-use super::model::{ModelKind, Params};
+use super::model::{ModelKind, NamedParams, Params};
 use super::run::fit_fleet;
 use super::state::{Memory, State};
 use super::summary::{local_day_of, MemberDays, DAY_MS};
@@ -28,8 +28,8 @@ pub struct ReplayPoint {
     pub score: u8,
 }
 
-/// One day of a replay.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One day of a replay (in JSON the parameters go by the model's names).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplayDay {
     /// The instant scored.
     pub as_of: DateTime<Utc>,
@@ -41,6 +41,27 @@ pub struct ReplayDay {
     pub refitted: bool,
     /// Members per state.
     pub counts: BTreeMap<State, u64>,
+}
+
+impl Serialize for ReplayDay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            as_of: DateTime<Utc>,
+            model: ModelKind,
+            params: NamedParams,
+            refitted: bool,
+            counts: &'a BTreeMap<State, u64>,
+        }
+        Out {
+            as_of: self.as_of,
+            model: self.model,
+            params: NamedParams(self.model, self.params),
+            refitted: self.refitted,
+            counts: &self.counts,
+        }
+        .serialize(s)
+    }
 }
 
 /// A whole replay: `points[d][m]` is member `members[m]` on day `days[d]` (`None` before
@@ -133,7 +154,7 @@ pub fn replay_each(
         if params.is_none() || as_of_ms.saturating_sub(last_fit_ms) >= refit_ms {
             let last_good = params.filter(|p| p.1).map(|p| p.0);
             let attempt = fit_fleet(&fleet, cfg, as_of, last_good);
-            let choice = fit::choose(&attempt, last_good, cfg.prior);
+            let choice = fit::choose(&attempt, last_good, cfg.prior_for(cfg.model));
             if let Some(w) = choice.warning {
                 warnings.push(format!("{}: {w}", as_of.date_naive()));
             }

@@ -4,7 +4,7 @@
 use super::engine::{self, Evaluated};
 use super::fit::{self, FitData, FitError, FitOptions, FitResult};
 use super::fleet::Fleet;
-use super::model::{ModelKind, Params};
+use super::model::{ModelKind, NamedParams, Params};
 use super::persist::{self, ScoreRow};
 use super::state::{Memory, State};
 use super::summary::{local_day_of, DaySummary, MemberDays, DAY_MS};
@@ -48,11 +48,11 @@ pub struct MemberScore {
 }
 
 /// The model a run scored with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelInUse {
     /// Which model.
     pub model: ModelKind,
-    /// Its parameters (time unit: days).
+    /// Its parameters (time unit: days), in JSON under the model's names.
     pub params: Params,
     /// The stored fit they come from (null: the configured prior).
     pub fit_id: Option<i64>,
@@ -60,6 +60,27 @@ pub struct ModelInUse {
     pub fitted_as_of: Option<String>,
     /// Whether this run refitted the model.
     pub refitted: bool,
+}
+
+impl Serialize for ModelInUse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            model: ModelKind,
+            params: NamedParams,
+            fit_id: Option<i64>,
+            fitted_as_of: &'a Option<String>,
+            refitted: bool,
+        }
+        Out {
+            model: self.model,
+            params: NamedParams(self.model, self.params),
+            fit_id: self.fit_id,
+            fitted_as_of: &self.fitted_as_of,
+            refitted: self.refitted,
+        }
+        .serialize(s)
+    }
 }
 
 /// The outcome of one scoring run.
@@ -177,7 +198,7 @@ pub fn model_for(
         .and_then(|c| c.as_of_ms.map(|t| (c.in_use.params, c.in_use.fit_id, t)))
         .or_else(|| stored.as_ref().map(|f| (f.params, Some(f.id), f.as_of_ms)));
     let attempt = fit_fleet(fleet, cfg, as_of, last_good.map(|g| g.0));
-    let choice = fit::choose(&attempt, last_good.map(|g| g.0), cfg.prior);
+    let choice = fit::choose(&attempt, last_good.map(|g| g.0), cfg.prior_for(cfg.model));
     if let Some(w) = &choice.warning {
         tracing::warn!(model = %cfg.model, warning = %w, "Model refit not adopted");
         warnings.push(w.clone());
@@ -201,7 +222,7 @@ pub fn model_for(
     }
     let (params_as_of, id) = if choice.adopted_new {
         (Some(as_of_ms), fit_id)
-    } else if choice.params == cfg.prior && last_good.is_none() {
+    } else if choice.params == cfg.prior_for(cfg.model) && last_good.is_none() {
         (None, None)
     } else {
         (last_good.map(|g| g.2), last_good.and_then(|g| g.1))

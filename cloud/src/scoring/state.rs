@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Hysteresis: a member enters `lapsing` when `p_engaged` falls below
-//! `lapsing_enter_below` and leaves it (or `lapsed`) only when it is back above the higher
+//! `lapsing_enter_below`, or when their silence is one an engaged member with their own
+//! rhythm goes through less often than `lapsing_silence_below`, and leaves it (or `lapsed`) only when it is back above the higher
 //! `lapsing_exit_above` *and* there has been activity since the member entered. A
 //! champion keeps the title in a wider band than it takes to win it. And no state changes
 //! sooner than `min_dwell_days` after the previous change. The machine is a pure
@@ -85,6 +86,9 @@ pub enum Rule {
     NeverStarted,
     /// Onboarding rule: the window closed with fewer than the minimum active days.
     SlowStart,
+    /// Onboarding rule: a member still in their first `onboarding_watch_days` went
+    /// silent for `onboarding_fade_days` (started, then faded: the January sign-up).
+    FadedStart,
     /// The model says engaged.
     Engaged,
     /// Top fraction and clearly engaged.
@@ -132,8 +136,12 @@ pub struct Observation {
     pub active_days: u32,
     /// The last active day (day number).
     pub last_active_day: Option<i32>,
+    /// Days since the last active day (`None`: never active).
+    pub days_since_last: Option<u32>,
     /// The model's P(engaged).
     pub p_engaged: f64,
+    /// How often an engaged member with this rhythm goes this long without activity.
+    pub p_silence_if_engaged: f64,
     /// Rank by expected active days.
     pub rank: Rank,
 }
@@ -170,8 +178,16 @@ fn wanted(cfg: &ScoringConfig, prev: Option<&Memory>, o: &Observation) -> (State
         if !(new_activity && o.p_engaged > cfg.lapsing_exit_above) {
             return (m.state, Rule::Held);
         }
-    } else if o.p_engaged < cfg.lapsing_enter_below {
+    } else if o.p_engaged < cfg.lapsing_enter_below
+        || o.p_silence_if_engaged < cfg.lapsing_silence_below
+    {
         return (State::Lapsing, Rule::ModelLapsing);
+    } else if cfg.onboarding_fade_days > 0
+        && o.tenure_days < cfg.onboarding_watch_days
+        && o.days_since_last
+            .is_some_and(|d| d >= cfg.onboarding_fade_days)
+    {
+        return (State::Lapsing, Rule::FadedStart);
     }
     let was_champion = prev.is_some_and(|m| m.state == State::Champion);
     let champion = if was_champion {
@@ -221,8 +237,15 @@ mod tests {
 
     const DAY: i64 = DAY_MS;
 
+    /// Round thresholds, so that the tests read as transitions (the tuned defaults are
+    /// checked by the evaluation, not here).
     fn cfg() -> ScoringConfig {
-        ScoringConfig::default()
+        ScoringConfig {
+            lapsing_enter_below: 0.5,
+            lapsing_exit_above: 0.7,
+            lapsed_below: 0.2,
+            ..ScoringConfig::default()
+        }
     }
 
     fn obs(day: i64, p: f64, last_active_day: Option<i32>) -> Observation {
@@ -231,7 +254,9 @@ mod tests {
             tenure_days: 100 + day as u32,
             active_days: 40,
             last_active_day,
+            days_since_last: Some(0),
             p_engaged: p,
+            p_silence_if_engaged: 1.0,
             rank: Rank::Below,
         }
     }
@@ -317,7 +342,9 @@ mod tests {
             tenure_days: day,
             active_days: 0,
             last_active_day: None,
+            days_since_last: None,
             p_engaged: 0.9,
+            p_silence_if_engaged: 1.0,
             rank: Rank::Below,
         };
         let d0 = step(&cfg(), None, &o(0));
@@ -335,7 +362,9 @@ mod tests {
             tenure_days: 14,
             active_days: 2,
             last_active_day: Some(3),
+            days_since_last: Some(11),
             p_engaged: 0.8,
+            p_silence_if_engaged: 1.0,
             rank: Rank::Below,
         };
         let new = remembered(State::New, 0, None);
@@ -345,6 +374,46 @@ mod tests {
         let mut early = o;
         early.tenure_days = 10;
         assert_eq!(step(&cfg(), Some(&new), &early).state, State::New);
+    }
+
+    #[test]
+    fn a_new_member_who_fades_becomes_lapsing_by_the_onboarding_rule() {
+        let c = ScoringConfig {
+            onboarding_fade_days: 14,
+            onboarding_watch_days: 60,
+            ..cfg()
+        };
+        let o = |tenure: u32, silent: u32| Observation {
+            as_of_ms: tenure as i64 * DAY,
+            tenure_days: tenure,
+            active_days: 5,
+            last_active_day: Some((tenure - silent) as i32),
+            days_since_last: Some(silent),
+            p_engaged: 0.8,
+            p_silence_if_engaged: 0.05,
+            rank: Rank::Below,
+        };
+        let active = remembered(State::Active, 0, Some(10));
+        assert_eq!(step(&c, Some(&active), &o(30, 13)).state, State::Active);
+        let d = step(&c, Some(&active), &o(30, 14));
+        assert_eq!((d.state, d.rule), (State::Lapsing, Rule::FadedStart));
+        // Past the watch window the model alone decides.
+        assert_eq!(step(&c, Some(&active), &o(60, 20)).state, State::Active);
+    }
+
+    #[test]
+    fn active_to_lapsing_when_a_silence_is_rare_for_the_members_own_rhythm() {
+        let c = ScoringConfig {
+            lapsing_silence_below: 0.001,
+            ..cfg()
+        };
+        let m = remembered(State::Active, 0, Some(0));
+        let mut o = obs(10, 0.9, Some(0));
+        o.p_silence_if_engaged = 0.0005;
+        let d = step(&c, Some(&m), &o);
+        assert_eq!((d.state, d.rule), (State::Lapsing, Rule::ModelLapsing));
+        o.p_silence_if_engaged = 0.002;
+        assert_eq!(step(&c, Some(&m), &o).state, State::Active);
     }
 
     #[test]

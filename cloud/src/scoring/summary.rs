@@ -100,6 +100,11 @@ impl ActiveDays {
         }
     }
 
+    /// The earliest instant of any event (Unix ms), if any.
+    pub fn first_instant(&self) -> Option<i64> {
+        self.days.first().map(|d| d.1)
+    }
+
     /// Number of distinct active days.
     pub fn len(&self) -> usize {
         self.days.len()
