@@ -31,3 +31,9 @@ pub const MAX_TIMESTAMP_S: i64 = 4_102_444_800;
 pub const MAX_FUTURE_SKEW_S: i64 = 10 * 60;
 /// The agent's build date (2026-11-01): a device clock earlier than this has never synced.
 pub const BUILD_EPOCH_S: i64 = 1_793_491_200;
+/// Largest decoded transaction body, in bytes.
+pub const MAX_TX_BODY_BYTES: usize = 4 * 1024;
+/// Most units in one replenishment transaction.
+pub const MAX_ORDER_QTY: u32 = 10_000;
+/// Largest unit price, in minor units (ten million in major units).
+pub const MAX_UNIT_PRICE: i64 = 1_000_000_000;
