@@ -82,6 +82,8 @@ pub struct CloudConfig {
     pub registry: RegistryConfig,
     /// Membership scoring (`[scoring]`).
     pub scoring: ScoringConfig,
+    /// Device-initiated orders: catalogue, price tolerance, cancellation window (`[orders]`).
+    pub orders: OrdersConfig,
 }
 
 impl Default for CloudConfig {
@@ -94,8 +96,48 @@ impl Default for CloudConfig {
             ingest: IngestConfig::default(),
             registry: RegistryConfig::default(),
             scoring: ScoringConfig::default(),
+            orders: OrdersConfig::default(),
         }
     }
+}
+
+/// `[orders]`: how device-initiated transactions are judged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// How long an accepted order may be cancelled, in hours.
+    pub cancel_window_h: u64,
+    /// Largest difference between a device's price quote and the catalogue price that is
+    /// still accepted, in basis points of the catalogue price (100 = 1 %). Beyond it the
+    /// order is `held_for_confirmation` with reason `price_changed`.
+    pub price_tolerance_bp: u32,
+    /// The articles devices may order (`[[orders.catalogue]]`).
+    pub catalogue: Vec<CatalogueEntry>,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            cancel_window_h: 24,
+            price_tolerance_bp: 0,
+            catalogue: Vec::new(),
+        }
+    }
+}
+
+/// One `[[orders.catalogue]]` article.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueEntry {
+    /// Article number (what devices put in `sku`).
+    pub sku: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Price per unit in minor units (cents).
+    pub unit_price: i64,
+    /// ISO 4217 currency (`EUR`).
+    pub currency: String,
 }
 
 /// `[broker]`.
@@ -454,6 +496,39 @@ impl CloudConfig {
                 "broker.shared_group",
                 "must not contain '/', '+' or '#'".into(),
             );
+        }
+        if !(1..=24 * 365).contains(&self.orders.cancel_window_h) {
+            return bad(
+                "orders.cancel_window_h",
+                format!("{} is outside 1..=8760", self.orders.cancel_window_h),
+            );
+        }
+        if self.orders.price_tolerance_bp > 10_000 {
+            return bad(
+                "orders.price_tolerance_bp",
+                format!("{} is above 10000 (100 %)", self.orders.price_tolerance_bp),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for item in &self.orders.catalogue {
+            if let Err(e) = rollcall_shared::Sku::parse(&item.sku) {
+                return bad("orders.catalogue.sku", e.to_string());
+            }
+            if !seen.insert(item.sku.as_str()) {
+                return bad(
+                    "orders.catalogue.sku",
+                    format!("{:?} is listed twice", item.sku),
+                );
+            }
+            if !(0..=rollcall_shared::limits::MAX_UNIT_PRICE).contains(&item.unit_price) {
+                return bad(
+                    "orders.catalogue.unit_price",
+                    format!("{}: {} is out of range", item.sku, item.unit_price),
+                );
+            }
+            if let Err(e) = rollcall_shared::Currency::parse(&item.currency) {
+                return bad("orders.catalogue.currency", format!("{}: {e}", item.sku));
+            }
         }
         if let Err((key, message)) = self.scoring.validate() {
             return bad(key, message);

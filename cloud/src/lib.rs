@@ -13,6 +13,9 @@
 //! - [`keys`]: the cloud's own signing key.
 //! - [`usage`]: the usage CSV format, and `usage import` (idempotent).
 //! - [`scoring`]: membership scoring: active days, the fleet model, states and reasons.
+//! - [`orders`]: device-initiated transactions: decision, consent and limits, status changes.
+//! - [`ledger`]: the tamper-evident transaction ledger (RFC 6962 Merkle tree, signed
+//!   checkpoints, proofs, `ledger verify`, `ledger export`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`http`]: `/healthz`, `/metrics`, JSON errors.
 //! - [`server`]: `serve`: broker + ingest + HTTP, started and stopped together.
@@ -25,8 +28,10 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod mqtt;
+pub mod orders;
 pub mod registry;
 pub mod scoring;
 pub mod server;

@@ -1,0 +1,617 @@
+//! Device-initiated replenishment transactions: the decision, the orders table, member
+//! consent and limits, later status changes, and the hand-off to fulfilment.
+//!
+//! # Decision (in this order; the first rule that applies wins)
+//!
+//! | outcome | reason | when |
+//! |---|---|---|
+//! | rejected | `replayed_counter` | the counter is not above the device's newest one |
+//! | rejected | `not_opted_in` | the member has not opted in to automatic reordering |
+//! | rejected | `unknown_sku` | the SKU is not in the catalogue (`[[orders.catalogue]]`) |
+//! | rejected | `open_order_exists` | the slot already has an accepted or held order |
+//! | rejected | `over_slot_qty_limit` | `qty` above the member's per-slot quantity limit |
+//! | rejected | `over_order_limit` | `amount` above the member's per-order limit |
+//! | rejected | `over_30d_limit` | accepted + delivered amounts of the last 30 days plus this one above the member's 30-day limit |
+//! | held_for_confirmation | `price_changed` | the quote differs from the catalogue price by more than `orders.price_tolerance_bp`, or in currency |
+//! | accepted | — | otherwise; cancellable until `decided + orders.cancel_window_h` |
+//!
+//! Signature, registration, payload and device checks come first, in
+//! [`crate::ingest::check`]; what fails them goes to quarantine and never reaches the
+//! ledger. A transaction id seen before with the same payload gets the same receipt again
+//! and changes nothing; with a different payload it is quarantined as `conflict`.
+//!
+//! Every decision and every later status (`accepted` after confirmation, `cancelled`,
+//! `delivered`) is appended to the [`crate::ledger`] in the same SQLite transaction as
+//! the `orders` row it describes.
+//!
+//! # Fulfilment
+//!
+//! Accepted orders (at decision, or when a held order is confirmed) pass through
+//! [`hand_off_to_fulfilment`] inside the deciding transaction. It records the hand-off
+//! time on the order; the durable delivery queue (webhook to the commerce back end) is
+//! enqueued from that same function, so an order is handed over exactly when it is
+//! accepted, and never when the transaction rolls back.
+
+use crate::config::OrdersConfig;
+use crate::ledger::{Appender, EntryKind, LedgerError, NewEntry};
+use chrono::{DateTime, Duration, Utc};
+use rollcall_shared::dsse::KeyPair;
+use rollcall_shared::payload::{Receipt, ReorderPolicy, Transaction, TxStatus};
+use rollcall_shared::{DeviceId, MemberId, TxId};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Why an orders operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrdersError {
+    /// SQLite said no.
+    #[error("orders store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The ledger could not be appended to.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// No order with that id.
+    #[error("no order with transaction id {0:?}")]
+    NoSuchOrder(String),
+    /// No member with that id.
+    #[error("no member with id {0:?}")]
+    NoSuchMember(String),
+    /// The order's status does not allow the action.
+    #[error("order {tx_id} is {status}; it cannot be {action}")]
+    NotAllowed {
+        /// The order.
+        tx_id: String,
+        /// Its status.
+        status: &'static str,
+        /// What was asked (`cancelled`, `confirmed`, `delivered`).
+        action: &'static str,
+    },
+    /// The cancellation window has closed.
+    #[error("order {tx_id} could be cancelled until {until}; the window has closed")]
+    WindowClosed {
+        /// The order.
+        tx_id: String,
+        /// The end of the window.
+        until: String,
+    },
+}
+
+/// One catalogue article.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueItem {
+    /// Price per unit, minor units.
+    pub unit_price: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+}
+
+/// What the decision needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct OrderRules {
+    /// SKU → price.
+    pub catalogue: HashMap<String, CatalogueItem>,
+    /// Largest accepted difference between quote and catalogue price, in basis points.
+    pub price_tolerance_bp: u32,
+    /// How long an accepted order may be cancelled.
+    pub cancel_window: Duration,
+}
+
+impl OrderRules {
+    /// The rules of `[orders]`.
+    pub fn from_config(c: &OrdersConfig) -> Self {
+        Self {
+            catalogue: c
+                .catalogue
+                .iter()
+                .map(|i| {
+                    (
+                        i.sku.clone(),
+                        CatalogueItem {
+                            unit_price: i.unit_price,
+                            currency: i.currency.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            price_tolerance_bp: c.price_tolerance_bp,
+            cancel_window: Duration::hours(c.cancel_window_h as i64),
+        }
+    }
+}
+
+/// A transaction whose envelope verified under its device's registered key.
+#[derive(Debug, Clone)]
+pub struct VerifiedTx {
+    /// The device (verified).
+    pub device: DeviceId,
+    /// Its member.
+    pub member: MemberId,
+    /// The transaction.
+    pub tx: Transaction,
+    /// The device's envelope, byte for byte.
+    pub envelope: Vec<u8>,
+    /// Hex SHA-256 of the payload (the idempotency fingerprint).
+    pub payload_sha256: String,
+    /// When the cloud received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What [`record`] did.
+#[derive(Debug, Clone)]
+pub enum TxResult {
+    /// Decided now (and appended to the ledger).
+    Decided(Receipt),
+    /// Seen before with the same content: the receipt of its current status.
+    Duplicate(Receipt),
+    /// Seen before with different content.
+    Conflict,
+}
+
+/// A member's consent and limits (amounts in minor units of the order's currency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct Policy {
+    /// Opted in to automatic reordering.
+    pub auto_reorder: bool,
+    /// Most per order.
+    pub limit_per_order: Option<i64>,
+    /// Most over any rolling 30 days.
+    pub limit_30d: Option<i64>,
+    /// Most units per slot and order.
+    pub limit_slot_qty: Option<i64>,
+}
+
+/// Reads a member's policy (default: not opted in, no limits).
+pub fn policy(conn: &Connection, member: &str) -> Result<Policy, OrdersError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT auto_reorder, limit_per_order, limit_30d, limit_slot_qty FROM member_policies WHERE member_id = ?1",
+        )?
+        .query_row([member], |r| {
+            Ok(Policy {
+                auto_reorder: r.get(0)?,
+                limit_per_order: r.get(1)?,
+                limit_30d: r.get(2)?,
+                limit_slot_qty: r.get(3)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Stores a member's consent and limits (replacing earlier ones).
+pub fn set_policy(
+    conn: &Connection,
+    member: &MemberId,
+    p: &Policy,
+    now: DateTime<Utc>,
+) -> Result<(), OrdersError> {
+    let exists = conn
+        .query_row("SELECT 1 FROM members WHERE id = ?1", [member.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !exists {
+        return Err(OrdersError::NoSuchMember(member.to_string()));
+    }
+    conn.execute(
+        "INSERT INTO member_policies (member_id, auto_reorder, limit_per_order, limit_30d, limit_slot_qty, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(member_id) DO UPDATE SET auto_reorder = excluded.auto_reorder,
+             limit_per_order = excluded.limit_per_order, limit_30d = excluded.limit_30d,
+             limit_slot_qty = excluded.limit_slot_qty, updated_ms = excluded.updated_ms",
+        params![
+            member.as_str(),
+            p.auto_reorder,
+            p.limit_per_order,
+            p.limit_30d,
+            p.limit_slot_qty,
+            now.timestamp_millis()
+        ],
+    )?;
+    Ok(())
+}
+
+enum Decision {
+    Accepted,
+    Held(&'static str),
+    Rejected(&'static str),
+}
+
+fn decide(
+    tx: &Connection,
+    rules: &OrderRules,
+    v: &VerifiedTx,
+) -> Result<(Decision, i64), OrdersError> {
+    let t = &v.tx;
+    let max_counter: i64 = tx
+        .prepare_cached("SELECT max_tx_counter FROM devices WHERE id = ?1")?
+        .query_row([v.device.as_str()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let amount = t.amount;
+    if t.counter as i64 <= max_counter {
+        return Ok((Decision::Rejected("replayed_counter"), amount));
+    }
+    let p = policy(tx, v.member.as_str())?;
+    if !p.auto_reorder {
+        return Ok((Decision::Rejected("not_opted_in"), amount));
+    }
+    let Some(item) = rules.catalogue.get(t.sku.as_str()) else {
+        return Ok((Decision::Rejected("unknown_sku"), amount));
+    };
+    let open = tx
+        .prepare_cached(
+            "SELECT 1 FROM orders WHERE device_id = ?1 AND slot = ?2 AND status IN ('accepted', 'held_for_confirmation')",
+        )?
+        .query_row(params![v.device.as_str(), t.slot.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if open {
+        return Ok((Decision::Rejected("open_order_exists"), amount));
+    }
+    if p.limit_slot_qty.is_some_and(|l| i64::from(t.qty) > l) {
+        return Ok((Decision::Rejected("over_slot_qty_limit"), amount));
+    }
+    if p.limit_per_order.is_some_and(|l| amount > l) {
+        return Ok((Decision::Rejected("over_order_limit"), amount));
+    }
+    if let Some(l) = p.limit_30d {
+        let since = (v.received_at - Duration::days(30)).timestamp_millis();
+        let spent: i64 = tx
+            .prepare_cached(
+                "SELECT coalesce(sum(amount), 0) FROM orders WHERE member_id = ?1 AND decided_ms > ?2
+                 AND status IN ('accepted', 'delivered')",
+            )?
+            .query_row(params![v.member.as_str(), since], |r| r.get(0))?;
+        if spent.saturating_add(amount) > l {
+            return Ok((Decision::Rejected("over_30d_limit"), amount));
+        }
+    }
+    let diff = (t.unit_price - item.unit_price).unsigned_abs() as u128;
+    let allowed = item.unit_price.unsigned_abs() as u128 * u128::from(rules.price_tolerance_bp);
+    if item.currency != t.currency.as_str() || diff * 10_000 > allowed {
+        // What the member would be asked to confirm: the catalogue price.
+        let at_catalogue = i64::from(t.qty).saturating_mul(item.unit_price);
+        return Ok((Decision::Held("price_changed"), at_catalogue));
+    }
+    Ok((Decision::Accepted, amount))
+}
+
+/// Hands an accepted order to fulfilment, inside the transaction that accepted it.
+///
+/// Records when the hand-off happened. The durable delivery queue's enqueue call (a
+/// webhook to the commerce back end, keyed by `tx_id` for idempotency) belongs here, so
+/// that it commits or rolls back together with the acceptance.
+pub fn hand_off_to_fulfilment(
+    tx: &Connection,
+    tx_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), OrdersError> {
+    tx.prepare_cached(
+        "UPDATE orders SET fulfilment_requested_ms = ?2 WHERE tx_id = ?1 AND fulfilment_requested_ms IS NULL",
+    )?
+    .execute(params![tx_id, now.timestamp_millis()])?;
+    Ok(())
+}
+
+fn ms(t: Option<i64>) -> Option<DateTime<Utc>> {
+    t.and_then(DateTime::from_timestamp_millis)
+}
+
+fn receipt_of(conn: &Connection, tx_id: &str) -> Result<Option<Receipt>, OrdersError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT payload_sha256, status, reason, ledger_index, cancel_until_ms, updated_ms FROM orders WHERE tx_id = ?1",
+        )?
+        .query_row([tx_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((sha, status, reason, idx, until, updated)) = row else {
+        return Ok(None);
+    };
+    let status = TxStatus::parse(&status)
+        .ok_or_else(|| LedgerError::Corrupt(format!("order {tx_id} has status {status:?}")))?;
+    Ok(Some(Receipt {
+        tx_id: TxId::parse(tx_id).map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+        tx_sha256: sha,
+        status,
+        reason,
+        ledger_index: idx as u64,
+        cancel_until: if status == TxStatus::Accepted { ms(until) } else { None },
+        at: ms(Some(updated)).unwrap_or_default(),
+    }))
+}
+
+/// Decides a verified transaction, or recognises a re-send; writes the order, the ledger
+/// entry and the counter inside the caller's transaction.
+pub fn record(
+    tx: &Connection,
+    ledger: &mut Appender,
+    rules: &OrderRules,
+    v: &VerifiedTx,
+) -> Result<TxResult, OrdersError> {
+    let t = &v.tx;
+    let seen: Option<String> = tx
+        .prepare_cached("SELECT payload_sha256 FROM orders WHERE tx_id = ?1")?
+        .query_row([t.tx_id.as_str()], |r| r.get(0))
+        .optional()?;
+    match seen {
+        Some(sha) if sha == v.payload_sha256 => {
+            let r = receipt_of(tx, t.tx_id.as_str())?.expect("the order exists");
+            tx.prepare_cached("UPDATE orders SET notified_status = status WHERE tx_id = ?1")?
+                .execute([t.tx_id.as_str()])?;
+            return Ok(TxResult::Duplicate(r));
+        }
+        Some(_) => return Ok(TxResult::Conflict),
+        None => {}
+    }
+    let now = v.received_at;
+    let (decision, amount) = decide(tx, rules, v)?;
+    let (status, reason) = match decision {
+        Decision::Accepted => (TxStatus::Accepted, None),
+        Decision::Held(r) => (TxStatus::HeldForConfirmation, Some(r)),
+        Decision::Rejected(r) => (TxStatus::Rejected, Some(r)),
+    };
+    let index = ledger.push(
+        tx,
+        &NewEntry {
+            kind: EntryKind::Decision,
+            tx_id: t.tx_id.as_str(),
+            device_id: v.device.as_str(),
+            member_id: v.member.as_str(),
+            status: status.as_str(),
+            reason,
+            at: now,
+            envelope: Some(&v.envelope),
+        },
+    )?;
+    let cancel_until = (status == TxStatus::Accepted).then(|| now + rules.cancel_window);
+    tx.prepare_cached(
+        "INSERT INTO orders (tx_id, device_id, member_id, slot, sku, qty, unit_price, amount, currency, counter,
+             payload_sha256, status, reason, decided_ms, updated_ms, cancel_until_ms, ledger_index, notified_status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?12)",
+    )?
+    .execute(params![
+        t.tx_id.as_str(),
+        v.device.as_str(),
+        v.member.as_str(),
+        t.slot.as_str(),
+        t.sku.as_str(),
+        t.qty,
+        t.unit_price,
+        amount,
+        t.currency.as_str(),
+        t.counter as i64,
+        v.payload_sha256,
+        status.as_str(),
+        reason,
+        now.timestamp_millis(),
+        cancel_until.map(|c| c.timestamp_millis()),
+        index as i64,
+    ])?;
+    tx.prepare_cached("UPDATE devices SET max_tx_counter = MAX(max_tx_counter, ?2) WHERE id = ?1")?
+        .execute(params![v.device.as_str(), t.counter as i64])?;
+    if status == TxStatus::Accepted {
+        hand_off_to_fulfilment(tx, t.tx_id.as_str(), now)?;
+    }
+    Ok(TxResult::Decided(Receipt {
+        tx_id: t.tx_id.clone(),
+        tx_sha256: v.payload_sha256.clone(),
+        status,
+        reason: reason.map(str::to_owned),
+        ledger_index: index,
+        cancel_until,
+        at: now,
+    }))
+}
+
+/// What a device should hear when it says it is online: its member's policy, and a
+/// receipt for every order whose status changed since the device was last told.
+/// Marks those receipts as sent (the caller publishes them after the commit).
+pub fn on_status(
+    tx: &Connection,
+    device: &DeviceId,
+) -> Result<(Option<ReorderPolicy>, Vec<Receipt>), OrdersError> {
+    let member: Option<String> = tx
+        .prepare_cached("SELECT member_id FROM devices WHERE id = ?1")?
+        .query_row([device.as_str()], |r| r.get(0))
+        .optional()?;
+    let Some(member) = member else {
+        return Ok((None, Vec::new()));
+    };
+    let p = policy(tx, &member)?;
+    let ids: Vec<String> = tx
+        .prepare_cached("SELECT tx_id FROM orders WHERE device_id = ?1 AND notified_status IS NOT status")?
+        .query_map([device.as_str()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut receipts = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(r) = receipt_of(tx, &id)? {
+            receipts.push(r);
+        }
+        tx.prepare_cached("UPDATE orders SET notified_status = status WHERE tx_id = ?1")?
+            .execute([id.as_str()])?;
+    }
+    Ok((
+        Some(ReorderPolicy {
+            auto_reorder: p.auto_reorder,
+        }),
+        receipts,
+    ))
+}
+
+/// A later status change asked for by staff or the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `held_for_confirmation` → `accepted`.
+    Confirm,
+    /// `accepted` (within the window) or `held_for_confirmation` → `cancelled`.
+    Cancel,
+    /// `accepted` → `delivered`.
+    Deliver,
+}
+
+/// Applies `action` to an order: updates it, appends the ledger entry, signs the
+/// checkpoint, all in one transaction. Returns the order afterwards.
+pub fn change(
+    conn: &mut Connection,
+    key: &KeyPair,
+    rules: &OrderRules,
+    tx_id: &str,
+    action: Action,
+    note: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<OrderView, OrdersError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let row: Option<(String, String, String, Option<i64>)> = tx
+        .query_row(
+            "SELECT status, device_id, member_id, cancel_until_ms FROM orders WHERE tx_id = ?1",
+            [tx_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((status, device, member, until)) = row else {
+        return Err(OrdersError::NoSuchOrder(tx_id.to_owned()));
+    };
+    let status = TxStatus::parse(&status)
+        .ok_or_else(|| LedgerError::Corrupt(format!("order {tx_id} has status {status:?}")))?;
+    let not_allowed = |action: &'static str| OrdersError::NotAllowed {
+        tx_id: tx_id.to_owned(),
+        status: status.as_str(),
+        action,
+    };
+    let (new, cancel_until) = match (action, status) {
+        (Action::Confirm, TxStatus::HeldForConfirmation) => {
+            (TxStatus::Accepted, Some(now + rules.cancel_window))
+        }
+        (Action::Confirm, _) => return Err(not_allowed("confirmed")),
+        (Action::Cancel, TxStatus::HeldForConfirmation) => (TxStatus::Cancelled, None),
+        (Action::Cancel, TxStatus::Accepted) => {
+            let until = ms(until).unwrap_or(now);
+            if now > until {
+                return Err(OrdersError::WindowClosed {
+                    tx_id: tx_id.to_owned(),
+                    until: until.to_rfc3339(),
+                });
+            }
+            (TxStatus::Cancelled, None)
+        }
+        (Action::Cancel, _) => return Err(not_allowed("cancelled")),
+        (Action::Deliver, TxStatus::Accepted) => (TxStatus::Delivered, None),
+        (Action::Deliver, _) => return Err(not_allowed("delivered")),
+    };
+    let mut ledger = Appender::begin(&tx)?;
+    let index = ledger.push(
+        &tx,
+        &NewEntry {
+            kind: EntryKind::Status,
+            tx_id,
+            device_id: &device,
+            member_id: &member,
+            status: new.as_str(),
+            reason: note,
+            at: now,
+            envelope: None,
+        },
+    )?;
+    ledger.finish(&tx, key, now)?;
+    tx.execute(
+        "UPDATE orders SET status = ?2, updated_ms = ?3, ledger_index = ?4,
+             cancel_until_ms = COALESCE(?5, cancel_until_ms),
+             reason = CASE WHEN ?6 IS NULL THEN reason ELSE ?6 END
+         WHERE tx_id = ?1",
+        params![
+            tx_id,
+            new.as_str(),
+            now.timestamp_millis(),
+            index as i64,
+            cancel_until.map(|c| c.timestamp_millis()),
+            note
+        ],
+    )?;
+    if action == Action::Confirm {
+        hand_off_to_fulfilment(&tx, tx_id, now)?;
+    }
+    tx.commit()?;
+    list(conn, None, Some(tx_id))?
+        .pop()
+        .ok_or_else(|| OrdersError::NoSuchOrder(tx_id.to_owned()))
+}
+
+/// One order as `orders list` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    /// Transaction id.
+    pub tx_id: String,
+    /// Member.
+    pub member_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Slot on the device.
+    pub slot: String,
+    /// Article.
+    pub sku: String,
+    /// Units.
+    pub qty: i64,
+    /// Unit price quoted by the device, minor units.
+    pub unit_price: i64,
+    /// Amount, minor units (at the catalogue price for held orders).
+    pub amount: i64,
+    /// Currency.
+    pub currency: String,
+    /// `accepted`, `held_for_confirmation`, `rejected`, `cancelled` or `delivered`.
+    pub status: String,
+    /// Reason code, or the note of a cancellation.
+    pub reason: Option<String>,
+    /// When it was decided.
+    pub decided_at: String,
+    /// Until when an accepted order may be cancelled.
+    pub cancel_until: Option<String>,
+    /// When it was handed to fulfilment.
+    pub fulfilment_requested_at: Option<String>,
+    /// The latest ledger entry of this transaction.
+    pub ledger_index: i64,
+}
+
+/// Orders, newest first; optionally one member's, or one transaction.
+pub fn list(
+    conn: &Connection,
+    member: Option<&str>,
+    tx_id: Option<&str>,
+) -> Result<Vec<OrderView>, OrdersError> {
+    let mut st = conn.prepare(
+        "SELECT tx_id, member_id, device_id, slot, sku, qty, unit_price, amount, currency, status, reason,
+                decided_ms, cancel_until_ms, fulfilment_requested_ms, ledger_index
+         FROM orders WHERE (?1 IS NULL OR member_id = ?1) AND (?2 IS NULL OR tx_id = ?2)
+         ORDER BY decided_ms DESC, tx_id",
+    )?;
+    let fmt = |m: Option<i64>| m.map(crate::registry::ms_to_rfc3339);
+    let rows = st.query_map(params![member, tx_id], |r| {
+        Ok(OrderView {
+            tx_id: r.get(0)?,
+            member_id: r.get(1)?,
+            device_id: r.get(2)?,
+            slot: r.get(3)?,
+            sku: r.get(4)?,
+            qty: r.get(5)?,
+            unit_price: r.get(6)?,
+            amount: r.get(7)?,
+            currency: r.get(8)?,
+            status: r.get(9)?,
+            reason: r.get(10)?,
+            decided_at: crate::registry::ms_to_rfc3339(r.get(11)?),
+            cancel_until: fmt(r.get(12)?),
+            fulfilment_requested_at: fmt(r.get(13)?),
+            ledger_index: r.get(14)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
