@@ -1,6 +1,9 @@
 //! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API:
-//! `GET /api/v1/members/{id}/score` and `GET /api/v1/engagement/summary` (not yet behind
-//! tokens). Errors are JSON `{"error": code, "message": ...}`. Handlers read the store on
+//! `GET /api/v1/members/{id}/score`, `GET /api/v1/engagement/summary`, and the ledger:
+//! `GET /api/v1/ledger/checkpoint` (the latest signed checkpoint),
+//! `GET /api/v1/ledger/entries/{index}` (an entry, its device envelope and its inclusion
+//! proof in the latest checkpoint's tree) and `GET /api/v1/ledger/consistency?from=N&to=M`
+//! (a consistency proof) — not yet behind tokens. Errors are JSON `{"error": code, "message": ...}`. Handlers read the store on
 //! their own read-only connections, off the async executor.
 
 use crate::metrics::Metrics;
@@ -48,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/members/{id}/score", get(member_score))
         .route("/api/v1/engagement/summary", get(engagement_summary))
+        .route("/api/v1/ledger/checkpoint", get(ledger_checkpoint))
+        .route("/api/v1/ledger/entries/{index}", get(ledger_entry))
+        .route("/api/v1/ledger/consistency", get(ledger_consistency))
         .fallback(not_found)
         .with_state(state)
 }
@@ -162,6 +168,65 @@ async fn engagement_summary(
         crate::scoring::persist::engagement_summary(conn, days)
             .map(Json)
             .map_err(ApiError::internal)
+    })
+    .await
+}
+
+async fn ledger_checkpoint(
+    State(s): State<AppState>,
+) -> Result<Json<crate::ledger::CheckpointView>, ApiError> {
+    with_store(&s, |conn| {
+        crate::ledger::latest_checkpoint(conn)
+            .map_err(ApiError::internal)?
+            .map(Json)
+            .ok_or_else(|| {
+                ApiError::not_found("empty_ledger", "the ledger has no entries yet".into())
+            })
+    })
+    .await
+}
+
+async fn ledger_entry(
+    State(s): State<AppState>,
+    Path(index): Path<String>,
+) -> Result<Json<crate::ledger::EntryView>, ApiError> {
+    let index: u64 = index.parse().map_err(|_| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_index",
+        message: format!("{index:?} is not an entry index"),
+    })?;
+    with_store(&s, move |conn| {
+        crate::ledger::entry_with_proof(conn, index)
+            .map_err(ApiError::internal)?
+            .map(Json)
+            .ok_or_else(|| {
+                ApiError::not_found("no_such_entry", format!("the ledger has no entry {index}"))
+            })
+    })
+    .await
+}
+
+/// Query of `GET /api/v1/ledger/consistency`.
+#[derive(Debug, serde::Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn ledger_consistency(
+    State(s): State<AppState>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<crate::ledger::ConsistencyView>, ApiError> {
+    with_store(&s, move |conn| {
+        match crate::ledger::consistency(conn, q.from, q.to) {
+            Ok(v) => Ok(Json(v)),
+            Err(crate::ledger::LedgerError::Proof(e)) => Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_range",
+                message: e.to_string(),
+            }),
+            Err(e) => Err(ApiError::internal(e)),
+        }
     })
     .await
 }

@@ -19,10 +19,10 @@
 //! Usage reports from unknown devices are *held* and ingested by [`release_held`]
 //! when the device is registered.
 
-use crate::registry::DeviceInfo;
-use chrono::{DateTime, Utc};
 use crate::ledger::{Appender, LedgerError};
 use crate::orders::{OrderRules, OrdersError, TxResult, VerifiedTx};
+use crate::registry::DeviceInfo;
+use chrono::{DateTime, Utc};
 use rollcall_shared::dsse::{
     Envelope, EnvelopeError, KeyPair, STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE,
     USAGE_PAYLOAD_TYPE,

@@ -170,7 +170,9 @@ impl Metrics {
             m.downlinks.clone(),
         );
         for st in ["accepted", "held_for_confirmation", "rejected"] {
-            let _ = m.orders_decided.get_or_create(&StatusLabel { status: st.into() });
+            let _ = m
+                .orders_decided
+                .get_or_create(&StatusLabel { status: st.into() });
         }
         for s in crate::scoring::State::ALL {
             let _ = m.scoring_members.get_or_create(&StateLabel {

@@ -187,7 +187,11 @@ pub fn set_policy(
     now: DateTime<Utc>,
 ) -> Result<(), OrdersError> {
     let exists = conn
-        .query_row("SELECT 1 FROM members WHERE id = ?1", [member.as_str()], |_| Ok(()))
+        .query_row(
+            "SELECT 1 FROM members WHERE id = ?1",
+            [member.as_str()],
+            |_| Ok(()),
+        )
         .optional()?
         .is_some();
     if !exists {
@@ -325,7 +329,11 @@ fn receipt_of(conn: &Connection, tx_id: &str) -> Result<Option<Receipt>, OrdersE
         status,
         reason,
         ledger_index: idx as u64,
-        cancel_until: if status == TxStatus::Accepted { ms(until) } else { None },
+        cancel_until: if status == TxStatus::Accepted {
+            ms(until)
+        } else {
+            None
+        },
         at: ms(Some(updated)).unwrap_or_default(),
     }))
 }
@@ -429,7 +437,9 @@ pub fn on_status(
     };
     let p = policy(tx, &member)?;
     let ids: Vec<String> = tx
-        .prepare_cached("SELECT tx_id FROM orders WHERE device_id = ?1 AND notified_status IS NOT status")?
+        .prepare_cached(
+            "SELECT tx_id FROM orders WHERE device_id = ?1 AND notified_status IS NOT status",
+        )?
         .query_map([device.as_str()], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut receipts = Vec::with_capacity(ids.len());

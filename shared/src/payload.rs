@@ -734,7 +734,13 @@ mod tests {
             };
             assert_eq!(Downlink::decode(&d.encode()).unwrap(), d);
         }
-        for s in ["accepted", "held_for_confirmation", "rejected", "cancelled", "delivered"] {
+        for s in [
+            "accepted",
+            "held_for_confirmation",
+            "rejected",
+            "cancelled",
+            "delivered",
+        ] {
             assert_eq!(TxStatus::parse(s).unwrap().as_str(), s);
         }
     }

@@ -123,7 +123,12 @@ fn transaction(device: &DeviceId, n: u64) -> Transaction {
 }
 
 /// Signs `per_device` transactions for every device on `threads` threads.
-fn sign_all(devices: &[(DeviceId, KeyPair)], from: u64, per_device: u64, threads: usize) -> Vec<(DeviceId, Vec<u8>)> {
+fn sign_all(
+    devices: &[(DeviceId, KeyPair)],
+    from: u64,
+    per_device: u64,
+    threads: usize,
+) -> Vec<(DeviceId, Vec<u8>)> {
     let per = devices.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = devices
@@ -134,7 +139,10 @@ fn sign_all(devices: &[(DeviceId, KeyPair)], from: u64, per_device: u64, threads
                     for n in from..from + per_device {
                         for (d, k) in part {
                             let t = transaction(d, n);
-                            out.push((d.clone(), k.sign(TRANSACTION_PAYLOAD_TYPE, &t.encode()).to_json()));
+                            out.push((
+                                d.clone(),
+                                k.sign(TRANSACTION_PAYLOAD_TYPE, &t.encode()).to_json(),
+                            ));
                         }
                     }
                     out

@@ -425,7 +425,12 @@ mod tests {
         for (i, expected) in ROOTS.iter().enumerate() {
             assert_eq!(hex::encode(root(&l[..=i])), *expected, "size {}", i + 1);
             range.push(l[i]);
-            assert_eq!(hex::encode(range.root()), *expected, "compact size {}", i + 1);
+            assert_eq!(
+                hex::encode(range.root()),
+                *expected,
+                "compact size {}",
+                i + 1
+            );
             let back = CompactRange::from_bytes(&range.to_bytes()).unwrap();
             assert_eq!(back, range);
         }

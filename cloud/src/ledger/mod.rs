@@ -238,7 +238,7 @@ impl Appender {
             size as i64,
             root.as_slice(),
             at.timestamp_millis(),
-            env.to_json()
+            String::from_utf8(env.to_json()).expect("envelopes are JSON text")
         ])?;
         tx.prepare_cached(
             "INSERT INTO ledger_state (id, range, last_leaf) VALUES (1, ?1, ?2)
@@ -283,7 +283,8 @@ pub fn latest_checkpoint(conn: &Connection) -> Result<Option<CheckpointView>, Le
 }
 
 fn leaf_hashes(conn: &Connection, n: u64) -> Result<Vec<Hash>, LedgerError> {
-    let mut st = conn.prepare_cached("SELECT leaf_hash FROM ledger_entries WHERE idx < ?1 ORDER BY idx")?;
+    let mut st =
+        conn.prepare_cached("SELECT leaf_hash FROM ledger_entries WHERE idx < ?1 ORDER BY idx")?;
     let rows = st.query_map([n as i64], |r| r.get::<_, Vec<u8>>(0))?;
     let mut out = Vec::with_capacity(n as usize);
     for r in rows {
@@ -443,23 +444,29 @@ fn check_row(
     match (e.kind, envelope) {
         (EntryKind::Decision, Some(env_bytes)) => {
             if e.envelope_sha256.as_deref() != Some(sha256_hex(env_bytes).as_str()) {
-                return Err("the stored device envelope does not match the entry's envelope_sha256".into());
+                return Err(
+                    "the stored device envelope does not match the entry's envelope_sha256".into(),
+                );
             }
             let key = keys
                 .get(&e.device_id)
                 .ok_or_else(|| format!("device {} is not registered", e.device_id))?;
-            let env = Envelope::from_json(env_bytes)
-                .map_err(|err| format!("device envelope: {err}"))?;
+            let env =
+                Envelope::from_json(env_bytes).map_err(|err| format!("device envelope: {err}"))?;
             let body = env
                 .verify(TRANSACTION_PAYLOAD_TYPE, key)
                 .map_err(|err| format!("device signature: {err}"))?;
             let t: Transaction = serde_json::from_slice(&body)
                 .map_err(|err| format!("transaction does not parse: {err}"))?;
             if t.tx_id.as_str() != e.tx_id || t.device_id.as_str() != e.device_id {
-                return Err("the entry's tx_id or device_id differs from the signed transaction".into());
+                return Err(
+                    "the entry's tx_id or device_id differs from the signed transaction".into(),
+                );
             }
         }
-        (EntryKind::Decision, None) => return Err("decision entry without its device envelope".into()),
+        (EntryKind::Decision, None) => {
+            return Err("decision entry without its device envelope".into())
+        }
         (EntryKind::Status, Some(_)) => return Err("status entry with an envelope".into()),
         (EntryKind::Status, None) => {
             if e.envelope_sha256.is_some() {
@@ -490,7 +497,9 @@ pub fn verify(
     let mut keys = HashMap::new();
     {
         let mut st = conn.prepare("SELECT id, public_key FROM devices")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         for r in rows {
             let (id, k) = r?;
             if let Ok(k) = PublicKey::from_bytes(&k) {
@@ -527,13 +536,17 @@ pub fn verify(
             }
         }
     }
-    let total: u64 = conn.query_row("SELECT count(*) FROM ledger_entries", [], |r| r.get::<_, i64>(0))? as u64;
+    let total: u64 = conn.query_row("SELECT count(*) FROM ledger_entries", [], |r| {
+        r.get::<_, i64>(0)
+    })? as u64;
     let mut range = CompactRange::new();
     let mut last: Hash = [0u8; 32];
     let mut next_cp = 0usize;
     // The first entry of the range the next checkpoint covers.
     let mut range_start = 0u64;
-    let mut st = conn.prepare("SELECT idx, entry, envelope FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2")?;
+    let mut st = conn.prepare(
+        "SELECT idx, entry, envelope FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+    )?;
     let mut pos = 0u64;
     let mut from_idx = i64::MIN;
     loop {
@@ -659,7 +672,11 @@ pub struct ExportSummary {
 /// `entries.jsonl` (`{"index", "entry_b64", "envelope_b64"}` per line: the exact bytes),
 /// `checkpoints.jsonl` (one signed checkpoint envelope per line) and `keys.json` (the
 /// cloud's key and every device key, standard base64). See `docs/ledger.md`.
-pub fn export(conn: &Connection, cloud: &PublicKey, dir: &Path) -> Result<ExportSummary, LedgerError> {
+pub fn export(
+    conn: &Connection,
+    cloud: &PublicKey,
+    dir: &Path,
+) -> Result<ExportSummary, LedgerError> {
     use std::io::Write;
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -673,7 +690,8 @@ pub fn export(conn: &Connection, cloud: &PublicKey, dir: &Path) -> Result<Export
     let mut f = std::io::BufWriter::new(std::fs::File::create(&p).map_err(io(&p))?);
     let mut entries = 0u64;
     {
-        let mut st = conn.prepare("SELECT idx, entry, envelope FROM ledger_entries ORDER BY idx")?;
+        let mut st =
+            conn.prepare("SELECT idx, entry, envelope FROM ledger_entries ORDER BY idx")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let idx: i64 = r.get(0)?;
@@ -705,7 +723,9 @@ pub fn export(conn: &Connection, cloud: &PublicKey, dir: &Path) -> Result<Export
     let mut devices = serde_json::Map::new();
     {
         let mut st = conn.prepare("SELECT id, public_key FROM devices ORDER BY id")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         for r in rows {
             let (id, k) = r?;
             devices.insert(id, serde_json::Value::String(B64.encode(k)));
@@ -744,8 +764,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = crate::store::open_writer(dir.path()).unwrap();
         let device = KeyPair::generate();
-        conn.execute("INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)", [])
-            .unwrap();
+        conn.execute(
+            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
+            [],
+        )
+        .unwrap();
         conn.execute(
             "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
             [device.public().as_bytes().as_slice()],
@@ -766,7 +789,10 @@ mod tests {
                 unit_price: 100,
                 currency: Currency::parse("EUR").unwrap(),
                 amount: 100,
-                reason: ReorderReason { level: 1, threshold: 2 },
+                reason: ReorderReason {
+                    level: 1,
+                    threshold: 2,
+                },
                 created_at: t0(),
             };
             let env = device.sign(TRANSACTION_PAYLOAD_TYPE, &t.encode()).to_json();
@@ -854,11 +880,18 @@ mod tests {
         let f = fixture(6);
         let (entry,): (Vec<u8>,) = f
             .conn
-            .query_row("SELECT entry FROM ledger_entries WHERE idx = 2", [], |r| Ok((r.get(0)?,)))
+            .query_row("SELECT entry FROM ledger_entries WHERE idx = 2", [], |r| {
+                Ok((r.get(0)?,))
+            })
             .unwrap();
-        let edited = String::from_utf8(entry).unwrap().replace("accepted", "rejected");
+        let edited = String::from_utf8(entry)
+            .unwrap()
+            .replace("accepted", "rejected");
         f.conn
-            .execute("UPDATE ledger_entries SET entry = ?1 WHERE idx = 2", [edited.as_bytes()])
+            .execute(
+                "UPDATE ledger_entries SET entry = ?1 WHERE idx = 2",
+                [edited.as_bytes()],
+            )
             .unwrap();
         let r = check(&f);
         assert_eq!((r.ok, r.first_bad_index), (false, Some(2)), "{r:?}");
@@ -873,20 +906,35 @@ mod tests {
             .unwrap();
         let entry: Vec<u8> = f
             .conn
-            .query_row("SELECT entry FROM ledger_entries WHERE idx = ?1", [last], |r| r.get(0))
+            .query_row(
+                "SELECT entry FROM ledger_entries WHERE idx = ?1",
+                [last],
+                |r| r.get(0),
+            )
             .unwrap();
-        let edited = String::from_utf8(entry).unwrap().replace("2026-11-24", "2026-11-25");
+        let edited = String::from_utf8(entry)
+            .unwrap()
+            .replace("2026-11-24", "2026-11-25");
         f.conn
-            .execute("UPDATE ledger_entries SET entry = ?1 WHERE idx = ?2", params![edited.as_bytes(), last])
+            .execute(
+                "UPDATE ledger_entries SET entry = ?1 WHERE idx = ?2",
+                params![edited.as_bytes(), last],
+            )
             .unwrap();
         let r = check(&f);
-        assert_eq!((r.ok, r.first_bad_index), (false, Some(last as u64)), "{r:?}");
+        assert_eq!(
+            (r.ok, r.first_bad_index),
+            (false, Some(last as u64)),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn deleted_reordered_and_forged_entries_are_named() {
         let f = fixture(6);
-        f.conn.execute("DELETE FROM ledger_entries WHERE idx = 3", []).unwrap();
+        f.conn
+            .execute("DELETE FROM ledger_entries WHERE idx = 3", [])
+            .unwrap();
         let r = check(&f);
         assert_eq!((r.ok, r.first_bad_index), (false, Some(3)), "{r:?}");
 
@@ -906,13 +954,21 @@ mod tests {
             .sign(TRANSACTION_PAYLOAD_TYPE, b"{}")
             .to_json();
         f.conn
-            .execute("UPDATE ledger_entries SET envelope = ?1 WHERE idx = 0", [forged])
+            .execute(
+                "UPDATE ledger_entries SET envelope = ?1 WHERE idx = 0",
+                [forged],
+            )
             .unwrap();
         let r = check(&f);
         assert_eq!((r.ok, r.first_bad_index), (false, Some(0)), "{r:?}");
 
         let f = fixture(3);
-        f.conn.execute("DELETE FROM ledger_entries WHERE idx = (SELECT max(idx) FROM ledger_entries)", []).unwrap();
+        f.conn
+            .execute(
+                "DELETE FROM ledger_entries WHERE idx = (SELECT max(idx) FROM ledger_entries)",
+                [],
+            )
+            .unwrap();
         let r = check(&f);
         assert!(!r.ok, "{r:?}");
     }
