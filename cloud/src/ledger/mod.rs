@@ -35,7 +35,6 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use merkle::{CompactRange, Hash};
 use rollcall_shared::dsse::{Envelope, KeyPair, PublicKey, TRANSACTION_PAYLOAD_TYPE};
-use rollcall_shared::payload::Transaction;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -46,7 +45,7 @@ use std::path::Path;
 pub const CHECKPOINT_PAYLOAD_TYPE: &str = "application/vnd.rollcall.checkpoint.v1+json";
 
 /// Rows read per round by [`verify`].
-const VERIFY_CHUNK: usize = 8192;
+const VERIFY_CHUNK: usize = 2048;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -422,6 +421,16 @@ impl VerifyReport {
     }
 }
 
+/// The two fields of a signed transaction an entry must agree with (the rest of it was
+/// validated when it was decided; here only the signature and the names matter).
+#[derive(Deserialize)]
+struct SignedNames<'a> {
+    #[serde(borrow)]
+    tx_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    device_id: std::borrow::Cow<'a, str>,
+}
+
 /// Checks one row on its own: returns (leaf hash, prev hash) or the problem.
 fn check_row(
     pos: u64,
@@ -456,9 +465,9 @@ fn check_row(
             let body = env
                 .verify(TRANSACTION_PAYLOAD_TYPE, key)
                 .map_err(|err| format!("device signature: {err}"))?;
-            let t: Transaction = serde_json::from_slice(&body)
+            let t: SignedNames<'_> = serde_json::from_slice(&body)
                 .map_err(|err| format!("transaction does not parse: {err}"))?;
-            if t.tx_id.as_str() != e.tx_id || t.device_id.as_str() != e.device_id {
+            if t.tx_id != e.tx_id || t.device_id != e.device_id {
                 return Err(
                     "the entry's tx_id or device_id differs from the signed transaction".into(),
                 );
@@ -492,7 +501,7 @@ pub fn verify(
     conn: &Connection,
     cloud: &PublicKey,
     threads: usize,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64) + Send,
 ) -> Result<VerifyReport, LedgerError> {
     let mut keys = HashMap::new();
     {
@@ -539,122 +548,181 @@ pub fn verify(
     let total: u64 = conn.query_row("SELECT count(*) FROM ledger_entries", [], |r| {
         r.get::<_, i64>(0)
     })? as u64;
-    let mut range = CompactRange::new();
-    let mut last: Hash = [0u8; 32];
-    let mut next_cp = 0usize;
-    // The first entry of the range the next checkpoint covers.
-    let mut range_start = 0u64;
-    let mut st = conn.prepare(
-        "SELECT idx, entry, envelope FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
-    )?;
-    let mut pos = 0u64;
-    let mut from_idx = i64::MIN;
-    loop {
-        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = st
-            .query_map(params![from_idx, VERIFY_CHUNK as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        let Some(&(last_idx, ..)) = rows.last() else {
-            break;
-        };
-        from_idx = last_idx + 1;
-        let base = pos;
-        let checked: Vec<Result<(Hash, Hash), String>> = {
-            let keys = &keys;
-            let check = |i: usize, r: &(i64, Vec<u8>, Option<Vec<u8>>)| {
-                if r.0 != (base + i as u64) as i64 {
-                    return Err(format!(
-                        "entry {} is missing: the next row has index {}",
-                        base + i as u64,
-                        r.0
-                    ));
+    // A pipeline, so that no core idles: this thread reads chunks of rows (the connection
+    // stays on it), `threads` checkers verify them in any order, and one assembler puts
+    // their results back in order and runs the chain, the tree and the checkpoints.
+    type Rows = Vec<(i64, Vec<u8>, Option<Vec<u8>>)>;
+    type Checked = Vec<Result<(Hash, Hash), String>>;
+    let stop = &std::sync::atomic::AtomicBool::new(false);
+    let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<(u64, Rows)>(threads.max(1) * 2);
+    let chunk_rx = std::sync::Mutex::new(chunk_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Checked)>();
+    let mut assembler = Assembler::new(checkpoints);
+    let outcome: Result<VerifyReport, LedgerError> = std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            let (chunk_rx, done_tx, keys) = (&chunk_rx, done_tx.clone(), &keys);
+            s.spawn(move || loop {
+                let next = chunk_rx.lock().expect("chunk queue lock").recv();
+                let Ok((base, rows)) = next else { return };
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Keep draining so the reader never blocks on a full queue.
+                    continue;
                 }
-                check_row(base + i as u64, &r.1, r.2.as_deref(), keys)
-            };
-            let per = rows.len().div_ceil(threads.max(1));
-            std::thread::scope(|s| {
-                let handles: Vec<_> = rows
-                    .chunks(per.max(1))
+                let checked = rows
+                    .iter()
                     .enumerate()
-                    .map(|(c, part)| {
-                        let check = &check;
-                        s.spawn(move || {
-                            part.iter()
-                                .enumerate()
-                                .map(|(i, r)| check(c * per + i, r))
-                                .collect::<Vec<_>>()
-                        })
+                    .map(|(i, r)| {
+                        let pos = base + i as u64;
+                        if r.0 != pos as i64 {
+                            return Err(format!(
+                                "entry {pos} is missing or out of place: the row at this position has index {}",
+                                r.0
+                            ));
+                        }
+                        check_row(pos, &r.1, r.2.as_deref(), keys)
                     })
                     .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("verify threads do not panic"))
-                    .collect()
-            })
-        };
+                // After the assembler has stopped nobody listens; keep draining anyway.
+                let _ = done_tx.send((base, checked));
+            });
+        }
+        drop(done_tx);
+        let assembled = s.spawn(move || {
+            let mut pending: std::collections::BTreeMap<u64, Checked> = Default::default();
+            let mut next = 0u64;
+            for (base, checked) in done_rx {
+                pending.insert(base, checked);
+                while let Some(checked) = pending.remove(&next) {
+                    next += checked.len() as u64;
+                    if let Err(report) = assembler.feed(checked) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return report;
+                    }
+                    progress(assembler.pos, total);
+                }
+            }
+            assembler.finish()
+        });
+        let read = (|| -> Result<(), LedgerError> {
+            let mut st = conn.prepare(
+                "SELECT idx, entry, envelope FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+            )?;
+            let (mut from_idx, mut base) = (i64::MIN, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows: Rows = st
+                    .query_map(params![from_idx, VERIFY_CHUNK as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let Some(&(last_idx, ..)) = rows.last() else {
+                    break;
+                };
+                from_idx = last_idx + 1;
+                let n = rows.len() as u64;
+                if chunk_tx.send((base, rows)).is_err() {
+                    break;
+                }
+                base += n;
+            }
+            Ok(())
+        })();
+        drop(chunk_tx);
+        let report = assembled.join().expect("the assembler does not panic");
+        read.map(|()| report)
+    });
+    outcome
+}
+
+/// The in-order part of [`verify`]: chain, tree, checkpoints.
+struct Assembler {
+    checkpoints: Vec<(u64, Hash)>,
+    range: CompactRange,
+    last: Hash,
+    pos: u64,
+    next_cp: usize,
+    /// The first entry of the range the next checkpoint covers.
+    range_start: u64,
+}
+
+impl Assembler {
+    fn new(checkpoints: Vec<(u64, Hash)>) -> Self {
+        Self {
+            checkpoints,
+            range: CompactRange::new(),
+            last: [0u8; 32],
+            pos: 0,
+            next_cp: 0,
+            range_start: 0,
+        }
+    }
+
+    fn feed(&mut self, checked: Vec<Result<(Hash, Hash), String>>) -> Result<(), VerifyReport> {
         for res in checked {
-            let (leaf, prev) = match res {
-                Ok(v) => v,
-                Err(problem) => return Ok(VerifyReport::bad(pos, problem)),
-            };
-            if prev != last {
+            let pos = self.pos;
+            let (leaf, prev) = res.map_err(|problem| VerifyReport::bad(pos, problem))?;
+            if prev != self.last {
                 let bad = pos.saturating_sub(1);
-                return Ok(VerifyReport::bad(
+                return Err(VerifyReport::bad(
                     bad,
                     format!("entry {bad} was altered: entry {pos}'s prev hash does not match it"),
                 ));
             }
-            range.push(leaf);
-            last = leaf;
-            pos += 1;
-            while next_cp < checkpoints.len() && checkpoints[next_cp].0 == pos {
-                if range.root() != checkpoints[next_cp].1 {
+            self.range.push(leaf);
+            self.last = leaf;
+            self.pos += 1;
+            let pos = self.pos;
+            while self.next_cp < self.checkpoints.len() && self.checkpoints[self.next_cp].0 == pos {
+                if self.range.root() != self.checkpoints[self.next_cp].1 {
                     // The chain up to here holds, so the last entry of the range is the one
                     // that no longer matches the signed root.
                     let bad = pos - 1;
-                    return Ok(VerifyReport::bad(
+                    return Err(VerifyReport::bad(
                         bad,
                         format!(
-                            "entries {range_start}..={bad} do not match the signed checkpoint at size {pos}; entry {bad} was altered"
+                            "entries {}..={bad} do not match the signed checkpoint at size {pos}; entry {bad} was altered",
+                            self.range_start
                         ),
                     ));
                 }
-                range_start = pos;
-                next_cp += 1;
+                self.range_start = pos;
+                self.next_cp += 1;
             }
-            if next_cp < checkpoints.len() && checkpoints[next_cp].0 < pos {
-                return Ok(VerifyReport::bad(
-                    checkpoints[next_cp].0,
+            if self.next_cp < self.checkpoints.len() && self.checkpoints[self.next_cp].0 < pos {
+                return Err(VerifyReport::bad(
+                    self.checkpoints[self.next_cp].0,
                     "checkpoints are out of order".into(),
                 ));
             }
         }
-        progress(pos, total);
+        Ok(())
     }
-    if let Some(&(size, _)) = checkpoints.last() {
-        if pos < size {
-            return Ok(VerifyReport::bad(
-                pos,
-                format!("entry {pos} is missing: the signed checkpoint covers {size} entries, the ledger holds {pos}"),
-            ));
+
+    fn finish(self) -> VerifyReport {
+        let pos = self.pos;
+        if let Some(&(size, _)) = self.checkpoints.last() {
+            if pos < size {
+                return VerifyReport::bad(
+                    pos,
+                    format!("entry {pos} is missing: the signed checkpoint covers {size} entries, the ledger holds {pos}"),
+                );
+            }
+        }
+        let covered = self.checkpoints.last().map_or(0, |c| c.0);
+        if pos > covered {
+            return VerifyReport::bad(
+                covered,
+                format!("entries {covered}..{pos} are not covered by any signed checkpoint"),
+            );
+        }
+        VerifyReport {
+            ok: true,
+            entries: Some(pos),
+            root: Some(hex::encode(self.range.root())),
+            checkpoints: Some(self.checkpoints.len() as u64),
+            first_bad_index: None,
+            problem: None,
         }
     }
-    let covered = checkpoints.last().map_or(0, |c| c.0);
-    if pos > covered {
-        return Ok(VerifyReport::bad(
-            covered,
-            format!("entries {covered}..{pos} are not covered by any signed checkpoint"),
-        ));
-    }
-    Ok(VerifyReport {
-        ok: true,
-        entries: Some(pos),
-        root: Some(hex::encode(range.root())),
-        checkpoints: Some(checkpoints.len() as u64),
-        first_bad_index: None,
-        problem: None,
-    })
 }
 
 /// What `ledger export` wrote.
@@ -744,7 +812,7 @@ pub fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rollcall_shared::payload::ReorderReason;
+    use rollcall_shared::payload::{ReorderReason, Transaction};
     use rollcall_shared::{Currency, DeviceId, Sku, SlotId, TxId};
 
     fn t0() -> DateTime<Utc> {
