@@ -222,7 +222,7 @@ impl Cloud {
 }
 
 struct Agent {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     config: PathBuf,
     daemon: Option<Proc>,
 }
@@ -267,7 +267,7 @@ currency = "EUR"
         )
         .unwrap();
         Agent {
-            dir,
+            _dir: dir,
             config,
             daemon: None,
         }
@@ -516,7 +516,8 @@ struct Publisher {
 
 impl Publisher {
     fn connect(url: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
@@ -686,8 +687,8 @@ fn every_rejection_has_its_reason_and_the_ledger_verifies_and_detects_tampering(
         reasons(&cloud).contains(&"conflict".to_owned())
     });
     assert_eq!(cloud.order("tx-b").unwrap()["qty"], 10);
-    // A stale price quote (40 vs 25): held for the member's confirmation.
-    p.signed(&d2.key, &d2.id, &tx(&d2, "tx-d", 3, "milk", 10, 40));
+    // A stale price quote (30 vs 25): held for the member's confirmation.
+    p.signed(&d2.key, &d2.id, &tx(&d2, "tx-d", 3, "milk", 10, 30));
     let o = wait_status(&cloud, "tx-d");
     assert_eq!(
         (

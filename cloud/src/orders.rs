@@ -10,8 +10,10 @@
 //! | rejected | `unknown_sku` | the SKU is not in the catalogue (`[[orders.catalogue]]`) |
 //! | rejected | `open_order_exists` | the slot already has an accepted or held order |
 //! | rejected | `over_slot_qty_limit` | `qty` above the member's per-slot quantity limit |
-//! | rejected | `over_order_limit` | `amount` above the member's per-order limit |
+//! | rejected | `over_order_limit` | the amount above the member's per-order limit |
 //! | rejected | `over_30d_limit` | accepted + delivered amounts of the last 30 days plus this one above the member's 30-day limit |
+//!
+//! Limits compare the larger of the quoted amount and `qty` × the catalogue price.
 //! | held_for_confirmation | `price_changed` | the quote differs from the catalogue price by more than `orders.price_tolerance_bp`, or in currency |
 //! | accepted | — | otherwise; cancellable until `decided + orders.cancel_window_h` |
 //!
@@ -253,10 +255,14 @@ fn decide(
     if open {
         return Ok((Decision::Rejected("open_order_exists"), amount));
     }
+    // Limits are checked against the larger of the quote and the catalogue price, so the
+    // member's limit holds whichever price is finally charged.
+    let at_catalogue = i64::from(t.qty).saturating_mul(item.unit_price);
+    let charged = amount.max(at_catalogue);
     if p.limit_slot_qty.is_some_and(|l| i64::from(t.qty) > l) {
         return Ok((Decision::Rejected("over_slot_qty_limit"), amount));
     }
-    if p.limit_per_order.is_some_and(|l| amount > l) {
+    if p.limit_per_order.is_some_and(|l| charged > l) {
         return Ok((Decision::Rejected("over_order_limit"), amount));
     }
     if let Some(l) = p.limit_30d {
@@ -267,7 +273,7 @@ fn decide(
                  AND status IN ('accepted', 'delivered')",
             )?
             .query_row(params![v.member.as_str(), since], |r| r.get(0))?;
-        if spent.saturating_add(amount) > l {
+        if spent.saturating_add(charged) > l {
             return Ok((Decision::Rejected("over_30d_limit"), amount));
         }
     }
@@ -275,7 +281,6 @@ fn decide(
     let allowed = item.unit_price.unsigned_abs() as u128 * u128::from(rules.price_tolerance_bp);
     if item.currency != t.currency.as_str() || diff * 10_000 > allowed {
         // What the member would be asked to confirm: the catalogue price.
-        let at_catalogue = i64::from(t.qty).saturating_mul(item.unit_price);
         return Ok((Decision::Held("price_changed"), at_catalogue));
     }
     Ok((Decision::Accepted, amount))
