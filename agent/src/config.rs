@@ -846,6 +846,39 @@ path = "/run/rollcall.sock"
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
         let c = LoadedConfig::load(Some(&p), &Overrides::default()).unwrap();
         assert_eq!(c.outbox_path(), PathBuf::from("agent-data/outbox.db"));
+        assert_eq!(c.consumables.slots.len(), 1);
+        assert_eq!(c.consumables.slots[0].usage.len(), 1);
+    }
+
+    #[test]
+    fn consumables_are_validated_with_the_key_named() {
+        let slot = |extra: &str| {
+            format!(
+                "data_dir = \"/d\"\n[[consumables]]\nslot = \"pods\"\nsku = \"POD\"\ncapacity = 10\n\
+                 usage = {{ brew = 1 }}\nthreshold = 2\nreorder_qty = 10\nunit_price = 25\ncurrency = \"EUR\"\n{extra}"
+            )
+        };
+        let load = |text: &str| {
+            let raw = AgentConfig::parse(text, "a.toml")?;
+            LoadedConfig::validate(raw, "a.toml".into())
+        };
+        let c = load(&slot("")).unwrap();
+        assert_eq!(c.consumables.slots[0].capacity, 10);
+        assert!(!c.consumables.auto_reorder);
+        let e = load(&slot("[orders]\nauto_reorder = true\n")).unwrap();
+        assert!(e.consumables.auto_reorder);
+        let twice = slot("") + &slot("").replace("data_dir = \"/d\"\n", "");
+        for (text, key) in [
+            (slot("").replace("\"EUR\"", "\"eur\""), "consumables.currency"),
+            (slot("").replace("threshold = 2", "threshold = 20"), "consumables.threshold"),
+            (slot("").replace("brew = 1", "Brew = 1"), "consumables.usage"),
+            (slot("").replace("reorder_qty = 10", "reorder_qty = 0"), "consumables.reorder_qty"),
+            (twice, "consumables.slot"),
+        ] {
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(load(&slot("colour = 1\n")).is_err(), "unknown keys are refused");
     }
 
     #[test]
