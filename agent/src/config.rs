@@ -869,16 +869,31 @@ path = "/run/rollcall.sock"
         assert!(e.consumables.auto_reorder);
         let twice = slot("") + &slot("").replace("data_dir = \"/d\"\n", "");
         for (text, key) in [
-            (slot("").replace("\"EUR\"", "\"eur\""), "consumables.currency"),
-            (slot("").replace("threshold = 2", "threshold = 20"), "consumables.threshold"),
-            (slot("").replace("brew = 1", "Brew = 1"), "consumables.usage"),
-            (slot("").replace("reorder_qty = 10", "reorder_qty = 0"), "consumables.reorder_qty"),
+            (
+                slot("").replace("\"EUR\"", "\"eur\""),
+                "consumables.currency",
+            ),
+            (
+                slot("").replace("threshold = 2", "threshold = 20"),
+                "consumables.threshold",
+            ),
+            (
+                slot("").replace("brew = 1", "Brew = 1"),
+                "consumables.usage",
+            ),
+            (
+                slot("").replace("reorder_qty = 10", "reorder_qty = 0"),
+                "consumables.reorder_qty",
+            ),
             (twice, "consumables.slot"),
         ] {
             let e = load(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
-        assert!(load(&slot("colour = 1\n")).is_err(), "unknown keys are refused");
+        assert!(
+            load(&slot("colour = 1\n")).is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

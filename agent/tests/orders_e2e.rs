@@ -487,7 +487,6 @@ impl Device {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn tx(dev: &Device, id: &str, counter: u64, slot: &str, qty: u32, price: i64) -> Transaction {
     Transaction {
         v: 1,
@@ -508,10 +507,13 @@ fn tx(dev: &Device, id: &str, counter: u64, slot: &str, qty: u32, price: i64) ->
     }
 }
 
+/// Every downlink seen: (topic, payload).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 struct Publisher {
     rt: tokio::runtime::Runtime,
     client: rumqttc::AsyncClient,
-    downlinks: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    downlinks: Seen,
 }
 
 impl Publisher {
@@ -526,7 +528,7 @@ impl Publisher {
             rumqttc::MqttOptions::new(format!("t-{}", fastrand::u64(..)), "127.0.0.1", port);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
-        let downlinks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let downlinks: Seen = Default::default();
         let d = downlinks.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         rt.spawn(async move {
