@@ -630,3 +630,194 @@ pub fn list(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{self, Checked, Inbound, TxContext};
+    use rollcall_shared::dsse::TRANSACTION_PAYLOAD_TYPE;
+    use rollcall_shared::payload::ReorderReason;
+    use rollcall_shared::topics::Topics;
+    use rollcall_shared::{Currency, Sku, SlotId};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-24T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        conn: Connection,
+        device: KeyPair,
+        cloud: KeyPair,
+        rules: OrderRules,
+    }
+
+    fn world(policy: Policy) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_writer(dir.path()).unwrap();
+        let device = KeyPair::generate();
+        conn.execute(
+            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
+            [device.public().as_bytes().as_slice()],
+        )
+        .unwrap();
+        set_policy(&conn, &MemberId::parse("m1").unwrap(), &policy, t0()).unwrap();
+        let rules = OrderRules {
+            catalogue: HashMap::from([(
+                "POD".to_owned(),
+                CatalogueItem {
+                    unit_price: 100,
+                    currency: "EUR".into(),
+                },
+            )]),
+            price_tolerance_bp: 100,
+            cancel_window: Duration::hours(24),
+        };
+        World {
+            _dir: dir,
+            conn,
+            device,
+            cloud: KeyPair::generate(),
+            rules,
+        }
+    }
+
+    fn tx(id: &str, counter: u64, slot: &str, sku: &str, qty: u32, price: i64) -> Transaction {
+        Transaction {
+            v: 1,
+            tx_id: TxId::parse(id).unwrap(),
+            device_id: DeviceId::parse("d1").unwrap(),
+            counter,
+            slot: SlotId::parse(slot).unwrap(),
+            sku: Sku::parse(sku).unwrap(),
+            qty,
+            unit_price: price,
+            currency: Currency::parse("EUR").unwrap(),
+            amount: i64::from(qty) * price,
+            reason: ReorderReason {
+                level: 1,
+                threshold: 2,
+            },
+            created_at: t0(),
+        }
+    }
+
+    impl World {
+        fn send(&mut self, t: &Transaction) -> ingest::BatchOutcome {
+            let topics = Topics::default();
+            let info = crate::registry::device_info(&self.conn, &t.device_id).unwrap();
+            let msg = Inbound {
+                topic: topics.tx(&t.device_id),
+                payload: self
+                    .device
+                    .sign(TRANSACTION_PAYLOAD_TYPE, &t.encode())
+                    .to_json(),
+                received_at: t0(),
+            };
+            let checked = ingest::check(&topics, msg, &|_| info.clone());
+            assert!(matches!(checked, Checked::Transaction(_)));
+            let ctx = TxContext {
+                rules: &self.rules,
+                key: &self.cloud,
+            };
+            ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
+        }
+        fn status(&mut self, t: &Transaction) -> (TxStatus, Option<String>) {
+            let out = self.send(t);
+            let r = &out.receipts.last().expect("a receipt").1;
+            (r.status, r.reason.clone())
+        }
+    }
+
+    #[test]
+    fn each_rule_gives_its_reason() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            limit_per_order: Some(1000),
+            limit_30d: None,
+            limit_slot_qty: Some(8),
+        });
+        assert_eq!(
+            w.status(&tx("a", 1, "pods", "INK", 1, 100)).1.as_deref(),
+            Some("unknown_sku")
+        );
+        assert_eq!(
+            w.status(&tx("b", 2, "pods", "POD", 9, 100)).1.as_deref(),
+            Some("over_slot_qty_limit")
+        );
+        assert_eq!(
+            w.status(&tx("c", 3, "pods", "POD", 5, 101)).0,
+            TxStatus::Accepted,
+            "1 % is tolerated"
+        );
+        assert_eq!(
+            w.status(&tx("d", 4, "pods", "POD", 1, 100)).1.as_deref(),
+            Some("open_order_exists")
+        );
+        assert_eq!(
+            w.status(&tx("e", 5, "milk", "POD", 1, 110)).1.as_deref(),
+            Some("price_changed")
+        );
+        let again = w.send(&tx("e", 5, "milk", "POD", 1, 110));
+        assert_eq!((again.tx_duplicate, again.tx_decided.len()), (1, 0));
+        let conflict = w.send(&tx("e", 5, "milk", "POD", 2, 110));
+        assert_eq!(conflict.rejected, vec![ingest::Reason::Conflict]);
+        assert_eq!(list(&w.conn, Some("m1"), None).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn status_changes_follow_the_rules_and_are_ledgered() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            ..Policy::default()
+        });
+        w.status(&tx("a", 1, "pods", "POD", 1, 100));
+        w.status(&tx("b", 2, "milk", "POD", 1, 200));
+        let (key, rules) = (w.cloud.clone(), w.rules.clone());
+        let late = t0() + Duration::hours(25);
+        assert!(matches!(
+            change(
+                &mut w.conn,
+                &key,
+                &rules,
+                "a",
+                Action::Cancel,
+                Some("x"),
+                late
+            ),
+            Err(OrdersError::WindowClosed { .. })
+        ));
+        assert!(matches!(
+            change(&mut w.conn, &key, &rules, "a", Action::Confirm, None, late),
+            Err(OrdersError::NotAllowed { .. })
+        ));
+        let o = change(&mut w.conn, &key, &rules, "a", Action::Deliver, None, late).unwrap();
+        assert_eq!(o.status, "delivered");
+        let o = change(&mut w.conn, &key, &rules, "b", Action::Confirm, None, late).unwrap();
+        assert_eq!(
+            (o.status.as_str(), o.fulfilment_requested_at.is_some()),
+            ("accepted", true)
+        );
+        assert!(matches!(
+            change(&mut w.conn, &key, &rules, "zz", Action::Deliver, None, late),
+            Err(OrdersError::NoSuchOrder(_))
+        ));
+        // The device hears about the changes with its next status.
+        let (policy, receipts) = on_status(&w.conn, &DeviceId::parse("d1").unwrap()).unwrap();
+        assert_eq!(policy, Some(ReorderPolicy { auto_reorder: true }));
+        assert_eq!(receipts.len(), 2);
+        assert!(on_status(&w.conn, &DeviceId::parse("d1").unwrap())
+            .unwrap()
+            .1
+            .is_empty());
+        let v = crate::ledger::verify(&w.conn, &key.public(), 1, |_, _| {}).unwrap();
+        assert_eq!((v.ok, v.entries), (true, Some(4)));
+    }
+}
