@@ -871,3 +871,93 @@ fn python_verifies(dir: &Path, root: Option<&str>) {
     let (success, stdout, _) = run(Command::new("python3").arg(&script).arg(&bad));
     assert!(!success, "{stdout}");
 }
+
+/// What the fleet simulator does: an agent in process, with an in-memory outbox that tracks
+/// consumables, talking to the real cloud. It orders by itself once the member's opt-in
+/// arrives on the downlink.
+#[test]
+fn an_in_process_agent_with_a_memory_outbox_orders_by_itself() {
+    use rollcall_agent::consumables::{Consumables, OrderState, SlotConfig};
+    use rollcall_agent::outbox::{NewEvent, Outbox, OutboxLimits};
+    use rollcall_agent::uplink::{BrokerUrl, MqttSettings, UplinkSettings, UplinkStats};
+    use rollcall_agent::{run_uplink, AgentRuntime, MemoryOutbox};
+    use rollcall_shared::{Clock, EventKind, SystemClock};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let mut cloud = Cloud::start();
+    let device = Device::new("sim-coffee-1");
+    cloud.member("m5", &["--auto-reorder", "on"]);
+    cloud.device("sim-coffee-1", "m5", &device.b64());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let consumables = Consumables {
+        slots: vec![SlotConfig {
+            slot: SlotId::parse("pods").unwrap(),
+            sku: Sku::parse("POD-50").unwrap(),
+            capacity: 3,
+            usage: BTreeMap::from([(EventKind::parse("brew").unwrap(), 1)]),
+            threshold: 1,
+            reorder_qty: 10,
+            unit_price: 25,
+            currency: Currency::parse("EUR").unwrap(),
+        }],
+        auto_reorder: false,
+    };
+    let outbox = Arc::new(
+        MemoryOutbox::new(OutboxLimits::default(), clock.clone())
+            .with_consumables(Arc::new(consumables)),
+    );
+    let port: u16 = cloud.mqtt_url.rsplit(':').next().unwrap().parse().unwrap();
+    let rt = AgentRuntime {
+        outbox: outbox.clone(),
+        key: device.key.clone(),
+        device_id: device.id.clone(),
+        topics: Topics::default(),
+        mqtt: MqttSettings::new(BrokerUrl::plain("127.0.0.1", port)),
+        uplink: UplinkSettings {
+            batch_interval: Duration::from_millis(50),
+            status_interval: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(2),
+            ..UplinkSettings::default()
+        },
+        cloud_key: Some(rollcall_shared::dsse::PublicKey::from_base64(&cloud.public_key).unwrap()),
+        clock,
+        stats: UplinkStats::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = runtime.spawn(run_uplink(rt, shutdown.clone()));
+    wait_until_blocking("the member's policy pushed to the device", WAIT, || {
+        outbox.policy().unwrap() == Some(true)
+    });
+    for _ in 0..5 {
+        outbox
+            .append(NewEvent {
+                kind: EventKind::parse("brew").unwrap(),
+                qty: 1,
+                occurred_at: chrono::Utc::now(),
+                attrs: BTreeMap::new(),
+                clock_suspect: false,
+            })
+            .unwrap();
+    }
+    wait_until_blocking("the in-process order accepted", WAIT, || {
+        outbox
+            .orders()
+            .unwrap()
+            .first()
+            .is_some_and(|o| o.state == OrderState::Accepted)
+    });
+    assert_eq!(outbox.orders().unwrap().len(), 1);
+    let slot = outbox.refill(&SlotId::parse("pods").unwrap(), None).unwrap();
+    assert_eq!(slot.level, 3);
+    assert_eq!(outbox.orders().unwrap()[0].state, OrderState::Delivered);
+    assert_eq!(cloud.orders().len(), 1);
+    shutdown.cancel();
+    runtime.block_on(task).unwrap().unwrap();
+    cloud.stop();
+}
