@@ -953,7 +953,9 @@ fn an_in_process_agent_with_a_memory_outbox_orders_by_itself() {
             .is_some_and(|o| o.state == OrderState::Accepted)
     });
     assert_eq!(outbox.orders().unwrap().len(), 1);
-    let slot = outbox.refill(&SlotId::parse("pods").unwrap(), None).unwrap();
+    let slot = outbox
+        .refill(&SlotId::parse("pods").unwrap(), None)
+        .unwrap();
     assert_eq!(slot.level, 3);
     assert_eq!(outbox.orders().unwrap()[0].state, OrderState::Delivered);
     assert_eq!(cloud.orders().len(), 1);
