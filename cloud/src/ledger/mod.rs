@@ -432,6 +432,9 @@ struct SignedNames<'a> {
     device_id: std::borrow::Cow<'a, str>,
 }
 
+/// Ledger rows as read for verification: (idx, entry, envelope).
+type Row = (i64, Vec<u8>, Option<Vec<u8>>);
+
 /// A device's key, parsed once per verify run.
 type DeviceKeys = HashMap<String, (PublicKey, VerifyingKey)>;
 
@@ -526,11 +529,7 @@ fn check_row(
 /// Checks a chunk of rows starting at position `base`: each row on its own, then the
 /// device signatures in batches; a batch that fails is re-checked envelope by envelope
 /// (with full DSSE semantics: any of its signatures may verify) to name the bad row.
-fn check_chunk(
-    base: u64,
-    rows: &[(i64, Vec<u8>, Option<Vec<u8>>)],
-    keys: &DeviceKeys,
-) -> Vec<Result<(Hash, Hash), String>> {
+fn check_chunk(base: u64, rows: &[Row], keys: &DeviceKeys) -> Vec<Result<(Hash, Hash), String>> {
     let mut out = Vec::with_capacity(rows.len());
     let mut jobs: Vec<(usize, SigJob)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
@@ -646,7 +645,7 @@ pub fn verify(
     // A pipeline, so that no core idles: this thread reads chunks of rows (the connection
     // stays on it), `threads` checkers verify them in any order, and one assembler puts
     // their results back in order and runs the chain, the tree and the checkpoints.
-    type Rows = Vec<(i64, Vec<u8>, Option<Vec<u8>>)>;
+    type Rows = Vec<Row>;
     type Checked = Vec<Result<(Hash, Hash), String>>;
     let stop = &std::sync::atomic::AtomicBool::new(false);
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<(u64, Rows)>(threads.max(1) * 2);
