@@ -19,7 +19,8 @@
 //! - **At most one open order per slot.** An order is open from creation until it is
 //!   rejected, cancelled or delivered, or (accepted or held) until the slot is refilled.
 //!   `rollcall-agent refill SLOT [--qty N]` (or [`crate::outbox::Outbox::refill`]) fills the slot,
-//!   re-arms it, and marks its accepted order delivered.
+//!   re-arms it, and marks its accepted order delivered; the slot's next order names that
+//!   order in `refilled`, so the cloud closes it as delivered too.
 //! - **Sending.** The uplink signs each new order once (DSSE,
 //!   [`TRANSACTION_PAYLOAD_TYPE`](rollcall_shared::dsse::TRANSACTION_PAYLOAD_TYPE)),
 //!   stores the envelope, and publishes exactly those bytes on `.../tx` until a receipt
@@ -177,6 +178,9 @@ pub struct SlotState {
     pub armed: bool,
     /// The open order, if any.
     pub open_tx: Option<TxId>,
+    /// The last order a refill marked delivered, to be reported in the slot's next order
+    /// (`Transaction::refilled`) so the cloud closes it too.
+    pub delivered_tx: Option<TxId>,
 }
 
 /// An order as the outbox holds it.
@@ -212,6 +216,8 @@ pub struct OrderRecord {
     pub ledger_index: Option<u64>,
     /// When the state last changed (agent clock).
     pub updated_at: DateTime<Utc>,
+    /// The slot's previous order, delivered by a refill since (reported to the cloud).
+    pub refilled: Option<TxId>,
 }
 
 impl OrderRecord {
@@ -233,6 +239,7 @@ impl OrderRecord {
                 threshold: self.threshold,
             },
             created_at: crate::capture::protocol_time(self.created_at),
+            refilled: self.refilled.clone(),
         }
     }
 }
@@ -310,6 +317,7 @@ mod tests {
             level: 3,
             armed: true,
             open_tx: None,
+            delivered_tx: None,
         };
         assert!(!must_order(&cfg, &s, true));
         s.level = 2;

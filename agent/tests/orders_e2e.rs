@@ -397,21 +397,32 @@ fn a_draining_slot_orders_once_the_cloud_accepts_and_a_refill_resets_it() {
         (Some(5), Some(true))
     );
     assert_eq!(agent.orders()["orders"][0]["state"], "delivered");
-    cloud.cli(&["orders", "deliver", &tx_id]);
-    assert_eq!(cloud.order(&tx_id).unwrap()["status"], "delivered");
-    let v = cloud.json(&["ledger", "verify", "--json"]);
-    assert_eq!(
-        (v["ok"].as_bool(), v["entries"].as_u64()),
-        (Some(true), Some(2)),
-        "{v}"
-    );
-    // A second drain orders again.
+    // A second drain orders again; the new order tells the cloud the first was delivered.
     agent.brew(4);
-    wait_json("the second order accepted", || {
+    let v = wait_json("the second order accepted", || {
         let v = agent.orders();
         (v["orders"].as_array().unwrap().len() == 2 && v["orders"][0]["state"] == "accepted")
             .then_some(v)
     });
+    let second = v["orders"][0]["tx_id"].as_str().unwrap().to_owned();
+    let first = cloud.order(&tx_id).unwrap();
+    assert_eq!(
+        (first["status"].as_str(), first["reason"].as_str()),
+        (Some("delivered"), Some("refilled_on_device"))
+    );
+    // A cancellation in the cloud reaches the device with its next status report.
+    cloud.cli(&["orders", "cancel", &second, "--reason", "member asked"]);
+    wait_json("the cancellation on the device", || {
+        let v = agent.orders();
+        (v["orders"][0]["state"] == "cancelled").then_some(v)
+    });
+    assert_eq!(agent.orders()["slots"][0]["open_tx"], Value::Null);
+    let v = cloud.json(&["ledger", "verify", "--json"]);
+    assert_eq!(
+        (v["ok"].as_bool(), v["entries"].as_u64()),
+        (Some(true), Some(4)),
+        "two decisions, the delivery, the cancellation: {v}"
+    );
     cloud.stop();
 }
 
@@ -504,6 +515,7 @@ fn tx(dev: &Device, id: &str, counter: u64, slot: &str, qty: u32, price: i64) ->
             threshold: 2,
         },
         created_at: chrono::Utc::now(),
+        refilled: None,
     }
 }
 

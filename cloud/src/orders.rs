@@ -8,7 +8,7 @@
 //! | rejected | `replayed_counter` | the counter is not above the device's newest one |
 //! | rejected | `not_opted_in` | the member has not opted in to automatic reordering |
 //! | rejected | `unknown_sku` | the SKU is not in the catalogue (`[[orders.catalogue]]`) |
-//! | rejected | `open_order_exists` | the slot already has an accepted or held order |
+//! | rejected | `open_order_exists` | the slot already has an accepted or held order (an accepted order named in the transaction's `refilled` is first closed as `delivered`, reason `refilled_on_device`) |
 //! | rejected | `over_slot_qty_limit` | `qty` above the member's per-slot quantity limit |
 //! | rejected | `over_order_limit` | the amount above the member's per-order limit |
 //! | rejected | `over_30d_limit` | accepted + delivered amounts of the last 30 days plus this one above the member's 30-day limit |
@@ -367,6 +367,9 @@ pub fn record(
         None => {}
     }
     let now = v.received_at;
+    if let Some(prev) = &t.refilled {
+        close_refilled(tx, ledger, v, prev.as_str())?;
+    }
     let (decision, amount) = decide(tx, rules, v)?;
     let (status, reason) = match decision {
         Decision::Accepted => (TxStatus::Accepted, None),
@@ -424,6 +427,57 @@ pub fn record(
         cancel_until,
         at: now,
     }))
+}
+
+/// Closes the slot's previous order as `delivered` when the device's new, validly signed
+/// and not replayed transaction says the slot was refilled since (`Transaction::refilled`).
+/// Only an accepted order of the same device and slot is closed; anything else is left alone.
+fn close_refilled(
+    tx: &Connection,
+    ledger: &mut Appender,
+    v: &VerifiedTx,
+    prev: &str,
+) -> Result<(), OrdersError> {
+    let max_counter: i64 = tx
+        .prepare_cached("SELECT max_tx_counter FROM devices WHERE id = ?1")?
+        .query_row([v.device.as_str()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if v.tx.counter as i64 <= max_counter {
+        return Ok(());
+    }
+    let open = tx
+        .prepare_cached(
+            "SELECT 1 FROM orders WHERE tx_id = ?1 AND device_id = ?2 AND slot = ?3 AND status = 'accepted'",
+        )?
+        .query_row(
+            params![prev, v.device.as_str(), v.tx.slot.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !open {
+        return Ok(());
+    }
+    let index = ledger.push(
+        tx,
+        &NewEntry {
+            kind: EntryKind::Status,
+            tx_id: prev,
+            device_id: v.device.as_str(),
+            member_id: v.member.as_str(),
+            status: TxStatus::Delivered.as_str(),
+            reason: Some("refilled_on_device"),
+            at: v.received_at,
+            envelope: None,
+        },
+    )?;
+    tx.prepare_cached(
+        "UPDATE orders SET status = 'delivered', reason = 'refilled_on_device', updated_ms = ?2, ledger_index = ?3
+         WHERE tx_id = ?1",
+    )?
+    .execute(params![prev, v.received_at.timestamp_millis(), index as i64])?;
+    Ok(())
 }
 
 /// What a device should hear when it says it is online: its member's policy, and a
@@ -706,6 +760,7 @@ mod tests {
                 threshold: 2,
             },
             created_at: t0(),
+            refilled: None,
         }
     }
 

@@ -374,6 +374,10 @@ pub struct Transaction {
     pub reason: ReorderReason,
     /// Device time of creation.
     pub created_at: DateTime<Utc>,
+    /// The slot's previous order, which the device has seen delivered (the slot was
+    /// refilled) since: the cloud closes it as `delivered` before judging this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refilled: Option<TxId>,
 }
 
 impl Transaction {
@@ -688,6 +692,7 @@ mod tests {
                 threshold: 5,
             },
             created_at: t("2026-11-20T08:00:00Z"),
+            refilled: None,
         }
     }
 

@@ -137,6 +137,7 @@ impl Outbox for MemoryOutbox {
                     level: i64::from(cfg.capacity),
                     armed: true,
                     open_tx: None,
+                    delivered_tx: None,
                 });
                 st.level -= units;
                 if must_order(cfg, &st, opted_in) {
@@ -158,6 +159,7 @@ impl Outbox for MemoryOutbox {
                         payload_sha256: None,
                         ledger_index: None,
                         updated_at: now,
+                        refilled: st.delivered_tx.take(),
                     };
                     st.open_tx = Some(rec.tx_id.clone());
                     st.armed = false;
@@ -299,6 +301,7 @@ impl Outbox for MemoryOutbox {
                     level: i64::from(cfg.capacity),
                     armed: true,
                     open_tx: None,
+                    delivered_tx: None,
                 })
             })
             .collect())
@@ -318,6 +321,7 @@ impl Outbox for MemoryOutbox {
             level: cap,
             armed: true,
             open_tx: None,
+            delivered_tx: None,
         });
         st.level = match qty {
             Some(q) => (st.level + i64::from(q)).min(cap),
@@ -330,7 +334,7 @@ impl Outbox for MemoryOutbox {
                     OrderState::Accepted => {
                         o.rec.state = OrderState::Delivered;
                         o.rec.updated_at = now;
-                        st.open_tx = None;
+                        st.delivered_tx = st.open_tx.take();
                     }
                     OrderState::HeldForConfirmation => st.open_tx = None,
                     _ => {}

@@ -57,7 +57,8 @@ CREATE TABLE slots (
     slot    TEXT PRIMARY KEY NOT NULL,
     level   INTEGER NOT NULL,
     armed   INTEGER NOT NULL,
-    open_tx TEXT
+    open_tx TEXT,
+    delivered_tx TEXT
 ) WITHOUT ROWID;
 CREATE TABLE orders (
     tx_id          TEXT PRIMARY KEY NOT NULL,
@@ -75,7 +76,8 @@ CREATE TABLE orders (
     envelope       BLOB,
     payload_sha256 TEXT,
     ledger_index   INTEGER,
-    updated_at_ms  INTEGER NOT NULL
+    updated_at_ms  INTEGER NOT NULL,
+    refilled       TEXT
 ) WITHOUT ROWID;
 INSERT INTO meta(key, value) VALUES ('next_tx_counter', 1);
 "#,
@@ -229,46 +231,53 @@ fn corrupt(what: &str) -> impl Fn(rollcall_shared::IdError) -> OutboxError + '_ 
 }
 
 fn load_slot(tx: &Connection, cfg: &SlotConfig) -> Result<SlotState, OutboxError> {
-    let row: Option<(i64, bool, Option<String>)> = tx
-        .prepare_cached("SELECT level, armed, open_tx FROM slots WHERE slot = ?1")?
+    type SlotRow = (i64, bool, Option<String>, Option<String>);
+    let row: Option<SlotRow> = tx
+        .prepare_cached("SELECT level, armed, open_tx, delivered_tx FROM slots WHERE slot = ?1")?
         .query_row([cfg.slot.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
+    let id = |v: Option<String>, what| {
+        v.map(|o| TxId::parse(&o))
+            .transpose()
+            .map_err(corrupt(what))
+    };
     Ok(match row {
-        Some((level, armed, open)) => SlotState {
+        Some((level, armed, open, delivered)) => SlotState {
             slot: cfg.slot.clone(),
             level,
             armed,
-            open_tx: open
-                .map(|o| TxId::parse(&o))
-                .transpose()
-                .map_err(corrupt("slots.open_tx"))?,
+            open_tx: id(open, "slots.open_tx")?,
+            delivered_tx: id(delivered, "slots.delivered_tx")?,
         },
         None => SlotState {
             slot: cfg.slot.clone(),
             level: i64::from(cfg.capacity),
             armed: true,
             open_tx: None,
+            delivered_tx: None,
         },
     })
 }
 
 fn save_slot(tx: &Connection, st: &SlotState) -> Result<(), OutboxError> {
     tx.prepare_cached(
-        "INSERT INTO slots (slot, level, armed, open_tx) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(slot) DO UPDATE SET level = excluded.level, armed = excluded.armed, open_tx = excluded.open_tx",
+        "INSERT INTO slots (slot, level, armed, open_tx, delivered_tx) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(slot) DO UPDATE SET level = excluded.level, armed = excluded.armed,
+             open_tx = excluded.open_tx, delivered_tx = excluded.delivered_tx",
     )?
     .execute(params![
         st.slot.as_str(),
         st.level,
         st.armed,
-        st.open_tx.as_ref().map(|t| t.as_str())
+        st.open_tx.as_ref().map(|t| t.as_str()),
+        st.delivered_tx.as_ref().map(|t| t.as_str())
     ])?;
     Ok(())
 }
 
-const ORDER_COLUMNS: &str = "tx_id, counter, slot, sku, qty, unit_price, currency, level, threshold, created_at_ms, state, reason, payload_sha256, ledger_index, updated_at_ms";
+const ORDER_COLUMNS: &str = "tx_id, counter, slot, sku, qty, unit_price, currency, level, threshold, created_at_ms, state, reason, payload_sha256, ledger_index, updated_at_ms, refilled";
 
 fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OrderRecord, OutboxError>> {
     let tx_id: String = r.get(0)?;
@@ -281,6 +290,7 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OrderRecord, Outb
         (r.get(1)?, r.get(4)?, r.get(5)?, r.get(7)?, r.get(8)?);
     let (reason, sha, idx): (Option<String>, Option<String>, Option<i64>) =
         (r.get(11)?, r.get(12)?, r.get(13)?);
+    let refilled: Option<String> = r.get(15)?;
     Ok((|| {
         Ok(OrderRecord {
             tx_id: TxId::parse(&tx_id).map_err(corrupt("orders.tx_id"))?,
@@ -299,6 +309,10 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OrderRecord, Outb
             payload_sha256: sha,
             ledger_index: idx.map(|i| i as u64),
             updated_at: from_ms(updated).unwrap_or_default(),
+            refilled: refilled
+                .map(|t| TxId::parse(&t))
+                .transpose()
+                .map_err(corrupt("orders.refilled"))?,
         })
     })())
 }
@@ -335,8 +349,8 @@ fn drain(
             let tx_id = new_tx_id();
             tx.prepare_cached(
                 "INSERT INTO orders (tx_id, counter, slot, sku, qty, unit_price, currency, level, threshold,
-                     created_at_ms, state, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?10)",
+                     created_at_ms, state, updated_at_ms, refilled)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?10, ?11)",
             )?
             .execute(params![
                 tx_id.as_str(),
@@ -348,7 +362,8 @@ fn drain(
                 cfg.currency.as_str(),
                 st.level,
                 i64::from(cfg.threshold),
-                now_ms
+                now_ms,
+                st.delivered_tx.take().map(|t| t.to_string())
             ])?;
             st.open_tx = Some(tx_id);
             st.armed = false;
@@ -625,7 +640,7 @@ impl Outbox for SqliteOutbox {
                             "UPDATE orders SET state = 'delivered', updated_at_ms = ?2 WHERE tx_id = ?1",
                             params![open.as_str(), now_ms],
                         )?;
-                        st.open_tx = None;
+                        st.delivered_tx = st.open_tx.take();
                     }
                     Some(OrderState::HeldForConfirmation) | None => st.open_tx = None,
                     Some(_) => {}

@@ -579,6 +579,17 @@ fn receipts_move_orders_forward_and_a_refill_rearms<F: Fixture>() {
     let orders = o.orders().unwrap();
     assert_eq!(orders.len(), 2);
     assert_eq!(orders[0].counter, 2, "newest first, counters grow");
+    assert_eq!(
+        orders[0].refilled.as_ref(),
+        Some(&rec.tx_id),
+        "the next order reports the refill"
+    );
+    assert_eq!(
+        orders[0]
+            .transaction(&DeviceId::parse("d").unwrap())
+            .refilled,
+        Some(rec.tx_id.clone())
+    );
     assert!(matches!(
         o.refill(&slot("ink"), None),
         Err(OutboxError::UnknownSlot(_))

@@ -119,6 +119,7 @@ fn transaction(device: &DeviceId, n: u64) -> Transaction {
             threshold: 5,
         },
         created_at: t0(),
+        refilled: None,
     }
 }
 

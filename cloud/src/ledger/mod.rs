@@ -943,6 +943,7 @@ mod tests {
                     threshold: 2,
                 },
                 created_at: t0(),
+                refilled: None,
             };
             let env = device.sign(TRANSACTION_PAYLOAD_TYPE, &t.encode()).to_json();
             let id = format!("tx-{i}");
