@@ -728,7 +728,15 @@ fn orders(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: OrdersCmd) -> anyhow::Re
 
 fn ledger(cfg: CloudConfig, cmd: LedgerCmd) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
+    // Checkpoints are checked against the existing key: never create one here.
+    let key_path = cfg.data_dir.join("cloud.key");
+    if !key_path.exists() {
+        bail!(
+            "no cloud key at {}: the ledger's checkpoints cannot be checked without it",
+            key_path.display()
+        );
+    }
+    let key = crate::keys::load_or_create(&key_path)?;
     // Run migrations if needed, then read on a read-only connection.
     drop(crate::store::open_writer(&cfg.data_dir)?);
     let conn = crate::store::open_reader(&cfg.data_dir)?;
