@@ -6,6 +6,9 @@
 //! | `record KIND [--qty N] [--at RFC3339] [--attr k=v]...` | the new event's seq | 0, 1, 2 (bad arguments), 3 (outbox full) |
 //! | `run` | nothing (logs go to stderr) | 0 after SIGTERM/SIGINT, 1 |
 //! | `status [--json]` | a table, or one JSON object | 0, 1 |
+//! | `refill SLOT [--qty N]` | the slot's new state as JSON | 0, 1, 2 (unknown slot) |
+//! | `orders [--json]` | slots and orders as a table, or `{"policy", "slots", "orders"}` | 0, 1 |
+//! | `messages [--json]` | display messages from the cloud, newest first (JSON: a list) | 0, 1 |
 //!
 //! Exit code 1 is any other failure (configuration, identity, disk); the message on
 //! stderr names the file and key or the limit involved. Every command takes `--config`,
@@ -18,12 +21,12 @@ use crate::capture::{self, Capture, CaptureError};
 use crate::config::{ConfigError, LoadedConfig, Overrides};
 use crate::daemon::{self, DaemonError};
 use crate::identity::{self, IdentityError};
-use crate::outbox::{Outbox, OutboxError, SqliteOutbox};
+use crate::outbox::{Outbox, OutboxError};
 use crate::status;
 use chrono::{DateTime, Utc};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use rollcall_shared::limits::MAX_QTY;
-use rollcall_shared::{Clock, DeviceId, EventKind};
+use rollcall_shared::{Clock, DeviceId, EventKind, SlotId};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +83,21 @@ pub enum Command {
     Status(StatusArgs),
     /// List the display messages the cloud sent, newest first.
     Messages(StatusArgs),
+    /// Record that a consumable slot was refilled (to full, or by --qty units).
+    Refill(RefillArgs),
+    /// Show the consumable slots and the device's replenishment orders.
+    Orders(StatusArgs),
+}
+
+/// Arguments of `refill`.
+#[derive(Debug, Clone, Args)]
+pub struct RefillArgs {
+    /// The slot, as named in `[[consumables]]`.
+    #[arg(value_name = "SLOT")]
+    pub slot: String,
+    /// Units added (capped at the capacity); default: to full.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_QTY)))]
+    pub qty: Option<u32>,
 }
 
 /// Arguments of `record`.
@@ -206,11 +224,7 @@ pub async fn execute(
         Command::Record(args) => {
             let attrs = capture::collect_attrs(args.attrs).map_err(usage_error)?;
             identity::ensure_data_dir(cfg.data_dir())?;
-            let outbox: Arc<dyn Outbox> = Arc::new(SqliteOutbox::open(
-                &cfg.outbox_path(),
-                cfg.outbox_limits(),
-                clock.clone(),
-            )?);
+            let outbox: Arc<dyn Outbox> = Arc::new(cfg.open_outbox(clock.clone())?);
             let capture = Capture::new(outbox, clock);
             let event = capture.event(args.kind, args.qty, args.at, attrs);
             if event.clock_suspect {
@@ -228,8 +242,7 @@ pub async fn execute(
         }
         Command::Status(args) => {
             identity::ensure_data_dir(cfg.data_dir())?;
-            let outbox =
-                SqliteOutbox::open(&cfg.outbox_path(), cfg.outbox_limits(), clock.clone())?;
+            let outbox = cfg.open_outbox(clock.clone())?;
             let device_id = identity::read_device_id(cfg.data_dir())?
                 .map(|d| d.to_string())
                 .or_else(|| cfg.device_id.as_ref().map(|d| d.to_string()));
@@ -247,8 +260,7 @@ pub async fn execute(
         }
         Command::Messages(args) => {
             identity::ensure_data_dir(cfg.data_dir())?;
-            let outbox =
-                SqliteOutbox::open(&cfg.outbox_path(), cfg.outbox_limits(), clock.clone())?;
+            let outbox = cfg.open_outbox(clock.clone())?;
             let messages = outbox.messages()?;
             if args.json {
                 writeln!(
@@ -271,9 +283,113 @@ pub async fn execute(
             }
         }
         Command::Run => daemon::run_daemon(cfg, clock, shutdown).await?,
+        Command::Refill(args) => {
+            let slot = SlotId::parse(&args.slot).map_err(usage_error)?;
+            identity::ensure_data_dir(cfg.data_dir())?;
+            let outbox = cfg.open_outbox(clock)?;
+            let state = outbox.refill(&slot, args.qty).map_err(|e| match e {
+                OutboxError::UnknownSlot(_) => usage_error(e),
+                e => CliError::Outbox(e),
+            })?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&state).expect("slot state serialises")
+            )?;
+        }
+        Command::Orders(args) => {
+            identity::ensure_data_dir(cfg.data_dir())?;
+            let outbox = cfg.open_outbox(clock)?;
+            let pushed = outbox.policy()?;
+            let view = OrdersView {
+                policy: PolicyView {
+                    auto_reorder: pushed.unwrap_or(cfg.consumables.auto_reorder),
+                    source: if pushed.is_some() { "cloud" } else { "config" },
+                },
+                slots: outbox.slots()?,
+                orders: outbox.orders()?,
+            };
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&view).expect("orders serialise")
+                )?;
+            } else {
+                write!(out, "{}", view.to_table())?;
+            }
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// What `orders --json` prints.
+#[derive(Debug, serde::Serialize)]
+pub struct OrdersView {
+    /// The opt-in in force and where it came from.
+    pub policy: PolicyView,
+    /// Every configured slot.
+    pub slots: Vec<crate::consumables::SlotState>,
+    /// Every order, newest first.
+    pub orders: Vec<crate::consumables::OrderRecord>,
+}
+
+/// The opt-in in force.
+#[derive(Debug, serde::Serialize)]
+pub struct PolicyView {
+    /// Automatic reordering allowed.
+    pub auto_reorder: bool,
+    /// `cloud` (pushed on the downlink) or `config`.
+    pub source: &'static str,
+}
+
+impl OrdersView {
+    /// The human-readable form.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "auto reorder: {} (from {})",
+            if self.policy.auto_reorder {
+                "on"
+            } else {
+                "off"
+            },
+            self.policy.source
+        );
+        for slot in &self.slots {
+            let _ = writeln!(
+                s,
+                "slot {:<16} level {:>6}  {}  open order {}",
+                slot.slot.as_str(),
+                slot.level,
+                if slot.armed { "armed   " } else { "disarmed" },
+                slot.open_tx.as_ref().map_or("-", |t| t.as_str())
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{:<36} {:<12} {:<12} {:>5} {:>10} {:<4} {:<22} reason",
+            "tx_id", "slot", "sku", "qty", "amount", "cur", "state"
+        );
+        for o in &self.orders {
+            let _ = writeln!(
+                s,
+                "{:<36} {:<12} {:<12} {:>5} {:>10} {:<4} {:<22} {}",
+                o.tx_id.as_str(),
+                o.slot.as_str(),
+                o.sku.as_str(),
+                o.qty,
+                i64::from(o.qty) * o.unit_price,
+                o.currency.as_str(),
+                o.state.as_str(),
+                o.reason.as_deref().unwrap_or("")
+            );
+        }
+        s
+    }
 }
 
 #[cfg(test)]

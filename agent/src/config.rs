@@ -9,15 +9,19 @@
 //! fix without reading code. The MQTT password is a [`Secret`] and never appears in logs
 //! or `Debug` output.
 
+use crate::consumables::{Consumables, SlotConfig};
 use crate::outbox::{FullPolicy, OutboxLimits};
 use crate::uplink::{BrokerUrl, MqttSettings, UplinkSettings};
 use rollcall_shared::dsse::PublicKey;
 use rollcall_shared::limits::MAX_EVENTS_PER_REPORT;
+use rollcall_shared::limits::{MAX_ORDER_QTY, MAX_UNIT_PRICE};
 use rollcall_shared::topics::{Topics, DEFAULT_PREFIX};
-use rollcall_shared::DeviceId;
+use rollcall_shared::{Currency, DeviceId, EventKind, Sku, SlotId};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a configuration came from, for error messages when there is no file.
@@ -109,6 +113,41 @@ pub struct AgentConfig {
     pub outbox: OutboxConfig,
     /// The local capture socket.
     pub socket: SocketConfig,
+    /// Consumable slots (`[[consumables]]`).
+    pub consumables: Vec<ConsumableConfig>,
+    /// Replenishment orders (`[orders]`).
+    pub orders: OrdersConfig,
+}
+
+/// One `[[consumables]]` slot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumableConfig {
+    /// Slot name (`pods`).
+    pub slot: String,
+    /// Article number ordered for it.
+    pub sku: String,
+    /// Units when full.
+    pub capacity: u32,
+    /// Units used per usage event of each kind (`{ brew = 1 }`), times the event's qty.
+    pub usage: BTreeMap<String, u32>,
+    /// Order when the level falls below this.
+    pub threshold: u32,
+    /// Units to order.
+    pub reorder_qty: u32,
+    /// Price per unit the member consented to, in minor units (cents).
+    pub unit_price: i64,
+    /// ISO 4217 currency of the price.
+    pub currency: String,
+}
+
+/// `[orders]`: replenishment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// The member opted in to automatic reordering (used until the cloud pushes the
+    /// member's policy on the downlink; the pushed policy wins).
+    pub auto_reorder: bool,
 }
 
 impl Default for AgentConfig {
@@ -122,6 +161,8 @@ impl Default for AgentConfig {
             uplink: UplinkConfig::default(),
             outbox: OutboxConfig::default(),
             socket: SocketConfig::default(),
+            consumables: Vec::new(),
+            orders: OrdersConfig::default(),
         }
     }
 }
@@ -282,6 +323,8 @@ pub struct LoadedConfig {
     pub cloud_key: Option<PublicKey>,
     /// The broker URL.
     pub broker: BrokerUrl,
+    /// The consumable slots and the configured opt-in, parsed.
+    pub consumables: Arc<Consumables>,
 }
 
 impl LoadedConfig {
@@ -402,12 +445,14 @@ impl LoadedConfig {
             4_096,
             i64::MAX as u64,
         )?;
+        let consumables = Arc::new(parse_consumables(&raw, &invalid)?);
         Ok(Self {
             raw,
             source,
             device_id,
             cloud_key,
             broker,
+            consumables,
         })
     }
 
@@ -433,6 +478,21 @@ impl LoadedConfig {
     /// The topic names.
     pub fn topics(&self) -> Topics {
         Topics::new(&self.raw.topic_prefix)
+    }
+
+    /// Opens the SQLite outbox with this configuration's limits, tracking the configured
+    /// consumables (if any).
+    pub fn open_outbox(
+        &self,
+        clock: Arc<dyn rollcall_shared::Clock>,
+    ) -> Result<crate::outbox::SqliteOutbox, crate::outbox::OutboxError> {
+        let o =
+            crate::outbox::SqliteOutbox::open(&self.outbox_path(), self.outbox_limits(), clock)?;
+        Ok(if self.consumables.slots.is_empty() {
+            o
+        } else {
+            o.with_consumables(self.consumables.clone())
+        })
     }
 
     /// The outbox limits.
@@ -498,6 +558,81 @@ impl AgentConfig {
             self.mqtt.password = p.clone();
         }
     }
+}
+
+fn parse_consumables(
+    raw: &AgentConfig,
+    invalid: &impl Fn(&'static str, String) -> ConfigError,
+) -> Result<Consumables, ConfigError> {
+    let mut slots: Vec<SlotConfig> = Vec::new();
+    for c in &raw.consumables {
+        let slot =
+            SlotId::parse(&c.slot).map_err(|e| invalid("consumables.slot", e.to_string()))?;
+        let named = |m: String| format!("slot {}: {m}", c.slot);
+        if slots.iter().any(|s| s.slot == slot) {
+            return Err(invalid(
+                "consumables.slot",
+                named("is configured twice".into()),
+            ));
+        }
+        let sku =
+            Sku::parse(&c.sku).map_err(|e| invalid("consumables.sku", named(e.to_string())))?;
+        let currency = Currency::parse(&c.currency)
+            .map_err(|e| invalid("consumables.currency", named(e.to_string())))?;
+        if c.capacity == 0 {
+            return Err(invalid(
+                "consumables.capacity",
+                named("must be at least 1".into()),
+            ));
+        }
+        if c.threshold > c.capacity {
+            return Err(invalid(
+                "consumables.threshold",
+                named(format!(
+                    "{} is above the capacity {}",
+                    c.threshold, c.capacity
+                )),
+            ));
+        }
+        if !(1..=MAX_ORDER_QTY).contains(&c.reorder_qty) {
+            return Err(invalid(
+                "consumables.reorder_qty",
+                named(format!("must be between 1 and {MAX_ORDER_QTY}")),
+            ));
+        }
+        if !(0..=MAX_UNIT_PRICE).contains(&c.unit_price) {
+            return Err(invalid(
+                "consumables.unit_price",
+                named(format!("must be between 0 and {MAX_UNIT_PRICE}")),
+            ));
+        }
+        if c.usage.is_empty() {
+            return Err(invalid(
+                "consumables.usage",
+                named("names no usage kind (e.g. usage = { brew = 1 })".into()),
+            ));
+        }
+        let mut usage = BTreeMap::new();
+        for (k, v) in &c.usage {
+            let kind = EventKind::parse(k)
+                .map_err(|e| invalid("consumables.usage", named(e.to_string())))?;
+            usage.insert(kind, *v);
+        }
+        slots.push(SlotConfig {
+            slot,
+            sku,
+            capacity: c.capacity,
+            usage,
+            threshold: c.threshold,
+            reorder_qty: c.reorder_qty,
+            unit_price: c.unit_price,
+            currency,
+        });
+    }
+    Ok(Consumables {
+        slots,
+        auto_reorder: raw.orders.auto_reorder,
+    })
 }
 
 fn range(
@@ -711,6 +846,54 @@ path = "/run/rollcall.sock"
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
         let c = LoadedConfig::load(Some(&p), &Overrides::default()).unwrap();
         assert_eq!(c.outbox_path(), PathBuf::from("agent-data/outbox.db"));
+        assert_eq!(c.consumables.slots.len(), 1);
+        assert_eq!(c.consumables.slots[0].usage.len(), 1);
+    }
+
+    #[test]
+    fn consumables_are_validated_with_the_key_named() {
+        let slot = |extra: &str| {
+            format!(
+                "data_dir = \"/d\"\n[[consumables]]\nslot = \"pods\"\nsku = \"POD\"\ncapacity = 10\n\
+                 usage = {{ brew = 1 }}\nthreshold = 2\nreorder_qty = 10\nunit_price = 25\ncurrency = \"EUR\"\n{extra}"
+            )
+        };
+        let load = |text: &str| {
+            let raw = AgentConfig::parse(text, "a.toml")?;
+            LoadedConfig::validate(raw, "a.toml".into())
+        };
+        let c = load(&slot("")).unwrap();
+        assert_eq!(c.consumables.slots[0].capacity, 10);
+        assert!(!c.consumables.auto_reorder);
+        let e = load(&slot("[orders]\nauto_reorder = true\n")).unwrap();
+        assert!(e.consumables.auto_reorder);
+        let twice = slot("") + &slot("").replace("data_dir = \"/d\"\n", "");
+        for (text, key) in [
+            (
+                slot("").replace("\"EUR\"", "\"eur\""),
+                "consumables.currency",
+            ),
+            (
+                slot("").replace("threshold = 2", "threshold = 20"),
+                "consumables.threshold",
+            ),
+            (
+                slot("").replace("brew = 1", "Brew = 1"),
+                "consumables.usage",
+            ),
+            (
+                slot("").replace("reorder_qty = 10", "reorder_qty = 0"),
+                "consumables.reorder_qty",
+            ),
+            (twice, "consumables.slot"),
+        ] {
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(
+            load(&slot("colour = 1\n")).is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::capture::Capture;
 use crate::config::LoadedConfig;
 use crate::identity::{self, IdentityError};
-use crate::outbox::{Outbox, OutboxError, SqliteOutbox};
+use crate::outbox::{Outbox, OutboxError};
 use crate::socket::{self, SocketError};
 use crate::uplink::{run_uplink, AgentRuntime, UplinkError, UplinkStats};
 use rollcall_shared::Clock;
@@ -129,12 +129,11 @@ pub async fn run_daemon(
         data_dir = %data_dir.display(),
         "Agent starting"
     );
-    let (path, limits, c) = (cfg.outbox_path(), cfg.outbox_limits(), clock.clone());
-    let outbox: Arc<dyn Outbox> =
-        tokio::task::spawn_blocking(move || SqliteOutbox::open(&path, limits, c))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-            .map(Arc::new)?;
+    let (open_cfg, c) = (cfg.clone(), clock.clone());
+    let outbox: Arc<dyn Outbox> = tokio::task::spawn_blocking(move || open_cfg.open_outbox(c))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map(Arc::new)?;
 
     let socket_stop = CancellationToken::new();
     let socket_task = if cfg.raw.socket.enabled {

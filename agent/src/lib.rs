@@ -8,6 +8,8 @@
 //! - [`identity`]: the device's Ed25519 key and device id in the data directory.
 //! - [`outbox`]: the durable store of unacknowledged events ([`outbox::Outbox`] trait,
 //!   [`outbox::SqliteOutbox`], [`outbox::MemoryOutbox`]); its module doc lists the invariants.
+//! - [`consumables`]: slots, levels and replenishment orders (rules, and how a simulator
+//!   enables them in process).
 //! - [`capture`]: validating "this happened" and appending it to the outbox (shared by
 //!   the CLI and the socket).
 //! - [`socket`]: the local Unix-socket capture server; its module doc is the line format.
@@ -26,6 +28,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod consumables;
 pub mod daemon;
 pub mod identity;
 pub mod outbox;

@@ -77,6 +77,12 @@ pub enum Command {
     /// The delivery queue.
     #[command(subcommand)]
     Deliveries(DeliveriesCmd),
+    /// Device-initiated orders.
+    #[command(subcommand)]
+    Orders(OrdersCmd),
+    /// The tamper-evident transaction ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
 }
 
 /// `outreach …`.
@@ -163,6 +169,66 @@ pub enum TokensCmd {
     List,
 }
 
+/// `orders …`.
+#[derive(Debug, Subcommand)]
+pub enum OrdersCmd {
+    /// List orders, newest first.
+    List {
+        /// Only this member's.
+        #[arg(long)]
+        member: Option<String>,
+        /// Print JSON (a list of objects).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel an accepted order within its cancellation window, or a held one.
+    Cancel {
+        /// The transaction id.
+        tx_id: String,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Confirm an order held for confirmation (the member agreed to the catalogue price).
+    Confirm {
+        /// The transaction id.
+        tx_id: String,
+    },
+    /// Mark an accepted order delivered.
+    Deliver {
+        /// The transaction id.
+        tx_id: String,
+    },
+}
+
+/// `ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCmd {
+    /// Recompute the Merkle tree and check every entry, device signature and checkpoint.
+    /// Exits 1 naming the first bad entry if anything was altered, removed or reordered.
+    Verify {
+        /// Print `{"ok": true, "entries": N, "root": "<hex>"}` or
+        /// `{"ok": false, "first_bad_index": i, "problem": "..."}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write entries, checkpoints and public keys as plain files (see docs/ledger.md).
+    Export {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// `model …`.
 #[derive(Debug, Subcommand)]
 pub enum ModelCmd {
@@ -227,6 +293,25 @@ pub enum MembersCmd {
     Import {
         /// The CSV file.
         file: PathBuf,
+    },
+    /// Set a member's consent to automatic reordering and spending limits (minor units).
+    /// Limits not given are removed (no limit).
+    Consent {
+        /// Member id.
+        #[arg(long)]
+        id: String,
+        /// Opt in (`on`) or out (`off`).
+        #[arg(long, value_enum)]
+        auto_reorder: OnOff,
+        /// Most per order, in minor units (cents).
+        #[arg(long)]
+        limit_order: Option<i64>,
+        /// Most over any rolling 30 days, in minor units.
+        #[arg(long = "limit-30d")]
+        limit_30d: Option<i64>,
+        /// Most units per slot in one order.
+        #[arg(long)]
+        limit_slot_qty: Option<i64>,
     },
     /// Show a member with devices and usage totals.
     Show {
@@ -369,6 +454,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(cmd) => tokens(cfg, clock, cmd),
         Command::Outreach(cmd) => outreach(cfg, clock, cmd),
         Command::Deliveries(cmd) => deliveries(cfg, clock, cmd),
+        Command::Orders(cmd) => orders(cfg, clock, cmd),
+        Command::Ledger(cmd) => ledger(cfg, cmd),
         Command::Keys(KeysCmd::Show) => {
             let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
             println!(
@@ -444,6 +531,36 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
                     s.rejected.len()
                 );
             }
+            Ok(())
+        }
+        MembersCmd::Consent {
+            id,
+            auto_reorder,
+            limit_order,
+            limit_30d,
+            limit_slot_qty,
+        } => {
+            let id = MemberId::parse(&id)?;
+            for (flag, v) in [
+                ("--limit-order", limit_order),
+                ("--limit-30d", limit_30d),
+                ("--limit-slot-qty", limit_slot_qty),
+            ] {
+                if v.is_some_and(|v| v < 0) {
+                    bail!("{flag} must not be negative");
+                }
+            }
+            let p = crate::orders::Policy {
+                auto_reorder: auto_reorder == OnOff::On,
+                limit_per_order: limit_order,
+                limit_30d,
+                limit_slot_qty,
+            };
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            crate::orders::set_policy(&conn, &id, &p, clock.now())?;
+            let mut v = serde_json::to_value(p)?;
+            v["member_id"] = id.as_str().into();
+            println!("{v}");
             Ok(())
         }
         MembersCmd::Show { id, json } => {
@@ -807,5 +924,119 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+fn orders(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: OrdersCmd) -> anyhow::Result<()> {
+    use crate::orders::Action;
+    let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+    let (tx_id, action, note) = match cmd {
+        OrdersCmd::List { member, json } => {
+            if let Some(m) = &member {
+                MemberId::parse(m)?;
+            }
+            let rows = crate::orders::list(&conn, member.as_deref(), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<28} {:<12} {:<16} {:<12} {:>5} {:>10} {:<4} {:<22} reason",
+                    "tx_id", "member", "device", "sku", "qty", "amount", "cur", "status"
+                );
+                for o in rows {
+                    println!(
+                        "{:<28} {:<12} {:<16} {:<12} {:>5} {:>10} {:<4} {:<22} {}",
+                        o.tx_id,
+                        o.member_id,
+                        o.device_id,
+                        o.sku,
+                        o.qty,
+                        o.amount,
+                        o.currency,
+                        o.status,
+                        o.reason.unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(());
+        }
+        OrdersCmd::Cancel { tx_id, reason } => (tx_id, Action::Cancel, Some(reason)),
+        OrdersCmd::Confirm { tx_id } => (tx_id, Action::Confirm, None),
+        OrdersCmd::Deliver { tx_id } => (tx_id, Action::Deliver, None),
+    };
+    let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))?;
+    let rules = crate::orders::OrderRules::for_cloud(&cfg)?;
+    let order = crate::orders::change(
+        &mut conn,
+        &key,
+        &rules,
+        &tx_id,
+        action,
+        note.as_deref(),
+        clock.now(),
+    )?;
+    println!("{}", serde_json::to_string(&order)?);
+    Ok(())
+}
+
+fn ledger(cfg: CloudConfig, cmd: LedgerCmd) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    // Checkpoints are checked against the existing key: never create one here.
+    let key_path = cfg.data_dir.join("cloud.key");
+    if !key_path.exists() {
+        bail!(
+            "no cloud key at {}: the ledger's checkpoints cannot be checked without it",
+            key_path.display()
+        );
+    }
+    let key = crate::keys::load_or_create(&key_path)?;
+    // Run migrations if needed, then read on a read-only connection.
+    drop(crate::store::open_writer(&cfg.data_dir)?);
+    let conn = crate::store::open_reader(&cfg.data_dir)?;
+    match cmd {
+        LedgerCmd::Verify { json } => {
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} entries ({per_sec}, {eta})",
+                    )
+                    .expect("valid template"),
+                );
+                b
+            });
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let report = crate::ledger::verify(&conn, &key.public(), threads, |done, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(done);
+                }
+            })?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else if report.ok {
+                println!(
+                    "ok: {} entries, root {}",
+                    report.entries.unwrap_or(0),
+                    report.root.as_deref().unwrap_or("")
+                );
+            }
+            if !report.ok {
+                bail!(
+                    "the ledger does not verify: entry {}: {}",
+                    report.first_bad_index.unwrap_or(0),
+                    report.problem.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        LedgerCmd::Export { out } => {
+            let s = crate::ledger::export(&conn, &key.public(), &out)?;
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(())
+        }
     }
 }

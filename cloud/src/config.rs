@@ -86,6 +86,8 @@ pub struct CloudConfig {
     pub outreach: OutreachConfig,
     /// The delivery queue's dispatcher (`[delivery]`).
     pub delivery: DeliveryConfig,
+    /// Device-initiated orders: catalogue, price tolerance, cancellation window (`[orders]`).
+    pub orders: OrdersConfig,
 }
 
 impl Default for CloudConfig {
@@ -100,8 +102,52 @@ impl Default for CloudConfig {
             scoring: ScoringConfig::default(),
             outreach: OutreachConfig::default(),
             delivery: DeliveryConfig::default(),
+            orders: OrdersConfig::default(),
         }
     }
+}
+
+/// `[orders]`: how device-initiated transactions are judged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// How long an accepted order may be cancelled, in hours.
+    pub cancel_window_h: u64,
+    /// Largest difference between a device's price quote and the catalogue price that is
+    /// still accepted, in basis points of the catalogue price (100 = 1 %). Beyond it the
+    /// order is `held_for_confirmation` with reason `price_changed`.
+    pub price_tolerance_bp: u32,
+    /// The articles devices may order (`[[orders.catalogue]]`).
+    pub catalogue: Vec<CatalogueEntry>,
+    /// The `[[outreach.webhooks]]` endpoint (by name) that accepted orders are handed to
+    /// for fulfilment, through the delivery queue; `None`: no fulfilment webhook.
+    pub fulfilment_webhook: Option<String>,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            cancel_window_h: 24,
+            price_tolerance_bp: 0,
+            catalogue: Vec::new(),
+            fulfilment_webhook: None,
+        }
+    }
+}
+
+/// One `[[orders.catalogue]]` article.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueEntry {
+    /// Article number (what devices put in `sku`).
+    pub sku: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Price per unit in minor units (cents).
+    pub unit_price: i64,
+    /// ISO 4217 currency (`EUR`).
+    pub currency: String,
 }
 
 /// `[broker]`.
@@ -665,6 +711,47 @@ impl CloudConfig {
                 "must not contain '/', '+' or '#'".into(),
             );
         }
+        if !(1..=24 * 365).contains(&self.orders.cancel_window_h) {
+            return bad(
+                "orders.cancel_window_h",
+                format!("{} is outside 1..=8760", self.orders.cancel_window_h),
+            );
+        }
+        if self.orders.price_tolerance_bp > 10_000 {
+            return bad(
+                "orders.price_tolerance_bp",
+                format!("{} is above 10000 (100 %)", self.orders.price_tolerance_bp),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for item in &self.orders.catalogue {
+            if let Err(e) = rollcall_shared::Sku::parse(&item.sku) {
+                return bad("orders.catalogue.sku", e.to_string());
+            }
+            if !seen.insert(item.sku.as_str()) {
+                return bad(
+                    "orders.catalogue.sku",
+                    format!("{:?} is listed twice", item.sku),
+                );
+            }
+            if !(0..=rollcall_shared::limits::MAX_UNIT_PRICE).contains(&item.unit_price) {
+                return bad(
+                    "orders.catalogue.unit_price",
+                    format!("{}: {} is out of range", item.sku, item.unit_price),
+                );
+            }
+            if let Err(e) = rollcall_shared::Currency::parse(&item.currency) {
+                return bad("orders.catalogue.currency", format!("{}: {e}", item.sku));
+            }
+        }
+        if let Some(name) = &self.orders.fulfilment_webhook {
+            if !self.outreach.webhooks.iter().any(|w| &w.name == name) {
+                return bad(
+                    "orders.fulfilment_webhook",
+                    format!("{name:?} is not in [[outreach.webhooks]]"),
+                );
+            }
+        }
         if let Err((key, message)) = self.scoring.validate() {
             return bad(key, message);
         }
@@ -801,6 +888,16 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("MfKQ9r8G"),
             "secrets stay out of Debug"
+        );
+        let hook = "[[outreach.webhooks]]\nname = \"shop\"\nurl = \"http://h/\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n";
+        let c = load_str(&format!("[orders]\nfulfilment_webhook = \"shop\"\n{hook}")).unwrap();
+        assert_eq!(c.orders.fulfilment_webhook.as_deref(), Some("shop"));
+        let e = load_str(&format!("[orders]\nfulfilment_webhook = \"erp\"\n{hook}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("orders.fulfilment_webhook") && e.contains("erp"),
+            "{e}"
         );
     }
 

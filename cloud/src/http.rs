@@ -1,11 +1,14 @@
 //! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API under `/api/v1`:
 //! `GET /api/v1/members/{id}/score`, `GET /api/v1/engagement/summary`,
-//! `GET /api/v1/members/{id}/outreach` and `GET /api/v1/deliveries`. Every API route
-//! requires `Authorization: Bearer <token>` (see [`crate::tokens`]); the caller's
-//! [`Principal`] is in the request's extensions. The members' one-click
-//! `GET /api/v1/optout?token=...` is never behind tokens: the signed token is the
-//! authority. Errors are JSON `{"error": code, "message": ...}`. Handlers read the store
-//! on their own read-only connections, off the async executor.
+//! `GET /api/v1/members/{id}/outreach`, `GET /api/v1/deliveries`, and the ledger:
+//! `GET /api/v1/ledger/checkpoint` (the latest signed checkpoint),
+//! `GET /api/v1/ledger/entries/{index}` (an entry, its device envelope and its inclusion
+//! proof in the latest checkpoint's tree) and `GET /api/v1/ledger/consistency?from=N&to=M`
+//! (a consistency proof). Every API route requires `Authorization: Bearer <token>` (see
+//! [`crate::tokens`]); the caller's [`Principal`] is in the request's extensions. The
+//! members' one-click `GET /api/v1/optout?token=...` is never behind tokens: the signed
+//! token is the authority. Errors are JSON `{"error": code, "message": ...}`. Handlers read
+//! the store on their own read-only connections, off the async executor.
 
 use crate::metrics::Metrics;
 use crate::tokens::Principal;
@@ -69,6 +72,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/engagement/summary", get(engagement_summary))
         .route("/api/v1/members/{id}/outreach", get(member_outreach))
         .route("/api/v1/deliveries", get(deliveries))
+        .route("/api/v1/ledger/checkpoint", get(ledger_checkpoint))
+        .route("/api/v1/ledger/entries/{index}", get(ledger_entry))
+        .route("/api/v1/ledger/consistency", get(ledger_consistency))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -313,6 +319,65 @@ async fn optout(
          <p>You will no longer receive {} messages from us by {what}. Messages about your orders still reach you.</p>",
         o.category
     )))
+}
+
+async fn ledger_checkpoint(
+    State(s): State<AppState>,
+) -> Result<Json<crate::ledger::CheckpointView>, ApiError> {
+    with_store(&s, |conn| {
+        crate::ledger::latest_checkpoint(conn)
+            .map_err(ApiError::internal)?
+            .map(Json)
+            .ok_or_else(|| {
+                ApiError::not_found("empty_ledger", "the ledger has no entries yet".into())
+            })
+    })
+    .await
+}
+
+async fn ledger_entry(
+    State(s): State<AppState>,
+    Path(index): Path<String>,
+) -> Result<Json<crate::ledger::EntryView>, ApiError> {
+    let index: u64 = index.parse().map_err(|_| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_index",
+        message: format!("{index:?} is not an entry index"),
+    })?;
+    with_store(&s, move |conn| {
+        crate::ledger::entry_with_proof(conn, index)
+            .map_err(ApiError::internal)?
+            .map(Json)
+            .ok_or_else(|| {
+                ApiError::not_found("no_such_entry", format!("the ledger has no entry {index}"))
+            })
+    })
+    .await
+}
+
+/// Query of `GET /api/v1/ledger/consistency`.
+#[derive(Debug, serde::Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn ledger_consistency(
+    State(s): State<AppState>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<crate::ledger::ConsistencyView>, ApiError> {
+    with_store(&s, move |conn| {
+        match crate::ledger::consistency(conn, q.from, q.to) {
+            Ok(v) => Ok(Json(v)),
+            Err(crate::ledger::LedgerError::Proof(e)) => Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_range",
+                message: e.to_string(),
+            }),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    })
+    .await
 }
 
 async fn not_found() -> ApiError {

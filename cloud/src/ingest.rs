@@ -12,15 +12,25 @@
 //!
 //! Reason codes (the `reason` of quarantine rows and the label of
 //! `rollcall_ingest_rejected_total`): `too_large`, `malformed`, `bad_signature`,
-//! `unknown_device`, `unsupported_version`, `replayed`, `device_mismatch`.
+//! `unknown_device`, `unsupported_version`, `replayed`, `device_mismatch`, and for
+//! transactions `conflict` (a transaction id seen before with other content).
+//! Transactions on `.../tx` that pass [`check`] are decided by [`crate::orders::record`]
+//! inside the same batch transaction, together with their ledger entries and checkpoint.
 //! Usage reports from unknown devices are *held* and ingested by [`release_held`]
 //! when the device is registered.
 
+use crate::ledger::{Appender, LedgerError};
+use crate::orders::{OrderRules, OrdersError, TxResult, VerifiedTx};
 use crate::registry::DeviceInfo;
 use chrono::{DateTime, Utc};
-use rollcall_shared::dsse::{Envelope, EnvelopeError, STATUS_PAYLOAD_TYPE, USAGE_PAYLOAD_TYPE};
+use rollcall_shared::dsse::{
+    Envelope, EnvelopeError, KeyPair, STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE,
+    USAGE_PAYLOAD_TYPE,
+};
 use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
-use rollcall_shared::payload::{Ack, AckStatus, DeviceStatus, PayloadError, UsageReport};
+use rollcall_shared::payload::{
+    Ack, AckStatus, DeviceStatus, PayloadError, Receipt, ReorderPolicy, Transaction, UsageReport,
+};
 use rollcall_shared::topics::{Channel, Topics};
 use rollcall_shared::{DeviceId, MemberId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -54,11 +64,39 @@ pub enum Reason {
     Replayed,
     /// Validly signed by one device but claims to be from another.
     DeviceMismatch,
+    /// A transaction id seen before with different content.
+    Conflict,
+}
+
+/// Why a batch could not be committed (nothing was committed; retrying is safe).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// SQLite said no.
+    #[error("ingest store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Deciding or recording a transaction failed.
+    #[error(transparent)]
+    Orders(#[from] OrdersError),
+}
+
+impl From<LedgerError> for CommitError {
+    fn from(e: LedgerError) -> Self {
+        CommitError::Orders(OrdersError::Ledger(e))
+    }
+}
+
+/// What committing transactions needs besides the store: the rules and the cloud's key
+/// (for checkpoints).
+pub struct TxContext<'a> {
+    /// Catalogue, tolerance, cancellation window.
+    pub rules: &'a OrderRules,
+    /// Signs ledger checkpoints.
+    pub key: &'a KeyPair,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::TooLarge,
         Reason::Malformed,
         Reason::BadSignature,
@@ -66,6 +104,7 @@ impl Reason {
         Reason::UnsupportedVersion,
         Reason::Replayed,
         Reason::DeviceMismatch,
+        Reason::Conflict,
     ];
     /// The reason code.
     pub fn code(self) -> &'static str {
@@ -77,6 +116,7 @@ impl Reason {
             Reason::UnsupportedVersion => "unsupported_version",
             Reason::Replayed => "replayed",
             Reason::DeviceMismatch => "device_mismatch",
+            Reason::Conflict => "conflict",
         }
     }
     fn from_payload(e: &PayloadError) -> Reason {
@@ -126,6 +166,8 @@ pub enum Checked {
         /// When it arrived.
         received_at: DateTime<Utc>,
     },
+    /// A verified replenishment transaction.
+    Transaction(Box<VerifiedTx>),
     /// A verified status message.
     Status {
         /// The device.
@@ -196,7 +238,8 @@ pub fn check(
     let expected_type = match channel {
         Channel::Usage => USAGE_PAYLOAD_TYPE,
         Channel::Status => STATUS_PAYLOAD_TYPE,
-        Channel::Tx | Channel::Down | Channel::Receipt => {
+        Channel::Tx => TRANSACTION_PAYLOAD_TYPE,
+        Channel::Down | Channel::Receipt => {
             let key = sha_key(&msg.payload);
             return reject(
                 Reason::Malformed,
@@ -240,6 +283,17 @@ pub fn check(
                 Some(device),
                 msg,
                 true,
+                key,
+                None,
+            )
+        } else if channel == Channel::Tx {
+            let key = sha_key(&msg.payload);
+            reject(
+                Reason::UnknownDevice,
+                format!("transaction from unregistered device {device}"),
+                Some(device),
+                msg,
+                false,
                 key,
                 None,
             )
@@ -332,6 +386,41 @@ pub fn check(
                 )
             }
         },
+        Channel::Tx => match Transaction::decode(&body) {
+            Ok(tx) if tx.device_id != device => {
+                let key = sha_key(&msg.payload);
+                let detail = format!("signed by {device} but claims to be from {}", tx.device_id);
+                reject(
+                    Reason::DeviceMismatch,
+                    detail,
+                    Some(device),
+                    msg,
+                    false,
+                    key,
+                    None,
+                )
+            }
+            Ok(tx) => Checked::Transaction(Box::new(VerifiedTx {
+                device,
+                member: info.member_id,
+                tx,
+                payload_sha256: hex::encode(Sha256::digest(&body)),
+                envelope: msg.payload,
+                received_at: msg.received_at,
+            })),
+            Err(e) => {
+                let key = sha_key(&msg.payload);
+                reject(
+                    Reason::from_payload(&e),
+                    e.to_string(),
+                    Some(device),
+                    msg,
+                    false,
+                    key,
+                    None,
+                )
+            }
+        },
         _ => match DeviceStatus::decode(&body) {
             Ok(status) if status.device_id != device => {
                 let key = sha_key(&msg.payload);
@@ -381,29 +470,98 @@ pub struct BatchOutcome {
     pub statuses: u64,
     /// Rejections, by reason.
     pub rejected: Vec<Reason>,
+    /// Transaction receipts to publish, per device.
+    pub receipts: Vec<(DeviceId, Receipt)>,
+    /// Member policies to push, per device (sent when a device reports its status).
+    pub policies: Vec<(DeviceId, ReorderPolicy)>,
+    /// Transactions decided now, by status.
+    pub tx_decided: Vec<rollcall_shared::payload::TxStatus>,
+    /// Transactions recognised as re-sends.
+    pub tx_duplicate: u64,
 }
 
-/// Commits a batch of checked messages in one transaction.
+/// Commits a batch of checked messages in one transaction. Transactions need `orders`;
+/// without it they are left alone (the device re-sends them).
 pub fn commit(
     conn: &mut Connection,
     items: &[Checked],
     replay_window: u64,
-) -> rusqlite::Result<BatchOutcome> {
+    orders: Option<&TxContext<'_>>,
+) -> Result<BatchOutcome, CommitError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut out = BatchOutcome::default();
+    let mut ledger: Option<(Appender, DateTime<Utc>)> = None;
     for item in items {
-        apply(&tx, item, replay_window, &mut out)?;
+        if let (Checked::Transaction(v), Some(ctx)) = (item, orders) {
+            if ledger.is_none() {
+                ledger = Some((Appender::begin(&tx)?, v.received_at));
+            }
+            let (appender, at) = ledger.as_mut().expect("just set");
+            *at = (*at).max(v.received_at);
+            apply_tx(&tx, appender, ctx.rules, v, &mut out)?;
+            continue;
+        }
+        apply(&tx, item, replay_window, orders.is_some(), &mut out)?;
+    }
+    if let (Some((appender, at)), Some(ctx)) = (ledger, orders) {
+        appender.finish(&tx, ctx.key, at)?;
     }
     tx.commit()?;
     Ok(out)
+}
+
+fn apply_tx(
+    tx: &Connection,
+    ledger: &mut Appender,
+    rules: &OrderRules,
+    v: &VerifiedTx,
+    out: &mut BatchOutcome,
+) -> Result<(), CommitError> {
+    tx.execute_batch("SAVEPOINT tx")?;
+    match crate::orders::record(tx, ledger, rules, v) {
+        Ok(TxResult::Decided(r)) => {
+            out.tx_decided.push(r.status);
+            out.receipts.push((v.device.clone(), r));
+        }
+        Ok(TxResult::Duplicate(r)) => {
+            out.tx_duplicate += 1;
+            out.receipts.push((v.device.clone(), r));
+        }
+        Ok(TxResult::Conflict) => {
+            let rej = Rejection {
+                reason: Reason::Conflict,
+                detail: format!(
+                    "transaction {} was recorded before with different content",
+                    v.tx.tx_id
+                ),
+                device: Some(v.device.clone()),
+                dedup_key: sha_key(&v.envelope),
+                inbound: Inbound {
+                    topic: format!("(verified transaction {})", v.tx.tx_id),
+                    payload: v.envelope.clone(),
+                    received_at: v.received_at,
+                },
+                held: false,
+                ack_report: None,
+            };
+            quarantine(tx, &rej, out)?;
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO tx; RELEASE tx")?;
+            return Err(e.into());
+        }
+    }
+    tx.execute_batch("RELEASE tx")?;
+    Ok(())
 }
 
 fn apply(
     tx: &Connection,
     item: &Checked,
     replay_window: u64,
+    with_orders: bool,
     out: &mut BatchOutcome,
-) -> rusqlite::Result<()> {
+) -> Result<(), CommitError> {
     match item {
         Checked::Usage {
             device,
@@ -421,7 +579,7 @@ fn apply(
                 )?
                 .query_row(params![device.as_str(), seq as i64], |r| r.get(0))
                 .optional()?;
-            let replayed = |detail: String, out: &mut BatchOutcome| -> rusqlite::Result<()> {
+            let replayed = |detail: String, out: &mut BatchOutcome| -> Result<(), CommitError> {
                 let payload = report.encode();
                 let rej = Rejection {
                     reason: Reason::Replayed,
@@ -436,7 +594,7 @@ fn apply(
                     held: false,
                     ack_report: Some(seq),
                 };
-                quarantine(tx, &rej, out)
+                Ok(quarantine(tx, &rej, out)?)
             };
             match stored {
                 Some(d) if d == *digest => {
@@ -553,7 +711,17 @@ fn apply(
                 health,
             ])?;
             out.statuses += 1;
+            if with_orders {
+                let (policy, receipts) = crate::orders::on_status(tx, device)?;
+                if let Some(p) = policy {
+                    out.policies.push((device.clone(), p));
+                }
+                out.receipts
+                    .extend(receipts.into_iter().map(|r| (device.clone(), r)));
+            }
         }
+        // Without the orders context transactions are left alone; the device re-sends.
+        Checked::Transaction(_) => {}
         Checked::Rejected(rej) => quarantine(tx, rej, out)?,
     }
     Ok(())
@@ -600,7 +768,7 @@ pub fn release_held(
     topics: &Topics,
     device: &DeviceId,
     replay_window: u64,
-) -> Result<(u64, BatchOutcome), rusqlite::Error> {
+) -> Result<(u64, BatchOutcome), CommitError> {
     let held: Vec<(i64, String, Vec<u8>, i64)> = conn
         .prepare("SELECT id, topic, payload, received_ms FROM quarantine WHERE state = 'held' AND device_id = ?1 ORDER BY id")?
         .query_map([device.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
@@ -631,7 +799,7 @@ pub fn release_held(
             "UPDATE quarantine SET state = 'released' WHERE id = ?1",
             [id],
         )?;
-        apply(&tx, &c, replay_window, &mut out)?;
+        apply(&tx, &c, replay_window, false, &mut out)?;
     }
     tx.commit()?;
     Ok((held.len() as u64, out))

@@ -15,6 +15,9 @@
 //! - [`scoring`]: membership scoring: active days, the fleet model, states and reasons.
 //! - [`outreach`]: personalised outreach: triggers, rules, templates, policy.
 //! - [`delivery`]: the durable delivery queue and its dispatcher (webhook, device, e-mail).
+//! - [`orders`]: device-initiated transactions: decision, consent and limits, status changes.
+//! - [`ledger`]: the tamper-evident transaction ledger (RFC 6962 Merkle tree, signed
+//!   checkpoints, proofs, `ledger verify`, `ledger export`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`http`]: `/healthz`, `/metrics`, JSON errors.
 //! - [`server`]: `serve`: broker + ingest + scoring + outreach + dispatcher + HTTP, started
@@ -31,8 +34,10 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod mqtt;
+pub mod orders;
 pub mod outreach;
 pub mod registry;
 pub mod scoring;

@@ -77,6 +77,19 @@ pub struct Metrics {
     pub delivery_latency_seconds: Histogram,
     /// `rollcall_outreach_decisions_total{decision}`: outreach policy decisions.
     pub outreach_decisions: Family<DecisionLabel, Counter>,
+    /// `rollcall_orders_decided_total{status}`: transactions decided (accepted, held, rejected).
+    pub orders_decided: Family<StatusLabel, Counter>,
+    /// `rollcall_orders_duplicate_total`: transaction re-sends answered with the stored outcome.
+    pub orders_duplicate: Counter,
+    /// `rollcall_ingest_downlinks_total`: receipts and policies published after commit.
+    pub downlinks: Counter,
+}
+
+/// Label for order outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `accepted`, `held_for_confirmation` or `rejected`.
+    pub status: String,
 }
 
 impl Default for Metrics {
@@ -105,6 +118,9 @@ impl Metrics {
             delivery_attempts: Family::default(),
             delivery_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             outreach_decisions: Family::default(),
+            orders_decided: Family::default(),
+            orders_duplicate: Counter::default(),
+            downlinks: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,6 +194,26 @@ impl Metrics {
             "Outreach policy decisions",
             m.outreach_decisions.clone(),
         );
+        registry.register(
+            "orders_decided",
+            "Device transactions decided, by status",
+            m.orders_decided.clone(),
+        );
+        registry.register(
+            "orders_duplicate",
+            "Transaction re-sends answered with the stored outcome",
+            m.orders_duplicate.clone(),
+        );
+        registry.register(
+            "ingest_downlinks",
+            "Receipts and policies published after commit",
+            m.downlinks.clone(),
+        );
+        for st in ["accepted", "held_for_confirmation", "rejected"] {
+            let _ = m
+                .orders_decided
+                .get_or_create(&StatusLabel { status: st.into() });
+        }
         for s in crate::scoring::State::ALL {
             let _ = m.scoring_members.get_or_create(&StateLabel {
                 state: s.name().into(),
@@ -216,6 +252,14 @@ impl Metrics {
             .inc_by(out.reports_duplicate);
         self.events.inc_by(out.events_stored);
         self.statuses.inc_by(out.statuses);
+        for st in &out.tx_decided {
+            self.orders_decided
+                .get_or_create(&StatusLabel {
+                    status: st.as_str().into(),
+                })
+                .inc();
+        }
+        self.orders_duplicate.inc_by(out.tx_duplicate);
         for r in &out.rejected {
             self.rejected
                 .get_or_create(&ReasonLabel {

@@ -29,6 +29,11 @@
 //!   `(rule, member_id, episode, channel)` is ever queued (the others are `skipped` with
 //!   `duplicate_episode`). `outreach_log` is append-only: every policy decision.
 //! - `consent (member_id, channel, category)`: opt-outs (`channel = '*'`: every channel).
+//! - `orders (tx_id)` (migration 5): one row per device transaction id, whatever the
+//!   number of re-sends; `payload_sha256` tells a re-send (same outcome) from a conflict.
+//!   `devices.max_tx_counter` is the newest transaction counter seen per device (replays
+//!   of older counters under new ids are refused). `member_policies (member_id)`: opt-in
+//!   and limits. `ledger_*`: see [`crate::ledger`] (append-only, never updated).
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -289,6 +294,60 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
+    "#,
+    // 5: device-initiated transactions (orders), member policies, the ledger.
+    r#"
+    ALTER TABLE devices ADD COLUMN max_tx_counter INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE member_policies (
+        member_id TEXT PRIMARY KEY REFERENCES members(id),
+        auto_reorder INTEGER NOT NULL,
+        limit_per_order INTEGER,
+        limit_30d INTEGER,
+        limit_slot_qty INTEGER,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE orders (
+        tx_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        member_id TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        sku TEXT NOT NULL,
+        qty INTEGER NOT NULL,
+        unit_price INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        payload_sha256 TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('accepted', 'held_for_confirmation', 'rejected', 'cancelled', 'delivered')),
+        reason TEXT,
+        decided_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        cancel_until_ms INTEGER,
+        ledger_index INTEGER NOT NULL,
+        fulfilment_requested_ms INTEGER,
+        notified_status TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX orders_member_time ON orders(member_id, decided_ms);
+    CREATE INDEX orders_open_slot ON orders(device_id, slot)
+        WHERE status IN ('accepted', 'held_for_confirmation');
+    CREATE INDEX orders_unnotified ON orders(device_id) WHERE notified_status IS NOT status;
+    CREATE TABLE ledger_entries (
+        idx INTEGER PRIMARY KEY,
+        entry BLOB NOT NULL,
+        envelope BLOB,
+        leaf_hash BLOB NOT NULL
+    );
+    CREATE TABLE ledger_checkpoints (
+        tree_size INTEGER PRIMARY KEY,
+        root BLOB NOT NULL,
+        at_ms INTEGER NOT NULL,
+        envelope TEXT NOT NULL
+    );
+    CREATE TABLE ledger_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        range BLOB NOT NULL,
+        last_leaf BLOB NOT NULL
+    );
     "#,
 ];
 

@@ -4,6 +4,11 @@
 //! ```text
 //! broker ──► subscriber task ──(bounded queue)──► writer thread: check (parallel) → commit → acks ──► publisher task ──► broker
 //! ```
+//! The subscriber takes `.../usage`, `.../status` and `.../tx`. After each commit the
+//! writer publishes, on each device's `.../down`, the acks of usage reports, the receipts
+//! of transactions (decided now, re-sent, or changed since the device was last told), and
+//! the member's reorder policy when a device reports its status and the policy differs
+//! from the one last pushed to it by this process.
 //! The queue is bounded: when the writer falls behind, the subscriber stops reading and
 //! the broker buffers. Acks go out on their own connection, so a full queue can never
 //! block them (and with them the commit that would drain the queue).
@@ -14,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{client_options, BrokerUrl};
 use crate::registry::DeviceInfo;
 use rollcall_shared::dsse::{KeyPair, DOWNLINK_PAYLOAD_TYPE};
-use rollcall_shared::payload::{DownBody, Downlink};
+use rollcall_shared::payload::{DownBody, Downlink, ReorderPolicy};
 use rollcall_shared::topics::{Channel, Topics};
 use rollcall_shared::{Clock, DeviceId, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -138,7 +143,7 @@ pub async fn start(
 
     // Subscriber.
     let (sub_client, mut sub_loop) = AsyncClient::new(sub_opts, 100);
-    let filters: Vec<String> = [Channel::Usage, Channel::Status]
+    let filters: Vec<String> = [Channel::Usage, Channel::Status, Channel::Tx]
         .iter()
         .map(|c| {
             let f = topics.filter(*c);
@@ -196,9 +201,11 @@ pub async fn start(
     let threads = cfg.ingest.verify_threads;
     let w_metrics = metrics.clone();
     let w_topics = topics.clone();
+    let rules = crate::orders::OrderRules::for_cloud(cfg)?;
     let writer = std::thread::Builder::new().name("ingest-writer".into()).spawn(move || {
         let mut rx = queue_rx;
         let mut batch = Vec::with_capacity(batch_max);
+        let mut pushed_policies: HashMap<DeviceId, ReorderPolicy> = HashMap::new();
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
             while batch.len() < batch_max {
@@ -210,7 +217,8 @@ pub async fn start(
             let started = Instant::now();
             let checked = check_parallel(&w_topics, std::mem::take(&mut batch), &cache, threads);
             let outcome = loop {
-                match ingest::commit(&mut conn, &checked, window) {
+                let ctx = ingest::TxContext { rules: &rules, key: &key };
+                match ingest::commit(&mut conn, &checked, window, Some(&ctx)) {
                     Ok(o) => break o,
                     Err(e) => {
                         // Nothing was acked; retrying is safe. A persistent failure (disk full)
@@ -222,8 +230,18 @@ pub async fn start(
             };
             w_metrics.record(&outcome);
             w_metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-            for (device, ack) in outcome.acks {
-                let down = Downlink { v: PROTOCOL_VERSION, device_id: device.clone(), sent_at: clock.now(), body: DownBody::Ack(ack) };
+            let mut down: Vec<(DeviceId, DownBody)> = Vec::with_capacity(outcome.acks.len() + outcome.receipts.len());
+            down.extend(outcome.acks.into_iter().map(|(d, a)| (d, DownBody::Ack(a))));
+            down.extend(outcome.receipts.into_iter().map(|(d, r)| (d, DownBody::Receipt(r))));
+            for (d, p) in outcome.policies {
+                if pushed_policies.get(&d) != Some(&p) {
+                    pushed_policies.insert(d.clone(), p);
+                    down.push((d, DownBody::Policy(p)));
+                }
+            }
+            for (device, body) in down {
+                let is_ack = matches!(body, DownBody::Ack(_));
+                let down = Downlink { v: PROTOCOL_VERSION, device_id: device.clone(), sent_at: clock.now(), body };
                 let env = key.sign(DOWNLINK_PAYLOAD_TYPE, &down.encode());
                 let topic = w_topics.down(&device);
                 let payload = env.to_json();
@@ -232,12 +250,19 @@ pub async fn start(
                     Err(_) => {
                         // Request queue full: wait for room (the publisher task drains it).
                         if let Err(e) = rt.block_on(pub_client.publish(topic, QoS::AtLeastOnce, false, payload)) {
-                            tracing::warn!(error = %e, "Ack could not be queued; the device will re-send and be acked then");
+                            tracing::warn!(error = %e, "Downlink could not be queued; the device will re-send and be answered then");
+                            if !is_ack {
+                                pushed_policies.remove(&device);
+                            }
                             continue;
                         }
                     }
                 }
-                w_metrics.acks.inc();
+                if is_ack {
+                    w_metrics.acks.inc();
+                } else {
+                    w_metrics.downlinks.inc();
+                }
             }
         }
         tracing::info!("Ingest writer stopped");

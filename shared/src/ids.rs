@@ -118,6 +118,70 @@ string_id!(
     MemberId,
     "member id"
 );
+string_id!(
+    /// A replenishment transaction's id, its idempotency key: same alphabet and limit as [`DeviceId`].
+    TxId,
+    "transaction id"
+);
+string_id!(
+    /// A consumable slot on a device (`pods`, `ink-black`): same alphabet and limit as [`DeviceId`].
+    SlotId,
+    "slot id"
+);
+string_id!(
+    /// A catalogue article number: same alphabet and limit as [`DeviceId`].
+    Sku,
+    "sku"
+);
+
+/// An ISO 4217 currency code: exactly three uppercase ASCII letters (`EUR`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Currency(String);
+
+impl Currency {
+    /// Parses a currency code.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(IdError::BadChar {
+                what: "currency",
+                value: s.chars().take(80).collect(),
+                allowed: "exactly three uppercase ASCII letters (ISO 4217)",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+    /// The code as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Currency {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Currency({:?})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A kind of usage event (`brew`, `print_page`, `ride`): 1–32 bytes of lowercase
 /// ASCII letters, digits and `_`, starting with a letter.
@@ -258,6 +322,15 @@ mod tests {
         assert!(Seq::new(0).is_err());
         assert!(serde_json::from_str::<Seq>("0").is_err());
         assert_eq!(serde_json::from_str::<Seq>("7").unwrap().get(), 7);
+    }
+
+    #[test]
+    fn currencies_are_three_uppercase_letters() {
+        assert!(Currency::parse("EUR").is_ok());
+        for bad in ["eur", "EURO", "E1R", ""] {
+            assert!(Currency::parse(bad).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<Currency>("\"usd\"").is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod payload;
 pub mod topics;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::{DeviceId, EventKind, IdError, MemberId, Seq};
+pub use ids::{Currency, DeviceId, EventKind, IdError, MemberId, Seq, Sku, SlotId, TxId};
 
 /// Protocol version carried in every payload's `v` field.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -39,3 +39,9 @@ pub const MAX_MESSAGE_TITLE_LEN: usize = 200;
 pub const MAX_MESSAGE_BODY_LEN: usize = 4 * 1024;
 /// Most message ids in one receipt.
 pub const MAX_RECEIPT_IDS: usize = 100;
+/// Largest decoded transaction body, in bytes.
+pub const MAX_TX_BODY_BYTES: usize = 4 * 1024;
+/// Most units in one replenishment transaction.
+pub const MAX_ORDER_QTY: u32 = 10_000;
+/// Largest unit price, in minor units (ten million in major units).
+pub const MAX_UNIT_PRICE: i64 = 1_000_000_000;

@@ -2,7 +2,7 @@
 //! decodes itself. Decoding is strict: unknown fields and versions are rejected, and
 //! every limit in [`crate::limits`] is checked, so a value you hold is a valid message.
 
-use crate::ids::{DeviceId, EventKind, Seq};
+use crate::ids::{Currency, DeviceId, EventKind, Seq, Sku, SlotId, TxId};
 use crate::limits::*;
 use crate::PROTOCOL_VERSION;
 use chrono::{DateTime, Utc};
@@ -329,6 +329,181 @@ pub struct Ack {
     pub reason: Option<String>,
 }
 
+/// Why the device ordered: the slot's level fell below its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReorderReason {
+    /// The slot's level (units) when the order was created; may be negative when usage
+    /// outran the capacity the device believed it had.
+    pub level: i64,
+    /// The threshold it crossed.
+    pub threshold: i64,
+}
+
+/// A device-initiated replenishment transaction: the payload of a DSSE envelope of
+/// [`crate::dsse::TRANSACTION_PAYLOAD_TYPE`] on `.../tx`.
+///
+/// `tx_id` is the idempotency key: the same id with the same content always gets the same
+/// outcome; the same id with other content is a conflict. `counter` is per device and
+/// strictly increasing over the device's transactions, so an old envelope under a new id
+/// (a replay) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transaction {
+    /// Protocol version.
+    pub v: u32,
+    /// The idempotency key.
+    pub tx_id: TxId,
+    /// The ordering device (must match the signing key's device).
+    pub device_id: DeviceId,
+    /// Per-device monotonic transaction counter, from 1.
+    pub counter: u64,
+    /// The device's slot being replenished.
+    pub slot: SlotId,
+    /// What to order.
+    pub sku: Sku,
+    /// How many units (1..=[`MAX_ORDER_QTY`]).
+    pub qty: u32,
+    /// The unit price quote the member consented to, in minor units (cents).
+    pub unit_price: i64,
+    /// The quote's currency.
+    pub currency: Currency,
+    /// `qty * unit_price`, in minor units.
+    pub amount: i64,
+    /// Level and threshold when the order was created.
+    pub reason: ReorderReason,
+    /// Device time of creation.
+    pub created_at: DateTime<Utc>,
+    /// The slot's previous order, which the device has seen delivered (the slot was
+    /// refilled) since: the cloud closes it as `delivered` before judging this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refilled: Option<TxId>,
+}
+
+impl Transaction {
+    /// Decodes and validates a transaction body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let t: Transaction = decode_versioned(bytes, MAX_TX_BODY_BYTES, |t: &Transaction| t.v)?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// The JSON body (what the device signs).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("transactions serialise")
+    }
+
+    /// Checks the transaction against the protocol rules.
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        if self.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(self.v.to_string()));
+        }
+        if self.counter == 0 {
+            return Err(PayloadError::Malformed("counter starts at 1".into()));
+        }
+        if self.qty == 0 || self.qty > MAX_ORDER_QTY {
+            return Err(PayloadError::Malformed(format!(
+                "qty {} is outside 1..={MAX_ORDER_QTY}",
+                self.qty
+            )));
+        }
+        if !(0..=MAX_UNIT_PRICE).contains(&self.unit_price) {
+            return Err(PayloadError::Malformed(format!(
+                "unit_price {} is outside 0..={MAX_UNIT_PRICE}",
+                self.unit_price
+            )));
+        }
+        if self.amount != i64::from(self.qty) * self.unit_price {
+            return Err(PayloadError::Malformed(format!(
+                "amount {} is not qty {} x unit_price {}",
+                self.amount, self.qty, self.unit_price
+            )));
+        }
+        check_time("created_at", &self.created_at)
+    }
+}
+
+/// Where a transaction stands. The cloud decides `accepted`, `held_for_confirmation` or
+/// `rejected`; later `cancelled` (within the cancellation window) or `delivered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxStatus {
+    /// Accepted and handed to fulfilment.
+    Accepted,
+    /// Valid, but the member must confirm it first (e.g. the price changed).
+    HeldForConfirmation,
+    /// Refused for good; `reason` says why.
+    Rejected,
+    /// Cancelled by the member or staff.
+    Cancelled,
+    /// Delivered.
+    Delivered,
+}
+
+impl TxStatus {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxStatus::Accepted => "accepted",
+            TxStatus::HeldForConfirmation => "held_for_confirmation",
+            TxStatus::Rejected => "rejected",
+            TxStatus::Cancelled => "cancelled",
+            TxStatus::Delivered => "delivered",
+        }
+    }
+    /// Parses the storage name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "accepted" => TxStatus::Accepted,
+            "held_for_confirmation" => TxStatus::HeldForConfirmation,
+            "rejected" => TxStatus::Rejected,
+            "cancelled" => TxStatus::Cancelled,
+            "delivered" => TxStatus::Delivered,
+            _ => return None,
+        })
+    }
+    /// True when nothing can change the status any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TxStatus::Rejected | TxStatus::Cancelled | TxStatus::Delivered
+        )
+    }
+}
+
+/// The cloud's answer to a transaction, on the device's downlink (signed, like every
+/// downlink, by the cloud's key). Sent when the transaction is decided, again for every
+/// re-send of it, and when its status later changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The transaction answered.
+    pub tx_id: TxId,
+    /// Hex SHA-256 of the transaction payload answered: a device ignores a receipt that
+    /// is not about the exact bytes it signed.
+    pub tx_sha256: String,
+    /// Where it stands.
+    pub status: TxStatus,
+    /// Machine-readable reason when rejected or held (`over_order_limit`, `price_changed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The ledger entry that records the decision.
+    pub ledger_index: u64,
+    /// Until when the order may be cancelled (accepted orders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_until: Option<DateTime<Utc>>,
+    /// Cloud time of the status.
+    pub at: DateTime<Utc>,
+}
+
+/// The member's replenishment policy as the device should apply it, pushed on the downlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReorderPolicy {
+    /// The member opted in to automatic reordering.
+    pub auto_reorder: bool,
+}
+
 /// The body of a downlink message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -338,6 +513,10 @@ pub enum DownBody {
     /// A message for the device's display; the agent stores it and answers with a
     /// [`MessageReceipt`] on `.../receipt`.
     Message(DeviceMessage),
+    /// The outcome (or a later status) of a replenishment transaction.
+    Receipt(Receipt),
+    /// The member's current replenishment policy.
+    Policy(ReorderPolicy),
 }
 
 /// A message for the device's display (outreach: "welcome back", "100 brews!").
@@ -569,6 +748,81 @@ mod tests {
         assert!(UsageEvent::time_is_suspect(t("2001-01-01T00:00:00Z"), now));
         assert!(UsageEvent::time_is_suspect(t("2026-11-21T08:00:00Z"), now));
         assert!(!UsageEvent::time_is_suspect(t("2026-11-20T08:05:00Z"), now));
+    }
+
+    fn tx() -> Transaction {
+        Transaction {
+            v: 1,
+            tx_id: TxId::parse("tx-1").unwrap(),
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            counter: 1,
+            slot: SlotId::parse("pods").unwrap(),
+            sku: Sku::parse("POD-50").unwrap(),
+            qty: 2,
+            unit_price: 1250,
+            currency: Currency::parse("EUR").unwrap(),
+            amount: 2500,
+            reason: ReorderReason {
+                level: 4,
+                threshold: 5,
+            },
+            created_at: t("2026-11-20T08:00:00Z"),
+            refilled: None,
+        }
+    }
+
+    #[test]
+    fn transactions_round_trip_and_check_their_arithmetic() {
+        assert_eq!(Transaction::decode(&tx().encode()).unwrap(), tx());
+        let mut bad = tx();
+        bad.amount = 1;
+        assert_eq!(
+            Transaction::decode(&bad.encode()).unwrap_err().reason(),
+            "malformed"
+        );
+        let mut bad = tx();
+        bad.qty = 0;
+        bad.amount = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = tx();
+        bad.counter = 0;
+        assert!(bad.validate().is_err());
+        let mut v: serde_json::Value = serde_json::from_slice(&tx().encode()).unwrap();
+        v["extra"] = serde_json::json!(1);
+        assert!(Transaction::decode(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn receipts_and_policies_travel_as_downlinks() {
+        for body in [
+            DownBody::Receipt(Receipt {
+                tx_id: TxId::parse("tx-1").unwrap(),
+                tx_sha256: "00".repeat(32),
+                status: TxStatus::HeldForConfirmation,
+                reason: Some("price_changed".into()),
+                ledger_index: 3,
+                cancel_until: None,
+                at: t("2026-11-20T08:00:00Z"),
+            }),
+            DownBody::Policy(ReorderPolicy { auto_reorder: true }),
+        ] {
+            let d = Downlink {
+                v: 1,
+                device_id: DeviceId::parse("dev-1").unwrap(),
+                sent_at: t("2026-11-20T08:00:00Z"),
+                body,
+            };
+            assert_eq!(Downlink::decode(&d.encode()).unwrap(), d);
+        }
+        for s in [
+            "accepted",
+            "held_for_confirmation",
+            "rejected",
+            "cancelled",
+            "delivered",
+        ] {
+            assert_eq!(TxStatus::parse(s).unwrap().as_str(), s);
+        }
     }
 
     #[test]

@@ -157,7 +157,16 @@ impl SimDevice {
 
 struct ResumePoints {
     until: Option<DateTime<Utc>>,
-    devices: std::collections::HashMap<String, (u64, u64, u64)>,
+    devices: std::collections::HashMap<String, DeviceResume>,
+}
+
+/// The newest numbers the store holds from one device.
+#[derive(Debug, Clone, Copy)]
+struct DeviceResume {
+    seq: u64,
+    report_seq: u64,
+    tx_counter: u64,
+    session: u64,
 }
 
 struct SimMember {
@@ -408,12 +417,13 @@ impl Simulation {
                 let wrong = d.clock_wrong.map(|s| (instant(s.from), instant(s.to)));
                 let clock = DeviceClock::new(self.clock.clone(), wrong);
                 let outbox = Arc::new(match resume.devices.get(&d.id) {
-                    Some(&(seq, report_seq, session)) => MemoryOutbox::resume(
+                    Some(r) => MemoryOutbox::resume(
                         OutboxLimits::default(),
                         Arc::new(clock.clone()),
-                        seq + 1,
-                        report_seq + 1,
-                        session,
+                        r.seq + 1,
+                        r.report_seq + 1,
+                        r.tx_counter + 1,
+                        r.session,
                     ),
                     None => MemoryOutbox::new(OutboxLimits::default(), Arc::new(clock.clone())),
                 });
@@ -463,13 +473,14 @@ impl Simulation {
     }
 
     /// What the store already holds from this fleet: per device the newest event seq,
-    /// report seq and status session, and the newest receipt time.
+    /// report seq, transaction counter and status session, and the newest receipt time.
     fn resume_points(&self) -> Result<ResumePoints> {
         let conn = rollcall_cloud::store::open_reader(&self.opts.data_dir)?;
         let mut devices = std::collections::HashMap::new();
         let mut stmt = conn.prepare(
             "SELECT d.id, d.max_report_seq, COALESCE(d.status_session, 0),
-                    COALESCE((SELECT MAX(seq) FROM events e WHERE e.device_id = d.id), 0)
+                    COALESCE((SELECT MAX(seq) FROM events e WHERE e.device_id = d.id), 0),
+                    d.max_tx_counter
              FROM devices d",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -478,12 +489,21 @@ impl Simulation {
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })?;
         for row in rows {
-            let (id, report_seq, session, seq) = row?;
-            if seq > 0 || report_seq > 0 {
-                devices.insert(id, (seq as u64, report_seq as u64, session as u64));
+            let (id, report_seq, session, seq, tx_counter) = row?;
+            if seq > 0 || report_seq > 0 || tx_counter > 0 {
+                devices.insert(
+                    id,
+                    DeviceResume {
+                        seq: seq as u64,
+                        report_seq: report_seq as u64,
+                        tx_counter: tx_counter as u64,
+                        session: session as u64,
+                    },
+                );
             }
         }
         let until: Option<i64> =

@@ -2,8 +2,14 @@
 //! simulating many agents in one process, and for tests.
 
 use super::*;
+use crate::consumables::{must_order, new_tx_id, OrderState};
 use rollcall_shared::Clock;
 use std::sync::{Arc, Mutex};
+
+struct StoredOrder {
+    rec: OrderRecord,
+    envelope: Option<Vec<u8>>,
+}
 
 struct Stored {
     event: UsageEvent,
@@ -27,6 +33,11 @@ struct State {
     session: u64,
     daemon: Option<DaemonState>,
     messages: std::collections::VecDeque<super::StoredMessage>,
+    next_tx_counter: u64,
+    slots: BTreeMap<SlotId, SlotState>,
+    /// Orders by counter (creation order).
+    orders: BTreeMap<u64, StoredOrder>,
+    policy: Option<bool>,
 }
 
 /// An outbox held in memory (lost when the process ends). Cheap to create by the thousand.
@@ -34,6 +45,7 @@ pub struct MemoryOutbox {
     state: Mutex<State>,
     limits: OutboxLimits,
     clock: Arc<dyn Clock>,
+    consumables: Option<Arc<Consumables>>,
 }
 
 impl std::fmt::Debug for MemoryOutbox {
@@ -50,29 +62,34 @@ impl MemoryOutbox {
         let state = State {
             next_seq: 1,
             next_report_seq: 1,
+            next_tx_counter: 1,
             ..State::default()
         };
         Self {
             state: Mutex::new(state),
             limits,
             clock,
+            consumables: None,
         }
     }
 
     /// An empty outbox that continues a device's numbering: the next event gets
-    /// `next_seq`, the next report `next_report_seq`, and [`Outbox::next_session`] returns
-    /// values above `session`. For simulated devices that restart without their memory
+    /// `next_seq`, the next report `next_report_seq`, the next replenishment order the
+    /// counter `next_tx_counter`, and [`Outbox::next_session`] returns values above
+    /// `session`. For simulated devices that restart without their memory
     /// (the cloud would refuse reused numbers as replays).
     pub fn resume(
         limits: OutboxLimits,
         clock: Arc<dyn Clock>,
         next_seq: u64,
         next_report_seq: u64,
+        next_tx_counter: u64,
         session: u64,
     ) -> Self {
         let state = State {
             next_seq: next_seq.max(1),
             next_report_seq: next_report_seq.max(1),
+            next_tx_counter: next_tx_counter.max(1),
             session,
             ..State::default()
         };
@@ -80,7 +97,19 @@ impl MemoryOutbox {
             state: Mutex::new(state),
             limits,
             clock,
+            consumables: None,
         }
+    }
+
+    /// Tracks `consumables`: appends drain their slots and create orders (see
+    /// [`crate::consumables`]).
+    pub fn with_consumables(mut self, consumables: Arc<Consumables>) -> Self {
+        self.consumables = Some(consumables);
+        self
+    }
+
+    fn find_order<'a>(s: &'a mut State, tx_id: &TxId) -> Option<&'a mut StoredOrder> {
+        s.orders.values_mut().find(|o| o.rec.tx_id == *tx_id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -127,6 +156,53 @@ impl Outbox for MemoryOutbox {
         );
         s.bytes += size;
         s.next_seq += 1;
+        if let Some(c) = &self.consumables {
+            let opted_in = s.policy.unwrap_or(c.auto_reorder);
+            let kind = s.events[&seq.get()].event.kind.clone();
+            let qty = s.events[&seq.get()].event.qty;
+            for (cfg, units) in c.drain(&kind, qty) {
+                let mut st = s.slots.get(&cfg.slot).cloned().unwrap_or(SlotState {
+                    slot: cfg.slot.clone(),
+                    level: i64::from(cfg.capacity),
+                    armed: true,
+                    open_tx: None,
+                    delivered_tx: None,
+                });
+                st.level -= units;
+                if must_order(cfg, &st, opted_in) {
+                    let counter = s.next_tx_counter;
+                    s.next_tx_counter += 1;
+                    let rec = OrderRecord {
+                        tx_id: new_tx_id(),
+                        counter,
+                        slot: cfg.slot.clone(),
+                        sku: cfg.sku.clone(),
+                        qty: cfg.reorder_qty,
+                        unit_price: cfg.unit_price,
+                        currency: cfg.currency.clone(),
+                        level: st.level,
+                        threshold: i64::from(cfg.threshold),
+                        created_at: now,
+                        state: OrderState::Pending,
+                        reason: None,
+                        payload_sha256: None,
+                        ledger_index: None,
+                        updated_at: now,
+                        refilled: st.delivered_tx.take(),
+                    };
+                    st.open_tx = Some(rec.tx_id.clone());
+                    st.armed = false;
+                    s.orders.insert(
+                        counter,
+                        StoredOrder {
+                            rec,
+                            envelope: None,
+                        },
+                    );
+                }
+                s.slots.insert(cfg.slot.clone(), st);
+            }
+        }
         Ok(seq)
     }
 
@@ -259,6 +335,151 @@ impl Outbox for MemoryOutbox {
     fn may_block(&self) -> bool {
         false
     }
+
+    fn consumables(&self) -> Option<&Consumables> {
+        self.consumables.as_deref()
+    }
+
+    fn slots(&self) -> Result<Vec<SlotState>, OutboxError> {
+        let Some(c) = &self.consumables else {
+            return Ok(Vec::new());
+        };
+        let s = self.lock();
+        Ok(c.slots
+            .iter()
+            .map(|cfg| {
+                s.slots.get(&cfg.slot).cloned().unwrap_or(SlotState {
+                    slot: cfg.slot.clone(),
+                    level: i64::from(cfg.capacity),
+                    armed: true,
+                    open_tx: None,
+                    delivered_tx: None,
+                })
+            })
+            .collect())
+    }
+
+    fn refill(&self, slot: &SlotId, qty: Option<u32>) -> Result<SlotState, OutboxError> {
+        let cfg = self
+            .consumables
+            .as_ref()
+            .and_then(|c| c.slot(slot))
+            .ok_or_else(|| OutboxError::UnknownSlot(slot.to_string()))?;
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let cap = i64::from(cfg.capacity);
+        let mut st = s.slots.get(slot).cloned().unwrap_or(SlotState {
+            slot: slot.clone(),
+            level: cap,
+            armed: true,
+            open_tx: None,
+            delivered_tx: None,
+        });
+        st.level = match qty {
+            Some(q) => (st.level + i64::from(q)).min(cap),
+            None => cap,
+        };
+        st.armed = true;
+        if let Some(open) = st.open_tx.clone() {
+            if let Some(o) = Self::find_order(&mut s, &open) {
+                match o.rec.state {
+                    OrderState::Accepted => {
+                        o.rec.state = OrderState::Delivered;
+                        o.rec.updated_at = now;
+                        st.delivered_tx = st.open_tx.take();
+                    }
+                    OrderState::HeldForConfirmation => st.open_tx = None,
+                    _ => {}
+                }
+            } else {
+                st.open_tx = None;
+            }
+        }
+        s.slots.insert(slot.clone(), st.clone());
+        Ok(st)
+    }
+
+    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError> {
+        self.lock().policy = Some(auto_reorder);
+        Ok(())
+    }
+
+    fn policy(&self) -> Result<Option<bool>, OutboxError> {
+        Ok(self.lock().policy)
+    }
+
+    fn orders(&self) -> Result<Vec<OrderRecord>, OutboxError> {
+        Ok(self
+            .lock()
+            .orders
+            .values()
+            .rev()
+            .map(|o| o.rec.clone())
+            .collect())
+    }
+
+    fn unsigned_orders(&self) -> Result<Vec<OrderRecord>, OutboxError> {
+        Ok(self
+            .lock()
+            .orders
+            .values()
+            .filter(|o| o.envelope.is_none())
+            .map(|o| o.rec.clone())
+            .collect())
+    }
+
+    fn store_envelope(
+        &self,
+        tx_id: &TxId,
+        envelope: &[u8],
+        payload_sha256: &str,
+    ) -> Result<(), OutboxError> {
+        let mut s = self.lock();
+        if let Some(o) = Self::find_order(&mut s, tx_id) {
+            if o.envelope.is_none() {
+                o.envelope = Some(envelope.to_vec());
+                o.rec.payload_sha256 = Some(payload_sha256.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn unreceipted(&self) -> Result<Vec<(TxId, Vec<u8>)>, OutboxError> {
+        Ok(self
+            .lock()
+            .orders
+            .values()
+            .filter(|o| o.rec.state == OrderState::Pending)
+            .filter_map(|o| o.envelope.clone().map(|e| (o.rec.tx_id.clone(), e)))
+            .collect())
+    }
+
+    fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, OutboxError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let Some(o) = Self::find_order(&mut s, &receipt.tx_id) else {
+            return Ok(ReceiptOutcome::UnknownOrder);
+        };
+        if o.rec.payload_sha256.as_deref() != Some(receipt.tx_sha256.as_str()) {
+            return Ok(ReceiptOutcome::Mismatch);
+        }
+        let Some(next) = o.rec.state.after_receipt(receipt.status) else {
+            return Ok(ReceiptOutcome::Unchanged);
+        };
+        o.rec.state = next;
+        o.rec.reason = receipt.reason.clone();
+        o.rec.ledger_index = Some(receipt.ledger_index);
+        o.rec.updated_at = now;
+        let slot = o.rec.slot.clone();
+        if next.is_final() {
+            if let Some(st) = s.slots.get_mut(&slot) {
+                if st.open_tx.as_ref() == Some(&receipt.tx_id) {
+                    st.open_tx = None;
+                }
+            }
+        }
+        Ok(ReceiptOutcome::Applied(next))
+    }
 }
 
 #[cfg(test)]
@@ -269,16 +490,36 @@ mod tests {
     #[test]
     fn a_resumed_outbox_continues_the_numbering() {
         let clock = Arc::new(ManualClock::new(Utc::now()));
-        let o = MemoryOutbox::resume(OutboxLimits::default(), clock.clone(), 42, 7, 3);
-        let ev = NewEvent {
+        let pods = Arc::new(Consumables {
+            slots: vec![crate::consumables::SlotConfig {
+                slot: SlotId::parse("pods").unwrap(),
+                sku: rollcall_shared::Sku::parse("POD-50").unwrap(),
+                capacity: 5,
+                usage: BTreeMap::from([(rollcall_shared::EventKind::parse("brew").unwrap(), 1)]),
+                threshold: 2,
+                reorder_qty: 50,
+                unit_price: 25,
+                currency: rollcall_shared::Currency::parse("EUR").unwrap(),
+            }],
+            auto_reorder: true,
+        });
+        let o = MemoryOutbox::resume(OutboxLimits::default(), clock.clone(), 42, 7, 9, 3)
+            .with_consumables(pods);
+        let ev = || NewEvent {
             kind: rollcall_shared::EventKind::parse("brew").unwrap(),
             qty: 1,
             occurred_at: clock.now(),
             attrs: BTreeMap::new(),
             clock_suspect: false,
         };
-        assert_eq!(o.append(ev).unwrap().get(), 42);
+        assert_eq!(o.append(ev()).unwrap().get(), 42);
         assert_eq!(o.build_report(10, 100_000).unwrap().unwrap().report_seq, 7);
         assert_eq!(o.next_session().unwrap(), 4);
+        for _ in 0..3 {
+            o.append(ev()).unwrap();
+        }
+        let orders = o.orders().unwrap();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].counter, 9, "the order counter continues too");
     }
 }

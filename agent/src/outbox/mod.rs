@@ -30,6 +30,14 @@
 //!    non-overlapping seq ranges (what `UsageReport::validate` requires).
 //! 7. **Durability** (SQLite). WAL with `synchronous=FULL`: `append` returns after the
 //!    commit is on disk, so a `record` that printed its seq survives a power cut.
+//! 8. **Consumables and orders** (when the outbox is given [`Consumables`]). `append`
+//!    drains the slots the event's kind uses and creates replenishment orders, in the same
+//!    transaction as the event (rules in [`crate::consumables`]). Orders live beside the
+//!    events, keyed by `tx_id`, with a persisted per-device counter; they are **never
+//!    evicted** and do not count against `max_events`/`max_bytes`. An order is signed once
+//!    ([`Outbox::store_envelope`]); afterwards exactly those bytes are re-sent until a
+//!    receipt for them arrives. Orders are kept after their final state, as the device's
+//!    history (`rollcall-agent orders`).
 //!
 //! # Implementations
 //!
@@ -48,9 +56,10 @@ mod suite;
 pub use memory::MemoryOutbox;
 pub use sqlite::SqliteOutbox;
 
+use crate::consumables::{Consumables, OrderRecord, ReceiptOutcome, SlotState};
 use chrono::{DateTime, Utc};
-use rollcall_shared::ids::{EventKind, Seq};
-use rollcall_shared::payload::{AckStatus, DeviceMessage, UsageEvent};
+use rollcall_shared::ids::{EventKind, Seq, SlotId, TxId};
+use rollcall_shared::payload::{AckStatus, DeviceMessage, Receipt, UsageEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -90,6 +99,9 @@ pub enum OutboxError {
     /// A stored value does not decode: the database was damaged or edited by hand.
     #[error("outbox data is corrupt: {0}")]
     Corrupt(String),
+    /// No such consumable slot in the configuration.
+    #[error("no consumable slot {0:?} is configured")]
+    UnknownSlot(String),
 }
 
 /// What to do with a new event when the outbox is at a limit.
@@ -295,6 +307,44 @@ pub trait Outbox: Send + Sync {
     fn may_block(&self) -> bool {
         true
     }
+
+    /// The consumables this outbox tracks (none unless given).
+    fn consumables(&self) -> Option<&Consumables>;
+
+    /// The state of every configured slot (a slot never drained is full).
+    fn slots(&self) -> Result<Vec<SlotState>, OutboxError>;
+
+    /// Records a refill of `slot`: by `qty` units (capped at the capacity) or, without
+    /// `qty`, to full. Re-arms the slot and marks its accepted order delivered.
+    fn refill(&self, slot: &SlotId, qty: Option<u32>) -> Result<SlotState, OutboxError>;
+
+    /// Caches the member's reorder policy as pushed by the cloud.
+    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError>;
+
+    /// The policy last pushed by the cloud, if any.
+    fn policy(&self) -> Result<Option<bool>, OutboxError>;
+
+    /// Every order, newest first.
+    fn orders(&self) -> Result<Vec<OrderRecord>, OutboxError>;
+
+    /// Orders created but not yet signed, oldest first.
+    fn unsigned_orders(&self) -> Result<Vec<OrderRecord>, OutboxError>;
+
+    /// Stores an order's signed envelope and the SHA-256 of its payload. Only the first
+    /// call for an order stores anything.
+    fn store_envelope(
+        &self,
+        tx_id: &TxId,
+        envelope: &[u8],
+        payload_sha256: &str,
+    ) -> Result<(), OutboxError>;
+
+    /// Signed orders still waiting for their first receipt, oldest first, with the exact
+    /// envelope bytes to (re-)send.
+    fn unreceipted(&self) -> Result<Vec<(TxId, Vec<u8>)>, OutboxError>;
+
+    /// Applies a receipt that verified under the cloud's key.
+    fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, OutboxError>;
 }
 
 /// How many of the leading `sizes` fit `max_events` and `max_body_bytes` (bodies plus

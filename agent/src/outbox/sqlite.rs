@@ -8,13 +8,27 @@
 //! - `events(seq PRIMARY KEY, body, bytes, recorded_at_ms, report_seq)`: `body` is the
 //!   event's wire JSON; `report_seq` is NULL until the event is put in a report.
 //!
+//! Migration 2 (display messages):
+//! - `messages(n PRIMARY KEY, id UNIQUE, title, body, received_at_ms)`: the display
+//!   messages the cloud sent, kept once each and bounded to the newest
+//!   [`MAX_STORED_MESSAGES`](super::MAX_STORED_MESSAGES).
+//!
+//! Migration 3 (consumables):
+//! - `slots(slot PRIMARY KEY, level, armed, open_tx)`: a slot's durable state; a slot
+//!   without a row is full.
+//! - `orders(tx_id PRIMARY KEY, counter UNIQUE, ..., state, envelope, payload_sha256)`:
+//!   replenishment orders; `envelope` is NULL until the uplink signs the order. Never
+//!   deleted or evicted. `meta.next_tx_counter` numbers them; `meta.auto_reorder` caches
+//!   the policy pushed by the cloud (absent until one arrives).
+//!
 //! Every write is one `BEGIN IMMEDIATE` transaction, so the writer lock is taken before
 //! anything is read and two processes never interleave. `busy_timeout` lets the CLI and
 //! the daemon wait for each other instead of failing.
 
 use super::*;
+use crate::consumables::{must_order, new_tx_id, OrderState, SlotConfig};
 use rollcall_shared::payload::DeviceMessage;
-use rollcall_shared::Clock;
+use rollcall_shared::{Clock, Currency, Sku};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -53,6 +67,35 @@ CREATE TABLE messages (
     received_at_ms INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE slots (
+    slot    TEXT PRIMARY KEY NOT NULL,
+    level   INTEGER NOT NULL,
+    armed   INTEGER NOT NULL,
+    open_tx TEXT,
+    delivered_tx TEXT
+) WITHOUT ROWID;
+CREATE TABLE orders (
+    tx_id          TEXT PRIMARY KEY NOT NULL,
+    counter        INTEGER NOT NULL UNIQUE,
+    slot           TEXT NOT NULL,
+    sku            TEXT NOT NULL,
+    qty            INTEGER NOT NULL,
+    unit_price     INTEGER NOT NULL,
+    currency       TEXT NOT NULL,
+    level          INTEGER NOT NULL,
+    threshold      INTEGER NOT NULL,
+    created_at_ms  INTEGER NOT NULL,
+    state          TEXT NOT NULL,
+    reason         TEXT,
+    envelope       BLOB,
+    payload_sha256 TEXT,
+    ledger_index   INTEGER,
+    updated_at_ms  INTEGER NOT NULL,
+    refilled       TEXT
+) WITHOUT ROWID;
+INSERT INTO meta(key, value) VALUES ('next_tx_counter', 1);
+"#,
 ];
 
 /// How long a writer waits for the other process's transaction before giving up.
@@ -64,6 +107,7 @@ pub struct SqliteOutbox {
     limits: OutboxLimits,
     clock: Arc<dyn Clock>,
     path: PathBuf,
+    consumables: Option<Arc<Consumables>>,
 }
 
 impl std::fmt::Debug for SqliteOutbox {
@@ -102,7 +146,15 @@ impl SqliteOutbox {
             limits,
             clock,
             path: path.to_owned(),
+            consumables: None,
         })
+    }
+
+    /// Tracks `consumables`: appends drain their slots and create orders (see
+    /// [`crate::consumables`]).
+    pub fn with_consumables(mut self, consumables: Arc<Consumables>) -> Self {
+        self.consumables = Some(consumables);
+        self
     }
 
     /// The database file.
@@ -189,6 +241,153 @@ fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
+fn corrupt(what: &str) -> impl Fn(rollcall_shared::IdError) -> OutboxError + '_ {
+    move |e| OutboxError::Corrupt(format!("{what}: {e}"))
+}
+
+fn load_slot(tx: &Connection, cfg: &SlotConfig) -> Result<SlotState, OutboxError> {
+    type SlotRow = (i64, bool, Option<String>, Option<String>);
+    let row: Option<SlotRow> = tx
+        .prepare_cached("SELECT level, armed, open_tx, delivered_tx FROM slots WHERE slot = ?1")?
+        .query_row([cfg.slot.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let id = |v: Option<String>, what| {
+        v.map(|o| TxId::parse(&o))
+            .transpose()
+            .map_err(corrupt(what))
+    };
+    Ok(match row {
+        Some((level, armed, open, delivered)) => SlotState {
+            slot: cfg.slot.clone(),
+            level,
+            armed,
+            open_tx: id(open, "slots.open_tx")?,
+            delivered_tx: id(delivered, "slots.delivered_tx")?,
+        },
+        None => SlotState {
+            slot: cfg.slot.clone(),
+            level: i64::from(cfg.capacity),
+            armed: true,
+            open_tx: None,
+            delivered_tx: None,
+        },
+    })
+}
+
+fn save_slot(tx: &Connection, st: &SlotState) -> Result<(), OutboxError> {
+    tx.prepare_cached(
+        "INSERT INTO slots (slot, level, armed, open_tx, delivered_tx) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(slot) DO UPDATE SET level = excluded.level, armed = excluded.armed,
+             open_tx = excluded.open_tx, delivered_tx = excluded.delivered_tx",
+    )?
+    .execute(params![
+        st.slot.as_str(),
+        st.level,
+        st.armed,
+        st.open_tx.as_ref().map(|t| t.as_str()),
+        st.delivered_tx.as_ref().map(|t| t.as_str())
+    ])?;
+    Ok(())
+}
+
+const ORDER_COLUMNS: &str = "tx_id, counter, slot, sku, qty, unit_price, currency, level, threshold, created_at_ms, state, reason, payload_sha256, ledger_index, updated_at_ms, refilled";
+
+fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OrderRecord, OutboxError>> {
+    let tx_id: String = r.get(0)?;
+    let slot: String = r.get(2)?;
+    let sku: String = r.get(3)?;
+    let currency: String = r.get(6)?;
+    let state: String = r.get(10)?;
+    let (created, updated): (i64, i64) = (r.get(9)?, r.get(14)?);
+    let (counter, qty, unit_price, level, threshold): (i64, i64, i64, i64, i64) =
+        (r.get(1)?, r.get(4)?, r.get(5)?, r.get(7)?, r.get(8)?);
+    let (reason, sha, idx): (Option<String>, Option<String>, Option<i64>) =
+        (r.get(11)?, r.get(12)?, r.get(13)?);
+    let refilled: Option<String> = r.get(15)?;
+    Ok((|| {
+        Ok(OrderRecord {
+            tx_id: TxId::parse(&tx_id).map_err(corrupt("orders.tx_id"))?,
+            counter: counter as u64,
+            slot: SlotId::parse(&slot).map_err(corrupt("orders.slot"))?,
+            sku: Sku::parse(&sku).map_err(corrupt("orders.sku"))?,
+            qty: qty as u32,
+            unit_price,
+            currency: Currency::parse(&currency).map_err(corrupt("orders.currency"))?,
+            level,
+            threshold,
+            created_at: from_ms(created).unwrap_or_default(),
+            state: OrderState::parse(&state)
+                .ok_or_else(|| OutboxError::Corrupt(format!("orders.state {state:?}")))?,
+            reason,
+            payload_sha256: sha,
+            ledger_index: idx.map(|i| i as u64),
+            updated_at: from_ms(updated).unwrap_or_default(),
+            refilled: refilled
+                .map(|t| TxId::parse(&t))
+                .transpose()
+                .map_err(corrupt("orders.refilled"))?,
+        })
+    })())
+}
+
+fn query_orders(
+    conn: &Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<OrderRecord>, OutboxError> {
+    let mut st = conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders {filter}"))?;
+    let rows = st.query_map(params, order_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+/// Drains the slots `kind` uses and creates the orders that are due (inside `tx`).
+fn drain(
+    tx: &Connection,
+    c: &Consumables,
+    kind: &EventKind,
+    qty: u32,
+    now_ms: i64,
+) -> Result<(), OutboxError> {
+    let opted_in = meta_opt(tx, "auto_reorder")?.map_or(c.auto_reorder, |v| v != 0);
+    for (cfg, units) in c.drain(kind, qty) {
+        let mut st = load_slot(tx, cfg)?;
+        st.level -= units;
+        if must_order(cfg, &st, opted_in) {
+            let counter = meta_get(tx, "next_tx_counter")?;
+            meta_add(tx, "next_tx_counter", 1)?;
+            let tx_id = new_tx_id();
+            tx.prepare_cached(
+                "INSERT INTO orders (tx_id, counter, slot, sku, qty, unit_price, currency, level, threshold,
+                     created_at_ms, state, updated_at_ms, refilled)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?10, ?11)",
+            )?
+            .execute(params![
+                tx_id.as_str(),
+                counter,
+                cfg.slot.as_str(),
+                cfg.sku.as_str(),
+                cfg.reorder_qty,
+                cfg.unit_price,
+                cfg.currency.as_str(),
+                st.level,
+                i64::from(cfg.threshold),
+                now_ms,
+                st.delivered_tx.take().map(|t| t.to_string())
+            ])?;
+            st.open_tx = Some(tx_id);
+            st.armed = false;
+        }
+        save_slot(tx, &st)?;
+    }
+    Ok(())
+}
+
 impl Outbox for SqliteOutbox {
     fn append(&self, event: NewEvent) -> Result<Seq, OutboxError> {
         let now_ms = self.now_ms();
@@ -228,6 +427,9 @@ impl Outbox for SqliteOutbox {
                 "INSERT INTO events(seq, body, bytes, recorded_at_ms, report_seq) VALUES (?1, ?2, ?3, ?4, NULL)",
                 params![next, body, size as i64, now_ms],
             )?;
+            if let Some(c) = &self.consumables {
+                drain(tx, c, &event.kind, event.qty, now_ms)?;
+            }
             meta_add(tx, "next_seq", 1)?;
             meta_add(tx, "event_count", 1)?;
             meta_add(tx, "event_bytes", size as i64)?;
@@ -444,6 +646,146 @@ impl Outbox for SqliteOutbox {
             serde_json::from_str(&j).map_err(|e| OutboxError::Corrupt(format!("daemon state: {e}")))
         })
         .transpose()
+    }
+
+    fn consumables(&self) -> Option<&Consumables> {
+        self.consumables.as_deref()
+    }
+
+    fn slots(&self) -> Result<Vec<SlotState>, OutboxError> {
+        let Some(c) = &self.consumables else {
+            return Ok(Vec::new());
+        };
+        let conn = self.conn.lock().expect("outbox connection lock");
+        c.slots.iter().map(|cfg| load_slot(&conn, cfg)).collect()
+    }
+
+    fn refill(&self, slot: &SlotId, qty: Option<u32>) -> Result<SlotState, OutboxError> {
+        let cfg = self
+            .consumables
+            .as_ref()
+            .and_then(|c| c.slot(slot))
+            .ok_or_else(|| OutboxError::UnknownSlot(slot.to_string()))?
+            .clone();
+        let now_ms = self.now_ms();
+        self.with_tx(|tx| {
+            let mut st = load_slot(tx, &cfg)?;
+            let cap = i64::from(cfg.capacity);
+            st.level = match qty {
+                Some(q) => (st.level + i64::from(q)).min(cap),
+                None => cap,
+            };
+            st.armed = true;
+            if let Some(open) = st.open_tx.clone() {
+                let state: Option<String> = tx
+                    .query_row("SELECT state FROM orders WHERE tx_id = ?1", [open.as_str()], |r| r.get(0))
+                    .optional()?;
+                match state.as_deref().and_then(OrderState::parse) {
+                    Some(OrderState::Accepted) => {
+                        tx.execute(
+                            "UPDATE orders SET state = 'delivered', updated_at_ms = ?2 WHERE tx_id = ?1",
+                            params![open.as_str(), now_ms],
+                        )?;
+                        st.delivered_tx = st.open_tx.take();
+                    }
+                    Some(OrderState::HeldForConfirmation) | None => st.open_tx = None,
+                    Some(_) => {}
+                }
+            }
+            save_slot(tx, &st)?;
+            Ok(st)
+        })
+    }
+
+    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError> {
+        self.with_tx(|tx| meta_set(tx, "auto_reorder", i64::from(auto_reorder)))
+    }
+
+    fn policy(&self) -> Result<Option<bool>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        Ok(meta_opt(&conn, "auto_reorder")?.map(|v| v != 0))
+    }
+
+    fn orders(&self) -> Result<Vec<OrderRecord>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        query_orders(&conn, "ORDER BY counter DESC", [])
+    }
+
+    fn unsigned_orders(&self) -> Result<Vec<OrderRecord>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        query_orders(&conn, "WHERE envelope IS NULL ORDER BY counter", [])
+    }
+
+    fn store_envelope(
+        &self,
+        tx_id: &TxId,
+        envelope: &[u8],
+        payload_sha256: &str,
+    ) -> Result<(), OutboxError> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "UPDATE orders SET envelope = ?2, payload_sha256 = ?3 WHERE tx_id = ?1 AND envelope IS NULL",
+                params![tx_id.as_str(), envelope, payload_sha256],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn unreceipted(&self) -> Result<Vec<(TxId, Vec<u8>)>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        let mut st = conn.prepare_cached(
+            "SELECT tx_id, envelope FROM orders WHERE state = 'pending' AND envelope IS NOT NULL ORDER BY counter",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, env) = r?;
+            out.push((TxId::parse(&id).map_err(corrupt("orders.tx_id"))?, env));
+        }
+        Ok(out)
+    }
+
+    fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, OutboxError> {
+        let now_ms = self.now_ms();
+        self.with_tx(|tx| {
+            let row: Option<(String, Option<String>, String)> = tx
+                .query_row(
+                    "SELECT state, payload_sha256, slot FROM orders WHERE tx_id = ?1",
+                    [receipt.tx_id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((state, sha, slot)) = row else {
+                return Ok(ReceiptOutcome::UnknownOrder);
+            };
+            if sha.as_deref() != Some(receipt.tx_sha256.as_str()) {
+                return Ok(ReceiptOutcome::Mismatch);
+            }
+            let state = OrderState::parse(&state)
+                .ok_or_else(|| OutboxError::Corrupt(format!("orders.state {state:?}")))?;
+            let Some(next) = state.after_receipt(receipt.status) else {
+                return Ok(ReceiptOutcome::Unchanged);
+            };
+            tx.execute(
+                "UPDATE orders SET state = ?2, reason = ?3, ledger_index = ?4, updated_at_ms = ?5 WHERE tx_id = ?1",
+                params![
+                    receipt.tx_id.as_str(),
+                    next.as_str(),
+                    receipt.reason,
+                    receipt.ledger_index as i64,
+                    now_ms
+                ],
+            )?;
+            if next.is_final() {
+                tx.execute(
+                    "UPDATE slots SET open_tx = NULL WHERE slot = ?1 AND open_tx = ?2",
+                    params![slot, receipt.tx_id.as_str()],
+                )?;
+            }
+            Ok(ReceiptOutcome::Applied(next))
+        })
     }
 }
 

@@ -5,12 +5,26 @@
 //! shared instance (there is nothing to reopen).
 
 use super::*;
+use crate::consumables::{OrderState, SlotConfig};
 use chrono::Duration;
+use rollcall_shared::dsse::{KeyPair, TRANSACTION_PAYLOAD_TYPE};
+use rollcall_shared::payload::TxStatus;
 use rollcall_shared::{Clock, ManualClock};
+use rollcall_shared::{Currency, DeviceId, Sku};
 use std::sync::Arc;
 
 trait Fixture {
-    fn new(limits: OutboxLimits, clock: ManualClock) -> Self;
+    fn new(limits: OutboxLimits, clock: ManualClock) -> Self
+    where
+        Self: Sized,
+    {
+        Self::with_consumables(limits, clock, None)
+    }
+    fn with_consumables(
+        limits: OutboxLimits,
+        clock: ManualClock,
+        consumables: Option<Arc<Consumables>>,
+    ) -> Self;
     fn open(&self) -> Arc<dyn Outbox>;
 }
 
@@ -19,10 +33,15 @@ struct Sqlite {
     path: PathBuf,
     limits: OutboxLimits,
     clock: ManualClock,
+    consumables: Option<Arc<Consumables>>,
 }
 
 impl Fixture for Sqlite {
-    fn new(limits: OutboxLimits, clock: ManualClock) -> Self {
+    fn with_consumables(
+        limits: OutboxLimits,
+        clock: ManualClock,
+        consumables: Option<Arc<Consumables>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.sqlite");
         Self {
@@ -30,18 +49,31 @@ impl Fixture for Sqlite {
             path,
             limits,
             clock,
+            consumables,
         }
     }
     fn open(&self) -> Arc<dyn Outbox> {
-        Arc::new(SqliteOutbox::open(&self.path, self.limits, Arc::new(self.clock.clone())).unwrap())
+        let o = SqliteOutbox::open(&self.path, self.limits, Arc::new(self.clock.clone())).unwrap();
+        Arc::new(match &self.consumables {
+            Some(c) => o.with_consumables(c.clone()),
+            None => o,
+        })
     }
 }
 
 struct Memory(Arc<MemoryOutbox>);
 
 impl Fixture for Memory {
-    fn new(limits: OutboxLimits, clock: ManualClock) -> Self {
-        Self(Arc::new(MemoryOutbox::new(limits, Arc::new(clock))))
+    fn with_consumables(
+        limits: OutboxLimits,
+        clock: ManualClock,
+        consumables: Option<Arc<Consumables>>,
+    ) -> Self {
+        let o = MemoryOutbox::new(limits, Arc::new(clock));
+        Self(Arc::new(match consumables {
+            Some(c) => o.with_consumables(c),
+            None => o,
+        }))
     }
     fn open(&self) -> Arc<dyn Outbox> {
         self.0.clone()
@@ -402,6 +434,246 @@ fn display_messages_are_kept_once_newest_first_and_bounded<F: Fixture>() {
     assert_eq!(kept[0].id, format!("outreach:{}", MAX_STORED_MESSAGES + 10));
 }
 
+fn pods(auto_reorder: bool) -> Arc<Consumables> {
+    Arc::new(Consumables {
+        slots: vec![SlotConfig {
+            slot: SlotId::parse("pods").unwrap(),
+            sku: Sku::parse("POD-50").unwrap(),
+            capacity: 5,
+            usage: BTreeMap::from([(EventKind::parse("brew").unwrap(), 1)]),
+            threshold: 2,
+            reorder_qty: 50,
+            unit_price: 25,
+            currency: Currency::parse("EUR").unwrap(),
+        }],
+        auto_reorder,
+    })
+}
+
+fn with_pods<F: Fixture>(auto_reorder: bool, limits: OutboxLimits) -> (F, ManualClock) {
+    let clock = ManualClock::new(t0());
+    (
+        F::with_consumables(limits, clock.clone(), Some(pods(auto_reorder))),
+        clock,
+    )
+}
+
+fn brew(o: &dyn Outbox, n: usize) {
+    for _ in 0..n {
+        o.append(ev("brew")).unwrap();
+    }
+}
+
+fn slot(name: &str) -> SlotId {
+    SlotId::parse(name).unwrap()
+}
+
+/// Signs the order as the uplink does; returns the payload's hex SHA-256.
+fn sign(o: &dyn Outbox, rec: &crate::consumables::OrderRecord) -> String {
+    use sha2::{Digest, Sha256};
+    let body = rec.transaction(&DeviceId::parse("dev-1").unwrap()).encode();
+    let sha = hex::encode(Sha256::digest(&body));
+    let env = KeyPair::from_seed([7; 32])
+        .sign(TRANSACTION_PAYLOAD_TYPE, &body)
+        .to_json();
+    o.store_envelope(&rec.tx_id, &env, &sha).unwrap();
+    sha
+}
+
+fn receipt(rec_id: &TxId, sha: &str, status: TxStatus, reason: Option<&str>) -> Receipt {
+    Receipt {
+        tx_id: rec_id.clone(),
+        tx_sha256: sha.to_owned(),
+        status,
+        reason: reason.map(str::to_owned),
+        ledger_index: 7,
+        cancel_until: None,
+        at: t0(),
+    }
+}
+
+fn usage_drains_a_slot_and_orders_exactly_once<F: Fixture>() {
+    let (f, _) = with_pods::<F>(true, OutboxLimits::default());
+    let o = f.open();
+    assert_eq!(o.slots().unwrap()[0].level, 5, "a slot starts full");
+    brew(o.as_ref(), 3);
+    assert_eq!(o.slots().unwrap()[0].level, 2);
+    assert!(
+        o.orders().unwrap().is_empty(),
+        "2 is not below the threshold 2"
+    );
+    brew(o.as_ref(), 1);
+    let orders = o.orders().unwrap();
+    assert_eq!(orders.len(), 1);
+    let rec = &orders[0];
+    assert_eq!(
+        (rec.counter, rec.qty, rec.level, rec.threshold, rec.state),
+        (1, 50, 1, 2, OrderState::Pending)
+    );
+    assert_eq!(rec.transaction(&DeviceId::parse("d").unwrap()).amount, 1250);
+    brew(o.as_ref(), 5);
+    let o = f.open();
+    assert_eq!(
+        o.orders().unwrap().len(),
+        1,
+        "one open order per slot, across reopen"
+    );
+    let st = &o.slots().unwrap()[0];
+    assert_eq!((st.level, st.armed), (-4, false));
+    assert_eq!(st.open_tx.as_ref(), Some(&rec.tx_id));
+    assert_eq!(o.unsigned_orders().unwrap().len(), 1);
+    assert!(
+        o.unreceipted().unwrap().is_empty(),
+        "unsigned orders are not sent"
+    );
+}
+
+fn no_order_without_opt_in_and_a_pushed_policy_wins<F: Fixture>() {
+    let (f, _) = with_pods::<F>(false, OutboxLimits::default());
+    let o = f.open();
+    assert_eq!(o.policy().unwrap(), None);
+    brew(o.as_ref(), 4);
+    assert!(o.orders().unwrap().is_empty());
+    o.set_policy(true).unwrap();
+    let o = f.open();
+    assert_eq!(o.policy().unwrap(), Some(true));
+    brew(o.as_ref(), 1);
+    assert_eq!(
+        o.orders().unwrap().len(),
+        1,
+        "the still-armed low slot orders on the next use"
+    );
+
+    let (f, _) = with_pods::<F>(true, OutboxLimits::default());
+    let o = f.open();
+    o.set_policy(false).unwrap();
+    brew(o.as_ref(), 5);
+    assert!(
+        o.orders().unwrap().is_empty(),
+        "the cloud's opt-out beats the config"
+    );
+}
+
+fn receipts_move_orders_forward_and_a_refill_rearms<F: Fixture>() {
+    let (f, _) = with_pods::<F>(true, OutboxLimits::default());
+    let o = f.open();
+    brew(o.as_ref(), 4);
+    let rec = o.orders().unwrap().remove(0);
+    let sha = sign(o.as_ref(), &rec);
+    let first = o.unreceipted().unwrap();
+    assert_eq!(first.len(), 1);
+    // Signing again never replaces the stored bytes.
+    o.store_envelope(&rec.tx_id, b"other", "00").unwrap();
+    assert_eq!(o.unreceipted().unwrap(), first);
+    assert!(o.unsigned_orders().unwrap().is_empty());
+    assert_eq!(
+        o.apply_receipt(&receipt(&rec.tx_id, "ff", TxStatus::Accepted, None))
+            .unwrap(),
+        ReceiptOutcome::Mismatch
+    );
+    assert_eq!(
+        o.apply_receipt(&receipt(
+            &TxId::parse("tx-x").unwrap(),
+            &sha,
+            TxStatus::Accepted,
+            None
+        ))
+        .unwrap(),
+        ReceiptOutcome::UnknownOrder
+    );
+    assert_eq!(
+        o.apply_receipt(&receipt(&rec.tx_id, &sha, TxStatus::Accepted, None))
+            .unwrap(),
+        ReceiptOutcome::Applied(OrderState::Accepted)
+    );
+    assert_eq!(
+        o.apply_receipt(&receipt(&rec.tx_id, &sha, TxStatus::Accepted, None))
+            .unwrap(),
+        ReceiptOutcome::Unchanged
+    );
+    assert!(o.unreceipted().unwrap().is_empty());
+    brew(o.as_ref(), 1);
+    assert_eq!(
+        o.orders().unwrap().len(),
+        1,
+        "accepted and undelivered is still open"
+    );
+    let st = o.refill(&slot("pods"), None).unwrap();
+    assert_eq!((st.level, st.armed, st.open_tx), (5, true, None));
+    let o = f.open();
+    assert_eq!(o.orders().unwrap()[0].state, OrderState::Delivered);
+    brew(o.as_ref(), 3);
+    assert_eq!(o.orders().unwrap().len(), 1);
+    brew(o.as_ref(), 1);
+    let orders = o.orders().unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0].counter, 2, "newest first, counters grow");
+    assert_eq!(
+        orders[0].refilled.as_ref(),
+        Some(&rec.tx_id),
+        "the next order reports the refill"
+    );
+    assert_eq!(
+        orders[0]
+            .transaction(&DeviceId::parse("d").unwrap())
+            .refilled,
+        Some(rec.tx_id.clone())
+    );
+    assert!(matches!(
+        o.refill(&slot("ink"), None),
+        Err(OutboxError::UnknownSlot(_))
+    ));
+    let st = o.refill(&slot("pods"), Some(1)).unwrap();
+    assert_eq!(st.level, 2);
+    assert_eq!(
+        st.open_tx,
+        Some(orders[0].tx_id.clone()),
+        "a pending order stays open"
+    );
+}
+
+fn a_rejection_frees_the_slot_but_it_orders_again_only_after_a_refill<F: Fixture>() {
+    let (f, _) = with_pods::<F>(true, OutboxLimits::default());
+    let o = f.open();
+    brew(o.as_ref(), 4);
+    let rec = o.orders().unwrap().remove(0);
+    let sha = sign(o.as_ref(), &rec);
+    o.apply_receipt(&receipt(
+        &rec.tx_id,
+        &sha,
+        TxStatus::Rejected,
+        Some("over_order_limit"),
+    ))
+    .unwrap();
+    let got = o.orders().unwrap().remove(0);
+    assert_eq!(
+        (got.state, got.reason.as_deref(), got.ledger_index),
+        (OrderState::Rejected, Some("over_order_limit"), Some(7))
+    );
+    assert_eq!(o.slots().unwrap()[0].open_tx, None);
+    brew(o.as_ref(), 2);
+    assert_eq!(o.orders().unwrap().len(), 1, "not re-ordered on every use");
+    o.refill(&slot("pods"), None).unwrap();
+    brew(o.as_ref(), 4);
+    assert_eq!(o.orders().unwrap().len(), 2);
+}
+
+fn orders_are_never_evicted_and_not_counted_against_limits<F: Fixture>() {
+    let (f, _) = with_pods::<F>(
+        true,
+        OutboxLimits {
+            max_events: 2,
+            max_bytes: 1 << 30,
+            when_full: FullPolicy::DropOldest,
+        },
+    );
+    let o = f.open();
+    brew(o.as_ref(), 10);
+    assert_eq!(o.stats().unwrap().depth, 2);
+    assert_eq!(o.orders().unwrap().len(), 1);
+    assert_eq!(o.slots().unwrap()[0].level, -5);
+}
+
 macro_rules! outbox_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -426,4 +698,9 @@ outbox_suite!(
     stats_report_unsent_inflight_and_ages,
     session_counter_and_daemon_state_persist,
     display_messages_are_kept_once_newest_first_and_bounded,
+    usage_drains_a_slot_and_orders_exactly_once,
+    no_order_without_opt_in_and_a_pushed_policy_wins,
+    receipts_move_orders_forward_and_a_refill_rearms,
+    a_rejection_frees_the_slot_but_it_orders_again_only_after_a_refill,
+    orders_are_never_evicted_and_not_counted_against_limits,
 );

@@ -19,6 +19,12 @@
 //!   the will), then disconnects.
 //! - Keeps display messages from the cloud ([`DownBody::Message`], verified like acks) in
 //!   the outbox store and confirms each with a signed [`MessageReceipt`] on `.../receipt`.
+//! - When the outbox tracks consumables ([`crate::consumables`]): signs each new
+//!   replenishment order once (DSSE, [`TRANSACTION_PAYLOAD_TYPE`]) and stores the envelope
+//!   in the outbox, publishes it on `.../tx` and re-sends exactly those bytes after every
+//!   (re)connect and every `ack_timeout` until a receipt for it arrives. Receipts
+//!   ([`DownBody::Receipt`]) and policies ([`DownBody::Policy`]) are applied only when a
+//!   `cloud_public_key` is configured and they verify under it.
 //!
 //! # Sessions and the Last Will
 //!
@@ -51,10 +57,11 @@ pub use mqtt::{mqtt_options, tls_config, BrokerUrl, MqttSettings};
 pub use session::{Backoff, SessionInput, SessionState};
 
 use crate::capture::protocol_time;
+use crate::consumables::ReceiptOutcome;
 use crate::outbox::{AckOutcome, ConnectionState, DaemonState, Outbox, OutboxError};
 use rollcall_shared::dsse::{
     Envelope, EnvelopeError, KeyPair, PublicKey, DOWNLINK_PAYLOAD_TYPE, RECEIPT_PAYLOAD_TYPE,
-    STATUS_PAYLOAD_TYPE, USAGE_PAYLOAD_TYPE,
+    STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE, USAGE_PAYLOAD_TYPE,
 };
 use rollcall_shared::limits::MAX_REPORT_BODY_BYTES;
 use rollcall_shared::payload::{
@@ -62,11 +69,13 @@ use rollcall_shared::payload::{
     PayloadError, Presence, UsageEvent, UsageReport,
 };
 use rollcall_shared::topics::Topics;
-use rollcall_shared::{Clock, DeviceId, PROTOCOL_VERSION};
+use rollcall_shared::{Clock, DeviceId, TxId, PROTOCOL_VERSION};
 use rumqttc::{
     AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, Outgoing, Packet, QoS,
 };
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -178,6 +187,9 @@ pub struct UplinkStats {
     reports_acked: AtomicU64,
     events_acked: AtomicU64,
     downlinks_ignored: AtomicU64,
+    tx_sent: AtomicU64,
+    tx_resent: AtomicU64,
+    receipts: AtomicU64,
 }
 
 /// A copy of [`UplinkStats`] at one moment.
@@ -199,6 +211,12 @@ pub struct UplinkSnapshot {
     pub events_acked: u64,
     /// Downlinks ignored: bad signature, malformed, or addressed to another device.
     pub downlinks_ignored: u64,
+    /// Replenishment transactions published for the first time by this process.
+    pub tx_sent: u64,
+    /// Re-publications of transactions awaiting their receipt.
+    pub tx_resent: u64,
+    /// Receipts that changed an order's state.
+    pub receipts: u64,
 }
 
 impl UplinkStats {
@@ -219,6 +237,9 @@ impl UplinkStats {
             reports_acked: g(&self.reports_acked),
             events_acked: g(&self.events_acked),
             downlinks_ignored: g(&self.downlinks_ignored),
+            tx_sent: g(&self.tx_sent),
+            tx_resent: g(&self.tx_resent),
+            receipts: g(&self.receipts),
         }
     }
 
@@ -387,6 +408,11 @@ struct Uplink {
     status_topic: String,
     receipt_topic: String,
     down_topic: String,
+    tx_topic: String,
+    /// Transactions awaiting a receipt: when each was last published by this connection.
+    tx_sent: HashMap<TxId, Instant>,
+    /// Transactions this process has published at least once.
+    tx_seen: std::collections::HashSet<TxId>,
 }
 
 impl Uplink {
@@ -408,6 +434,9 @@ impl Uplink {
             status_topic: rt.topics.status(&rt.device_id),
             receipt_topic: rt.topics.receipt(&rt.device_id),
             down_topic: rt.topics.down(&rt.device_id),
+            tx_topic: rt.topics.tx(&rt.device_id),
+            tx_sent: HashMap::new(),
+            tx_seen: std::collections::HashSet::new(),
             inflight: inflight
                 .into_iter()
                 .map(|r| (r, InflightReport::default()))
@@ -568,6 +597,7 @@ impl Uplink {
         for report in self.inflight.values_mut() {
             report.last_sent = None;
         }
+        self.tx_sent.clear();
         self.write_state(ConnectionState::Connected).await;
         self.pump().await;
     }
@@ -589,6 +619,24 @@ impl Uplink {
         } = match down.body {
             DownBody::Ack(a) => a,
             DownBody::Message(m) => return self.on_message(m).await,
+            DownBody::Receipt(r) => return self.on_receipt(r).await,
+            DownBody::Policy(p) => {
+                if self.rt.cloud_key.is_none() {
+                    UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
+                    warn!(
+                        "Ignoring a reorder policy: no cloud_public_key is configured to verify it"
+                    );
+                    return;
+                }
+                let auto = p.auto_reorder;
+                if let Err(error) = outbox_call(&self.rt.outbox, move |o| o.set_policy(auto)).await
+                {
+                    warn!(%error, "Could not store the reorder policy");
+                } else {
+                    info!(auto_reorder = auto, "Reorder policy from the cloud");
+                }
+                return;
+            }
         };
         let outcome = outbox_call(&self.rt.outbox, move |o| o.ack(report_seq, status)).await;
         match outcome {
@@ -650,6 +698,93 @@ impl Uplink {
         let _ = self.publish(&self.receipt_topic, false, env);
     }
 
+    async fn on_receipt(&mut self, r: rollcall_shared::payload::Receipt) {
+        if self.rt.cloud_key.is_none() {
+            UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
+            warn!(tx_id = %r.tx_id, "Ignoring a receipt: no cloud_public_key is configured to verify it");
+            return;
+        }
+        let id = r.tx_id.clone();
+        let (status, reason) = (r.status, r.reason.clone());
+        match outbox_call(&self.rt.outbox, move |o| o.apply_receipt(&r)).await {
+            Ok(ReceiptOutcome::Applied(state)) => {
+                self.tx_sent.remove(&id);
+                UplinkStats::bump(&self.rt.stats.receipts, 1);
+                info!(tx_id = %id, state = state.as_str(), reason = reason.as_deref().unwrap_or("-"), "Order receipt");
+            }
+            Ok(ReceiptOutcome::Unchanged) => {
+                self.tx_sent.remove(&id);
+                debug!(tx_id = %id, ?status, "Repeated receipt");
+            }
+            Ok(ReceiptOutcome::UnknownOrder) => {
+                debug!(tx_id = %id, "Receipt for an order this device does not have")
+            }
+            Ok(ReceiptOutcome::Mismatch) => {
+                UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
+                warn!(tx_id = %id, "Ignoring a receipt about other bytes than this device signed");
+            }
+            Err(error) => warn!(%error, tx_id = %id, "Could not apply a receipt"),
+        }
+    }
+
+    /// Signs new orders once, then publishes every order awaiting its receipt that is due.
+    async fn pump_orders(&mut self) {
+        if self.rt.outbox.consumables().is_none() {
+            return;
+        }
+        match outbox_call(&self.rt.outbox, |o| o.unsigned_orders()).await {
+            Ok(unsigned) => {
+                for rec in unsigned {
+                    let body = rec.transaction(&self.rt.device_id).encode();
+                    let sha = hex::encode(Sha256::digest(&body));
+                    let env = self.rt.key.sign(TRANSACTION_PAYLOAD_TYPE, &body).to_json();
+                    let id = rec.tx_id.clone();
+                    if let Err(error) =
+                        outbox_call(&self.rt.outbox, move |o| o.store_envelope(&id, &env, &sha))
+                            .await
+                    {
+                        warn!(%error, tx_id = %rec.tx_id, "Could not store a signed order");
+                        return;
+                    }
+                    info!(tx_id = %rec.tx_id, slot = %rec.slot, sku = %rec.sku, qty = rec.qty, "Replenishment order signed");
+                }
+            }
+            Err(error) => {
+                warn!(%error, "Could not read new orders");
+                return;
+            }
+        }
+        let pending = match outbox_call(&self.rt.outbox, |o| o.unreceipted()).await {
+            Ok(p) => p,
+            Err(error) => {
+                warn!(%error, "Could not read orders awaiting receipts");
+                return;
+            }
+        };
+        let timeout = self.rt.uplink.ack_timeout;
+        let now = Instant::now();
+        for (id, env) in pending {
+            if self
+                .tx_sent
+                .get(&id)
+                .is_some_and(|t| now.duration_since(*t) < timeout)
+            {
+                continue;
+            }
+            if self.publish(&self.tx_topic, false, env).is_err() {
+                return;
+            }
+            let counter = if self.tx_seen.insert(id.clone()) {
+                &self.rt.stats.tx_sent
+            } else {
+                &self.rt.stats.tx_resent
+            };
+            UplinkStats::bump(counter, 1);
+            debug!(tx_id = %id, "Transaction published");
+            self.tx_sent.insert(id, now);
+        }
+    }
+
     /// One round of work while connected: subscribe, status, re-sends, new reports.
     async fn pump(&mut self) {
         if self.need_subscribe {
@@ -671,6 +806,7 @@ impl Uplink {
             }
             self.next_status_at = Instant::now() + self.rt.uplink.status_interval;
         }
+        self.pump_orders().await;
         if !self.resend_due().await {
             return;
         }

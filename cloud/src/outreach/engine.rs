@@ -197,13 +197,20 @@ impl Outreach {
 
     /// For the orders code: raises `order_accepted` / `order_cancellable` for `ev` inside
     /// the caller's transaction (the one that records the order), so the message and its
-    /// delivery commit with the order. Returns each planned message's decision.
+    /// delivery commit with the order. Returns each planned message's decision. Takes the
+    /// transaction's connection (a `&Transaction` derefs to it) and refuses to run outside
+    /// a transaction.
     pub fn raise_order(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         ev: &OrderEvent,
         now: DateTime<Utc>,
     ) -> Result<Vec<Decision>, OutreachError> {
+        if tx.is_autocommit() {
+            return Err(OutreachError::Invalid(
+                "raise_order runs inside the order's transaction".into(),
+            ));
+        }
         let t = ev.trigger(now);
         let mut rows = self.plan(tx, &t, now)?;
         rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
