@@ -148,6 +148,7 @@ pub async fn run(
         cloud_config: Some(cloud.clone()),
         truth_path: data_dir.join("truth.json"),
         progress: opts.progress,
+        consumables: true,
         window: previous.as_ref().map(|p| (p.start, p.plan_days)),
     };
     let mut sim = Simulation::start(sim_opts).await?;

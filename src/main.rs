@@ -300,6 +300,7 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             (d, past + i64::from(a.days.unwrap_or(30)) + 1)
         }),
         cloud_config: None,
+        consumables: false,
     };
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());

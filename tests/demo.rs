@@ -138,6 +138,25 @@ fn the_demo_runs_scores_the_fleet_stops_on_sigint_and_resumes() {
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(shown["usage"]["events"].as_u64().unwrap() > 0, "{shown}");
     assert!(shown["name"].as_str().unwrap().contains(' '));
+    // Coffee machines ran low on pods during the history and ordered by themselves: the
+    // orders were decided, recorded in the ledger, and the ledger verifies.
+    let orders: u64 = rusqlite::Connection::open(dir.path().join("rollcall.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM orders WHERE status = 'accepted'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(orders >= 1, "no device-initiated order was accepted");
+    let out = Command::new(&bins().cloud)
+        .args(["ledger", "verify", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert!(verified["entries"].as_u64().unwrap() >= orders);
     let events_before: u64 = {
         let conn = rusqlite::Connection::open(dir.path().join("rollcall.db")).unwrap();
         conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))

@@ -86,6 +86,9 @@ pub struct SimOptions {
     pub truth_path: PathBuf,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// Coffee machines track a pod slot ([`POD_SKU`]) and reorder by themselves; members
+    /// opt in when they join, and an in-process cloud gets the pods in its catalogue.
+    pub consumables: bool,
     /// A fixed window: its first date and planned length in days (to reproduce a run, or
     /// to resume a fleet planned earlier). History then runs from that date to now.
     /// `None`: the window starts `history_days` before the live phase. Either way, when
@@ -193,6 +196,29 @@ pub struct Simulation {
     started: Instant,
 }
 
+/// The article simulated coffee machines reorder.
+pub const POD_SKU: &str = "POD-CLASSIC";
+/// Its catalogue price per pod, in cents.
+pub const POD_PRICE: i64 = 45;
+
+/// The pod slot of a simulated coffee machine: 60 pods, one per brew, reorder 60 below 12.
+fn pod_slot() -> Result<rollcall_agent::consumables::Consumables> {
+    use rollcall_shared::{Currency, Sku, SlotId};
+    Ok(rollcall_agent::consumables::Consumables {
+        slots: vec![rollcall_agent::consumables::SlotConfig {
+            slot: SlotId::parse("pods")?,
+            sku: Sku::parse(POD_SKU)?,
+            capacity: 60,
+            usage: [(EventKind::parse("brew")?, 1)].into_iter().collect(),
+            threshold: 12,
+            reorder_qty: 60,
+            unit_price: POD_PRICE,
+            currency: Currency::parse("USD")?,
+        }],
+        auto_reorder: false,
+    })
+}
+
 /// Raises the soft open-file limit to the hard one; returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
@@ -284,6 +310,16 @@ impl Simulation {
                 cfg.broker.listen = *mqtt_listen;
                 cfg.http.listen = *http_listen;
                 cfg.broker.max_connections = fleet.device_count() + 64;
+                if opts.consumables {
+                    cfg.orders
+                        .catalogue
+                        .push(rollcall_cloud::config::CatalogueEntry {
+                            sku: POD_SKU.into(),
+                            name: "Classic pods".into(),
+                            unit_price: POD_PRICE,
+                            currency: "USD".into(),
+                        });
+                }
                 let token = CancellationToken::new();
                 let running =
                     rollcall_cloud::server::start(cfg, Arc::new(clock.clone()), token.clone())
@@ -382,6 +418,15 @@ impl Simulation {
                 let key = d.key(self.fleet.seed).public();
                 registry::add_device(&tx, &DeviceId::parse(&d.id)?, &member.id, &key, t)?;
             }
+            if self.opts.consumables {
+                let policy = rollcall_cloud::orders::Policy {
+                    auto_reorder: true,
+                    limit_per_order: Some(100_00),
+                    limit_30d: Some(300_00),
+                    limit_slot_qty: Some(120),
+                };
+                rollcall_cloud::orders::set_policy(&tx, &member.id, &policy, t)?;
+            }
         }
         tx.commit()?;
         for i in due {
@@ -407,6 +452,11 @@ impl Simulation {
         };
         let topics = Topics::default();
         let resume = self.resume_points()?;
+        let pods = if self.opts.consumables {
+            Some(Arc::new(pod_slot()?))
+        } else {
+            None
+        };
         if let Some(until) = resume.until {
             self.resumed_until = Some(until);
         }
@@ -416,7 +466,7 @@ impl Simulation {
                 let instant = |day: i64| self.fleet.day_start(m.tz, day);
                 let wrong = d.clock_wrong.map(|s| (instant(s.from), instant(s.to)));
                 let clock = DeviceClock::new(self.clock.clone(), wrong);
-                let outbox = Arc::new(match resume.devices.get(&d.id) {
+                let mut outbox = match resume.devices.get(&d.id) {
                     Some(r) => MemoryOutbox::resume(
                         OutboxLimits::default(),
                         Arc::new(clock.clone()),
@@ -426,7 +476,11 @@ impl Simulation {
                         r.session,
                     ),
                     None => MemoryOutbox::new(OutboxLimits::default(), Arc::new(clock.clone())),
-                });
+                };
+                if let (Some(p), "coffee_machine") = (&pods, d.device_type.as_str()) {
+                    outbox = outbox.with_consumables(p.clone());
+                }
+                let outbox = Arc::new(outbox);
                 let stats = UplinkStats::new();
                 let id = DeviceId::parse(&d.id)?;
                 let runtime = AgentRuntime {
