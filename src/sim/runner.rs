@@ -421,8 +421,8 @@ impl Simulation {
             if self.opts.consumables {
                 let policy = rollcall_cloud::orders::Policy {
                     auto_reorder: true,
-                    limit_per_order: Some(100_00),
-                    limit_30d: Some(300_00),
+                    limit_per_order: Some(10_000),
+                    limit_30d: Some(30_000),
                     limit_slot_qty: Some(120),
                 };
                 rollcall_cloud::orders::set_policy(&tx, &member.id, &policy, t)?;
