@@ -14,6 +14,12 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_daemon = matches!(cli.command, Command::Run);
+    if !is_daemon {
+        // One-shot commands piped into `head` end quietly when the reader goes away.
+        // SAFETY: signal(2) only changes the process-wide SIGPIPE disposition; nothing in a
+        // one-shot command relies on SIGPIPE being ignored.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let default_level = if is_daemon { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

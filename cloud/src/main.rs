@@ -5,6 +5,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = rollcall_cloud::cli::Cli::parse();
+    if !matches!(cli.command, rollcall_cloud::cli::Command::Serve { .. }) {
+        // A one-shot command whose output is piped into `head` should end quietly when
+        // the reader goes away, like other Unix tools; `serve` keeps Rust's default.
+        // SAFETY: signal(2) only changes the process-wide SIGPIPE disposition; nothing in a
+        // one-shot command relies on SIGPIPE being ignored.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
