@@ -3,6 +3,8 @@
 //! `model fit --from-csv --model bgbb`, and P(alive), P(silent), expected activity and
 //! the likelihood against an independent Python implementation (`math.lgamma` only).
 
+mod pyref;
+
 use rollcall_cloud::scoring::bgbb::{self, BgbbParams};
 use rollcall_cloud::scoring::fit::{fit, FitData, FitOptions};
 use rollcall_cloud::scoring::model::{self, ModelKind, Rft};
@@ -194,18 +196,7 @@ fn parameters_are_recovered_within_ten_percent_from_simulated_members() {
 /// `ROLLCALL_REQUIRE_INTEROP` is set, as CI does.
 #[test]
 fn an_independent_python_implementation_agrees() {
-    let required = std::env::var_os("ROLLCALL_REQUIRE_INTEROP").is_some();
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import math"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            !required,
-            "python3 is required when ROLLCALL_REQUIRE_INTEROP is set"
-        );
-        eprintln!("SKIPPED: python3 is not available");
+    if !pyref::python3_available() {
         return;
     }
     let script = r#"
@@ -284,24 +275,8 @@ print(json.dumps(out))
             }
         }
     }
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let theirs: Vec<[f64; 4]> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: Vec<[f64; 4]> = pyref::run(script, &input);
     assert_eq!(theirs.len(), cases.len());
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     for ((p, x, tx, n, h), [pa, ps, ex, ll]) in cases.iter().zip(theirs) {
         let s = Rft {
             x: *x as f64,
@@ -313,22 +288,25 @@ print(json.dumps(out))
         let hf = *h as f64;
         let what = format!("{p:?} x={x} t_x={tx} n={n} h={h}");
         assert!(
-            close(model::p_engaged(k, &slots, &s), pa),
+            pyref::close(model::p_engaged(k, &slots, &s), pa),
             "P(alive) {what}"
         );
         assert!(
-            close(model::p_silent(k, &slots, &s, hf), ps),
+            pyref::close(model::p_silent(k, &slots, &s, hf), ps),
             "P(silent) {what}"
         );
         assert!(
-            close(model::expected_active(k, &slots, &s, hf), ex),
+            pyref::close(model::expected_active(k, &slots, &s, hf), ex),
             "E[active] {what}: {} vs {ex}",
             model::expected_active(k, &slots, &s, hf)
         );
-        assert!(close(model::log_likelihood(k, &slots, &s), ll), "LL {what}");
+        assert!(
+            pyref::close(model::log_likelihood(k, &slots, &s), ll),
+            "LL {what}"
+        );
         let o = model::member_outputs(k, &slots, &s, [hf, hf]);
         assert!(
-            close(o.p_silent[0], ps) && close(o.expected_active, ex),
+            pyref::close(o.p_silent[0], ps) && pyref::close(o.expected_active, ex),
             "{what}"
         );
     }

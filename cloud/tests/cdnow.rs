@@ -2,6 +2,8 @@
 //! cohort (39-week calibration, unit weeks), the summary they are fitted on, the holdout
 //! AUC, and P(engaged)/P(silent) against an independent Python implementation.
 
+mod pyref;
+
 use chrono::NaiveDate;
 use rollcall_cloud::scoring::model::{self, ModelKind, Params, Rft};
 use rollcall_cloud::scoring::{csvfit, fit_csv, Unit};
@@ -210,18 +212,7 @@ fn p_silent_predicts_no_repeat_purchase_in_the_cdnow_holdout() {
 /// `ROLLCALL_REQUIRE_INTEROP` is set, as CI does.
 #[test]
 fn an_independent_python_implementation_agrees() {
-    let required = std::env::var_os("ROLLCALL_REQUIRE_INTEROP").is_some();
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import math"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            !required,
-            "python3 is required when ROLLCALL_REQUIRE_INTEROP is set"
-        );
-        eprintln!("SKIPPED: python3 is not available");
+    if !pyref::python3_available() {
         return;
     }
     let script = r#"
@@ -299,35 +290,19 @@ print(json.dumps(out))
             }
         }
     }
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let theirs: Vec<[f64; 3]> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: Vec<[f64; 3]> = pyref::run(script, &input);
     assert_eq!(theirs.len(), cases.len());
     for ((kind, p, s, h), [pa, ps, ll]) in cases.iter().zip(theirs) {
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
         assert!(
-            close(model::p_engaged(*kind, p, s), pa),
+            pyref::close(model::p_engaged(*kind, p, s), pa),
             "{kind} {p:?} {s:?}"
         );
         assert!(
-            close(model::p_silent(*kind, p, s, *h), ps),
+            pyref::close(model::p_silent(*kind, p, s, *h), ps),
             "{kind} {p:?} {s:?} {h}"
         );
         assert!(
-            close(model::log_likelihood(*kind, p, s), ll),
+            pyref::close(model::log_likelihood(*kind, p, s), ll),
             "{kind} {p:?} {s:?}"
         );
     }
