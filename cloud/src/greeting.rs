@@ -492,6 +492,10 @@ impl Context {
         quiet.notable = None;
         quiet.usage.favourite_value = None;
         out.push(quiet);
+        let mut early_in_month = base.clone();
+        early_in_month.usage.kind_this_month = 0;
+        early_in_month.usage.last_active = Some(When::of(TODAY - 3, TODAY));
+        out.push(early_in_month);
         let mut never = base;
         never.usage = UsageCtx {
             kind: None,
