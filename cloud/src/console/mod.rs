@@ -593,13 +593,22 @@ async fn sink_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
             .query_map([], |r| {
                 let body: String = r.get(3)?;
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let summary = v
-                    .pointer("/data/subject")
-                    .or_else(|| v.pointer("/data/body"))
-                    .or_else(|| v.get("type"))
-                    .and_then(|x| x.as_str())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| body.chars().take(80).collect());
+                let text = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("");
+                let summary = match text("/type") {
+                    "outreach.message" => format!(
+                        "{} to {}: {}",
+                        text("/rule").replace('_', " "),
+                        text("/member/name"),
+                        text("/subject")
+                    ),
+                    t if t.starts_with("order.") => format!(
+                        "{t}: {} × {} for {}",
+                        text("/sku"),
+                        v.get("qty").and_then(|q| q.as_i64()).unwrap_or(0),
+                        text("/member_id")
+                    ),
+                    _ => body.chars().take(80).collect(),
+                };
                 Ok(SinkMessage {
                     webhook_id: r.get(0)?,
                     received_at: crate::registry::ms_to_rfc3339(r.get(1)?),
