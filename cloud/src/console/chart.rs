@@ -41,7 +41,11 @@ const TOP: f64 = 8.0;
 
 fn axis(svg: &mut String, max: u64, labels: &[(usize, String)], n: usize) {
     let plot_h = H - BOTTOM - TOP;
-    let fracs: &[f64] = if max >= 2 { &[0.0, 0.5, 1.0] } else { &[0.0, 1.0] };
+    let fracs: &[f64] = if max >= 2 {
+        &[0.0, 0.5, 1.0]
+    } else {
+        &[0.0, 1.0]
+    };
     for &frac in fracs {
         let y = TOP + plot_h * (1.0 - frac);
         let v = (max as f64 * frac).round() as u64;
@@ -56,7 +60,11 @@ fn axis(svg: &mut String, max: u64, labels: &[(usize, String)], n: usize) {
     for (i, label) in labels {
         let x = LEFT + step * (*i as f64 + 0.5);
         // The last label ends at the right edge rather than running past it.
-        let anchor = if *i + 1 == n && n > 1 { "end" } else { "middle" };
+        let anchor = if *i + 1 == n && n > 1 {
+            "end"
+        } else {
+            "middle"
+        };
         let _ = write!(
             svg,
             r##"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="{anchor}" fill="#374151">{}</text>"##,
