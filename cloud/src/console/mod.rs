@@ -289,47 +289,14 @@ async fn search(
             q: Some(text.clone()),
             ..Default::default()
         };
-        let queries = params
-            .queries(&s.cfg.registry.default_region)
-            .and_then(|q| {
-                if q.iter().any(crate::lookup::Query::uses_personal_data)
-                    && !p.role.sees_contact_details()
-                {
-                    Err(ApiError::bad_request(
-                        "forbidden",
-                        "your role may search by device or member id only",
-                    ))
-                } else {
-                    Ok(q)
-                }
-            });
-        match queries {
+        let found = match params.queries(&s.cfg.registry.default_region) {
+            Ok(queries) => crate::api::search(&s, &p, queries).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Err(e) if e.status.is_server_error() => return e.into_response(),
             Err(e) => ctx = context! { q => text.clone(), error => e.message },
-            Ok(queries) => {
-                let detail = queries
-                    .iter()
-                    .map(crate::lookup::Query::describe)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let hits = match with_store(&s, move |conn| {
-                    crate::lookup::lookup(conn, &queries).map_err(ApiError::internal)
-                })
-                .await
-                {
-                    Ok(h) => h,
-                    Err(e) => return e.into_response(),
-                };
-                let now = s.clock.now();
-                let entries = if hits.is_empty() {
-                    vec![Entry::by(&p, now, Action::Search, None, detail)]
-                } else {
-                    hits.iter()
-                        .map(|h| Entry::by(&p, now, Action::Search, Some(&h.id), detail.clone()))
-                        .collect()
-                };
-                if let Err(e) = s.audit.record(entries).await {
-                    return ApiError::internal(e).into_response();
-                }
+            Ok(hits) => {
                 if hits.len() == 1 {
                     return Redirect::to(&format!("/console/members/{}", hits[0].id))
                         .into_response();
