@@ -61,37 +61,8 @@ pub enum ConfigError {
     Missing,
 }
 
-/// A secret string (the MQTT password). Its `Debug` and `Display` never show the value.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself, for handing to the MQTT client and nothing else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// True when no secret is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"***\")")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// A secret string: `Debug` and `Display` never show it.
+pub use rollcall_shared::Secret;
 
 /// The whole agent configuration (the TOML file's top level).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -4,7 +4,6 @@
 //! Secrets (`broker.password`) never appear in logs or `Debug` output.
 
 use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -39,30 +38,8 @@ pub enum ConfigError {
     },
 }
 
-/// A secret string: `Debug` and `Display` print `"***"`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// True when no secret is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
+/// A secret string: `Debug` and `Display` never show it.
+pub use rollcall_shared::Secret;
 
 /// The whole cloud configuration (`config/cloud.toml`).
 #[derive(Debug, Clone, Deserialize)]

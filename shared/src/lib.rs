@@ -7,16 +7,19 @@
 //! - [`payload`]: the messages themselves: usage report, device status, downlink messages.
 //! - [`topics`]: MQTT topic names and parsing.
 //! - [`clock`]: the injected clock (`SystemClock`, `ManualClock`).
+//! - [`secret`]: configuration secrets that never print.
 
 pub mod clock;
 pub mod dsse;
 pub mod ids;
 pub mod limits;
 pub mod payload;
+pub mod secret;
 pub mod topics;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{Currency, DeviceId, EventKind, IdError, MemberId, Seq, Sku, SlotId, TxId};
+pub use secret::Secret;
 
 /// Protocol version carried in every payload's `v` field.
 pub const PROTOCOL_VERSION: u32 = 1;
