@@ -83,7 +83,7 @@ pub struct IngestFigures {
 }
 
 fn opts(id: &str, url: &str) -> Result<MqttOptions> {
-    let u = rollcall_cloud::mqtt::BrokerUrl::parse(url)?;
+    let u: rollcall_cloud::mqtt::BrokerUrl = url.parse()?;
     let mut o = rollcall_cloud::mqtt::client_options(id, &u, "", "", None)?;
     o.set_inflight(500);
     Ok(o)

@@ -42,7 +42,7 @@ struct Device {
 }
 
 fn connect(url: &str, id: &str, subscribe: &[String]) -> Device {
-    let u = rollcall_cloud::mqtt::BrokerUrl::parse(url).unwrap();
+    let u: rollcall_cloud::mqtt::BrokerUrl = url.parse().unwrap();
     let mut o = MqttOptions::new(id, u.host, u.port);
     o.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
     let (client, mut conn) = Client::new(o, 100);

@@ -344,7 +344,7 @@ impl LoadedConfig {
             .mqtt
             .url
             .parse()
-            .map_err(|e: crate::uplink::UplinkError| invalid("mqtt.url", e.to_string()))?;
+            .map_err(|e: rollcall_shared::BrokerUrlError| invalid("mqtt.url", e.to_string()))?;
         if broker.tls && raw.mqtt.ca_file.is_none() {
             return Err(invalid(
                 "mqtt.ca_file",

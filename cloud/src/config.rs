@@ -736,7 +736,7 @@ impl CloudConfig {
             );
         }
         if !self.broker.url.is_empty() {
-            if let Err(e) = crate::mqtt::BrokerUrl::parse(&self.broker.url) {
+            if let Err(e) = self.broker.url.parse::<crate::mqtt::BrokerUrl>() {
                 return bad("broker.url", e.to_string());
             }
         }

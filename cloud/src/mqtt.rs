@@ -11,8 +11,8 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSetupError {
     /// The URL is not `mqtt://host[:port]` or `mqtts://host[:port]`.
-    #[error("broker URL {0:?} must look like mqtt://host:1883 or mqtts://host:8883")]
-    Url(String),
+    #[error(transparent)]
+    Url(#[from] rollcall_shared::BrokerUrlError),
     /// The CA file could not be used.
     #[error("CA file {path}: {why}")]
     Ca {
@@ -23,50 +23,7 @@ pub enum MqttSetupError {
     },
 }
 
-/// A parsed broker URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// Host name or address.
-    pub host: String,
-    /// Port (default 1883, or 8883 with TLS).
-    pub port: u16,
-    /// Whether to use TLS (`mqtts://`).
-    pub tls: bool,
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (also `tcp://`, `ssl://`).
-    pub fn parse(url: &str) -> Result<Self, MqttSetupError> {
-        let bad = || MqttSetupError::Url(url.to_owned());
-        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(bad()),
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-            return Err(bad());
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse().map_err(|_| bad())?)
-            }
-            _ => (rest, if tls { 8883 } else { 1883 }),
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Self {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-            tls,
-        })
-    }
-}
+pub use rollcall_shared::BrokerUrl;
 
 /// Client options for `url`, with packet limits raised to fit a full report.
 pub fn client_options(
@@ -127,35 +84,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn broker_urls_parse_with_default_ports() {
-        assert_eq!(
-            BrokerUrl::parse("mqtt://localhost").unwrap(),
-            BrokerUrl {
-                host: "localhost".into(),
-                port: 1883,
-                tls: false
-            }
-        );
-        assert_eq!(
-            BrokerUrl::parse("mqtts://b.example:9999").unwrap().port,
-            9999
-        );
-        assert!(BrokerUrl::parse("mqtts://b.example").unwrap().tls);
-        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
-        for bad in [
-            "http://x",
-            "mqtt://",
-            "localhost:1883",
-            "mqtt://x:notaport",
-            "mqtt://u:p@x",
-        ] {
-            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn mqtts_without_a_ca_file_is_a_clear_error() {
-        let url = BrokerUrl::parse("mqtts://x").unwrap();
+        let url: BrokerUrl = "mqtts://x".parse().unwrap();
         let e = client_options("c", &url, "", "", None)
             .unwrap_err()
             .to_string();

@@ -52,23 +52,17 @@ pub async fn start(
         .context("Failed to load the cloud key")?;
     let (url, mqtt_addr) = if cfg.broker.url.is_empty() {
         let b = broker::start(cfg.broker.listen, cfg.broker.max_connections)?;
-        (
-            BrokerUrl {
-                host: b.addr.ip().to_string(),
-                port: b.addr.port(),
-                tls: false,
-            },
-            Some(b.addr),
-        )
+        (BrokerUrl::from_socket_addr(b.addr), Some(b.addr))
     } else {
-        (BrokerUrl::parse(&cfg.broker.url)?, None)
+        (
+            cfg.broker
+                .url
+                .parse::<BrokerUrl>()
+                .map_err(crate::mqtt::MqttSetupError::from)?,
+            None,
+        )
     };
-    let mqtt_url = format!(
-        "{}://{}:{}",
-        if url.tls { "mqtts" } else { "mqtt" },
-        url.host,
-        url.port
-    );
+    let mqtt_url = url.to_string();
     let metrics = Arc::new(Metrics::new());
     let settings = WorkerSettings {
         url,

@@ -8,7 +8,9 @@
 //! - [`topics`]: MQTT topic names and parsing.
 //! - [`clock`]: the injected clock (`SystemClock`, `ManualClock`).
 //! - [`secret`]: configuration secrets that never print.
+//! - [`broker_url`]: `mqtt://` / `mqtts://` broker addresses.
 
+pub mod broker_url;
 pub mod clock;
 pub mod dsse;
 pub mod ids;
@@ -17,6 +19,7 @@ pub mod payload;
 pub mod secret;
 pub mod topics;
 
+pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{Currency, DeviceId, EventKind, IdError, MemberId, Seq, Sku, SlotId, TxId};
 pub use secret::Secret;

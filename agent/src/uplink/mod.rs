@@ -91,9 +91,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Why the uplink could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    /// The broker URL is not one we can use.
-    #[error("bad broker url {0}")]
-    BadUrl(String),
     /// The TLS configuration could not be built.
     #[error("TLS setup failed ({}): {message}", path.display())]
     Tls {

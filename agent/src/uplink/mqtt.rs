@@ -7,9 +7,7 @@ use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
 use rumqttc::{LastWill, MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,90 +15,7 @@ use std::time::Duration;
 /// incoming publish carrying a maximal envelope is not refused for its topic.
 const PACKET_HEADROOM: usize = 1024;
 
-/// A broker address: `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// TLS (`mqtts://`).
-    pub tls: bool,
-    /// Host name or address (IPv6 addresses keep their brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// A plain-TCP broker address.
-    pub fn plain(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            tls: false,
-            host: host.into(),
-            port,
-        }
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}:{}",
-            if self.tls { "mqtts" } else { "mqtt" },
-            self.host,
-            self.port
-        )
-    }
-}
-
-impl FromStr for BrokerUrl {
-    type Err = UplinkError;
-
-    fn from_str(s: &str) -> Result<Self, UplinkError> {
-        let bad = |why: &str| UplinkError::BadUrl(format!("{s:?}: {why}"));
-        let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
-            (false, r)
-        } else if let Some(r) = s.strip_prefix("mqtts://") {
-            (true, r)
-        } else {
-            return Err(bad("must start with mqtt:// or mqtts://"));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('@') {
-            return Err(bad(
-                "credentials belong in mqtt.username and mqtt.password, not in the url",
-            ));
-        }
-        if rest.contains(['/', '?', '#']) {
-            return Err(bad("must be scheme://host[:port] with no path or query"));
-        }
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (addr, after) = v6
-                .split_once(']')
-                .ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
-            let port = match after {
-                "" => default_port,
-                p => p
-                    .strip_prefix(':')
-                    .ok_or_else(|| bad("junk after IPv6 address"))?
-                    .parse()
-                    .map_err(|_| bad("bad port"))?,
-            };
-            (format!("[{addr}]"), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse::<u16>().map_err(|_| bad("bad port"))?),
-                None => (rest.to_owned(), default_port),
-            }
-        };
-        if host.is_empty() || host == "[]" {
-            return Err(bad("missing host"));
-        }
-        if port == 0 {
-            return Err(bad("port 0"));
-        }
-        Ok(Self { tls, host, port })
-    }
-}
+pub use rollcall_shared::BrokerUrl;
 
 /// How to reach and log in to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,38 +114,6 @@ pub fn tls_config(ca_file: &Path) -> Result<rustls::ClientConfig, UplinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls_parse_with_default_ports() {
-        assert_eq!(
-            "mqtt://localhost".parse::<BrokerUrl>().unwrap(),
-            BrokerUrl::plain("localhost", 1883)
-        );
-        let u: BrokerUrl = "mqtts://broker.example:8884/".parse().unwrap();
-        assert_eq!(
-            (u.tls, u.host.as_str(), u.port),
-            (true, "broker.example", 8884)
-        );
-        assert_eq!("mqtts://b".parse::<BrokerUrl>().unwrap().port, 8883);
-        let v6: BrokerUrl = "mqtt://[::1]:1884".parse().unwrap();
-        assert_eq!((v6.host.as_str(), v6.port), ("[::1]", 1884));
-        assert_eq!(v6.to_string(), "mqtt://[::1]:1884");
-    }
-
-    #[test]
-    fn bad_broker_urls_say_why() {
-        for (url, why) in [
-            ("http://x", "mqtt://"),
-            ("mqtt://", "missing host"),
-            ("mqtt://x:notaport", "bad port"),
-            ("mqtt://x:0", "port 0"),
-            ("mqtt://user:pw@x", "mqtt.username"),
-            ("mqtt://x/path", "no path"),
-        ] {
-            let e = url.parse::<BrokerUrl>().unwrap_err().to_string();
-            assert!(e.contains(why), "{url}: {e}");
-        }
-    }
 
     #[test]
     fn options_carry_limits_credentials_and_will() {
