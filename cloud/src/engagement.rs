@@ -136,10 +136,14 @@ pub fn summary(
     let mut transitions = BTreeMap::new();
     let mut lost = 0;
     let mut st = conn.prepare_cached(
-        "SELECT date(at_ms / 1000, 'unixepoch'), COALESCE(old_state, 'none'), new_state, COUNT(*)
-         FROM state_transitions WHERE at_ms >= ?1 AND at_ms < ?2 GROUP BY 1, 2, 3",
+        "SELECT day, old_state, new_state, n FROM engagement_transitions_daily
+         WHERE day >= ?1 AND day <= ?2",
     )?;
-    for row in st.query_map(params![lo, hi], |r| {
+    let range = params![
+        from.format("%Y-%m-%d").to_string(),
+        to.format("%Y-%m-%d").to_string()
+    ];
+    for row in st.query_map(range, |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,

@@ -37,6 +37,9 @@
 //! - `audit_log` (migration 6): append-only, one row per member lookup, view, greeting,
 //!   call, export or erasure: who (token), when, which member, why. Written by
 //!   [`crate::audit`] with group commit before the API answers.
+//! - `engagement_transitions_daily (day, old_state, new_state)`: state changes per UTC day,
+//!   kept by a trigger on every insert into `state_transitions` (the engagement summary
+//!   reads it instead of scanning the transitions).
 //! - `calls (call_sid)`: one row per incoming call, whatever the number of webhook
 //!   retries. `sink_messages (webhook_id)`: one row per message the built-in webhook sink
 //!   received (its idempotency key), however often it was delivered.
@@ -361,7 +364,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE members ADD COLUMN lang TEXT;
     ALTER TABLE members ADD COLUMN erased_ms INTEGER;
     CREATE INDEX members_email_nocase ON members(email COLLATE NOCASE);
-    CREATE INDEX state_transitions_at ON state_transitions(at_ms);
+    CREATE INDEX members_joined ON members(COALESCE(joined_ms, created_ms));
+    CREATE TABLE engagement_transitions_daily (
+        day TEXT NOT NULL,
+        old_state TEXT NOT NULL,
+        new_state TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (day, old_state, new_state)
+    ) WITHOUT ROWID;
+    INSERT INTO engagement_transitions_daily (day, old_state, new_state, n)
+        SELECT date(at_ms / 1000, 'unixepoch'), COALESCE(old_state, 'none'), new_state, COUNT(*)
+        FROM state_transitions GROUP BY 1, 2, 3;
+    CREATE TRIGGER state_transitions_daily AFTER INSERT ON state_transitions BEGIN
+        INSERT INTO engagement_transitions_daily (day, old_state, new_state, n)
+        VALUES (date(NEW.at_ms / 1000, 'unixepoch'), COALESCE(NEW.old_state, 'none'), NEW.new_state, 1)
+        ON CONFLICT (day, old_state, new_state) DO UPDATE SET n = n + 1;
+    END;
     CREATE INDEX member_scores_state_score ON member_scores(state, score);
     CREATE TABLE audit_log (
         id INTEGER PRIMARY KEY,
@@ -396,6 +414,10 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// Bytes of the database a reader maps into memory (reads then copy no pages through
+/// system calls; the OS page cache is shared either way).
+const READER_MMAP_BYTES: i64 = 4 << 30;
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -424,6 +446,7 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     Ok(conn)
 }
 

@@ -113,7 +113,11 @@ pub fn summarise_usage(
     let mut s = UsageSummary::default();
     let mut days = BTreeSet::new();
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    let mut attrs_by_kind: BTreeMap<String, BTreeMap<(String, String), u64>> = BTreeMap::new();
+    // Attributes are counted as raw JSON per kind and parsed once per distinct value at
+    // the end: a member's events repeat the same few combinations.
+    let mut raw_attrs: std::collections::HashMap<(String, String), u64> =
+        std::collections::HashMap::new();
+    let mut last_with_model: Option<String> = None;
     while let Some(r) = rows.next()? {
         let kind: String = r.get(0)?;
         let qty = r.get::<_, i64>(1)?.max(0) as u64;
@@ -135,21 +139,27 @@ pub fn summarise_usage(
         }
         *by_kind.entry(kind.clone()).or_default() += qty;
         if let Some(a) = attrs {
-            if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(&a) {
-                for (k, v) in map {
-                    if k == "model" {
-                        s.device_model = Some(v);
-                    } else {
-                        *attrs_by_kind
-                            .entry(kind.clone())
-                            .or_default()
-                            .entry((k, v))
-                            .or_default() += qty;
-                    }
-                }
+            if a.contains("\"model\"") {
+                last_with_model = Some(a.clone());
+            }
+            *raw_attrs.entry((kind, a)).or_default() += qty;
+        }
+    }
+    let mut attrs_by_kind: BTreeMap<String, BTreeMap<(String, String), u64>> = BTreeMap::new();
+    for ((kind, raw), qty) in raw_attrs {
+        if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(&raw) {
+            for (k, v) in map.into_iter().filter(|(k, _)| k != "model") {
+                *attrs_by_kind
+                    .entry(kind.clone())
+                    .or_default()
+                    .entry((k, v))
+                    .or_default() += qty;
             }
         }
     }
+    s.device_model = last_with_model
+        .and_then(|a| serde_json::from_str::<BTreeMap<String, String>>(&a).ok())
+        .and_then(|mut m| m.remove("model"));
     s.active_days = days.len() as u32;
     if let Some(&last) = days.last() {
         let d = date_of(last);
