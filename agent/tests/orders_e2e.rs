@@ -122,9 +122,13 @@ impl Cloud {
             token: String::new(),
         };
         c.spawn(free_port());
-        c.token = c.json(&["tokens", "create", "--role", "admin", "--name", "test"])["token"]
-            .as_str()
+        // The token is alone on the last line of the output.
+        c.token = c
+            .cli(&["tokens", "create", "--role", "admin", "--name", "test"])
+            .lines()
+            .last()
             .expect("a token")
+            .trim()
             .to_owned();
         c
     }

@@ -151,7 +151,8 @@ pub enum DeliveriesCmd {
 /// `tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
-    /// Create a token and print it once as JSON `{"id", "name", "role", "token"}`.
+    /// Create a token: prints `{"id", "name", "role"}` as JSON, then the token alone on the
+    /// last line (shown this once; only its hash is stored).
     Create {
         /// `support`, `analyst` or `admin`.
         #[arg(long)]
@@ -288,8 +289,11 @@ pub enum MembersCmd {
         /// Subscription start, YYYY-MM-DD or RFC 3339.
         #[arg(long)]
         joined: Option<String>,
+        /// Preferred language (ISO 639-1, e.g. es) for greetings; English when no template exists.
+        #[arg(long)]
+        lang: Option<String>,
     },
-    /// Import members from CSV with header `id,name,phone,email,tz,plan,joined`.
+    /// Import members from CSV with header `id,name,phone,email,tz,plan,joined[,lang]`.
     Import {
         /// The CSV file.
         file: PathBuf,
@@ -473,7 +477,11 @@ fn tokens(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: TokensCmd) -> anyhow::Re
     match cmd {
         TokensCmd::Create { role, name } => {
             let t = tokens::create(&conn, &name, Role::parse(&role)?, clock.now())?;
-            println!("{}", serde_json::to_string(&t)?);
+            println!(
+                "{}",
+                serde_json::json!({"id": t.id, "name": t.name, "role": t.role})
+            );
+            println!("{}", t.token);
         }
         TokensCmd::Revoke { id } => {
             if !tokens::revoke(&conn, id, clock.now())? {
@@ -497,6 +505,7 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
             tz,
             plan,
             joined,
+            lang,
         } => {
             let m = crate::registry::NewMember::parse(
                 &id,
@@ -507,7 +516,8 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
                 plan.as_deref(),
                 joined.as_deref(),
                 &region,
-            )?;
+            )?
+            .with_lang(lang.as_deref())?;
             let conn = crate::store::open_writer(&cfg.data_dir)?;
             let created = crate::registry::upsert_member(&conn, &m, clock.now())?;
             println!(

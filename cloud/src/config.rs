@@ -88,6 +88,46 @@ pub struct CloudConfig {
     pub delivery: DeliveryConfig,
     /// Device-initiated orders: catalogue, price tolerance, cancellation window (`[orders]`).
     pub orders: OrdersConfig,
+    /// The incoming-call webhook (`[telephony]`).
+    pub telephony: TelephonyConfig,
+    /// The web console (`[console]`).
+    pub console: ConsoleConfig,
+}
+
+/// `[telephony]`: the Twilio-style incoming-call webhook.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelephonyConfig {
+    /// The provider's auth token: requests must carry a valid `X-Twilio-Signature`.
+    /// Empty: the webhook requires a `support` or `admin` bearer token instead. Secret.
+    pub auth_token: Secret,
+    /// The base URL the provider calls (`https://rollcall.example.com`), used to check
+    /// signatures behind a proxy. Empty: `http://` and the request's `Host` header.
+    pub public_url: String,
+}
+
+/// `[console]`: the web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console at `/console`.
+    pub enabled: bool,
+    /// Serve the built-in webhook sink at `POST /sink/{webhook}` (checks the Standard
+    /// Webhooks signature with that `[[outreach.webhooks]]` entry's secrets and keeps what
+    /// arrives, shown at `/console/sink`): for trying outreach without a receiver.
+    pub webhook_sink: bool,
+    /// How long a console sign-in lasts, in hours.
+    pub session_hours: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            webhook_sink: false,
+            session_hours: 12,
+        }
+    }
 }
 
 impl Default for CloudConfig {
@@ -103,6 +143,8 @@ impl Default for CloudConfig {
             outreach: OutreachConfig::default(),
             delivery: DeliveryConfig::default(),
             orders: OrdersConfig::default(),
+            telephony: TelephonyConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -659,6 +701,9 @@ impl CloudConfig {
         if let Some(v) = get("ROLLCALL_MQTT_LISTEN").and_then(|v| v.parse().ok()) {
             self.broker.listen = v;
         }
+        if let Some(v) = get("ROLLCALL_TWILIO_AUTH_TOKEN") {
+            self.telephony.auth_token = Secret::new(v);
+        }
         if let Some(v) = get("ROLLCALL_HTTP_LISTEN").and_then(|v| v.parse().ok()) {
             self.http.listen = v;
         }
@@ -673,6 +718,19 @@ impl CloudConfig {
                 message,
             })
         };
+        if !(1..=720).contains(&self.console.session_hours) {
+            return bad(
+                "console.session_hours",
+                format!("{} is outside 1..=720", self.console.session_hours),
+            );
+        }
+        let url = self.telephony.public_url.trim_end_matches('/');
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad(
+                "telephony.public_url",
+                format!("{url:?} must start with http:// or https://"),
+            );
+        }
         if !(1..=10_000).contains(&self.ingest.batch_max_reports) {
             return bad(
                 "ingest.batch_max_reports",

@@ -31,6 +31,35 @@ pub enum DomainError {
     /// A name that is empty or too long.
     #[error("name must be 1 to 200 characters")]
     Name,
+    /// Not a language code.
+    #[error("language {0:?} is not an ISO 639-1 code like en, es or de")]
+    Language(String),
+}
+
+/// A member's preferred language: an ISO 639-1 code (`en`, `es`), lower-cased; a region
+/// suffix (`es-MX`, `de_AT`) is accepted and dropped.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Language(String);
+
+impl Language {
+    /// Parses `en`, `ES`, `es-MX`.
+    pub fn parse(input: &str) -> Result<Self, DomainError> {
+        let code = input
+            .trim()
+            .split(['-', '_'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if code.len() == 2 && code.bytes().all(|b| b.is_ascii_lowercase()) {
+            Ok(Self(code))
+        } else {
+            Err(DomainError::Language(input.to_owned()))
+        }
+    }
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A phone number in E.164 form (`+14155550123`). Parsed from any common format;

@@ -1,22 +1,24 @@
-//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API under `/api/v1`:
-//! `GET /api/v1/members/{id}/score`, `GET /api/v1/engagement/summary`,
-//! `GET /api/v1/members/{id}/outreach`, `GET /api/v1/deliveries`, and the ledger:
-//! `GET /api/v1/ledger/checkpoint` (the latest signed checkpoint),
-//! `GET /api/v1/ledger/entries/{index}` (an entry, its device envelope and its inclusion
-//! proof in the latest checkpoint's tree) and `GET /api/v1/ledger/consistency?from=N&to=M`
-//! (a consistency proof). Every API route requires `Authorization: Bearer <token>` (see
-//! [`crate::tokens`]); the caller's [`Principal`] is in the request's extensions. The
-//! members' one-click `GET /api/v1/optout?token=...` is never behind tokens: the signed
-//! token is the authority. Errors are JSON `{"error": code, "message": ...}`. Handlers read
-//! the store on their own read-only connections, off the async executor.
+//! The HTTP listener: `/healthz`, Prometheus `/metrics`, the JSON API under `/api/v1`
+//! (routes in [`api_routes`], documented in `docs/openapi.json`), the web console under
+//! `/console` ([`crate::console`]) and, when enabled, the built-in webhook sink.
+//!
+//! Every API route requires `Authorization: Bearer <token>` (see [`crate::tokens`]); the
+//! caller's [`Principal`] is in the request's extensions and each handler checks its role
+//! (`403 forbidden` otherwise). Two routes authenticate differently: the members' one-click
+//! `GET /api/v1/optout?token=...` (the signed token is the authority) and the telephony
+//! webhook (the provider's signature; see [`crate::telephony`]). Errors are JSON
+//! `{"error": code, "message": ...}`. Handlers read the store off the async executor on
+//! read-only connections that each blocking thread keeps open.
 
+use crate::config::CloudConfig;
 use crate::metrics::Metrics;
-use crate::tokens::Principal;
+use crate::tokens::{Principal, Role};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// What the handlers share.
@@ -28,19 +30,48 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// The key that checks opt-out tokens (`None`: the opt-out link answers 404).
     pub optout: Option<crate::outreach::optout::OptOutKey>,
-    /// The clock that stamps opt-outs.
+    /// The clock that stamps opt-outs, audit rows and calls, and dates greetings.
     pub clock: Arc<dyn rollcall_shared::Clock>,
+    /// The configuration (registry region, time zones, telephony, console, webhooks).
+    pub cfg: Arc<CloudConfig>,
+    /// Builds greetings.
+    pub greeter: Arc<crate::greeting::Greeter>,
+    /// The audit log of member lookups.
+    pub audit: crate::audit::AuditLog,
+    /// The console's page templates.
+    pub console: Arc<crate::console::Pages>,
+}
+
+/// Why the HTTP state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The greeting templates did not load.
+    #[error(transparent)]
+    Greeting(#[from] crate::greeting::GreetingError),
+    /// The store could not be opened for the audit log.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl AppState {
-    /// State with the system clock and no opt-out key (the opt-out link answers 404).
-    pub fn new(metrics: Arc<Metrics>, data_dir: std::path::PathBuf) -> Self {
-        Self {
+    /// State for `cfg` with the system clock and no opt-out key (the opt-out link
+    /// answers 404). Starts the audit writer on the store in `cfg.data_dir`.
+    pub fn new(metrics: Arc<Metrics>, cfg: CloudConfig) -> Result<Self, StateError> {
+        Ok(Self {
             metrics,
-            data_dir,
+            data_dir: cfg.data_dir.clone(),
             optout: None,
             clock: Arc::new(rollcall_shared::SystemClock),
-        }
+            greeter: Arc::new(crate::greeting::Greeter::new(&cfg)?),
+            audit: crate::audit::AuditLog::start(&cfg.data_dir)?,
+            console: Arc::new(crate::console::Pages::new()),
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    /// The business's time zone, for members without one.
+    pub fn business_tz(&self) -> chrono_tz::Tz {
+        self.cfg.outreach.business_tz()
     }
 }
 
@@ -65,27 +96,122 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every bearer-token API route: method, path (axum syntax) and handler. The router is
+/// built from this list and a test checks it against `docs/openapi.json`.
+pub fn api_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    use crate::api;
+    use axum::routing::{delete, post};
+    vec![
+        ("GET", "/api/v1/lookup", get(api::lookup)),
+        ("GET", "/api/v1/members/{id}", get(api::member)),
+        ("DELETE", "/api/v1/members/{id}", delete(api::erase)),
+        ("GET", "/api/v1/members/{id}/greeting", get(api::greeting)),
+        ("GET", "/api/v1/members/{id}/export", get(api::export)),
+        ("GET", "/api/v1/members/{id}/score", get(member_score)),
+        ("GET", "/api/v1/members/{id}/outreach", get(member_outreach)),
+        (
+            "GET",
+            "/api/v1/engagement/summary",
+            get(api::engagement_summary),
+        ),
+        (
+            "GET",
+            "/api/v1/engagement/members",
+            get(api::engagement_members),
+        ),
+        (
+            "GET",
+            "/api/v1/engagement/export.csv",
+            get(api::engagement_export),
+        ),
+        ("GET", "/api/v1/calls", get(api::calls)),
+        ("GET", "/api/v1/audit", get(api::audit_log)),
+        ("GET", "/api/v1/deliveries", get(deliveries)),
+        ("GET", "/api/v1/ledger/checkpoint", get(ledger_checkpoint)),
+        ("GET", "/api/v1/ledger/entries/{index}", get(ledger_entry)),
+        ("GET", "/api/v1/ledger/consistency", get(ledger_consistency)),
+        (
+            "POST",
+            "/api/v1/telephony/incoming",
+            post(api::telephony_incoming),
+        ),
+    ]
+}
+
+/// Routes with their own authentication (the provider's signature; the opt-out token).
+const SELF_AUTHENTICATED: &[&str] = &["/api/v1/telephony/incoming"];
+
 /// The router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/members/{id}/score", get(member_score))
-        .route("/api/v1/engagement/summary", get(engagement_summary))
-        .route("/api/v1/members/{id}/outreach", get(member_outreach))
-        .route("/api/v1/deliveries", get(deliveries))
-        .route("/api/v1/ledger/checkpoint", get(ledger_checkpoint))
-        .route("/api/v1/ledger/entries/{index}", get(ledger_entry))
-        .route("/api/v1/ledger/consistency", get(ledger_consistency))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ));
-    Router::new()
+    let mut api = Router::new();
+    let mut open = Router::new();
+    for (_, path, handler) in api_routes() {
+        if SELF_AUTHENTICATED.contains(&path) {
+            open = open.route(path, handler);
+        } else {
+            api = api.route(path, handler);
+        }
+    }
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api)
-        .route("/api/v1/optout", get(optout))
-        .fallback(not_found)
-        .with_state(state)
+        .merge(open)
+        .route("/api/v1/optout", get(optout));
+    if state.cfg.console.enabled {
+        app = app.merge(crate::console::router());
+    }
+    if state.cfg.console.webhook_sink {
+        app = app.route(
+            "/sink/{webhook}",
+            axum::routing::post(crate::console::sink_receive),
+        );
+    }
+    app.fallback(not_found).with_state(state)
+}
+
+/// Refuses the request unless `principal` has one of `roles`.
+pub fn require_role(principal: &Principal, roles: &[Role]) -> Result<(), ApiError> {
+    if roles.contains(&principal.role) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: format!(
+                "the {} role may not do this (needs {})",
+                principal.role,
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        })
+    }
+}
+
+/// The principal behind an `Authorization: Bearer` header, if valid.
+pub async fn bearer_principal(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+    else {
+        return Ok(None);
+    };
+    with_store(s, move |conn| {
+        crate::tokens::authenticate(conn, &presented).map_err(ApiError::internal)
+    })
+    .await
 }
 
 /// Lets a request through only with a valid bearer token; puts its [`Principal`] in the
@@ -100,20 +226,14 @@ async fn require_token(
         code: "unauthorized",
         message: message.to_owned(),
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .ok_or_else(|| {
-            unauthorized("send Authorization: Bearer <token> (rollcall-cloud tokens create)")
-        })?;
-    let principal = with_store(&s, move |conn| {
-        crate::tokens::authenticate(conn, &presented).map_err(ApiError::internal)
-    })
-    .await?
-    .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        return Err(unauthorized(
+            "send Authorization: Bearer <token> (rollcall-cloud tokens create)",
+        ));
+    }
+    let principal = bearer_principal(&s, req.headers())
+        .await?
+        .ok_or_else(|| unauthorized("unknown or revoked token"))?;
     req.extensions_mut().insert::<Principal>(principal);
     Ok(next.run(req).await)
 }
@@ -136,7 +256,8 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 impl ApiError {
-    fn internal(e: impl std::fmt::Display) -> Self {
+    /// A 500 that logs the cause and tells the caller nothing about it.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "API request failed");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -144,24 +265,63 @@ impl ApiError {
             message: "the request could not be completed".into(),
         }
     }
-    fn not_found(code: &'static str, message: String) -> Self {
+    /// A 404 with a reason.
+    pub fn not_found(code: &'static str, message: String) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
             code,
             message,
         }
     }
+    /// A 400 with a reason.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
 }
 
-/// Runs `f` on a read connection to the store, off the executor.
-async fn with_store<T: Send + 'static>(
+thread_local! {
+    /// Each blocking thread's read connection (and the data directory it belongs to).
+    static READER: RefCell<Option<(std::path::PathBuf, rusqlite::Connection)>> =
+        const { RefCell::new(None) };
+}
+
+/// Runs `f` on a read connection to the store, off the executor. Connections are kept
+/// per blocking thread, with their prepared statements.
+pub async fn with_store<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let dir = s.data_dir.clone();
     tokio::task::spawn_blocking(move || {
-        let conn = crate::store::open_reader(&dir).map_err(ApiError::internal)?;
-        f(&conn)
+        READER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(d, _)| *d != dir) {
+                let conn = crate::store::open_reader(&dir).map_err(ApiError::internal)?;
+                conn.set_prepared_statement_cache_capacity(64);
+                *slot = Some((dir.clone(), conn));
+            }
+            let (_, conn) = slot.as_ref().expect("just set");
+            f(conn)
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Runs `f` on a write connection to the store, off the executor (for the rare API
+/// writes: erasure, calls, the webhook sink).
+pub async fn with_writer<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let dir = s.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = crate::store::open_writer(&dir).map_err(ApiError::internal)?;
+        f(&mut conn)
     })
     .await
     .map_err(ApiError::internal)?
@@ -212,30 +372,12 @@ async fn member_score(
     .await
 }
 
-/// Query of `GET /api/v1/engagement/summary`.
-#[derive(Debug, serde::Deserialize)]
-struct SummaryQuery {
-    /// Days of history (default 90, at most 3660).
-    days: Option<u32>,
-}
-
-async fn engagement_summary(
-    State(s): State<AppState>,
-    Query(q): Query<SummaryQuery>,
-) -> Result<Json<crate::scoring::persist::EngagementSummary>, ApiError> {
-    let days = q.days.unwrap_or(90).clamp(1, 3660);
-    with_store(&s, move |conn| {
-        crate::scoring::persist::engagement_summary(conn, days)
-            .map(Json)
-            .map_err(ApiError::internal)
-    })
-    .await
-}
-
 async fn member_outreach(
     State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<crate::outreach::view::OutreachView>>, ApiError> {
+    require_role(&p, &[Role::Support, Role::Admin])?;
     let member = rollcall_shared::MemberId::parse(&id).map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "bad_member_id",
@@ -258,8 +400,10 @@ struct DeliveriesQuery {
 
 async fn deliveries(
     State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Json<Vec<crate::delivery::DeliveryView>>, ApiError> {
+    require_role(&p, &[Role::Admin])?;
     let status = q
         .status
         .as_deref()
@@ -380,7 +524,8 @@ async fn ledger_consistency(
     .await
 }
 
-async fn not_found() -> ApiError {
+/// The answer for a path no route serves.
+pub async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         code: "not_found",

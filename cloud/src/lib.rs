@@ -19,30 +19,46 @@
 //! - [`ledger`]: the tamper-evident transaction ledger (RFC 6962 Merkle tree, signed
 //!   checkpoints, proofs, `ledger verify`, `ledger export`).
 //! - [`metrics`]: Prometheus metrics.
-//! - [`http`]: `/healthz`, `/metrics`, JSON errors.
+//! - [`lookup`]: finding a member by phone (any format), e-mail, device, id or name.
+//! - [`profile`]: a member's whole record, the data access export, erasure.
+//! - [`greeting`]: what support staff say when a member calls, per language.
+//! - [`telephony`]: the incoming-call webhook (Twilio signatures, TwiML, screen-pops).
+//! - [`engagement`]: members per state over time, transitions, the member list, CSV.
+//! - [`audit`]: the audit log of member lookups (group commit).
+//! - [`http`]: the router, bearer tokens and roles, `/healthz`, `/metrics`, JSON errors.
+//! - [`api`]: the support and engagement API handlers.
+//! - [`console`]: the server-rendered web console and the built-in webhook sink.
 //! - [`server`]: `serve`: broker + ingest + scoring + outreach + dispatcher + HTTP, started
 //!   and stopped together.
 //! - [`cli`]: the command-line interface of `rollcall-cloud`.
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod domain;
+pub mod engagement;
+pub mod greeting;
 pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod ledger;
+pub mod lookup;
 pub mod metrics;
 pub mod mqtt;
 pub mod orders;
 pub mod outreach;
+pub mod profile;
 pub mod registry;
 pub mod scoring;
 pub mod server;
 pub mod store;
+pub mod telephony;
 pub mod tokens;
 pub mod usage;
 pub mod worker;

@@ -1,7 +1,9 @@
 //! The member and device registry: who the subscribers are and which device keys
 //! speak for them. Used by the CLI (`members …`, `devices …`) and the API.
 
-use crate::domain::{parse_date_or_time, parse_name, DomainError, Email, PhoneNumber, TimeZone};
+use crate::domain::{
+    parse_date_or_time, parse_name, DomainError, Email, Language, PhoneNumber, TimeZone,
+};
 use crate::store::StoreError;
 use chrono::{DateTime, TimeZone as _, Utc};
 use rollcall_shared::dsse::{KeyError, PublicKey};
@@ -59,6 +61,8 @@ pub struct NewMember {
     pub plan: Option<String>,
     /// When the subscription began.
     pub joined: Option<DateTime<Utc>>,
+    /// Preferred language (greetings); `None` keeps what is stored.
+    pub lang: Option<Language>,
 }
 
 impl NewMember {
@@ -91,7 +95,18 @@ impl NewMember {
             joined: nonempty(joined)
                 .map(|j| parse_date_or_time(&j))
                 .transpose()?,
+            lang: None,
         })
+    }
+
+    /// Sets the preferred language from an optional string (empty: none given).
+    pub fn with_lang(mut self, lang: Option<&str>) -> Result<Self, RegistryError> {
+        self.lang = lang
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(Language::parse)
+            .transpose()?;
+        Ok(self)
     }
 }
 
@@ -110,10 +125,11 @@ pub fn upsert_member(
         .optional()?
         .is_some();
     conn.execute(
-        "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms, lang)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
-             tz = excluded.tz, plan = excluded.plan, joined_ms = COALESCE(excluded.joined_ms, members.joined_ms)",
+             tz = excluded.tz, plan = excluded.plan, joined_ms = COALESCE(excluded.joined_ms, members.joined_ms),
+             lang = COALESCE(excluded.lang, members.lang)",
         params![
             m.id.as_str(),
             m.name,
@@ -123,6 +139,7 @@ pub fn upsert_member(
             m.plan,
             m.joined.map(|j| j.timestamp_millis()),
             now.timestamp_millis(),
+            m.lang.as_ref().map(|l| l.as_str()),
         ],
     )?;
     Ok(!existed)
@@ -148,7 +165,8 @@ pub struct ImportSummary {
     pub rejected: Vec<RowError>,
 }
 
-/// Imports members from CSV with the header `id,name,phone,email,tz,plan,joined`.
+/// Imports members from CSV with the header `id,name,phone,email,tz,plan,joined`, optionally
+/// followed by `lang`.
 /// Valid rows are committed in one transaction; invalid rows are reported by line.
 pub fn import_members(
     conn: &mut Connection,
@@ -172,11 +190,13 @@ pub fn import_members(
         }
     };
     let expected = ["id", "name", "phone", "email", "tz", "plan", "joined"];
-    if headers.iter().collect::<Vec<_>>() != expected {
+    let found: Vec<&str> = headers.iter().collect();
+    let with_lang = found.len() == 8 && found[7] == "lang";
+    if found[..found.len().min(7)] != expected || !(found.len() == 7 || with_lang) {
         summary.rejected.push(RowError {
             line: 1,
             error: format!(
-                "header must be {:?}, found {:?}",
+                "header must be {:?} (optionally followed by \",lang\"), found {:?}",
                 expected.join(","),
                 headers.iter().collect::<Vec<_>>().join(",")
             ),
@@ -207,7 +227,9 @@ pub fn import_members(
             f(5),
             f(6),
             default_region,
-        ) {
+        )
+        .and_then(|m| m.with_lang(if with_lang { f(7) } else { None }))
+        {
             Ok(m) => {
                 if upsert_member(&tx, &m, now)? {
                     summary.created += 1;

@@ -105,12 +105,11 @@ pub async fn start(
     let http_addr = listener.local_addr()?;
     let optout = crate::outreach::optout::OptOutKey::load(&cfg.data_dir)
         .context("Failed to load the opt-out key")?;
-    let app = router(AppState {
-        metrics: metrics.clone(),
-        data_dir: cfg.data_dir.clone(),
-        optout: Some(optout),
-        clock: clock_for_outreach.clone(),
-    });
+    let mut state =
+        AppState::new(metrics.clone(), cfg.clone()).context("Failed to set up the HTTP API")?;
+    state.optout = Some(optout);
+    state.clock = clock_for_outreach.clone();
+    let app = router(state);
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)

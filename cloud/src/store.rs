@@ -34,6 +34,12 @@
 //!   `devices.max_tx_counter` is the newest transaction counter seen per device (replays
 //!   of older counters under new ids are refused). `member_policies (member_id)`: opt-in
 //!   and limits. `ledger_*`: see [`crate::ledger`] (append-only, never updated).
+//! - `audit_log` (migration 6): append-only, one row per member lookup, view, greeting,
+//!   call, export or erasure: who (token), when, which member, why. Written by
+//!   [`crate::audit`] with group commit before the API answers.
+//! - `calls (call_sid)`: one row per incoming call, whatever the number of webhook
+//!   retries. `sink_messages (webhook_id)`: one row per message the built-in webhook sink
+//!   received (its idempotency key), however often it was delivered.
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -347,6 +353,42 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         range BLOB NOT NULL,
         last_leaf BLOB NOT NULL
+    );
+    "#,
+    // 6: support console: member language and erasure, the lookup audit log, incoming
+    // calls (screen-pops), the built-in webhook sink.
+    r#"
+    ALTER TABLE members ADD COLUMN lang TEXT;
+    ALTER TABLE members ADD COLUMN erased_ms INTEGER;
+    CREATE INDEX members_email_nocase ON members(email COLLATE NOCASE);
+    CREATE INDEX state_transitions_at ON state_transitions(at_ms);
+    CREATE INDEX member_scores_state_score ON member_scores(state, score);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        token_id INTEGER,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        member_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_member ON audit_log(member_id, at_ms);
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        call_sid TEXT NOT NULL UNIQUE,
+        from_number TEXT NOT NULL,
+        to_number TEXT,
+        member_id TEXT,
+        received_ms INTEGER NOT NULL
+    );
+    CREATE INDEX calls_member ON calls(member_id);
+    CREATE TABLE sink_messages (
+        id INTEGER PRIMARY KEY,
+        webhook_id TEXT NOT NULL UNIQUE,
+        received_ms INTEGER NOT NULL,
+        verified INTEGER NOT NULL,
+        body TEXT NOT NULL
     );
     "#,
 ];

@@ -371,7 +371,7 @@ async fn an_opt_out_link_stops_marketing_but_not_orders() {
     let url = e.outreach.optout_url("m-maria", "*");
     let token = url.split("token=").nth(1).unwrap().to_owned();
     let mut state =
-        rollcall_cloud::http::AppState::new(Arc::new(Metrics::new()), e.cfg.data_dir.clone());
+        rollcall_cloud::http::AppState::new(Arc::new(Metrics::new()), e.cfg.clone()).unwrap();
     state.optout = Some(e.outreach.optout_key().clone());
     state.clock = Arc::new(e.clock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

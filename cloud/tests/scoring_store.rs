@@ -296,8 +296,12 @@ async fn the_api_serves_member_scores_and_the_engagement_summary() {
     let tk = Some(token.token.as_str());
     let state = rollcall_cloud::http::AppState::new(
         std::sync::Arc::new(rollcall_cloud::metrics::Metrics::new()),
-        dir.path().to_owned(),
-    );
+        rollcall_cloud::config::CloudConfig {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -9,6 +9,7 @@
 //! | `member.device_model` | the `model` attribute the device last reported, else `outreach.default_device_model` |
 //! | `usage.total`, `usage.active_days` | uses (sum of quantities) and distinct active days, ever |
 //! | `usage.this_month`, `usage.last_month` | uses in the current and previous calendar month |
+//! | `usage.this_month_by_kind` | uses in the current calendar month, by kind (`{"brew": 23}`) |
 //! | `usage.last_active_day`, `usage.last_active_weekday`, `usage.days_silent` | the last active day (`YYYY-MM-DD`, `Tuesday`) and days since (null: never used) |
 //! | `usage.favourite_kind`, `usage.favourite_attribute`, `usage.favourite_value` | the most used kind (`brew`) and its most common attribute (`drink` = `latte`), or null |
 //! | `usage.current_streak`, `usage.longest_streak` | consecutive active days |
@@ -56,6 +57,8 @@ pub struct UsageSummary {
     pub this_month: u64,
     /// Uses in the previous calendar month.
     pub last_month: u64,
+    /// Uses in the current calendar month, by kind.
+    pub this_month_by_kind: BTreeMap<String, u64>,
     /// Last active day, `YYYY-MM-DD`.
     pub last_active_day: Option<String>,
     /// Its weekday (`Tuesday`).
@@ -125,6 +128,7 @@ pub fn summarise_usage(
         let d = date_of(day);
         if (d.year(), d.month()) == month {
             s.this_month += qty;
+            *s.this_month_by_kind.entry(kind.clone()).or_default() += qty;
         } else if (d.year(), d.month()) == prev_month {
             s.last_month += qty;
         }
@@ -322,6 +326,7 @@ pub fn sample(kind: TriggerKind, cfg: &OutreachConfig) -> serde_json::Value {
         },
         "usage": UsageSummary {
             total: 412, active_days: 198, this_month: 9, last_month: 31,
+            this_month_by_kind: BTreeMap::from([("brew".to_owned(), 9)]),
             last_active_day: Some("2026-05-12".into()),
             last_active_weekday: Some("Tuesday".into()), days_silent: Some(9),
             favourite_kind: Some("brew".into()), favourite_attribute: Some("drink".into()),

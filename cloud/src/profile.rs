@@ -1,0 +1,482 @@
+//! A member's whole record for support staff (`GET /api/v1/members/{id}`, the console's
+//! member card), the data access export (`GET /api/v1/members/{id}/export`) and erasure
+//! (`DELETE /api/v1/members/{id}`).
+//!
+//! Erasure removes personal data and keeps what the business may keep without it:
+//! - **Removed**: name (replaced by `erased`), phone, e-mail, time zone and language; the
+//!   rendered text of every outreach message (it holds the name) and the payload and
+//!   address of every delivery made for the member (pending ones are cancelled); opt-out
+//!   records; recorded incoming calls (they hold the phone number).
+//! - **Kept under a new pseudonymous id** (`x-` and 16 random hex digits; the old id is
+//!   not stored anywhere that links it to the new one): usage events, scores and state
+//!   transitions, devices and their keys, orders and spending policy, so that engagement
+//!   aggregates stay right.
+//! - **Kept as they are**: ledger entries (append-only and signed; they hold the device
+//!   id, the old member id, SKUs and amounts but no name, phone or e-mail, and rewriting
+//!   them would break the proof the ledger exists for), and the audit log (who looked at
+//!   the member, when; required to answer for access later).
+
+use crate::outreach::context::{summarise_usage, UsageSummary};
+use crate::registry::{ms_to_rfc3339, show_member, MemberView};
+use crate::scoring::summary::{date_of, local_day};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rollcall_shared::MemberId;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Days in the usage chart.
+pub const HISTORY_DAYS: i32 = 90;
+
+/// Why a member record could not be read or erased.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] rusqlite::Error),
+    /// Reading part of the record failed.
+    #[error("{0}")]
+    Part(String),
+}
+
+macro_rules! part_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ProfileError {
+            fn from(e: $t) -> Self {
+                ProfileError::Part(e.to_string())
+            }
+        }
+    )*};
+}
+part_error!(
+    crate::registry::RegistryError,
+    crate::outreach::OutreachError,
+    crate::orders::OrdersError,
+    crate::scoring::ScoringError
+);
+
+/// One day of the usage chart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayUsage {
+    /// Local date of the member.
+    pub day: String,
+    /// Uses that day (sum of quantities).
+    pub total: u64,
+    /// By kind.
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// The member's daily usage over the last [`HISTORY_DAYS`] days, every day present.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct History {
+    /// The time zone the days are in.
+    pub tz: String,
+    /// The kinds seen, most used first.
+    pub kinds: Vec<String>,
+    /// Oldest first.
+    pub days: Vec<DayUsage>,
+}
+
+/// An order with whether it can still be cancelled.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderLine {
+    /// The order.
+    #[serde(flatten)]
+    pub order: crate::orders::OrderView,
+    /// True while the cancellation window is open.
+    pub cancellable: bool,
+}
+
+/// A consumable slot as the orders show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Consumable {
+    /// Device.
+    pub device_id: String,
+    /// Slot on the device.
+    pub slot: String,
+    /// Article.
+    pub sku: String,
+    /// The latest order's status.
+    pub last_order_status: String,
+    /// When it was decided.
+    pub last_order_at: String,
+    /// Orders for this slot in all.
+    pub orders: u64,
+}
+
+/// What the member agreed to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Consent {
+    /// Automatic reordering and limits.
+    pub auto_reorder: bool,
+    /// Most per order (minor units).
+    pub limit_per_order: Option<i64>,
+    /// Most per 30 days (minor units).
+    pub limit_30d: Option<i64>,
+    /// Opt-outs of outreach: channel (`*`: all), category, when, how.
+    pub opt_outs: Vec<OptOut>,
+}
+
+/// One opt-out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OptOut {
+    /// Channel, or `*`.
+    pub channel: String,
+    /// Category.
+    pub category: String,
+    /// When.
+    pub at: String,
+    /// How (`link`, `cli`, ...).
+    pub source: String,
+}
+
+/// Everything about a member that support staff see.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberDetail {
+    /// Profile, devices, usage totals, score, reasons, transitions.
+    #[serde(flatten)]
+    pub member: MemberView,
+    /// Preferred language (for greetings).
+    pub lang: Option<String>,
+    /// Whether personal data was erased.
+    pub erased: bool,
+    /// Usage summary: this and last month, streaks, favourite, days silent.
+    pub usage_summary: UsageSummary,
+    /// Daily usage over the last 90 days, by kind.
+    pub history: History,
+    /// Orders, newest first.
+    pub orders: Vec<OrderLine>,
+    /// Consumable slots seen in orders.
+    pub consumables: Vec<Consumable>,
+    /// Outreach: sent, held, skipped, cancelled, with reasons; newest first.
+    pub outreach: Vec<crate::outreach::view::OutreachView>,
+    /// Consent.
+    pub consent: Consent,
+    /// Recent incoming calls from the member's number.
+    pub calls: Vec<crate::telephony::CallView>,
+}
+
+/// Reads a member's detail as of `now`, or `None` if there is no such member.
+pub fn detail(
+    conn: &Connection,
+    id: &MemberId,
+    business_tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<Option<MemberDetail>, ProfileError> {
+    let Some(member) = show_member(conn, id)? else {
+        return Ok(None);
+    };
+    let (lang, erased_ms): (Option<String>, Option<i64>) = conn.query_row(
+        "SELECT lang, erased_ms FROM members WHERE id = ?1",
+        [id.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let tz: Tz = member
+        .tz
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(business_tz);
+    let usage_summary = summarise_usage(conn, id.as_str(), tz, now, u64::MAX)?;
+    let history = history(conn, id.as_str(), tz, now)?;
+    let now_ms = now.timestamp_millis();
+    let orders: Vec<OrderLine> = crate::orders::list(conn, Some(id.as_str()), None)?
+        .into_iter()
+        .map(|o| {
+            let cancellable = o.status == "accepted"
+                && o.cancel_until
+                    .as_deref()
+                    .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+                    .is_some_and(|c| c.timestamp_millis() > now_ms);
+            OrderLine {
+                order: o,
+                cancellable,
+            }
+        })
+        .collect();
+    let mut consumables: BTreeMap<(String, String), Consumable> = BTreeMap::new();
+    for o in orders.iter().rev() {
+        let c = consumables
+            .entry((o.order.device_id.clone(), o.order.slot.clone()))
+            .or_insert_with(|| Consumable {
+                device_id: o.order.device_id.clone(),
+                slot: o.order.slot.clone(),
+                sku: o.order.sku.clone(),
+                last_order_status: String::new(),
+                last_order_at: String::new(),
+                orders: 0,
+            });
+        c.orders += 1;
+        c.sku = o.order.sku.clone();
+        c.last_order_status = o.order.status.clone();
+        c.last_order_at = o.order.decided_at.clone();
+    }
+    let outreach = crate::outreach::view::list(conn, Some(id.as_str()), 200)?;
+    let policy = crate::orders::policy(conn, id.as_str())?;
+    let mut st = conn.prepare_cached(
+        "SELECT channel, category, opted_out_ms, source FROM consent WHERE member_id = ?1 ORDER BY channel, category",
+    )?;
+    let opt_outs = st
+        .query_map([id.as_str()], |r| {
+            Ok(OptOut {
+                channel: r.get(0)?,
+                category: r.get(1)?,
+                at: ms_to_rfc3339(r.get(2)?),
+                source: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let calls = member_calls(conn, id.as_str(), 20)?;
+    Ok(Some(MemberDetail {
+        member,
+        lang,
+        erased: erased_ms.is_some(),
+        usage_summary,
+        history,
+        orders,
+        consumables: consumables.into_values().collect(),
+        outreach,
+        consent: Consent {
+            auto_reorder: policy.auto_reorder,
+            limit_per_order: policy.limit_per_order,
+            limit_30d: policy.limit_30d,
+            opt_outs,
+        },
+        calls,
+    }))
+}
+
+fn member_calls(
+    conn: &Connection,
+    id: &str,
+    limit: u32,
+) -> Result<Vec<crate::telephony::CallView>, rusqlite::Error> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, call_sid, from_number, member_id, received_ms FROM calls WHERE member_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![id, limit], |r| {
+        Ok(crate::telephony::CallView {
+            id: r.get(0)?,
+            call_sid: r.get(1)?,
+            from: r.get(2)?,
+            member_id: r.get(3)?,
+            received_at: ms_to_rfc3339(r.get(4)?),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Daily usage by kind over the last [`HISTORY_DAYS`] local days up to `now`. Events
+/// whose device clock was not trustworthy count on the day they were received.
+pub fn history(
+    conn: &Connection,
+    member_id: &str,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<History, rusqlite::Error> {
+    let today = local_day(now.timestamp_millis(), tz);
+    let first = today - HISTORY_DAYS + 1;
+    // A day before the first local day covers every time zone.
+    let since_ms = (first as i64 - 1) * 86_400_000;
+    let mut st = conn.prepare_cached(
+        "SELECT kind, qty, CASE WHEN clock_suspect = 1 THEN received_ms ELSE occurred_ms END
+         FROM events WHERE member_id = ?1
+           AND ((clock_suspect = 0 AND occurred_ms >= ?2 AND occurred_ms <= ?3)
+             OR (clock_suspect = 1 AND received_ms >= ?2 AND received_ms <= ?3))",
+    )?;
+    let mut per_day: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); HISTORY_DAYS as usize];
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rows = st.query(params![member_id, since_ms, now.timestamp_millis()])?;
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let qty = r.get::<_, i64>(1)?.max(0) as u64;
+        let day = local_day(r.get(2)?, tz);
+        if day < first || day > today {
+            continue;
+        }
+        *per_day[(day - first) as usize]
+            .entry(kind.clone())
+            .or_default() += qty;
+        *kinds.entry(kind).or_default() += qty;
+    }
+    let mut kinds: Vec<(String, u64)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(History {
+        tz: tz.name().to_owned(),
+        kinds: kinds.into_iter().map(|(k, _)| k).collect(),
+        days: per_day
+            .into_iter()
+            .enumerate()
+            .map(|(i, by_kind)| DayUsage {
+                day: date_of(first + i as i32).format("%Y-%m-%d").to_string(),
+                total: by_kind.values().sum(),
+                by_kind,
+            })
+            .collect(),
+    })
+}
+
+/// Removes what a role may not see from a member record (or anything holding member
+/// data) serialised as JSON: names, phone numbers, e-mail addresses, outreach texts,
+/// caller numbers, greetings.
+pub fn redact_personal(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for k in [
+                "name", "phone", "email", "body", "subject", "from", "greeting",
+            ] {
+                map.remove(k);
+            }
+            for (_, child) in map.iter_mut() {
+                redact_personal(child);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_personal),
+        _ => {}
+    }
+}
+
+/// Everything held about a member (the data access request), or `None`.
+pub fn export(
+    conn: &Connection,
+    id: &MemberId,
+    business_tz: Tz,
+    now: DateTime<Utc>,
+) -> Result<Option<serde_json::Value>, ProfileError> {
+    let Some(d) = detail(conn, id, business_tz, now)? else {
+        return Ok(None);
+    };
+    let mut st = conn.prepare_cached(
+        "SELECT device_id, seq, kind, qty, occurred_ms, received_ms, attrs, clock_suspect
+         FROM events WHERE member_id = ?1 ORDER BY occurred_ms, device_id, seq",
+    )?;
+    let events: Vec<serde_json::Value> = st
+        .query_map([id.as_str()], |r| {
+            let attrs: Option<String> = r.get(6)?;
+            Ok(serde_json::json!({
+                "device_id": r.get::<_, String>(0)?,
+                "seq": r.get::<_, i64>(1)?,
+                "kind": r.get::<_, String>(2)?,
+                "qty": r.get::<_, i64>(3)?,
+                "occurred_at": ms_to_rfc3339(r.get(4)?),
+                "received_at": ms_to_rfc3339(r.get(5)?),
+                "attrs": attrs.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok()),
+                "clock_suspect": r.get::<_, bool>(7)?,
+            }))
+        })?
+        .collect::<Result<_, _>>()?;
+    let transitions = crate::scoring::persist::transitions(conn, id.as_str(), u32::MAX)?;
+    let audit = crate::audit::list(conn, Some(id.as_str()), u32::MAX)?;
+    Ok(Some(serde_json::json!({
+        "exported_at": now.to_rfc3339(),
+        "member": d,
+        "events": events,
+        "transitions": transitions,
+        "access_log": audit,
+    })))
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Erased {
+    /// The id the member had.
+    pub id: String,
+    /// The pseudonymous id their usage is kept under.
+    pub pseudonym: String,
+    /// Usage events kept under it.
+    pub events_kept: u64,
+    /// Outreach messages whose text was removed.
+    pub messages_redacted: u64,
+    /// Deliveries whose payload was removed (pending ones cancelled).
+    pub deliveries_redacted: u64,
+    /// Incoming calls removed.
+    pub calls_removed: u64,
+}
+
+/// Erases a member's personal data (see the module doc); `None` if there is no such
+/// member. Erasing an erased member again changes nothing and returns `None`.
+pub fn erase(
+    conn: &mut Connection,
+    id: &MemberId,
+    now: DateTime<Utc>,
+) -> Result<Option<Erased>, ProfileError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let exists: Option<Option<i64>> = tx
+        .query_row(
+            "SELECT erased_ms FROM members WHERE id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match exists {
+        None | Some(Some(_)) => return Ok(None),
+        Some(None) => {}
+    }
+    let mut rnd = [0u8; 8];
+    getrandom::getrandom(&mut rnd).map_err(|e| ProfileError::Part(e.to_string()))?;
+    let pseudonym = format!("x-{}", hex::encode(rnd));
+    let now_ms = now.timestamp_millis();
+    let old = id.as_str();
+    // The new row first, so that the children can move to it under the foreign keys.
+    tx.execute(
+        "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms, lang, erased_ms)
+         SELECT ?2, 'erased', NULL, NULL, NULL, plan, joined_ms, created_ms, NULL, ?3 FROM members WHERE id = ?1",
+        params![old, pseudonym, now_ms],
+    )?;
+    let deliveries: Vec<i64> = tx
+        .prepare(
+            "SELECT delivery_id FROM outreach WHERE member_id = ?1 AND delivery_id IS NOT NULL",
+        )?
+        .query_map([old], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for d in &deliveries {
+        tx.execute(
+            "UPDATE deliveries SET payload = '{}', target = 'erased',
+                 status = CASE WHEN status IN ('pending', 'awaiting_ack') THEN 'cancelled' ELSE status END,
+                 last_error = CASE WHEN status IN ('pending', 'awaiting_ack') THEN 'member_erased' ELSE last_error END,
+                 updated_ms = ?2
+             WHERE id = ?1",
+            params![d, now_ms],
+        )?;
+    }
+    let messages = tx.execute(
+        "UPDATE outreach SET subject = '', body = '', trigger_data = '{}', member_id = ?2,
+             status = CASE WHEN status = 'held' THEN 'cancelled' ELSE status END,
+             reason = CASE WHEN status = 'held' THEN 'member_erased' ELSE reason END
+         WHERE member_id = ?1",
+        params![old, pseudonym],
+    )?;
+    let calls = tx.execute("DELETE FROM calls WHERE member_id = ?1", [old])?;
+    tx.execute("DELETE FROM consent WHERE member_id = ?1", [old])?;
+    let events = tx.execute(
+        "UPDATE events SET member_id = ?2 WHERE member_id = ?1",
+        params![old, pseudonym],
+    )?;
+    // Imported usage lives under the synthetic device `import:{member_id}`.
+    tx.execute(
+        "UPDATE events SET device_id = 'import:' || ?2 WHERE device_id = 'import:' || ?1",
+        params![old, pseudonym],
+    )?;
+    for table in [
+        "devices",
+        "member_scores",
+        "state_transitions",
+        "orders",
+        "member_policies",
+    ] {
+        tx.execute(
+            &format!("UPDATE {table} SET member_id = ?2 WHERE member_id = ?1"),
+            params![old, pseudonym],
+        )?;
+    }
+    tx.execute("DELETE FROM members WHERE id = ?1", [old])?;
+    tx.commit()?;
+    Ok(Some(Erased {
+        id: old.to_owned(),
+        pseudonym,
+        events_kept: events as u64,
+        messages_redacted: messages as u64,
+        deliveries_redacted: deliveries.len() as u64,
+        calls_removed: calls as u64,
+    }))
+}

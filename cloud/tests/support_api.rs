@@ -1,0 +1,625 @@
+//! The support and engagement API over real HTTP: every route and role, bad input, the
+//! telephony webhook with Twilio signatures, the audit log, export and erasure, and the
+//! OpenAPI document checked against the router.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rollcall_cloud::config::{CloudConfig, Secret};
+use rollcall_cloud::registry::{add_device, upsert_member, NewMember};
+use rollcall_cloud::tokens::{self, Role};
+use rollcall_shared::{DeviceId, ManualClock};
+use serde_json::Value;
+use std::sync::Arc;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 15, 0, 0).unwrap()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    base: String,
+    support: String,
+    analyst: String,
+    admin: String,
+    http: reqwest::Client,
+}
+
+const TWILIO_TOKEN: &str = "twilio-test-auth-token";
+
+fn member(
+    conn: &rusqlite::Connection,
+    id: &str,
+    name: &str,
+    phone: &str,
+    lang: Option<&str>,
+    joined_days_ago: i64,
+) {
+    let joined = (now() - Duration::days(joined_days_ago)).to_rfc3339();
+    let m = NewMember::parse(
+        id,
+        name,
+        Some(phone),
+        Some(&format!("{}@example.com", id)),
+        Some("America/New_York"),
+        Some("pods"),
+        Some(&joined),
+        "US",
+    )
+    .unwrap()
+    .with_lang(lang)
+    .unwrap();
+    upsert_member(conn, &m, now()).unwrap();
+    let key = rollcall_shared::dsse::KeyPair::generate().public();
+    add_device(
+        conn,
+        &DeviceId::parse(&format!("dev-{id}")).unwrap(),
+        &m.id,
+        &key,
+        now(),
+    )
+    .unwrap();
+}
+
+/// Uses on the given days ago, `per_day` brews each with the given drink.
+fn usage(conn: &rusqlite::Connection, id: &str, days_ago: &[i64], per_day: i64, drink: &str) {
+    let mut seq: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE device_id = ?1",
+            [format!("dev-{id}")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for d in days_ago {
+        for k in 0..per_day {
+            seq += 1;
+            let at = now() - Duration::days(*d) - Duration::hours(3) + Duration::minutes(k);
+            conn.execute(
+                "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
+                 VALUES (?1, ?2, ?3, 'brew', 1, ?4, ?4, ?5, 0, ?2)",
+                rusqlite::params![
+                    format!("dev-{id}"),
+                    seq,
+                    id,
+                    at.timestamp_millis(),
+                    format!(r#"{{"drink":"{drink}","model":"Barista Pro"}}"#)
+                ],
+            )
+            .unwrap();
+        }
+    }
+}
+
+async fn start() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    // Maria: daily for two months, lattes. Lucia (Spanish): every other day, espressos.
+    // Tom: used a lot, then silent for three weeks. Ned: joined, never used.
+    member(
+        &conn,
+        "m-maria",
+        "Maria Rossi",
+        "+1 212 555 0142",
+        None,
+        400,
+    );
+    member(
+        &conn,
+        "m-lucia",
+        "Lucía García",
+        "+1 312 555 0177",
+        Some("es"),
+        300,
+    );
+    member(&conn, "m-tom", "Tom Baker", "+1 415 555 0190", None, 200);
+    member(&conn, "m-ned", "Ned Stark", "+1 646 555 0111", None, 5);
+    usage(&conn, "m-maria", &(0..60).collect::<Vec<_>>(), 2, "latte");
+    usage(
+        &conn,
+        "m-lucia",
+        &(0..60).step_by(2).collect::<Vec<_>>(),
+        1,
+        "espresso",
+    );
+    usage(
+        &conn,
+        "m-tom",
+        &(21..120).collect::<Vec<_>>(),
+        1,
+        "cappuccino",
+    );
+    let cfg = rollcall_cloud::config::ScoringConfig::default();
+    for d in (0..=30).rev() {
+        let t = now() - Duration::days(d);
+        rollcall_cloud::scoring::score_once(&mut conn, &cfg, t, t).unwrap();
+    }
+    let token = |name: &str, role| tokens::create(&conn, name, role, now()).unwrap().token;
+    let (support, analyst, admin) = (
+        token("desk", Role::Support),
+        token("bi", Role::Analyst),
+        token("ops", Role::Admin),
+    );
+    let mut cfg = CloudConfig {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    cfg.telephony.auth_token = Secret::new(TWILIO_TOKEN);
+    cfg.outreach.business_name = "Beans & Co".into();
+    let mut state =
+        rollcall_cloud::http::AppState::new(Arc::new(rollcall_cloud::metrics::Metrics::new()), cfg)
+            .unwrap();
+    state.clock = Arc::new(ManualClock::new(now()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, rollcall_cloud::http::router(state))
+            .await
+            .unwrap()
+    });
+    Env {
+        _dir: dir,
+        base: format!("http://{addr}"),
+        support,
+        analyst,
+        admin,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Env {
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut r = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let res = r.send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    async fn json(&self, path: &str, token: &str) -> (u16, Value) {
+        let (status, body) = self.get(path, Some(token)).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    async fn call(&self, from: &str, sid: &str, sign_with: &str) -> (u16, String) {
+        let params: Vec<(String, String)> = [
+            ("CallSid", sid),
+            ("From", from),
+            ("To", "+18005550100"),
+            ("AccountSid", "AC123"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let url = format!("{}/api/v1/telephony/incoming", self.base);
+        let sig = rollcall_cloud::telephony::signature(sign_with, &url, &params);
+        let res = self
+            .http
+            .post(&url)
+            .header("X-Twilio-Signature", sig)
+            .form(&params)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn staff_find_a_member_by_a_phone_written_any_way_and_analysts_never_see_contact_details() {
+    let e = start().await;
+    let (status, v) = e
+        .json("/api/v1/lookup?phone=(212)%20555-0142", &e.support)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let m = &v["members"][0];
+    assert_eq!(
+        (m["id"].as_str(), m["name"].as_str()),
+        (Some("m-maria"), Some("Maria Rossi"))
+    );
+    assert_eq!(m["phone"], "+12125550142");
+    let (_, v) = e.json("/api/v1/lookup?q=212.555.0142", &e.support).await;
+    assert_eq!(v["members"][0]["id"], "m-maria");
+    let (_, v) = e.json("/api/v1/lookup?q=ros", &e.support).await;
+    assert_eq!(v["members"][0]["id"], "m-maria");
+    let (_, v) = e
+        .json("/api/v1/lookup?email=M-MARIA@example.com", &e.support)
+        .await;
+    assert_eq!(v["members"][0]["id"], "m-maria");
+    let (_, v) = e.json("/api/v1/lookup?device=dev-m-tom", &e.analyst).await;
+    assert_eq!(v["members"][0]["id"], "m-tom");
+    assert!(v["members"][0].get("name").is_none(), "{v}");
+    assert!(v["members"][0].get("phone").is_none(), "{v}");
+    // Analysts may not search by personal data, nor read a record's contact details.
+    let (status, v) = e.json("/api/v1/lookup?phone=2125550142", &e.analyst).await;
+    assert_eq!((status, v["error"].as_str()), (403, Some("forbidden")));
+    let (status, body) = e.get("/api/v1/members/m-maria", Some(&e.analyst)).await;
+    assert_eq!(status, 200);
+    for secret in ["+12125550142", "Maria", "m-maria@example.com"] {
+        assert!(!body.contains(secret), "analyst saw {secret}: {body}");
+    }
+    let (status, v) = e.json("/api/v1/members/m-maria", &e.support).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["name"], "Maria Rossi");
+    assert_eq!(v["phone"], "+12125550142");
+    assert_eq!(v["email"], "m-maria@example.com");
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["history"]["days"].as_array().unwrap().len(), 90);
+    assert_eq!(v["history"]["days"][89]["total"], 2);
+    assert!(v["usage_summary"]["current_streak"].as_u64().unwrap() >= 60);
+    assert!(v["devices"][0]["id"] == "dev-m-maria");
+}
+
+#[tokio::test]
+async fn bad_input_and_missing_tokens_get_json_reasons() {
+    let e = start().await;
+    let (status, body) = e.get("/api/v1/lookup?phone=2125550142", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"unauthorized\""));
+    let (status, v) = e.json("/api/v1/lookup?phone=12", &e.support).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("bad_phone")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("phone number"));
+    let (status, v) = e.json("/api/v1/lookup", &e.support).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_query")));
+    let (status, v) = e
+        .json("/api/v1/lookup?phone=1&email=a@b.c", &e.support)
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_query")));
+    let (status, v) = e
+        .json("/api/v1/members/no%20such/greeting", &e.support)
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_member_id")));
+    let (status, v) = e.json("/api/v1/members/nobody", &e.support).await;
+    assert_eq!((status, v["error"].as_str()), (404, Some("no_such_member")));
+    let (status, v) = e
+        .json("/api/v1/engagement/members?state=gone", &e.analyst)
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_state")));
+    let (status, v) = e
+        .json("/api/v1/engagement/members?sort=name;drop", &e.analyst)
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_sort")));
+    let (status, v) = e
+        .json("/api/v1/engagement/summary?from=yesterday", &e.analyst)
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_date")));
+    let (status, v) = e
+        .json(
+            "/api/v1/engagement/summary?from=2026-11-20&to=2026-11-01",
+            &e.analyst,
+        )
+        .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_range")));
+    for (path, token) in [
+        ("/api/v1/members/m-maria/greeting", &e.analyst),
+        ("/api/v1/members/m-maria/export", &e.support),
+        ("/api/v1/audit", &e.support),
+        ("/api/v1/calls", &e.analyst),
+        ("/api/v1/deliveries", &e.analyst),
+    ] {
+        let (status, v) = e.json(path, token).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_member_gets_their_own_greeting_in_their_language() {
+    let e = start().await;
+    let (status, maria) = e.json("/api/v1/members/m-maria/greeting", &e.support).await;
+    assert_eq!(status, 200, "{maria}");
+    let text = maria["greeting"].as_str().unwrap();
+    assert!(
+        text.starts_with("Hi Maria — I see your Barista Pro made"),
+        "{text}"
+    );
+    assert!(text.contains("coffees this month, mostly lattes"), "{text}");
+    // Her 100th coffee was 10 days ago: that is what is notable, before her streak.
+    assert!(
+        text.ends_with("Congratulations on your 100th coffee! How can I help?"),
+        "{text}"
+    );
+    let facts = maria["facts"].as_array().unwrap();
+    assert!(facts.iter().any(|f| f["key"] == "milestone"));
+    assert!(facts
+        .iter()
+        .any(|f| f["key"] == "streak" && f["value"] == 60));
+    let (_, lucia) = e.json("/api/v1/members/m-lucia/greeting", &e.support).await;
+    let text = lucia["greeting"].as_str().unwrap();
+    assert_eq!(lucia["language"], "es");
+    assert!(
+        text.starts_with("Hola, Lucía: veo que tu Barista Pro ha preparado"),
+        "{text}"
+    );
+    assert!(text.contains("espresso"), "{text}");
+    let (_, tom) = e.json("/api/v1/members/m-tom/greeting", &e.support).await;
+    let text = tom["greeting"].as_str().unwrap();
+    assert!(text.contains("quiet spell since"), "{text}");
+    assert!(tom["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["key"] == "quiet_spell"));
+    let (_, ned) = e.json("/api/v1/members/m-ned/greeting", &e.support).await;
+    let text = ned["greeting"].as_str().unwrap();
+    assert!(
+        text == "Hi Ned — I see your machine is set up and ready to go. Welcome aboard! How can I help?",
+        "{text}"
+    );
+    // The lookup can carry the greeting, for a caller identified by number.
+    let (_, v) = e
+        .json(
+            "/api/v1/lookup?phone=%2B14155550190&include=greeting",
+            &e.support,
+        )
+        .await;
+    assert_eq!(v["members"][0]["greeting"]["greeting"], tom["greeting"]);
+}
+
+#[tokio::test]
+async fn an_incoming_call_greets_by_first_name_only_and_pops_the_card_for_staff() {
+    let e = start().await;
+    // Unsigned or wrongly signed: refused.
+    let (status, _) = e.call("+12125550142", "CA-forged", "not-the-token").await;
+    assert_eq!(status, 403);
+    let (status, twiml) = e.call("(212) 555-0142", "CA-1", TWILIO_TOKEN).await;
+    assert_eq!(status, 200, "{twiml}");
+    assert!(
+        twiml.contains("<Response><Say>Hi Maria, thanks for calling Beans &amp; Co."),
+        "{twiml}"
+    );
+    for detail in ["Rossi", "coffee", "latte", "streak"] {
+        assert!(
+            !twiml.contains(detail),
+            "the caller was told {detail}: {twiml}"
+        );
+    }
+    // The provider retries: one call.
+    e.call("(212) 555-0142", "CA-1", TWILIO_TOKEN).await;
+    let (_, unknown) = e.call("+13125550100", "CA-2", TWILIO_TOKEN).await;
+    assert!(
+        unknown.contains("<Say>Thanks for calling Beans &amp; Co."),
+        "{unknown}"
+    );
+    let (status, calls) = e.json("/api/v1/calls", &e.support).await;
+    assert_eq!(status, 200);
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1]["member_id"], "m-maria");
+    assert_eq!(calls[1]["from"], "+12125550142");
+    assert!(calls[0]["member_id"].is_null());
+    // The lookup by call is in the audit log, by the telephony webhook.
+    let (_, audit) = e.json("/api/v1/audit?member=m-maria", &e.admin).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "call" && a["actor"] == "telephony"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn every_lookup_is_audited_with_who_and_why() {
+    let e = start().await;
+    e.json("/api/v1/lookup?phone=2125550142", &e.support).await;
+    e.json("/api/v1/members/m-maria", &e.support).await;
+    e.json("/api/v1/members/m-maria/greeting", &e.support).await;
+    e.json("/api/v1/lookup?q=nobody%20here", &e.support).await;
+    let (status, v) = e.json("/api/v1/audit", &e.admin).await;
+    assert_eq!(status, 200);
+    let rows = v.as_array().unwrap();
+    let actions: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+                r["member_id"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("desk", "search", Some("m-maria")),
+            ("desk", "view", Some("m-maria")),
+            ("desk", "greeting", Some("m-maria")),
+            ("desk", "search", None),
+        ]
+    );
+    assert_eq!(rows[3]["detail"], "phone=+12125550142");
+}
+
+#[tokio::test]
+async fn the_engagement_api_counts_states_lists_who_needs_attention_and_exports_csv() {
+    let e = start().await;
+    let (status, v) = e.json("/api/v1/engagement/summary", &e.analyst).await;
+    assert_eq!(status, 200, "{v}");
+    let total: u64 = v["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 4);
+    assert_eq!(v["to"], "2026-11-26");
+    assert_eq!(
+        v["by_day"].as_array().unwrap().len(),
+        31,
+        "one entry per day scored"
+    );
+    let transitions: u64 = v["transitions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(
+        transitions >= 4,
+        "at least the first scoring of each member: {v}"
+    );
+    let (_, v) = e
+        .json(
+            "/api/v1/engagement/summary?from=2026-11-20&to=2026-11-26",
+            &e.analyst,
+        )
+        .await;
+    assert_eq!(v["by_day"].as_array().unwrap().len(), 7);
+    let (status, page) = e
+        .json(
+            "/api/v1/engagement/members?sort=-score&per_page=2&page=2",
+            &e.analyst,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (page["total"].as_u64(), page["page"].as_u64()),
+        (Some(4), Some(2))
+    );
+    let rows = page["members"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0]["score"].as_u64() >= rows[1]["score"].as_u64());
+    assert!(
+        rows[0].get("name").is_none(),
+        "analysts get pseudonymous ids only"
+    );
+    let (_, page) = e
+        .json("/api/v1/engagement/members?sort=id", &e.support)
+        .await;
+    assert_eq!(page["members"][0]["name"], "Lucía García");
+    let (status, csv) = e
+        .get("/api/v1/engagement/export.csv", Some(&e.analyst))
+        .await;
+    assert_eq!(status, 200);
+    let mut lines = csv.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("id,state,state_since,score"));
+    assert_eq!(lines.count(), 4);
+    assert!(!csv.contains("Maria"));
+    let (_, csv) = e
+        .get("/api/v1/engagement/export.csv", Some(&e.support))
+        .await;
+    assert!(csv.starts_with("id,name,") && csv.contains("Maria Rossi"));
+}
+
+#[tokio::test]
+async fn export_holds_everything_and_erasure_keeps_usage_only_under_a_pseudonym() {
+    let e = start().await;
+    let (status, v) = e.json("/api/v1/members/m-maria/export", &e.admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["member"]["name"], "Maria Rossi");
+    assert_eq!(v["events"].as_array().unwrap().len(), 120);
+    assert!(v["access_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["action"] == "export"));
+    let (_, before) = e.json("/api/v1/engagement/summary", &e.admin).await;
+    let (status, _) = e.json("/api/v1/members/m-maria", &e.support).await;
+    assert_eq!(status, 200);
+    let res = e
+        .http
+        .delete(format!("{}/api/v1/members/m-maria", e.base))
+        .bearer_auth(&e.support)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "support may not erase");
+    let res = e
+        .http
+        .delete(format!("{}/api/v1/members/m-maria", e.base))
+        .bearer_auth(&e.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let erased: Value = res.json().await.unwrap();
+    assert_eq!(erased["events_kept"], 120);
+    let pseudonym = erased["pseudonym"].as_str().unwrap().to_owned();
+    assert!(pseudonym.starts_with("x-"));
+    let (status, _) = e.json("/api/v1/members/m-maria", &e.admin).await;
+    assert_eq!(status, 404);
+    let (_, v) = e.json("/api/v1/lookup?phone=2125550142", &e.support).await;
+    assert_eq!(v["members"], serde_json::json!([]));
+    let (status, body) = e
+        .get(&format!("/api/v1/members/{pseudonym}"), Some(&e.admin))
+        .await;
+    assert_eq!(status, 200);
+    for gone in ["Maria", "+12125550142", "m-maria@example.com"] {
+        assert!(!body.contains(gone), "{gone} survived erasure: {body}");
+    }
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["events"], 120);
+    assert_eq!(v["erased"], true);
+    let (_, after) = e.json("/api/v1/engagement/summary", &e.admin).await;
+    assert_eq!(
+        before["counts"], after["counts"],
+        "aggregates are unchanged"
+    );
+    // Erasing again finds nobody.
+    let res = e
+        .http
+        .delete(format!("{}/api/v1/members/m-maria", e.base))
+        .bearer_auth(&e.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
+    let e = start().await;
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut routed: Vec<(String, String)> = rollcall_cloud::http::api_routes()
+        .into_iter()
+        .map(|(m, p, _)| (m.to_owned(), p.to_owned()))
+        .collect();
+    routed.sort();
+    assert_eq!(documented, routed);
+    // And each documented route is really served (not the fallback's "no such route").
+    for (method, path) in &documented {
+        let url = format!(
+            "{}{}",
+            e.base,
+            path.replace("{id}", "m-tom").replace("{index}", "0")
+        );
+        let res = e
+            .http
+            .request(method.parse().unwrap(), &url)
+            .bearer_auth(&e.admin)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        assert!(
+            !(status == 404 && body.contains("no such route")) && status != 405,
+            "{method} {path}: {status} {body}"
+        );
+    }
+}
