@@ -569,6 +569,8 @@ pub struct GenMember {
     pub tz: &'static str,
     /// Plan name.
     pub plan: &'static str,
+    /// Preferred language (greetings): mostly `en`, some `es` and `de`.
+    pub lang: &'static str,
     /// When the member joined (Unix ms).
     pub joined_ms: i64,
     /// Usage instants (Unix ms), ascending.
@@ -635,6 +637,11 @@ pub fn gen_member(i: usize, n_events: usize, now_ms: i64) -> GenMember {
         ),
         tz: TIME_ZONES[rng.usize(..TIME_ZONES.len())],
         plan: PLANS[rng.usize(..PLANS.len())],
+        lang: match rng.u32(0..100) {
+            0..=79 => "en",
+            80..=91 => "es",
+            _ => "de",
+        },
         joined_ms,
         events_ms,
     }
@@ -767,8 +774,8 @@ pub fn build_store(
         let tx = conn.transaction()?;
         {
             let mut ins_member = tx.prepare_cached(
-                "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms, lang)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut ins_device = tx.prepare_cached(
                 "INSERT INTO devices (id, member_id, public_key, registered_ms, last_seen_ms)
@@ -790,7 +797,8 @@ pub fn build_store(
                     m.tz,
                     m.plan,
                     m.joined_ms,
-                    m.joined_ms
+                    m.joined_ms,
+                    m.lang
                 ])?;
                 let device = format!("dev-{}", m.id);
                 let key: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(32).collect();
@@ -846,10 +854,29 @@ pub fn cloud_binary() -> Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let built = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // `cargo run` gives us its package's variables; build scripts (ring's) rerun when they
+    // change, which would rebuild half the dependency tree. Build as from a shell.
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str().filter(|k| {
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    *k,
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+                )
+        }) {
+            cmd.env_remove(k);
+        }
+    }
+    let built = cmd
         .args([
             "build",
             "--release",
+            // With `rollcall` selected too the features of shared dependencies are unified
+            // as in `cargo run --release`, so the two builds share their artifacts.
+            "-p",
+            "rollcall",
             "-p",
             "rollcall-cloud",
             "--bin",
@@ -1255,10 +1282,10 @@ mod tests {
         assert!(prepare_store(dir.path(), 61, 3_000, false).is_err());
     }
 
-    /// The load generator against the real API (in process) on a route that exists on
-    /// every branch.
+    /// The load generator against the real API (in process), and the benchmark's lookup
+    /// request answered as the benchmark expects.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_closed_loop_measures_the_engagement_summary() {
+    async fn the_closed_loop_measures_the_api_and_lookup_finds_members_by_phone() {
         let dir = tempfile::tempdir().unwrap();
         prepare_store(dir.path(), 20, 400, false).unwrap();
         let token = {
@@ -1314,6 +1341,18 @@ mod tests {
         .await
         .unwrap();
         assert!(bad.requests > 0 && bad.errors == bad.requests, "{bad:?}");
+        // The benchmark's request finds the member by the stored phone, with a greeting.
+        let found: serde_json::Value = reqwest::Client::new()
+            .get(lookup_url(&base, &phone_for(7)).unwrap())
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(found["members"][0]["id"], "b000008", "{found}");
+        assert!(found["members"][0]["greeting"].is_object(), "{found}");
         let s = sequential(&url, &token, 20).await.unwrap();
         assert_eq!(s.requests, 20);
         assert!(sequential(&url, "rc_wrong", 1).await.is_err());
