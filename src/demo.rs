@@ -3,6 +3,12 @@
 //! API token, prints one JSON line (`console_url`, `api_url`, `token`, `data_dir`), then
 //! keeps the fleet using its devices live until Ctrl-C.
 //!
+//! The console shows everything at work: outreach goes to the device displays and to the
+//! cloud's built-in webhook sink (`/console/sink`), accepted orders are handed to
+//! fulfilment there too, and a simulated phone line calls the telephony webhook now and
+//! then from a random member's number (signed like Twilio), so the screen-pop
+//! (`/console/calls`) changes by itself.
+//!
 //! The data directory holds the cloud's store and key, the ground truth and `demo.json`
 //! (seed, fleet size and window). Running again on the same directory resumes: the
 //! devices continue their numbering and the days the demo was off are filled in as
@@ -127,12 +133,22 @@ pub async fn run(
         .as_ref()
         .map_or((opts.seed, opts.members), |p| (p.seed, p.members));
 
+    // The webhook sink's URL needs the HTTP port before the cloud starts.
+    let http_listen = if opts.http_listen.port() == 0 {
+        let l = std::net::TcpListener::bind(opts.http_listen)
+            .with_context(|| format!("Failed to listen for HTTP on {}", opts.http_listen))?;
+        l.local_addr()?
+    } else {
+        opts.http_listen
+    };
     let mut cloud = CloudConfig {
         data_dir: data_dir.clone(),
         ..CloudConfig::default()
     };
     // Score often, so the console follows the live fleet closely.
     cloud.scoring.score_interval_s = 30;
+    let telephony_token = demo_secret()?;
+    configure_console(&mut cloud, http_listen, &telephony_token)?;
     let sim_opts = SimOptions {
         fleet: opts.fleet.clone(),
         seed,
@@ -143,7 +159,7 @@ pub async fn run(
         data_dir: data_dir.clone(),
         cloud: CloudTarget::InProcess {
             mqtt_listen: opts.mqtt_listen,
-            http_listen: opts.http_listen,
+            http_listen,
         },
         cloud_config: Some(cloud.clone()),
         truth_path: data_dir.join("truth.json"),
@@ -170,6 +186,20 @@ pub async fn run(
     let scoring = cloud.scoring.clone();
     let token = tokio::task::spawn_blocking(move || -> Result<String> {
         let mut conn = rollcall_cloud::store::open_writer(&dir)?;
+        // The history went by faster than the live scorer ticks: replay it day by day so
+        // the engagement chart has every day, then score now.
+        let first: Option<i64> = conn.query_row(
+            "SELECT MIN(occurred_ms) FROM events WHERE clock_suspect = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        if let Some(first) = first.and_then(chrono::DateTime::from_timestamp_millis) {
+            let from = (first + chrono::Duration::days(14)).max(as_of - chrono::Duration::days(89));
+            let to = as_of - chrono::Duration::days(1);
+            if from < to {
+                rollcall_cloud::scoring::backfill_engagement(&mut conn, &scoring, from, to)?;
+            }
+        }
         rollcall_cloud::scoring::score_once(&mut conn, &scoring, as_of, as_of)?;
         let t = rollcall_cloud::tokens::create(
             &conn,
@@ -183,8 +213,14 @@ pub async fn run(
     let http = sim
         .http_addr()
         .context("the in-process cloud has an HTTP address")?;
+    let caller = tokio::spawn(phone_line(
+        data_dir.clone(),
+        format!("http://{http}/api/v1/telephony/incoming"),
+        telephony_token,
+        shutdown.clone(),
+    ));
     on_ready(&DemoReady {
-        console_url: format!("http://{http}/"),
+        console_url: format!("http://{http}/console"),
         api_url: format!("http://{http}/api/v1"),
         token,
         data_dir: data_dir.clone(),
@@ -193,5 +229,101 @@ pub async fn run(
         resumed: previous.is_some(),
     });
     sim.run_live(&shutdown).await?;
+    caller.abort();
     sim.finish_within(std::time::Duration::from_secs(3)).await
+}
+
+fn demo_secret() -> Result<String> {
+    let mut b = [0u8; 24];
+    for x in b.iter_mut() {
+        *x = fastrand::u8(..);
+    }
+    // Not a production secret: it only guards the demo's own loopback webhook.
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The demo's console: the webhook sink as the outreach and fulfilment endpoint (on
+/// loopback, so private addresses are allowed), and the telephony auth token.
+fn configure_console(cloud: &mut CloudConfig, http: SocketAddr, telephony: &str) -> Result<()> {
+    use rollcall_cloud::config::Secret;
+    let mut key = [0u8; 32];
+    for x in key.iter_mut() {
+        *x = fastrand::u8(..);
+    }
+    let secret = rollcall_cloud::delivery::webhook::WebhookSecret::from_bytes(&key).to_whsec();
+    cloud.console.webhook_sink = true;
+    cloud.delivery.allow_private_addresses = true;
+    cloud
+        .outreach
+        .webhooks
+        .push(rollcall_cloud::outreach::config::WebhookConfig {
+            name: "sink".into(),
+            url: format!("http://{http}/sink/sink"),
+            secrets: vec![Secret::new(secret)],
+        });
+    cloud.orders.fulfilment_webhook = Some("sink".into());
+    cloud.outreach.public_url = format!("http://{http}");
+    cloud.telephony.auth_token = Secret::new(telephony);
+    cloud
+        .validate("<demo>")
+        .context("the demo's cloud configuration")?;
+    Ok(())
+}
+
+/// A simulated phone line: every 20–40 s a random member (now and then an unknown
+/// number) calls the telephony webhook, signed as the provider would.
+async fn phone_line(
+    data_dir: PathBuf,
+    url: String,
+    auth_token: String,
+    shutdown: CancellationToken,
+) {
+    let http = reqwest::Client::new();
+    let mut n = 0u64;
+    loop {
+        let wait = std::time::Duration::from_secs(if n == 0 { 5 } else { fastrand::u64(20..40) });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        n += 1;
+        let dir = data_dir.clone();
+        let phone = tokio::task::spawn_blocking(move || -> Option<String> {
+            let conn = rollcall_cloud::store::open_reader(&dir).ok()?;
+            conn.query_row(
+                "SELECT phone FROM members WHERE phone IS NOT NULL ORDER BY random() LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let from = match phone {
+            Some(p) if n % 5 != 0 => p,
+            _ => "+12025550199".to_owned(),
+        };
+        let params: Vec<(String, String)> = [
+            ("CallSid", format!("CAdemo{:x}{n:04}", fastrand::u64(..))),
+            ("From", from),
+            ("To", "+18005550100".to_owned()),
+            ("CallStatus", "ringing".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let sig = rollcall_cloud::telephony::signature(&auth_token, &url, &params);
+        match http
+            .post(&url)
+            .header("X-Twilio-Signature", sig)
+            .form(&params)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => tracing::debug!("Simulated an incoming call"),
+            Ok(r) => tracing::warn!(status = %r.status(), "The simulated call was refused"),
+            Err(e) => tracing::warn!(error = %e, "The simulated call failed"),
+        }
+    }
 }

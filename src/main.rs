@@ -53,6 +53,29 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         burst: u64,
     },
+    /// Webhook deliveries per second from the durable queue to a local receiver that
+    /// checks every signature and counts duplicates (prints JSON).
+    Outreach {
+        /// Deliveries to enqueue and deliver.
+        #[arg(long, default_value_t = 20_000)]
+        deliveries: usize,
+    },
+    /// Device transactions verified, decided and appended to the ledger per second, and
+    /// `ledger verify` over a large ledger (prints JSON).
+    Ledger {
+        /// Transactions for the append figure.
+        #[arg(long, default_value_t = 50_000)]
+        transactions: u64,
+        /// Devices signing them.
+        #[arg(long, default_value_t = 500)]
+        devices: u32,
+        /// Entries for the verify figure.
+        #[arg(long, default_value_t = 1_000_000)]
+        verify_entries: u64,
+        /// Threads checking signatures.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// End-to-end ingest throughput, raw broker throughput, agent memory and size.
     Ingest {
         /// External broker (e.g. mqtt://127.0.0.1:1883 for Mosquitto); embedded by default.
@@ -358,6 +381,30 @@ async fn main() -> anyhow::Result<()> {
             })
             .await??;
             println!("{}", serde_json::to_string(&f)?);
+        }
+        Command::Bench(BenchCmd::Outreach { deliveries }) => {
+            let r = rollcall_cloud::delivery::bench::run_async(deliveries.max(1)).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Bench(BenchCmd::Ledger {
+            transactions,
+            devices,
+            verify_entries,
+            threads,
+        }) => {
+            let opts = rollcall_cloud::ledger::bench::BenchOptions {
+                transactions: transactions.max(1),
+                devices: devices.max(1),
+                verify_entries,
+                threads: threads.clamp(1, 64),
+                ..Default::default()
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                let dir = tempfile::tempdir()?;
+                rollcall_cloud::ledger::bench::run(dir.path(), &opts).map_err(anyhow::Error::from)
+            })
+            .await??;
+            println!("{}", serde_json::to_string(&r)?);
         }
         Command::Bench(BenchCmd::Agent { seconds, burst }) => {
             let f = rollcall::bench::agent(seconds.max(1), burst.max(1)).await?;

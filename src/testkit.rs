@@ -163,8 +163,16 @@ impl TestCloud {
 
     /// Starts a cloud; with `Some(url)` it uses that external broker instead of the embedded one.
     pub fn start_with(external_mqtt: Option<String>) -> Result<Self> {
+        let mut c = Self::stopped(external_mqtt)?;
+        c.spawn()?;
+        Ok(c)
+    }
+
+    /// A cloud whose data dir exists but whose serve process is not started yet (prepare
+    /// the store with [`TestCloud::cli`], then [`TestCloud::spawn`]).
+    pub fn stopped(external_mqtt: Option<String>) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let mut c = TestCloud {
+        Ok(TestCloud {
             data_dir: tmp.path().to_path_buf(),
             _tmp: Some(tmp),
             proc: None,
@@ -173,9 +181,7 @@ impl TestCloud {
             public_key: String::new(),
             external_mqtt,
             mqtt_listen: format!("127.0.0.1:{}", free_port()).parse()?,
-        };
-        c.spawn()?;
-        Ok(c)
+        })
     }
 
     /// (Re)starts the serve process on the same ports and data dir.

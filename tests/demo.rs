@@ -157,6 +157,55 @@ fn the_demo_runs_scores_the_fleet_stops_on_sigint_and_resumes() {
     let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(verified["ok"], true, "{verified}");
     assert!(verified["entries"].as_u64().unwrap() >= orders);
+    // The console is served, outreach and fulfilment reached the built-in webhook sink
+    // with valid signatures, the engagement history has a day per day of history, and
+    // the simulated phone line rings (its first call comes 5 s after ready).
+    let console = r["console_url"].as_str().unwrap();
+    assert!(console.ends_with("/console"), "{console}");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            console,
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        answer.starts_with("303 ") && answer.contains("/console/login"),
+        "{answer}"
+    );
+    let db = rusqlite::Connection::open(dir.path().join("rollcall.db")).unwrap();
+    let (sunk, valid): (u64, u64) = db
+        .query_row(
+            "SELECT COUNT(*), SUM(verified) FROM sink_messages",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, Option<u64>>(1)?.unwrap_or(0))),
+        )
+        .unwrap();
+    assert!(
+        sunk >= orders,
+        "{sunk} messages in the sink for {orders} orders"
+    );
+    assert_eq!(sunk, valid);
+    let days: u64 = db
+        .query_row(
+            "SELECT COUNT(DISTINCT day) FROM engagement_daily",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(days >= 20, "engagement history of {days} days");
+    let (code, page) = get(&format!("{api}/engagement/members?state=lapsing"), token);
+    assert_eq!(code, 200, "{page}");
+    wait_for("a simulated call", Duration::from_secs(30), || {
+        let (code, calls) = get(&format!("{api}/calls"), token);
+        (code == 200 && !calls.as_array()?.is_empty()).then_some(())
+    })
+    .unwrap();
     let events_before: u64 = {
         let conn = rusqlite::Connection::open(dir.path().join("rollcall.db")).unwrap();
         conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))

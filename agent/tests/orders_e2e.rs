@@ -435,6 +435,17 @@ fn a_draining_slot_orders_once_the_cloud_accepts_and_a_refill_resets_it() {
         (v["orders"][0]["state"] == "cancelled").then_some(v)
     });
     assert_eq!(agent.orders()["slots"][0]["open_tx"], Value::Null);
+    // The device reports its slot levels in its status: the member's record shows them.
+    let level = agent.orders()["slots"][0]["level"].clone();
+    let m = wait_json("the slot level in the member's record", || {
+        let m = cloud.json(&["members", "show", "m1", "--json"]);
+        (m["devices"][0]["health"]["consumables"][0]["level"] == level).then_some(m)
+    });
+    let slot = &m["devices"][0]["health"]["consumables"][0];
+    assert_eq!(
+        (slot["slot"].as_str(), slot["sku"].as_str()),
+        (Some("pods"), Some("POD-50"))
+    );
     let v = cloud.json(&["ledger", "verify", "--json"]);
     assert_eq!(
         (v["ok"].as_bool(), v["entries"].as_u64()),

@@ -98,6 +98,38 @@ impl LookupParams {
     }
 }
 
+/// Runs a lookup for `p`: refuses searches by personal data to roles that may not see it,
+/// finds the members, and audits the search (each member found, or the empty result)
+/// before returning.
+pub async fn search(
+    s: &AppState,
+    p: &Principal,
+    queries: Vec<LookupQuery>,
+) -> Result<Vec<crate::lookup::Hit>, ApiError> {
+    if queries.iter().any(LookupQuery::uses_personal_data) {
+        require_role(p, STAFF)?;
+    }
+    let detail = queries
+        .iter()
+        .map(LookupQuery::describe)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let hits = with_store(s, move |conn| {
+        crate::lookup::lookup(conn, &queries).map_err(ApiError::internal)
+    })
+    .await?;
+    let now = s.clock.now();
+    let entries = if hits.is_empty() {
+        vec![Entry::by(p, now, Action::Search, None, detail)]
+    } else {
+        hits.iter()
+            .map(|h| Entry::by(p, now, Action::Search, Some(&h.id), detail.clone()))
+            .collect()
+    };
+    audit(s, entries).await?;
+    Ok(hits)
+}
+
 /// `GET /api/v1/lookup`: members matching a phone, e-mail, device, id or name.
 pub async fn lookup(
     State(s): State<AppState>,
@@ -105,13 +137,12 @@ pub async fn lookup(
     Query(params): Query<LookupParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let queries = params.queries(&s.cfg.registry.default_region)?;
-    let personal = queries.iter().any(LookupQuery::uses_personal_data);
-    if personal || p.role == Role::Analyst && params.include.is_some() {
-        require_role(&p, STAFF)?;
-    }
     let with_greeting = match params.include.as_deref() {
         None => false,
-        Some("greeting") => true,
+        Some("greeting") => {
+            require_role(&p, STAFF)?;
+            true
+        }
         Some(other) => {
             return Err(ApiError::bad_request(
                 "bad_include",
@@ -119,36 +150,19 @@ pub async fn lookup(
             ))
         }
     };
-    let detail = queries
-        .iter()
-        .map(LookupQuery::describe)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let greeter = s.greeter.clone();
-    let now = s.clock.now();
-    let (hits, greetings) = with_store(&s, move |conn| {
-        let hits = crate::lookup::lookup(conn, &queries).map_err(ApiError::internal)?;
-        let mut greetings = Vec::new();
-        if with_greeting {
-            for h in &hits {
-                greetings.push(
-                    greeter
-                        .greet(conn, &h.id, now)
-                        .map_err(ApiError::internal)?,
-                );
-            }
-        }
-        Ok((hits, greetings))
-    })
-    .await?;
-    let entries = if hits.is_empty() {
-        vec![Entry::by(&p, now, Action::Search, None, detail)]
+    let hits = search(&s, &p, queries).await?;
+    let greetings = if with_greeting {
+        let (greeter, now) = (s.greeter.clone(), s.clock.now());
+        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+        with_store(&s, move |conn| {
+            ids.iter()
+                .map(|id| greeter.greet(conn, id, now).map_err(ApiError::internal))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?
     } else {
-        hits.iter()
-            .map(|h| Entry::by(&p, now, Action::Search, Some(&h.id), detail.clone()))
-            .collect()
+        Vec::new()
     };
-    audit(&s, entries).await?;
     let mut members = Vec::with_capacity(hits.len());
     for (i, h) in hits.into_iter().enumerate() {
         let mut v = serde_json::to_value(h).map_err(ApiError::internal)?;

@@ -725,7 +725,7 @@ impl CloudConfig {
             );
         }
         let url = self.telephony.public_url.trim_end_matches('/');
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return bad(
                 "telephony.public_url",
                 format!("{url:?} must start with http:// or https://"),

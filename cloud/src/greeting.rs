@@ -127,6 +127,8 @@ struct MemberCtx {
 
 #[derive(Debug, Clone, Serialize)]
 struct UsageCtx {
+    /// A silence long for this member (a week, or twice their usual gap if longer).
+    quiet: bool,
     kind: Option<String>,
     kind_this_month: u64,
     this_month: u64,
@@ -250,16 +252,24 @@ impl Greeter {
         member_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Greeting>, GreetingError> {
-        let row: Option<(String, Option<String>, Option<String>, i64, Option<String>)> = conn
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            Option<String>,
+            Option<f64>,
+        );
+        let row: Option<Row> = conn
             .prepare_cached(
-                "SELECT m.name, m.tz, m.lang, COALESCE(m.joined_ms, m.created_ms), s.state
+                "SELECT m.name, m.tz, m.lang, COALESCE(m.joined_ms, m.created_ms), s.state, s.rhythm_per_week
                  FROM members m LEFT JOIN member_scores s ON s.member_id = m.id WHERE m.id = ?1",
             )?
             .query_row([member_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()?;
-        let Some((name, tz, lang, joined_ms, state)) = row else {
+        let Some((name, tz, lang, joined_ms, state, rhythm)) = row else {
             return Ok(None);
         };
         let tz: Tz = tz.and_then(|t| t.parse().ok()).unwrap_or(self.business_tz);
@@ -298,6 +308,9 @@ impl Greeter {
                 tenure_days,
             },
             usage: UsageCtx {
+                quiet: usage
+                    .days_silent
+                    .is_some_and(|d| d as f64 >= quiet_after_days(rhythm)),
                 kind: kind.clone(),
                 kind_this_month,
                 this_month: usage.this_month,
@@ -363,6 +376,15 @@ impl Greeter {
     }
 }
 
+/// Days of silence that make a quiet spell for a member active `rhythm` days a week: a
+/// week, or twice their usual gap between active days if that is longer.
+fn quiet_after_days(rhythm: Option<f64>) -> f64 {
+    match rhythm {
+        Some(r) if r > 0.0 => (2.0 * 7.0 / r).max(7.0),
+        _ => 7.0,
+    }
+}
+
 fn facts(
     ctx: &Context,
     usage: &crate::outreach::context::UsageSummary,
@@ -394,7 +416,7 @@ fn facts(
             text: format!("{} order {} on {}", o.item, o.status, o.when.date),
         });
     }
-    if let Some(d) = usage.days_silent.filter(|d| *d >= 3) {
+    if let Some(d) = usage.days_silent.filter(|_| ctx.usage.quiet) {
         out.push(Fact {
             key: "quiet_spell",
             value: json!(d),
@@ -450,6 +472,7 @@ impl Context {
                 tenure_days: 400,
             },
             usage: UsageCtx {
+                quiet: false,
                 kind: Some("brew".into()),
                 kind_this_month: 23,
                 this_month: 25,
@@ -488,6 +511,7 @@ impl Context {
         let mut quiet = base.clone();
         quiet.usage.kind_this_month = 0;
         quiet.usage.last_active = Some(When::of(TODAY - 9, TODAY));
+        quiet.usage.quiet = true;
         quiet.order = None;
         quiet.notable = None;
         quiet.usage.favourite_value = None;
@@ -498,6 +522,7 @@ impl Context {
         out.push(early_in_month);
         let mut never = base;
         never.usage = UsageCtx {
+            quiet: false,
             kind: None,
             kind_this_month: 0,
             this_month: 0,

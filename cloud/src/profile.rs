@@ -88,7 +88,7 @@ pub struct OrderLine {
     pub cancellable: bool,
 }
 
-/// A consumable slot as the orders show it.
+/// A consumable slot: its level as the device last reported it, and its orders.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Consumable {
     /// Device.
@@ -97,12 +97,65 @@ pub struct Consumable {
     pub slot: String,
     /// Article.
     pub sku: String,
+    /// Units left, as the device last reported (null: it never reported levels).
+    pub level: Option<i64>,
+    /// Units when full.
+    pub capacity: Option<u32>,
     /// The latest order's status.
-    pub last_order_status: String,
+    pub last_order_status: Option<String>,
     /// When it was decided.
-    pub last_order_at: String,
+    pub last_order_at: Option<String>,
     /// Orders for this slot in all.
     pub orders: u64,
+}
+
+impl Consumable {
+    fn new(device_id: &str, slot: &str, sku: &str) -> Self {
+        Self {
+            device_id: device_id.to_owned(),
+            slot: slot.to_owned(),
+            sku: sku.to_owned(),
+            level: None,
+            capacity: None,
+            last_order_status: None,
+            last_order_at: None,
+            orders: 0,
+        }
+    }
+}
+
+/// The consumable slots of a member's devices: levels from each device's last status,
+/// merged with the slots' orders (oldest first in `orders`).
+pub fn consumables(
+    devices: &[crate::registry::DeviceView],
+    orders: &[crate::orders::OrderView],
+) -> Vec<Consumable> {
+    let mut out: BTreeMap<(String, String), Consumable> = BTreeMap::new();
+    for d in devices {
+        let Some(levels) = d.health.as_ref().and_then(|h| h.get("consumables")) else {
+            continue;
+        };
+        let Ok(levels) =
+            serde_json::from_value::<Vec<rollcall_shared::payload::SlotLevel>>(levels.clone())
+        else {
+            continue;
+        };
+        for l in levels {
+            let mut c = Consumable::new(&d.id, l.slot.as_str(), l.sku.as_str());
+            c.level = Some(l.level);
+            c.capacity = Some(l.capacity);
+            out.insert((d.id.clone(), l.slot.as_str().to_owned()), c);
+        }
+    }
+    for o in orders.iter().rev() {
+        let c = out
+            .entry((o.device_id.clone(), o.slot.clone()))
+            .or_insert_with(|| Consumable::new(&o.device_id, &o.slot, &o.sku));
+        c.orders += 1;
+        c.last_order_status = Some(o.status.clone());
+        c.last_order_at = Some(o.decided_at.clone());
+    }
+    out.into_values().collect()
 }
 
 /// What the member agreed to.
@@ -194,23 +247,8 @@ pub fn detail(
             }
         })
         .collect();
-    let mut consumables: BTreeMap<(String, String), Consumable> = BTreeMap::new();
-    for o in orders.iter().rev() {
-        let c = consumables
-            .entry((o.order.device_id.clone(), o.order.slot.clone()))
-            .or_insert_with(|| Consumable {
-                device_id: o.order.device_id.clone(),
-                slot: o.order.slot.clone(),
-                sku: o.order.sku.clone(),
-                last_order_status: String::new(),
-                last_order_at: String::new(),
-                orders: 0,
-            });
-        c.orders += 1;
-        c.sku = o.order.sku.clone();
-        c.last_order_status = o.order.status.clone();
-        c.last_order_at = o.order.decided_at.clone();
-    }
+    let views: Vec<crate::orders::OrderView> = orders.iter().map(|o| o.order.clone()).collect();
+    let consumables = consumables(&member.devices, &views);
     let outreach = crate::outreach::view::list(conn, Some(id.as_str()), 200)?;
     let policy = crate::orders::policy(conn, id.as_str())?;
     let mut st = conn.prepare_cached(
@@ -234,7 +272,7 @@ pub fn detail(
         usage_summary,
         history,
         orders,
-        consumables: consumables.into_values().collect(),
+        consumables,
         outreach,
         consent: Consent {
             auto_reorder: policy.auto_reorder,
@@ -479,4 +517,69 @@ pub fn erase(
         deliveries_redacted: deliveries.len() as u64,
         calls_removed: calls as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, health: serde_json::Value) -> crate::registry::DeviceView {
+        crate::registry::DeviceView {
+            id: id.into(),
+            public_key: String::new(),
+            registered_at: String::new(),
+            presence: Some("online".into()),
+            presence_at: None,
+            last_seen_at: None,
+            health: Some(health),
+        }
+    }
+
+    fn order(device: &str, slot: &str, status: &str, at: &str) -> crate::orders::OrderView {
+        crate::orders::OrderView {
+            tx_id: format!("tx-{at}"),
+            member_id: "m1".into(),
+            device_id: device.into(),
+            slot: slot.into(),
+            sku: "POD-50".into(),
+            qty: 40,
+            unit_price: 25,
+            amount: 1000,
+            currency: "EUR".into(),
+            status: status.into(),
+            reason: None,
+            decided_at: at.into(),
+            cancel_until: None,
+            fulfilment_requested_at: None,
+            ledger_index: 0,
+        }
+    }
+
+    #[test]
+    fn consumables_join_reported_levels_with_the_latest_order_of_each_slot() {
+        let devices = [
+            device(
+                "coffee-1",
+                serde_json::json!({"outbox_depth": 0, "consumables": [
+                    {"slot": "pods", "sku": "POD-50", "level": 7, "capacity": 50}
+                ]}),
+            ),
+            device("coffee-2", serde_json::json!({"outbox_depth": 0})),
+        ];
+        // Newest first, as orders::list returns them.
+        let orders = [
+            order("coffee-1", "pods", "accepted", "2026-11-20"),
+            order("coffee-1", "pods", "delivered", "2026-10-01"),
+            order("coffee-2", "milk", "rejected", "2026-11-02"),
+        ];
+        let c = consumables(&devices, &orders);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].level, c[0].capacity, c[0].orders),
+            (Some(7), Some(50), 2)
+        );
+        assert_eq!(c[0].last_order_status.as_deref(), Some("accepted"));
+        assert_eq!(c[0].last_order_at.as_deref(), Some("2026-11-20"));
+        assert_eq!((c[1].slot.as_str(), c[1].level), ("milk", None));
+    }
 }

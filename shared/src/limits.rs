@@ -45,3 +45,6 @@ pub const MAX_TX_BODY_BYTES: usize = 4 * 1024;
 pub const MAX_ORDER_QTY: u32 = 10_000;
 /// Largest unit price, in minor units (ten million in major units).
 pub const MAX_UNIT_PRICE: i64 = 1_000_000_000;
+
+/// Most consumable slots an agent reports in one status message.
+pub const MAX_STATUS_SLOTS: usize = 32;

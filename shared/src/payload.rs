@@ -264,6 +264,24 @@ pub struct Health {
     pub evictions: u64,
     /// Events refused because the outbox was full (under the `reject` policy).
     pub rejected_full: u64,
+    /// Consumable slots and their levels (agents that track consumables; at most
+    /// [`MAX_STATUS_SLOTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumables: Vec<SlotLevel>,
+}
+
+/// A consumable slot's level, as the agent believes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotLevel {
+    /// The slot.
+    pub slot: SlotId,
+    /// The article it holds.
+    pub sku: Sku,
+    /// Units left (negative when usage outran the believed capacity).
+    pub level: i64,
+    /// Units when full.
+    pub capacity: u32,
 }
 
 /// A retained status message on `.../status`; also the Last Will.
@@ -293,6 +311,14 @@ impl DeviceStatus {
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
         let s: DeviceStatus = decode_versioned(bytes, 16 * 1024, |s: &DeviceStatus| s.v)?;
         check_time("at", &s.at)?;
+        if let Some(h) = &s.health {
+            if h.consumables.len() > MAX_STATUS_SLOTS {
+                return Err(PayloadError::TooLarge(format!(
+                    "{} consumable slots; the limit is {MAX_STATUS_SLOTS}",
+                    h.consumables.len()
+                )));
+            }
+        }
         Ok(s)
     }
     /// The JSON body.

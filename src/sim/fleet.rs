@@ -428,7 +428,7 @@ impl Fleet {
         let hour = rng.u32(dt.hours[0]..dt.hours[1]);
         let at = local_instant(m.tz, date, hour, rng.u32(0..60))
             + Duration::seconds(i64::from(rng.u32(0..60)));
-        let attrs = spec
+        let mut attrs: BTreeMap<String, String> = spec
             .attrs
             .iter()
             .map(|(k, values)| {
@@ -441,6 +441,8 @@ impl Fleet {
                 (k.clone(), values[i].clone())
             })
             .collect();
+        // Firmware reports its model with each event (the console and greetings name it).
+        attrs.insert("model".into(), d.model.clone());
         SimEvent {
             device: di,
             at,

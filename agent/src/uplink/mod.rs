@@ -928,8 +928,36 @@ impl Uplink {
 
     async fn health(&self) -> Health {
         let reconnects = self.rt.stats.reconnects.load(Ordering::Relaxed);
+        let consumables = match outbox_call(&self.rt.outbox, |o| {
+            let Some(cfg) = o.consumables() else {
+                return Ok(Vec::new());
+            };
+            let levels = o.slots()?;
+            Ok(levels
+                .into_iter()
+                .filter_map(|s| {
+                    let c = cfg.slot(&s.slot)?;
+                    Some(rollcall_shared::payload::SlotLevel {
+                        slot: s.slot,
+                        sku: c.sku.clone(),
+                        level: s.level,
+                        capacity: c.capacity,
+                    })
+                })
+                .take(rollcall_shared::limits::MAX_STATUS_SLOTS)
+                .collect())
+        })
+        .await
+        {
+            Ok(levels) => levels,
+            Err(error) => {
+                warn!(%error, "Could not read consumable levels for the status message");
+                Vec::new()
+            }
+        };
         match outbox_call(&self.rt.outbox, |o| o.stats()).await {
             Ok(s) => Health {
+                consumables,
                 outbox_depth: s.depth,
                 oldest_unsent_age_s: s
                     .oldest_unacked_recorded_at
@@ -943,6 +971,7 @@ impl Uplink {
                 warn!(%error, "Could not read outbox stats for the status message");
                 Health {
                     reconnects,
+                    consumables,
                     ..Health::default()
                 }
             }

@@ -41,7 +41,12 @@ const TOP: f64 = 8.0;
 
 fn axis(svg: &mut String, max: u64, labels: &[(usize, String)], n: usize) {
     let plot_h = H - BOTTOM - TOP;
-    for frac in [0.0, 0.5, 1.0] {
+    let fracs: &[f64] = if max >= 2 {
+        &[0.0, 0.5, 1.0]
+    } else {
+        &[0.0, 1.0]
+    };
+    for &frac in fracs {
         let y = TOP + plot_h * (1.0 - frac);
         let v = (max as f64 * frac).round() as u64;
         let _ = write!(
@@ -54,9 +59,15 @@ fn axis(svg: &mut String, max: u64, labels: &[(usize, String)], n: usize) {
     let step = (W - LEFT) / n.max(1) as f64;
     for (i, label) in labels {
         let x = LEFT + step * (*i as f64 + 0.5);
+        // The last label ends at the right edge rather than running past it.
+        let anchor = if *i + 1 == n && n > 1 {
+            "end"
+        } else {
+            "middle"
+        };
         let _ = write!(
             svg,
-            r##"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#374151">{}</text>"##,
+            r##"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="{anchor}" fill="#374151">{}</text>"##,
             H - 6.0,
             esc(label)
         );
@@ -175,6 +186,15 @@ pub fn states_chart(days: &[(String, BTreeMap<String, u64>)]) -> String {
             state_colour(name),
             points.join(" ")
         );
+        if let [only] = points.as_slice() {
+            // A single day draws no line: mark the point.
+            let (x, y) = only.split_once(',').unwrap_or(("0", "0"));
+            let _ = write!(
+                svg,
+                r#"<circle cx="{x}" cy="{y}" r="4" fill="{}"><title>{name}</title></circle>"#,
+                state_colour(name)
+            );
+        }
     }
     svg.push_str("</svg>");
     svg

@@ -289,47 +289,14 @@ async fn search(
             q: Some(text.clone()),
             ..Default::default()
         };
-        let queries = params
-            .queries(&s.cfg.registry.default_region)
-            .and_then(|q| {
-                if q.iter().any(crate::lookup::Query::uses_personal_data)
-                    && !p.role.sees_contact_details()
-                {
-                    Err(ApiError::bad_request(
-                        "forbidden",
-                        "your role may search by device or member id only",
-                    ))
-                } else {
-                    Ok(q)
-                }
-            });
-        match queries {
+        let found = match params.queries(&s.cfg.registry.default_region) {
+            Ok(queries) => crate::api::search(&s, &p, queries).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Err(e) if e.status.is_server_error() => return e.into_response(),
             Err(e) => ctx = context! { q => text.clone(), error => e.message },
-            Ok(queries) => {
-                let detail = queries
-                    .iter()
-                    .map(crate::lookup::Query::describe)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let hits = match with_store(&s, move |conn| {
-                    crate::lookup::lookup(conn, &queries).map_err(ApiError::internal)
-                })
-                .await
-                {
-                    Ok(h) => h,
-                    Err(e) => return e.into_response(),
-                };
-                let now = s.clock.now();
-                let entries = if hits.is_empty() {
-                    vec![Entry::by(&p, now, Action::Search, None, detail)]
-                } else {
-                    hits.iter()
-                        .map(|h| Entry::by(&p, now, Action::Search, Some(&h.id), detail.clone()))
-                        .collect()
-                };
-                if let Err(e) = s.audit.record(entries).await {
-                    return ApiError::internal(e).into_response();
-                }
+            Ok(hits) => {
                 if hits.len() == 1 {
                     return Redirect::to(&format!("/console/members/{}", hits[0].id))
                         .into_response();
@@ -593,13 +560,22 @@ async fn sink_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
             .query_map([], |r| {
                 let body: String = r.get(3)?;
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let summary = v
-                    .pointer("/data/subject")
-                    .or_else(|| v.pointer("/data/body"))
-                    .or_else(|| v.get("type"))
-                    .and_then(|x| x.as_str())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| body.chars().take(80).collect());
+                let text = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("");
+                let summary = match text("/type") {
+                    "outreach.message" => format!(
+                        "{} to {}: {}",
+                        text("/rule").replace('_', " "),
+                        text("/member/name"),
+                        text("/subject")
+                    ),
+                    t if t.starts_with("order.") => format!(
+                        "{t}: {} × {} for {}",
+                        text("/sku"),
+                        v.get("qty").and_then(|q| q.as_i64()).unwrap_or(0),
+                        text("/member_id")
+                    ),
+                    _ => body.chars().take(80).collect(),
+                };
                 Ok(SinkMessage {
                     webhook_id: r.get(0)?,
                     received_at: crate::registry::ms_to_rfc3339(r.get(1)?),

@@ -16,6 +16,7 @@
 //! | `state.name`, `state.score`, `state.reasons` | engagement state, score and plain-language reasons (null/empty before scoring) |
 //! | `trigger.kind`, `trigger.at` | what raised the message |
 //! | `business.name`, `optout_url` | the business, and the member's one-click opt-out link |
+//! | `consumables` | the member's consumable slots as their devices last reported them: `[{slot, sku, level, capacity, percent}]` (empty when no device tracks any) |
 //! | `milestone.uses`, `milestone.streak_days` | milestone triggers only |
 //! | `order.id`, `order.sku`, `order.amount`, `order.currency`, `order.cancellable_until` | order triggers only |
 
@@ -290,9 +291,37 @@ pub fn build(
         },
         "business": { "name": cfg.business_name },
         "optout_url": optout_url,
+        "consumables": consumable_levels(conn, &facts.id)?,
     });
     add_trigger_data(&mut v, trigger.kind, &trigger.data, cfg);
     Ok(v)
+}
+
+/// The consumable levels the member's devices last reported.
+fn consumable_levels(
+    conn: &Connection,
+    member_id: &str,
+) -> Result<Vec<serde_json::Value>, OutreachError> {
+    let mut st = conn.prepare_cached(
+        "SELECT health FROM devices WHERE member_id = ?1 AND health IS NOT NULL ORDER BY id",
+    )?;
+    let mut out = Vec::new();
+    for h in st.query_map([member_id], |r| r.get::<_, String>(0))? {
+        let h: serde_json::Value = serde_json::from_str(&h?).unwrap_or_default();
+        let Some(levels) = h.get("consumables") else {
+            continue;
+        };
+        for l in serde_json::from_value::<Vec<rollcall_shared::payload::SlotLevel>>(levels.clone())
+            .unwrap_or_default()
+        {
+            let percent = (l.level.max(0) * 100 / i64::from(l.capacity.max(1))).min(100);
+            out.push(serde_json::json!({
+                "slot": l.slot.as_str(), "sku": l.sku.as_str(), "level": l.level,
+                "capacity": l.capacity, "percent": percent,
+            }));
+        }
+    }
+    Ok(out)
 }
 
 fn add_trigger_data(
@@ -340,6 +369,9 @@ pub fn sample(kind: TriggerKind, cfg: &OutreachConfig) -> serde_json::Value {
         "trigger": { "kind": kind.name(), "at": "2026-05-21T09:00:00+00:00" },
         "business": { "name": cfg.business_name },
         "optout_url": format!("{}/api/v1/optout?token=sample", cfg.public_url),
+        "consumables": [
+            {"slot": "pods", "sku": "POD-CLASSIC", "level": 12, "capacity": 60, "percent": 20},
+        ],
     });
     let order = super::triggers::OrderEvent::sample_data();
     add_trigger_data(&mut v, kind, &order, cfg);

@@ -38,7 +38,7 @@ pub mod summary;
 
 pub use csvfit::{fit_csv, Unit};
 pub use model::{ModelKind, Params};
-pub use replay::{replay, replay_each, Replay, ReplayDay, ReplayPoint};
+pub use replay::{backfill_engagement, replay, replay_each, Replay, ReplayDay, ReplayPoint};
 pub use run::{fit_store, score_once, MemberScore, ScoreRun, Scorer, TickOutcome};
 pub use state::State;
 

@@ -202,3 +202,40 @@ pub fn replay_each(
     }
     Ok((ids, warnings))
 }
+
+/// Fills `engagement_daily` for the days from `from` to `to` that have no counts yet, by
+/// replaying the scorer day by day (for a store whose history was imported or simulated
+/// faster than the live scorer ran, so that the engagement chart has every day). Days
+/// already recorded are left alone. Returns the days written.
+pub fn backfill_engagement(
+    conn: &mut Connection,
+    cfg: &ScoringConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<u32, ScoringError> {
+    let mut rows: Vec<(String, BTreeMap<State, u64>)> = Vec::new();
+    replay_each(conn, cfg, from, to, |d, _| {
+        rows.push((d.as_of.format("%Y-%m-%d").to_string(), d.counts.clone()));
+    })?;
+    let tx = conn.transaction()?;
+    let mut written = 0;
+    for (day, counts) in rows {
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM engagement_daily WHERE day = ?1)",
+            [&day],
+            |r| r.get(0),
+        )?;
+        if known {
+            continue;
+        }
+        for s in State::ALL {
+            tx.execute(
+                "INSERT INTO engagement_daily (day, state, members) VALUES (?1, ?2, ?3)",
+                rusqlite::params![day, s.name(), counts.get(&s).copied().unwrap_or(0) as i64],
+            )?;
+        }
+        written += 1;
+    }
+    tx.commit()?;
+    Ok(written)
+}
