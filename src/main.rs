@@ -100,6 +100,30 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The support API under load: builds (or reuses) a store, starts the release
+    /// `rollcall-cloud serve` and measures `GET /api/v1/lookup?phone=…&include=greeting`
+    /// over many keep-alive connections, then the engagement summary (prints JSON).
+    Lookup {
+        /// Members in the store.
+        #[arg(long, default_value_t = 100_000)]
+        members: usize,
+        /// Usage events in the store (all members together).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        /// Concurrent connections, each one request at a time.
+        #[arg(long, default_value_t = 200)]
+        connections: usize,
+        /// Seconds measured, after 2 s of warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Data directory; a store there with the same member count is reused (default: a
+        /// new temporary directory).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Keep the temporary data directory.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// `rollcall simulate`.
@@ -409,6 +433,25 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("{}", serde_json::to_string_pretty(&f)?);
             }
+        }
+        Command::Bench(BenchCmd::Lookup {
+            members,
+            events,
+            connections,
+            seconds,
+            data_dir,
+            keep,
+        }) => {
+            let b = rollcall::bench_lookup::LookupBench {
+                members,
+                events,
+                connections,
+                seconds,
+                data_dir,
+                keep,
+            };
+            let f = rollcall::bench_lookup::run(&b).await?;
+            println!("{}", serde_json::to_string(&f)?);
         }
     }
     Ok(())
