@@ -118,8 +118,27 @@ fn the_demo_runs_scores_the_fleet_stops_on_sigint_and_resumes() {
         "{registered} members registered"
     );
     assert_eq!(total, registered, "{summary}");
-    let populated = counts.values().filter(|v| v.as_u64().unwrap() > 0).count();
-    assert!(populated >= 2, "states {counts:?}");
+    // Members in every state, each with reasons.
+    for state in ["new", "active", "champion", "lapsing", "lapsed"] {
+        assert!(
+            counts[state].as_u64().unwrap() > 0,
+            "no {state} member: {counts:?}"
+        );
+        let (code, page) = get(
+            &format!("{api}/engagement/members?state={state}&per_page=1"),
+            token,
+        );
+        assert_eq!(code, 200, "{page}");
+        let first = &page["members"][0];
+        assert!(!first["reasons"].as_array().unwrap().is_empty(), "{first}");
+        // ... and a greeting staff can read out.
+        let (code, g) = get(
+            &format!("{api}/members/{}/greeting", first["id"].as_str().unwrap()),
+            token,
+        );
+        assert_eq!(code, 200, "{g}");
+        assert!(g["greeting"].as_str().unwrap().starts_with("Hi "), "{g}");
+    }
 
     // A member's score with reasons, and the cloud CLI on the same data dir meanwhile.
     let (code, score) = get(&format!("{api}/members/m00001/score"), token);

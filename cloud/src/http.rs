@@ -40,6 +40,9 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// The console's page templates.
     pub console: Arc<crate::console::Pages>,
+    /// Store reads running at once: about two per core, so that a burst of requests
+    /// queues here instead of oversubscribing the blocking pool (and SQLite) with threads.
+    pub readers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the HTTP state could not be built.
@@ -65,6 +68,9 @@ impl AppState {
             greeter: Arc::new(crate::greeting::Greeter::new(&cfg)?),
             audit: crate::audit::AuditLog::start(&cfg.data_dir)?,
             console: Arc::new(crate::console::Pages::new()),
+            readers: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            )),
             cfg: Arc::new(cfg),
         })
     }
@@ -289,13 +295,15 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// Runs `f` on a read connection to the store, off the executor. Connections are kept
-/// per blocking thread, with their prepared statements.
+/// Runs `f` on a read connection to the store, off the executor, at most
+/// [`AppState::readers`] at a time. Connections are kept per blocking thread, with their
+/// prepared statements.
 pub async fn with_store<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let dir = s.data_dir.clone();
+    let _permit = s.readers.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(move || {
         READER.with(|cell| {
             let mut slot = cell.borrow_mut();
