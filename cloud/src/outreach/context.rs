@@ -105,11 +105,23 @@ pub fn summarise_usage(
     } else {
         (month.0, month.1 - 1)
     };
+    // Read each of the member's devices (and their imported usage) by primary key: a
+    // device's events are stored together, so this is a few range scans rather than a
+    // lookup per event through the member index. Sorted by time here.
     let mut st = conn.prepare_cached(
-        "SELECT kind, qty, occurred_ms, attrs FROM events
-         WHERE member_id = ?1 AND occurred_ms <= ?2 ORDER BY occurred_ms",
+        "SELECT e.kind, e.qty, e.occurred_ms, e.attrs FROM devices d
+           CROSS JOIN events e ON e.device_id = d.id
+         WHERE d.member_id = ?1 AND e.occurred_ms <= ?2
+         UNION ALL
+         SELECT kind, qty, occurred_ms, attrs FROM events
+         WHERE device_id = 'import:' || ?1 AND occurred_ms <= ?2",
     )?;
-    let mut rows = st.query(rusqlite::params![member_id, now_ms])?;
+    let mut events: Vec<(String, i64, i64, Option<String>)> = st
+        .query_map(rusqlite::params![member_id, now_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    events.sort_by_key(|e| e.2);
     let mut s = UsageSummary::default();
     let mut days = BTreeSet::new();
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
@@ -118,11 +130,8 @@ pub fn summarise_usage(
     let mut raw_attrs: std::collections::HashMap<(String, String), u64> =
         std::collections::HashMap::new();
     let mut last_with_model: Option<String> = None;
-    while let Some(r) = rows.next()? {
-        let kind: String = r.get(0)?;
-        let qty = r.get::<_, i64>(1)?.max(0) as u64;
-        let ms: i64 = r.get(2)?;
-        let attrs: Option<String> = r.get(3)?;
+    for (kind, qty, ms, attrs) in events {
+        let qty = qty.max(0) as u64;
         let before = s.total;
         s.total += qty;
         if before < milestone && s.total >= milestone {
@@ -402,6 +411,11 @@ mod tests {
         let conn = crate::store::open_writer(dir.path()).unwrap();
         conn.execute(
             "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'Ana', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', x'00', 0)",
             [],
         )
         .unwrap();
