@@ -203,7 +203,7 @@ pub fn import_members(
         });
         return Ok(summary);
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for rec in rdr.records() {
         let rec = match rec {
             Ok(r) => r,

@@ -223,7 +223,7 @@ pub fn import(
         rejected: parsed.rejected,
         ..Default::default()
     };
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut members: HashMap<String, Tz> = HashMap::new();
     {
         let mut st = tx.prepare("SELECT id, tz FROM members")?;

@@ -400,7 +400,7 @@ impl Simulation {
             return Ok(());
         }
         let mut conn = rollcall_cloud::store::open_writer(&self.opts.data_dir)?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for &i in &due {
             let m = &self.fleet.members[i];
             let joined = self.fleet.day_start(m.tz, m.joined_day);

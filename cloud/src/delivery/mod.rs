@@ -457,7 +457,7 @@ pub fn attempts(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, Delivery
 /// `deliveries retry ID`: a `dead` (or `pending`) delivery is due again now with one more
 /// attempt allowed, and its endpoint is re-enabled if a 410 had disabled it.
 pub fn retry(conn: &mut Connection, id: i64, now: DateTime<Utc>) -> Result<(), DeliveryError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let row: Option<(String, String, String)> = tx
         .query_row(
             "SELECT channel, target, status FROM deliveries WHERE id = ?1",

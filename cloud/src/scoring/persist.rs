@@ -189,7 +189,7 @@ pub fn save_run(
     counts: &BTreeMap<State, u64>,
 ) -> Result<(), ScoringError> {
     for chunk in rows.chunks(ROWS_PER_TRANSACTION) {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut up = tx.prepare_cached(
                 "INSERT INTO member_scores (member_id, as_of_ms, state, state_since_ms, last_active_at_entry, score, p_engaged,
@@ -248,7 +248,7 @@ pub fn save_run(
         }
         tx.commit()?;
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let day = ms_to_rfc3339(as_of_ms)[..10].to_owned();
     for s in State::ALL {
         tx.execute(

@@ -217,7 +217,7 @@ pub fn backfill_engagement(
     replay_each(conn, cfg, from, to, |d, _| {
         rows.push((d.as_of.format("%Y-%m-%d").to_string(), d.counts.clone()));
     })?;
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut written = 0;
     for (day, counts) in rows {
         let known: bool = tx.query_row(
