@@ -458,7 +458,7 @@ pub async fn calls(
     require_role(&p, STAFF)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     with_store(&s, move |conn| {
-        crate::telephony::recent_calls(conn, limit)
+        crate::telephony::recent_calls(conn, None, limit)
             .map(Json)
             .map_err(ApiError::internal)
     })

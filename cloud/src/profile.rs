@@ -264,7 +264,7 @@ pub fn detail(
             })
         })?
         .collect::<Result<_, _>>()?;
-    let calls = member_calls(conn, id.as_str(), 20)?;
+    let calls = crate::telephony::recent_calls(conn, Some(id.as_str()), 20)?;
     Ok(Some(MemberDetail {
         member,
         lang,
@@ -282,26 +282,6 @@ pub fn detail(
         },
         calls,
     }))
-}
-
-fn member_calls(
-    conn: &Connection,
-    id: &str,
-    limit: u32,
-) -> Result<Vec<crate::telephony::CallView>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, call_sid, from_number, member_id, received_ms FROM calls WHERE member_id = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![id, limit], |r| {
-        Ok(crate::telephony::CallView {
-            id: r.get(0)?,
-            call_sid: r.get(1)?,
-            from: r.get(2)?,
-            member_id: r.get(3)?,
-            received_at: ms_to_rfc3339(r.get(4)?),
-        })
-    })?;
-    rows.collect()
 }
 
 /// Daily usage by kind over the last [`HISTORY_DAYS`] local days up to `now`. Events

@@ -111,12 +111,17 @@ pub fn record_call(
     )
 }
 
-/// The most recent calls, newest first.
-pub fn recent_calls(conn: &Connection, limit: u32) -> Result<Vec<CallView>, rusqlite::Error> {
+/// The most recent calls, newest first; with `member`, only that member's.
+pub fn recent_calls(
+    conn: &Connection,
+    member: Option<&str>,
+    limit: u32,
+) -> Result<Vec<CallView>, rusqlite::Error> {
     let mut st = conn.prepare_cached(
-        "SELECT id, call_sid, from_number, member_id, received_ms FROM calls ORDER BY id DESC LIMIT ?1",
+        "SELECT id, call_sid, from_number, member_id, received_ms FROM calls
+         WHERE ?1 IS NULL OR member_id = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
-    let rows = st.query_map([limit], |r| {
+    let rows = st.query_map(params![member, limit], |r| {
         Ok(CallView {
             id: r.get(0)?,
             call_sid: r.get(1)?,
@@ -197,7 +202,7 @@ mod tests {
         let b = record_call(&c, "CA1", "+12125550142", None, None, 2).unwrap();
         assert_eq!(a, b);
         record_call(&c, "CA2", "anonymous", None, None, 3).unwrap();
-        let calls = recent_calls(&c, 10).unwrap();
+        let calls = recent_calls(&c, None, 10).unwrap();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].call_sid, "CA2");
         assert!(caller_number("anonymous", "US").is_none());

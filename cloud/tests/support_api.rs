@@ -182,6 +182,20 @@ impl Env {
         )
     }
 
+    async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     async fn call(&self, from: &str, sid: &str, sign_with: &str) -> (u16, String) {
         let params: Vec<(String, String)> = [
             ("CallSid", sid),
@@ -264,37 +278,51 @@ async fn bad_input_and_missing_tokens_get_json_reasons() {
         "{v}"
     );
     assert!(v["message"].as_str().unwrap().contains("phone number"));
-    let (status, v) = e.json("/api/v1/lookup", &e.support).await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_query")));
-    let (status, v) = e
-        .json("/api/v1/lookup?phone=1&email=a@b.c", &e.support)
-        .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_query")));
-    let (status, v) = e
-        .json("/api/v1/members/no%20such/greeting", &e.support)
-        .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_member_id")));
-    let (status, v) = e.json("/api/v1/members/nobody", &e.support).await;
-    assert_eq!((status, v["error"].as_str()), (404, Some("no_such_member")));
-    let (status, v) = e
-        .json("/api/v1/engagement/members?state=gone", &e.analyst)
-        .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_state")));
-    let (status, v) = e
-        .json("/api/v1/engagement/members?sort=name;drop", &e.analyst)
-        .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_sort")));
-    let (status, v) = e
-        .json("/api/v1/engagement/summary?from=yesterday", &e.analyst)
-        .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_date")));
-    let (status, v) = e
-        .json(
+    for (path, token, expected) in [
+        ("/api/v1/lookup", &e.support, (400, "bad_query")),
+        (
+            "/api/v1/lookup?phone=1&email=a@b.c",
+            &e.support,
+            (400, "bad_query"),
+        ),
+        (
+            "/api/v1/members/no%20such/greeting",
+            &e.support,
+            (400, "bad_member_id"),
+        ),
+        (
+            "/api/v1/members/nobody",
+            &e.support,
+            (404, "no_such_member"),
+        ),
+        (
+            "/api/v1/engagement/members?state=gone",
+            &e.analyst,
+            (400, "bad_state"),
+        ),
+        (
+            "/api/v1/engagement/members?sort=name;drop",
+            &e.analyst,
+            (400, "bad_sort"),
+        ),
+        (
+            "/api/v1/engagement/summary?from=yesterday",
+            &e.analyst,
+            (400, "bad_date"),
+        ),
+        (
             "/api/v1/engagement/summary?from=2026-11-20&to=2026-11-01",
             &e.analyst,
-        )
-        .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_range")));
+            (400, "bad_range"),
+        ),
+    ] {
+        let (status, v) = e.json(path, token).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (expected.0, Some(expected.1)),
+            "{path}: {v}"
+        );
+    }
     for (path, token) in [
         ("/api/v1/members/m-maria/greeting", &e.analyst),
         ("/api/v1/members/m-maria/export", &e.support),
@@ -530,23 +558,10 @@ async fn export_holds_everything_and_erasure_keeps_usage_only_under_a_pseudonym(
     let (_, before) = e.json("/api/v1/engagement/summary", &e.admin).await;
     let (status, _) = e.json("/api/v1/members/m-maria", &e.support).await;
     assert_eq!(status, 200);
-    let res = e
-        .http
-        .delete(format!("{}/api/v1/members/m-maria", e.base))
-        .bearer_auth(&e.support)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403, "support may not erase");
-    let res = e
-        .http
-        .delete(format!("{}/api/v1/members/m-maria", e.base))
-        .bearer_auth(&e.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let erased: Value = res.json().await.unwrap();
+    let (status, _) = e.delete("/api/v1/members/m-maria", &e.support).await;
+    assert_eq!(status, 403, "support may not erase");
+    let (status, erased) = e.delete("/api/v1/members/m-maria", &e.admin).await;
+    assert_eq!(status, 200);
     assert_eq!(erased["events_kept"], 120);
     let pseudonym = erased["pseudonym"].as_str().unwrap().to_owned();
     assert!(pseudonym.starts_with("x-"));
@@ -570,14 +585,8 @@ async fn export_holds_everything_and_erasure_keeps_usage_only_under_a_pseudonym(
         "aggregates are unchanged"
     );
     // Erasing again finds nobody.
-    let res = e
-        .http
-        .delete(format!("{}/api/v1/members/m-maria", e.base))
-        .bearer_auth(&e.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    let (status, _) = e.delete("/api/v1/members/m-maria", &e.admin).await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]

@@ -409,7 +409,7 @@ async fn calls(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .into_response();
     }
     let latest = match with_store(&s, |conn| {
-        crate::telephony::recent_calls(conn, 1).map_err(ApiError::internal)
+        crate::telephony::recent_calls(conn, None, 1).map_err(ApiError::internal)
     })
     .await
     {
@@ -445,7 +445,7 @@ async fn latest_call(State(s): State<AppState>, headers: HeaderMap) -> Response 
         return StatusCode::FORBIDDEN.into_response();
     }
     match with_store(&s, |conn| {
-        crate::telephony::recent_calls(conn, 1).map_err(ApiError::internal)
+        crate::telephony::recent_calls(conn, None, 1).map_err(ApiError::internal)
     })
     .await
     {
