@@ -41,8 +41,10 @@ pub struct LookupBench {
     pub events: usize,
     /// Concurrent connections of the closed loop.
     pub connections: usize,
-    /// Seconds measured (after the warm-up).
+    /// Seconds measured (after the warm-up), for each load.
     pub seconds: u64,
+    /// Requests per second of the open-loop load (all connections together); 0 skips it.
+    pub rate: f64,
     /// Data directory (reused when it holds a store with `members` members); default: a
     /// new temporary directory.
     pub data_dir: Option<PathBuf>,
@@ -57,13 +59,14 @@ impl Default for LookupBench {
             events: 10_000_000,
             connections: 200,
             seconds: 20,
+            rate: 1_000.0,
             data_dir: None,
             keep: false,
         }
     }
 }
 
-/// Latencies of a closed-loop run.
+/// Latencies of a load run (closed or open loop).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LoadFigures {
     /// Requests started (and finished) in the measured window.
@@ -80,6 +83,16 @@ pub struct LoadFigures {
     pub max_ms: f64,
     /// Answers other than `200`, and transport errors.
     pub errors: u64,
+}
+
+/// An open-loop run: the rate asked for and what came of it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RateFigures {
+    /// Requests per second scheduled (all connections together).
+    pub rate: f64,
+    /// Latencies, from each request's scheduled start to the last byte of its answer.
+    #[serde(flatten)]
+    pub load: LoadFigures,
 }
 
 /// Latencies of sequential requests on an otherwise idle server.
@@ -106,8 +119,12 @@ pub struct LookupFigures {
     pub build_s: f64,
     /// Concurrent connections.
     pub connections: usize,
-    /// `GET /api/v1/lookup?phone=…&include=greeting` under the closed loop.
+    /// `GET /api/v1/lookup?phone=…&include=greeting` under the closed loop: as fast as
+    /// the server answers (its throughput; latency there is mostly queueing).
     pub greeting: LoadFigures,
+    /// The same requests at a fixed rate over the same connections (open loop, latency
+    /// from each request's scheduled start); absent with `--rate 0`.
+    pub greeting_at_rate: Option<RateFigures>,
     /// `GET /api/v1/engagement/summary?days=90`, sequential.
     pub summary: SequentialFigures,
 }
@@ -143,7 +160,7 @@ pub async fn run(b: &LookupBench) -> Result<LookupFigures> {
     if let Err(e) = cloud.stop() {
         eprintln!("warning: stopping the cloud: {e:#}");
     }
-    let (greeting, summary) = outcome?;
+    let (greeting, greeting_at_rate, summary) = outcome?;
 
     if let Some(t) = tmp.filter(|_| b.keep) {
         eprintln!("data kept in {}", t.keep().display());
@@ -154,6 +171,7 @@ pub async fn run(b: &LookupBench) -> Result<LookupFigures> {
         build_s: store.build_s,
         connections: b.connections,
         greeting,
+        greeting_at_rate,
         summary,
     })
 }
@@ -162,7 +180,7 @@ async fn measure(
     b: &LookupBench,
     http_url: &str,
     token: &str,
-) -> Result<(LoadFigures, SequentialFigures)> {
+) -> Result<(LoadFigures, Option<RateFigures>, SequentialFigures)> {
     let phones = tokio::task::spawn_blocking({
         let n = b.members;
         move || (0..n).map(phone_for).collect::<Vec<_>>()
@@ -189,18 +207,37 @@ async fn measure(
         "load: {} connections, 2 s warm-up, {} s measured",
         b.connections, b.seconds
     );
+    let urls = Arc::new(urls);
     let greeting = closed_loop(
-        Arc::new(urls),
+        urls.clone(),
         token,
         b.connections,
         Duration::from_secs(2),
         Duration::from_secs(b.seconds),
     )
     .await?;
+    let at_rate = if b.rate > 0.0 {
+        eprintln!(
+            "load: {} connections at {} requests/s, 2 s warm-up, {} s measured",
+            b.connections, b.rate, b.seconds
+        );
+        let load = open_loop(
+            urls,
+            token,
+            b.connections,
+            b.rate,
+            Duration::from_secs(2),
+            Duration::from_secs(b.seconds),
+        )
+        .await?;
+        Some(RateFigures { rate: b.rate, load })
+    } else {
+        None
+    };
     let summary_url =
         reqwest::Url::parse(&format!("{http_url}/api/v1/engagement/summary?days=90"))?;
     let summary = sequential(&summary_url, token, 200).await?;
-    Ok((greeting, summary))
+    Ok((greeting, at_rate, summary))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1134,6 +1171,80 @@ pub async fn closed_loop(
     })
 }
 
+/// An open loop: `rate` requests per second in all over `connections` keep-alive
+/// connections, each connection sending on its own fixed schedule (every
+/// `connections / rate` seconds, the connections staggered evenly). A request whose turn
+/// comes while the connection still waits for its previous answer goes out as soon as
+/// that answer is in, and its latency counts from its scheduled start (as `wrk2` does),
+/// so a slow server cannot hide its queueing by slowing the load down.
+pub async fn open_loop(
+    urls: Arc<Vec<reqwest::Url>>,
+    token: &str,
+    connections: usize,
+    rate: f64,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<LoadFigures> {
+    if urls.is_empty() {
+        bail!("no URLs to request");
+    }
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    let auth: Arc<str> = format!("Bearer {token}").into();
+    let clients: Vec<reqwest::Client> =
+        (0..connections).map(|_| client()).collect::<Result<_>>()?;
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    let begin = tokio::time::Instant::now();
+    let measure_from = begin + warmup;
+    let end = measure_from + measure;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let urls = urls.clone();
+            let auth = auth.clone();
+            let first = begin + interval.mul_f64(i as f64 / connections as f64);
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::new();
+                let mut latencies_us: Vec<u32> = Vec::with_capacity(4096);
+                let mut errors = 0u64;
+                let mut due = first;
+                while due < end {
+                    tokio::time::sleep_until(due).await;
+                    let url = &urls[rng.usize(..urls.len())];
+                    let ok = get_ok(&client, url, &auth).await;
+                    if due >= measure_from {
+                        let us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                        latencies_us.push(us);
+                        errors += u64::from(!ok);
+                    }
+                    due += interval;
+                }
+                (latencies_us, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    let requests = all.len() as u64;
+    Ok(LoadFigures {
+        requests,
+        rps: requests as f64 / measure.as_secs_f64(),
+        p50_ms: percentile_ms(&all, 50.0),
+        p90_ms: percentile_ms(&all, 90.0),
+        p99_ms: percentile_ms(&all, 99.0),
+        max_ms: percentile_ms(&all, 100.0),
+        errors,
+    })
+}
+
 /// `n` sequential GETs of `url` on one connection; fails on any answer but `200`.
 pub async fn sequential(url: &reqwest::Url, token: &str, n: usize) -> Result<SequentialFigures> {
     let client = client()?;
@@ -1341,6 +1452,23 @@ mod tests {
         .await
         .unwrap();
         assert!(bad.requests > 0 && bad.errors == bad.requests, "{bad:?}");
+        // The open loop sends at the rate asked for: 4 connections at 40/s for 1 s is 40
+        // requests (give or take the edges of the window), not as many as the server allows.
+        let paced = open_loop(
+            Arc::new(vec![url.clone()]),
+            &token,
+            4,
+            40.0,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert!(
+            (36..=44).contains(&paced.requests) && paced.errors == 0,
+            "{paced:?}"
+        );
+        assert!(paced.p50_ms <= paced.p99_ms && paced.p99_ms <= paced.max_ms);
         // The benchmark's request finds the member by the stored phone, with a greeting.
         let found: serde_json::Value = reqwest::Client::new()
             .get(lookup_url(&base, &phone_for(7)).unwrap())

@@ -113,9 +113,13 @@ enum BenchCmd {
         /// Concurrent connections, each one request at a time.
         #[arg(long, default_value_t = 200)]
         connections: usize,
-        /// Seconds measured, after 2 s of warm-up.
+        /// Seconds measured, after 2 s of warm-up (for each of the two loads).
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Requests per second of the second, open-loop load over the same connections
+        /// (0: closed loop only).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
         /// Data directory; a store there with the same member count is reused (default: a
         /// new temporary directory).
         #[arg(long, value_name = "DIR")]
@@ -439,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
             events,
             connections,
             seconds,
+            rate,
             data_dir,
             keep,
         }) => {
@@ -447,6 +452,7 @@ async fn main() -> anyhow::Result<()> {
                 events,
                 connections,
                 seconds,
+                rate,
                 data_dir,
                 keep,
             };

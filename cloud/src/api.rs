@@ -106,6 +106,21 @@ pub async fn search(
     p: &Principal,
     queries: Vec<LookupQuery>,
 ) -> Result<Vec<crate::lookup::Hit>, ApiError> {
+    Ok(search_and_greet(s, p, queries, false)
+        .await?
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect())
+}
+
+/// [`search`], and with `greet` each hit's greeting, read in one blocking call from one
+/// snapshot of the store (the greeting path of a call centre: one hop, one transaction).
+pub async fn search_and_greet(
+    s: &AppState,
+    p: &Principal,
+    queries: Vec<LookupQuery>,
+    greet: bool,
+) -> Result<Vec<(crate::lookup::Hit, Option<crate::greeting::Greeting>)>, ApiError> {
     if queries.iter().any(LookupQuery::uses_personal_data) {
         require_role(p, STAFF)?;
     }
@@ -114,16 +129,27 @@ pub async fn search(
         .map(LookupQuery::describe)
         .collect::<Vec<_>>()
         .join(" ");
+    let (greeter, now) = (s.greeter.clone(), s.clock.now());
     let hits = with_store(s, move |conn| {
-        crate::lookup::lookup(conn, &queries).map_err(ApiError::internal)
+        let tx = conn.unchecked_transaction().map_err(ApiError::internal)?;
+        let hits = crate::lookup::lookup(&tx, &queries).map_err(ApiError::internal)?;
+        hits.into_iter()
+            .map(|h| {
+                let g = if greet {
+                    greeter.greet(&tx, &h.id, now).map_err(ApiError::internal)?
+                } else {
+                    None
+                };
+                Ok((h, g))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
     })
     .await?;
-    let now = s.clock.now();
     let entries = if hits.is_empty() {
         vec![Entry::by(p, now, Action::Search, None, detail)]
     } else {
         hits.iter()
-            .map(|h| Entry::by(p, now, Action::Search, Some(&h.id), detail.clone()))
+            .map(|(h, _)| Entry::by(p, now, Action::Search, Some(&h.id), detail.clone()))
             .collect()
     };
     audit(s, entries).await?;
@@ -150,23 +176,11 @@ pub async fn lookup(
             ))
         }
     };
-    let hits = search(&s, &p, queries).await?;
-    let greetings = if with_greeting {
-        let (greeter, now) = (s.greeter.clone(), s.clock.now());
-        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
-        with_store(&s, move |conn| {
-            ids.iter()
-                .map(|id| greeter.greet(conn, id, now).map_err(ApiError::internal))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?
-    } else {
-        Vec::new()
-    };
+    let hits = search_and_greet(&s, &p, queries, with_greeting).await?;
     let mut members = Vec::with_capacity(hits.len());
-    for (i, h) in hits.into_iter().enumerate() {
+    for (h, g) in hits {
         let mut v = serde_json::to_value(h).map_err(ApiError::internal)?;
-        if let Some(Some(g)) = greetings.get(i) {
+        if let Some(g) = g {
             v["greeting"] = serde_json::to_value(g).map_err(ApiError::internal)?;
         }
         if !p.role.sees_contact_details() {

@@ -43,6 +43,8 @@ pub struct AppState {
     /// Store reads running at once: about two per core, so that a burst of requests
     /// queues here instead of oversubscribing the blocking pool (and SQLite) with threads.
     pub readers: Arc<tokio::sync::Semaphore>,
+    /// Bearer tokens checked in the last second.
+    pub tokens: Arc<crate::tokens::TokenCache>,
 }
 
 /// Why the HTTP state could not be built.
@@ -71,6 +73,7 @@ impl AppState {
             readers: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),
+            tokens: Arc::default(),
             cfg: Arc::new(cfg),
         })
     }
@@ -214,10 +217,18 @@ pub async fn bearer_principal(
     else {
         return Ok(None);
     };
-    with_store(s, move |conn| {
-        crate::tokens::authenticate(conn, &presented).map_err(ApiError::internal)
+    if let Some(p) = s.tokens.get(&presented) {
+        return Ok(Some(p));
+    }
+    let (principal, presented) = with_store(s, move |conn| {
+        let p = crate::tokens::authenticate(conn, &presented).map_err(ApiError::internal)?;
+        Ok((p, presented))
     })
-    .await
+    .await?;
+    if let Some(p) = &principal {
+        s.tokens.put(&presented, p.clone());
+    }
+    Ok(principal)
 }
 
 /// Lets a request through only with a valid bearer token; puts its [`Principal`] in the

@@ -4,7 +4,7 @@
 
 use crate::domain::{DomainError, Email, PhoneNumber};
 use rollcall_shared::{DeviceId, MemberId};
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde::Serialize;
 
 /// Most members one lookup returns.
@@ -149,28 +149,28 @@ pub fn lookup(conn: &Connection, queries: &[Query]) -> Result<Vec<Hit>, LookupEr
         let found: Vec<String> = match q {
             Query::Phone(p) => select_ids(
                 conn,
-                "SELECT id FROM members WHERE phone = ?1 AND erased_ms IS NULL ORDER BY id LIMIT ?2",
+                "SELECT id FROM members WHERE phone = ?1 AND erased_ms IS NULL ORDER BY id LIMIT 50",
                 p.as_str(),
             )?,
             Query::Email(e) => select_ids(
                 conn,
-                "SELECT id FROM members WHERE email = ?1 COLLATE NOCASE AND erased_ms IS NULL ORDER BY id LIMIT ?2",
+                "SELECT id FROM members WHERE email = ?1 COLLATE NOCASE AND erased_ms IS NULL ORDER BY id LIMIT 50",
                 e.as_str(),
             )?,
             Query::Device(d) => select_ids(
                 conn,
-                "SELECT member_id FROM devices WHERE id = ?1 LIMIT ?2",
+                "SELECT member_id FROM devices WHERE id = ?1 LIMIT 50",
                 d.as_str(),
             )?,
             Query::Member(m) => select_ids(
                 conn,
-                "SELECT id FROM members WHERE id = ?1 LIMIT ?2",
+                "SELECT id FROM members WHERE id = ?1 LIMIT 50",
                 m.as_str(),
             )?,
             Query::Name(n) => select_ids(
                 conn,
                 "SELECT id FROM members WHERE name LIKE '%' || ?1 || '%' ESCAPE '\\' AND erased_ms IS NULL
-                 ORDER BY name, id LIMIT ?2",
+                 ORDER BY name, id LIMIT 50",
                 &escape_like(n),
             )?,
         };
@@ -183,9 +183,13 @@ pub fn lookup(conn: &Connection, queries: &[Query]) -> Result<Vec<Hit>, LookupEr
     ids.iter().map(|id| hit(conn, id)).collect()
 }
 
+// The queries above spell the limit out: SQLite re-prepares a statement each time a
+// parameter used as a LIMIT is bound again, which cost more than the lookup itself.
+const _: () = assert!(MAX_HITS == 50);
+
 fn select_ids(conn: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, LookupError> {
     let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map(params![arg, MAX_HITS], |r| r.get(0))?;
+    let rows = st.query_map([arg], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -414,10 +414,6 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Bytes of the database a reader maps into memory (reads then copy no pages through
-/// system calls; the OS page cache is shared either way).
-const READER_MMAP_BYTES: i64 = 4 << 30;
-
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -446,7 +442,10 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+    // No memory map: SQLite unmaps the whole map whenever another connection has
+    // written since this one last read, and under a steady stream of writes (ingest,
+    // the audit log) the unmapping and the page faults after it cost more than reading
+    // pages with system calls.
     Ok(conn)
 }
 

@@ -131,6 +131,48 @@ fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// Tokens checked against the store in the last [`TokenCache::TTL`], so that a busy API
+/// reads the token table about once a second per token rather than on every request.
+/// Only valid tokens are kept, under their hash; a revoked token stops working within
+/// the TTL.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    /// How long a checked token is trusted without asking the store again.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Most tokens kept (expired ones are dropped when it is full).
+    const CAPACITY: usize = 1024;
+
+    /// The principal of `presented` if it was found valid less than [`Self::TTL`] ago.
+    pub fn get(&self, presented: &str) -> Option<Principal> {
+        let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Remembers that `presented` belongs to `principal`, as of now.
+    pub fn put(&self, presented: &str, principal: Principal) {
+        self.put_at(presented, principal, std::time::Instant::now());
+    }
+
+    fn put_at(&self, presented: &str, principal: Principal, at: std::time::Instant) {
+        let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+        }
+        if entries.len() < Self::CAPACITY {
+            entries.insert(key, (principal, at));
+        }
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     crate::registry::ms_to_rfc3339(ms)
 }
@@ -246,6 +288,27 @@ mod tests {
             "revoking twice changes nothing"
         );
         assert!(authenticate(&conn, &t.token).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_cache_trusts_a_checked_token_for_one_ttl_only() {
+        let cache = TokenCache::default();
+        let p = Principal {
+            token_id: 1,
+            name: "desk".into(),
+            role: Role::Support,
+        };
+        assert_eq!(cache.get("rc_a"), None);
+        cache.put("rc_a", p.clone());
+        assert_eq!(cache.get("rc_a"), Some(p.clone()));
+        assert_eq!(cache.get("rc_b"), None, "another token is not let in");
+        let long_ago = std::time::Instant::now() - TokenCache::TTL * 2;
+        cache.put_at("rc_c", p, long_ago);
+        assert_eq!(
+            cache.get("rc_c"),
+            None,
+            "an entry older than the TTL is asked again"
+        );
     }
 
     #[test]

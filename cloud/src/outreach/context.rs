@@ -28,7 +28,7 @@ use chrono::{DateTime, Datelike, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// What policy needs to know about a member.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,58 +116,103 @@ pub fn summarise_usage(
          SELECT kind, qty, occurred_ms, attrs FROM events
          WHERE device_id = 'import:' || ?1 AND occurred_ms <= ?2",
     )?;
-    let mut events: Vec<(String, i64, i64, Option<String>)> = st
-        .query_map(rusqlite::params![member_id, now_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    events.sort_by_key(|e| e.2);
+    // Kinds and raw attribute texts repeat: each distinct one is copied out of SQLite
+    // once, and the rows become small `Copy` tuples (time, kind, qty, attrs) to sort.
+    let mut kinds: Vec<String> = Vec::new();
+    let mut attr_texts: Vec<(usize, String)> = Vec::new();
+    let mut rows: Vec<(i64, usize, u64, Option<usize>)> = Vec::new();
+    let mut q = st.query(rusqlite::params![member_id, now_ms])?;
+    while let Some(r) = q.next()? {
+        let kind = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+        let k = match kinds.iter().position(|x| x == kind) {
+            Some(k) => k,
+            None => {
+                kinds.push(kind.to_owned());
+                kinds.len() - 1
+            }
+        };
+        let qty = r.get::<_, i64>(1)?.max(0) as u64;
+        let ms: i64 = r.get(2)?;
+        let a = match r
+            .get_ref(3)?
+            .as_str_or_null()
+            .map_err(rusqlite::Error::from)?
+        {
+            None => None,
+            Some(text) => Some(
+                match attr_texts.iter().position(|(ak, t)| *ak == k && t == text) {
+                    Some(i) => i,
+                    None => {
+                        attr_texts.push((k, text.to_owned()));
+                        attr_texts.len() - 1
+                    }
+                },
+            ),
+        };
+        rows.push((ms, k, qty, a));
+    }
+    rows.sort_by_key(|e| e.0);
     let mut s = UsageSummary::default();
-    let mut days = BTreeSet::new();
-    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let mut days: Vec<i32> = Vec::with_capacity(rows.len());
+    let mut by_kind = vec![0u64; kinds.len()];
+    let mut this_month_by_kind: Vec<Option<u64>> = vec![None; kinds.len()];
     // Attributes are counted as raw JSON per kind and parsed once per distinct value at
     // the end: a member's events repeat the same few combinations.
-    let mut raw_attrs: std::collections::HashMap<(String, String), u64> =
-        std::collections::HashMap::new();
-    let mut last_with_model: Option<String> = None;
-    for (kind, qty, ms, attrs) in events {
-        let qty = qty.max(0) as u64;
+    let mut attr_qty = vec![0u64; attr_texts.len()];
+    let mut last_with_model: Option<usize> = None;
+    let mut last_day: Option<(i32, bool, bool)> = None;
+    for &(ms, k, qty, a) in &rows {
         let before = s.total;
         s.total += qty;
         if before < milestone && s.total >= milestone {
             s.milestone_reached_ms = Some(ms);
         }
         let day = local_day(ms, tz);
-        days.insert(day);
-        let d = date_of(day);
-        if (d.year(), d.month()) == month {
+        // Rows are in time order, so a day's month is worked out once.
+        let (in_month, in_prev) = match last_day {
+            Some((d, m, p)) if d == day => (m, p),
+            _ => {
+                days.push(day);
+                let d = date_of(day);
+                let ym = (d.year(), d.month());
+                let v = (ym == month, ym == prev_month);
+                last_day = Some((day, v.0, v.1));
+                v
+            }
+        };
+        if in_month {
             s.this_month += qty;
-            *s.this_month_by_kind.entry(kind.clone()).or_default() += qty;
-        } else if (d.year(), d.month()) == prev_month {
+            *this_month_by_kind[k].get_or_insert(0) += qty;
+        } else if in_prev {
             s.last_month += qty;
         }
-        *by_kind.entry(kind.clone()).or_default() += qty;
-        if let Some(a) = attrs {
-            if a.contains("\"model\"") {
-                last_with_model = Some(a.clone());
+        by_kind[k] += qty;
+        if let Some(a) = a {
+            if attr_texts[a].1.contains("\"model\"") {
+                last_with_model = Some(a);
             }
-            *raw_attrs.entry((kind, a)).or_default() += qty;
+            attr_qty[a] += qty;
         }
     }
-    let mut attrs_by_kind: BTreeMap<String, BTreeMap<(String, String), u64>> = BTreeMap::new();
-    for ((kind, raw), qty) in raw_attrs {
-        if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(&raw) {
-            for (k, v) in map.into_iter().filter(|(k, _)| k != "model") {
+    s.this_month_by_kind = kinds
+        .iter()
+        .zip(&this_month_by_kind)
+        .filter_map(|(k, q)| q.map(|q| (k.clone(), q)))
+        .collect();
+    let mut attrs_by_kind: BTreeMap<usize, BTreeMap<(String, String), u64>> = BTreeMap::new();
+    for ((k, raw), qty) in attr_texts.iter().zip(&attr_qty) {
+        if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(raw) {
+            for (key, v) in map.into_iter().filter(|(key, _)| key != "model") {
                 *attrs_by_kind
-                    .entry(kind.clone())
+                    .entry(*k)
                     .or_default()
-                    .entry((k, v))
+                    .entry((key, v))
                     .or_default() += qty;
             }
         }
     }
     s.device_model = last_with_model
-        .and_then(|a| serde_json::from_str::<BTreeMap<String, String>>(&a).ok())
+        .and_then(|a| serde_json::from_str::<BTreeMap<String, String>>(&attr_texts[a].1).ok())
         .and_then(|mut m| m.remove("model"));
     s.active_days = days.len() as u32;
     if let Some(&last) = days.last() {
@@ -177,13 +222,12 @@ pub fn summarise_usage(
         s.days_silent = Some((today - last).max(0) as i64);
     }
     // Most used kind; ties go to the alphabetically first, so the choice is stable.
-    if let Some((k, _)) = by_kind
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+    if let Some(k) =
+        (0..kinds.len()).max_by(|&a, &b| by_kind[a].cmp(&by_kind[b]).then(kinds[b].cmp(&kinds[a])))
     {
-        s.favourite_kind = Some(k.clone());
+        s.favourite_kind = Some(kinds[k].clone());
         if let Some(((ak, av), _)) = attrs_by_kind
-            .get(k)
+            .get(&k)
             .and_then(|m| m.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))))
         {
             s.favourite_attribute = Some(ak.clone());
