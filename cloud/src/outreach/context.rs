@@ -133,22 +133,20 @@ pub fn summarise_usage(
         };
         let qty = r.get::<_, i64>(1)?.max(0) as u64;
         let ms: i64 = r.get(2)?;
-        let a = match r
+        let text = r
             .get_ref(3)?
             .as_str_or_null()
-            .map_err(rusqlite::Error::from)?
-        {
-            None => None,
-            Some(text) => Some(
-                match attr_texts.iter().position(|(ak, t)| *ak == k && t == text) {
+            .map_err(rusqlite::Error::from)?;
+        let a =
+            text.map(
+                |text| match attr_texts.iter().position(|(ak, t)| *ak == k && t == text) {
                     Some(i) => i,
                     None => {
                         attr_texts.push((k, text.to_owned()));
                         attr_texts.len() - 1
                     }
                 },
-            ),
-        };
+            );
         rows.push((ms, k, qty, a));
     }
     rows.sort_by_key(|e| e.0);
