@@ -166,14 +166,18 @@ pub fn summary(
     }
     let mut new_members = 0;
     let mut st = conn.prepare_cached(
-        "SELECT date(COALESCE(joined_ms, created_ms) / 1000, 'unixepoch'), COUNT(*) FROM members
+        // Grouped by the indexed expression's UTC day number, so the index answers alone.
+        "SELECT COALESCE(joined_ms, created_ms) / 86400000, COUNT(*) FROM members
          WHERE COALESCE(joined_ms, created_ms) >= ?1 AND COALESCE(joined_ms, created_ms) < ?2
          GROUP BY 1",
     )?;
     for row in st.query_map(params![lo, hi], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
     })? {
         let (day, n) = row?;
+        let day = crate::scoring::summary::date_of(day as i32)
+            .format("%Y-%m-%d")
+            .to_string();
         new_members += n;
         if let Some(d) = days.get_mut(&day) {
             d.new_members += n;

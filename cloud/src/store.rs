@@ -442,11 +442,100 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
+    // A page cache large enough for the engagement summary's index scans (allocated as
+    // used; SQLite empties it whenever another connection has written).
+    conn.pragma_update(None, "cache_size", -65_536)?;
     // No memory map: SQLite unmaps the whole map whenever another connection has
     // written since this one last read, and under a steady stream of writes (ingest,
     // the audit log) the unmapping and the page faults after it cost more than reading
     // pages with system calls.
     Ok(conn)
+}
+
+/// Checkpoints the store's write-ahead log from a thread of its own, every
+/// [`Checkpointer::EVERY`], so that writers on a latency-sensitive path (the audit log,
+/// which every lookup waits for) can turn SQLite's automatic checkpoints off: those run
+/// inside a commit and add the copy and fsync of the database file to it. Passive
+/// checkpoints never block readers or writers; but under a steady stream of commits a
+/// passive checkpoint never catches up completely, and the log is only reused from its
+/// start after one has, so once the log holds more than [`Checkpointer::RESTART_FRAMES`]
+/// pages the checkpointer waits briefly for the writers (a `RESTART` checkpoint) to bound
+/// it. Stops when dropped.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What one [`checkpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointOutcome {
+    /// Pages in the log before.
+    pub log_frames: i64,
+    /// Whether the log was restarted (it is reused from its start by the next write).
+    pub restarted: bool,
+}
+
+/// Checkpoints `conn`'s store once: passively, and with a `RESTART` when the log holds
+/// more than `restart_frames` pages (giving up after the connection's busy timeout).
+pub fn checkpoint(conn: &Connection, restart_frames: i64) -> Result<CheckpointOutcome, StoreError> {
+    let (_, log_frames, _): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let mut restarted = false;
+    if log_frames > restart_frames {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))?;
+        restarted = busy == 0;
+    }
+    Ok(CheckpointOutcome {
+        log_frames,
+        restarted,
+    })
+}
+
+impl Checkpointer {
+    /// How often the log is checkpointed.
+    pub const EVERY: Duration = Duration::from_millis(250);
+    /// Log pages (4 KiB each) above which the checkpointer restarts the log.
+    pub const RESTART_FRAMES: i64 = 4096;
+
+    /// Starts checkpointing the store under `data_dir` (which must exist).
+    pub fn start(data_dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(data_dir.join("rollcall.db"))?;
+        // A restart waits for the writers only this long, then tries again next time.
+        conn.busy_timeout(Duration::from_millis(100))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let dir = data_dir.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Checkpointer::EVERY)
+                {
+                    if let Err(e) = checkpoint(&conn, Checkpointer::RESTART_FRAMES) {
+                        tracing::warn!(error = %e, data_dir = %dir, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|source| StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -485,6 +574,95 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         open_reader(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn the_checkpointer_moves_the_log_into_the_database_without_help_from_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(dir.path()).unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let db = dir.path().join("rollcall.db");
+        let size = || std::fs::metadata(&db).unwrap().len();
+        let before = size();
+        c.execute_batch(
+            "CREATE TABLE filler (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO filler SELECT randomblob(1000) FROM n;",
+        )
+        .unwrap();
+        assert_eq!(
+            size(),
+            before,
+            "with automatic checkpoints off, rows stay in the log"
+        );
+        let checkpointer = Checkpointer::start(dir.path()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() < before + 2_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(checkpointer);
+        let n: i64 = open_reader(dir.path())
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM filler", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2000);
+    }
+
+    #[test]
+    fn a_long_log_is_restarted_so_the_next_writes_reuse_it_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(dir.path()).unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let fill = |n: i64| {
+            c.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                 INSERT INTO filler SELECT randomblob(1000) FROM n",
+                [n],
+            )
+            .unwrap();
+        };
+        c.execute_batch("CREATE TABLE filler (b BLOB)").unwrap();
+        fill(600);
+        let wal = dir.path().join("rollcall.db-wal");
+        let long = std::fs::metadata(&wal).unwrap().len();
+        let cp = Connection::open(dir.path().join("rollcall.db")).unwrap();
+        cp.busy_timeout(Duration::from_millis(100)).unwrap();
+        let frames = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                .unwrap()
+        };
+        // Below the threshold: passive only.
+        let o = checkpoint(&cp, 10_000).unwrap();
+        assert!(o.log_frames >= 150 && !o.restarted, "{o:?}");
+        // Above it while a reader holds an old snapshot: the restart gives up after the
+        // busy timeout instead of waiting for the reader.
+        fill(10);
+        let reader = open_reader(dir.path()).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT COUNT(*) FROM filler", [], |r| r.get(0))
+            .unwrap();
+        fill(10);
+        let t = std::time::Instant::now();
+        let o = checkpoint(&cp, 0).unwrap();
+        assert!(o.log_frames > 0 && !o.restarted, "{o:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        reader.execute_batch("COMMIT").unwrap();
+        // Without the reader: restarted, and the next write starts again from the first
+        // page of the same file.
+        let o = checkpoint(&cp, 0).unwrap();
+        assert!(o.restarted, "{o:?}");
+        fill(1);
+        assert!(frames(&cp) < 20, "the log starts again after a restart");
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            long,
+            "the file is reused, not grown"
+        );
     }
 
     #[test]
