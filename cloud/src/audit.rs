@@ -105,8 +105,6 @@ type Request = (Vec<Entry>, oneshot::Sender<Result<(), String>>);
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     tx: mpsc::Sender<Request>,
-    /// Checkpoints for the writer, which never does so inside its commits.
-    _checkpointer: std::sync::Arc<crate::store::Checkpointer>,
 }
 
 /// Most entries committed in one transaction.
@@ -117,9 +115,6 @@ impl AuditLog {
     /// when every handle is dropped.
     pub fn start(data_dir: &Path) -> Result<Self, crate::store::StoreError> {
         let conn = crate::store::open_writer(data_dir)?;
-        // Every lookup waits for its audit commit: no checkpoint work inside it.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = std::sync::Arc::new(crate::store::Checkpointer::start(data_dir)?);
         let (tx, rx) = mpsc::channel::<Request>(4096);
         let dir: PathBuf = data_dir.to_owned();
         std::thread::Builder::new()
@@ -129,10 +124,7 @@ impl AuditLog {
                 path: data_dir.display().to_string(),
                 source: e,
             })?;
-        Ok(Self {
-            tx,
-            _checkpointer: checkpointer,
-        })
+        Ok(Self { tx })
     }
 
     /// Writes `entries` and returns once they are committed.
