@@ -12,13 +12,17 @@
 //! 2. **Server.** The release `rollcall-cloud serve` runs as a child process on loopback
 //!    ports with background scoring, outreach and delivery off, so the figures are the
 //!    API's alone. A `support` token is created with `rollcall-cloud tokens create`.
-//! 3. **Load.** A closed loop: `connections` tasks, each with its own HTTP/1.1 keep-alive
-//!    client (so exactly that many TCP connections), each sending
+//! 3. **Load.** First a closed loop: `connections` tasks, each with its own HTTP/1.1
+//!    keep-alive client (so exactly that many TCP connections), each sending
 //!    `GET /api/v1/lookup?phone=…&include=greeting` for a random member's phone as soon as
-//!    its previous answer has been read in full. Two seconds of warm-up are not counted;
-//!    then every request started in the next `seconds` is timed from send to the last
-//!    byte of the body. Anything but `200` (or a transport error) is an error.
-//!    Percentiles are nearest-rank over all timed requests. Then 200 sequential
+//!    its previous answer has been read in full: the server's throughput (latency there
+//!    is mostly queueing: p50 ≈ connections ÷ throughput). Then an open loop over the same
+//!    number of connections at `rate` requests/s in all, each connection on a fixed
+//!    schedule, latency counted from each request's scheduled start (so a server that
+//!    falls behind shows it). Each load has two seconds of warm-up that are not counted;
+//!    then every request started in the next `seconds` is timed to the last byte of the
+//!    body. Anything but `200` (or a transport error) is an error. Percentiles are
+//!    nearest-rank over all timed requests. Then 200 sequential
 //!    `GET /api/v1/engagement/summary?days=90` on an idle server.
 //! 4. The server gets SIGTERM and is waited for.
 
