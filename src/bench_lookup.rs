@@ -1120,12 +1120,7 @@ pub async fn closed_loop(
     warmup: Duration,
     measure: Duration,
 ) -> Result<LoadFigures> {
-    if urls.is_empty() {
-        bail!("no URLs to request");
-    }
-    let auth: Arc<str> = format!("Bearer {token}").into();
-    let clients: Vec<reqwest::Client> =
-        (0..connections).map(|_| client()).collect::<Result<_>>()?;
+    let (auth, clients) = connect(&urls, token, connections)?;
     let begin = Instant::now();
     let measure_from = begin + warmup;
     let end = measure_from + measure;
@@ -1155,6 +1150,29 @@ pub async fn closed_loop(
             })
         })
         .collect();
+    figures(tasks, measure).await
+}
+
+/// The `Authorization` header and one keep-alive client per connection.
+fn connect(
+    urls: &[reqwest::Url],
+    token: &str,
+    connections: usize,
+) -> Result<(Arc<str>, Vec<reqwest::Client>)> {
+    if urls.is_empty() {
+        bail!("no URLs to request");
+    }
+    let auth: Arc<str> = format!("Bearer {token}").into();
+    let clients = (0..connections).map(|_| client()).collect::<Result<_>>()?;
+    Ok((auth, clients))
+}
+
+/// Waits for the load tasks (each returns its latencies in µs and its error count) and
+/// sums them into figures over `measure`.
+async fn figures(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>,
+    measure: Duration,
+) -> Result<LoadFigures> {
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -1189,15 +1207,10 @@ pub async fn open_loop(
     warmup: Duration,
     measure: Duration,
 ) -> Result<LoadFigures> {
-    if urls.is_empty() {
-        bail!("no URLs to request");
-    }
     if !(rate.is_finite() && rate > 0.0) {
         bail!("--rate must be a positive number of requests per second");
     }
-    let auth: Arc<str> = format!("Bearer {token}").into();
-    let clients: Vec<reqwest::Client> =
-        (0..connections).map(|_| client()).collect::<Result<_>>()?;
+    let (auth, clients) = connect(&urls, token, connections)?;
     let interval = Duration::from_secs_f64(connections as f64 / rate);
     let begin = tokio::time::Instant::now();
     let measure_from = begin + warmup;
@@ -1229,24 +1242,7 @@ pub async fn open_loop(
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        all.extend(l);
-        errors += e;
-    }
-    all.sort_unstable();
-    let requests = all.len() as u64;
-    Ok(LoadFigures {
-        requests,
-        rps: requests as f64 / measure.as_secs_f64(),
-        p50_ms: percentile_ms(&all, 50.0),
-        p90_ms: percentile_ms(&all, 90.0),
-        p99_ms: percentile_ms(&all, 99.0),
-        max_ms: percentile_ms(&all, 100.0),
-        errors,
-    })
+    figures(tasks, measure).await
 }
 
 /// `n` sequential GETs of `url` on one connection; fails on any answer but `200`.
