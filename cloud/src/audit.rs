@@ -217,7 +217,7 @@ pub fn list(
 ) -> Result<Vec<AuditView>, rusqlite::Error> {
     let mut st = conn.prepare_cached(
         "SELECT at_ms, actor, role, action, member_id, detail FROM audit_log
-         WHERE (?1 IS NULL OR member_id = ?1) ORDER BY id DESC LIMIT ?2",
+         WHERE (?1 IS NULL OR member_id = ?1) ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)",
     )?;
     let rows = st.query_map(params![member_id, limit], |r| {
         Ok(AuditView {

@@ -333,7 +333,7 @@ fn fetch(
                 s.days_since_last, s.rhythm_per_week, s.reasons
          FROM member_scores s JOIN members m ON m.id = s.member_id
          WHERE ?1 IS NULL OR s.state = ?1
-         ORDER BY {} {}, s.member_id LIMIT ?2 OFFSET ?3",
+         ORDER BY {} {}, s.member_id LIMIT CAST(?2 AS INTEGER) OFFSET ?3",
         sort.column(),
         if desc { "DESC" } else { "ASC" }
     );

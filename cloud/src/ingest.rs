@@ -838,7 +838,7 @@ pub fn list_quarantine(
 ) -> rusqlite::Result<Vec<QuarantineRow>> {
     let mut st = conn.prepare(
         "SELECT id, reason, state, device_id, topic, detail, received_ms, last_seen_ms, seen_count, length(payload)
-         FROM quarantine WHERE (?1 IS NULL OR reason = ?1) ORDER BY id DESC LIMIT ?2",
+         FROM quarantine WHERE (?1 IS NULL OR reason = ?1) ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)",
     )?;
     let rows = st.query_map(params![reason, limit], |r| {
         Ok(QuarantineRow {

@@ -3,7 +3,9 @@
 //! One writer per database (the ingest writer thread in `serve`; a CLI command that
 //! changes the registry is a short second writer and waits on `busy_timeout`), readers on
 //! their own connections. WAL mode; `synchronous = FULL` so a commit that the cloud acks is
-//! on disk. Times are stored as Unix milliseconds (`*_ms`).
+//! on disk. Times are stored as Unix milliseconds (`*_ms`). A bound row limit is written
+//! `LIMIT CAST(?N AS INTEGER)`: with a bare `LIMIT ?N`, SQLite re-prepares the statement
+//! every time the parameter is bound again (it folds the value into the plan).
 //!
 //! Dedup keys, enforced by the tables below:
 //! - `events (device_id, seq)`: one row per device event, whatever the number of re-sends.
@@ -488,6 +490,22 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         open_reader(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_limit_written_as_a_cast_is_bound_without_re_preparing_the_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(dir.path()).unwrap();
+        let mut st = c
+            .prepare("SELECT id FROM members ORDER BY id LIMIT CAST(?1 AS INTEGER)")
+            .unwrap();
+        for limit in 1..5 {
+            st.query_map([limit], |r| r.get::<_, String>(0))
+                .unwrap()
+                .for_each(drop);
+        }
+        assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        assert_eq!(st.get_status(rusqlite::StatementStatus::Run), 4);
     }
 
     #[test]

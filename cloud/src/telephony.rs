@@ -119,7 +119,7 @@ pub fn recent_calls(
 ) -> Result<Vec<CallView>, rusqlite::Error> {
     let mut st = conn.prepare_cached(
         "SELECT id, call_sid, from_number, member_id, received_ms FROM calls
-         WHERE ?1 IS NULL OR member_id = ?1 ORDER BY id DESC LIMIT ?2",
+         WHERE ?1 IS NULL OR member_id = ?1 ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)",
     )?;
     let rows = st.query_map(params![member, limit], |r| {
         Ok(CallView {

@@ -457,7 +457,7 @@ impl Outbox for SqliteOutbox {
         let now_ms = self.now_ms();
         self.with_tx(|tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT seq, body FROM events WHERE report_seq IS NULL ORDER BY seq LIMIT ?1",
+                "SELECT seq, body FROM events WHERE report_seq IS NULL ORDER BY seq LIMIT CAST(?1 AS INTEGER)",
             )?;
             let rows: Vec<(i64, String)> = stmt
                 .query_map([max_events.max(1) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?

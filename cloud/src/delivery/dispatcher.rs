@@ -281,13 +281,13 @@ fn claim(
                     e.reason IS NOT NULL
              FROM deliveries d LEFT JOIN delivery_endpoints e ON e.channel = d.channel AND e.target = d.target
              WHERE d.status IN ('pending', 'awaiting_ack') AND d.not_before_ms <= ?1
-             ORDER BY d.not_before_ms LIMIT ?2",
+             ORDER BY d.not_before_ms LIMIT CAST(?2 AS INTEGER)",
         )?;
         let mut expired = tx.prepare_cached(
             "SELECT d.id, d.channel, d.target, d.idempotency_key, d.payload, d.attempts, d.extra_attempts, d.status,
                     e.reason IS NOT NULL
              FROM deliveries d LEFT JOIN delivery_endpoints e ON e.channel = d.channel AND e.target = d.target
-             WHERE d.status = 'in_flight' AND d.lease_until_ms <= ?1 LIMIT ?2",
+             WHERE d.status = 'in_flight' AND d.lease_until_ms <= ?1 LIMIT CAST(?2 AS INTEGER)",
         )?;
         let map = |r: &rusqlite::Row<'_>| {
             Ok((

@@ -418,7 +418,7 @@ pub fn list(
     limit: u32,
 ) -> Result<Vec<DeliveryView>, DeliveryError> {
     let mut st = conn.prepare(&format!(
-        "SELECT {VIEW_COLUMNS} FROM deliveries WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT ?2"
+        "SELECT {VIEW_COLUMNS} FROM deliveries WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
     ))?;
     let rows = st.query_map(params![status.map(|s| s.name()), limit], view)?;
     Ok(rows.collect::<Result<_, _>>()?)

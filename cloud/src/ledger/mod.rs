@@ -686,7 +686,7 @@ pub fn verify(
         });
         let read = (|| -> Result<(), LedgerError> {
             let mut st = conn.prepare(
-                "SELECT idx, entry, envelope FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                "SELECT idx, entry, envelope FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT CAST(?2 AS INTEGER)",
             )?;
             let (mut from_idx, mut base) = (i64::MIN, 0u64);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

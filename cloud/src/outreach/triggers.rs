@@ -143,7 +143,7 @@ pub fn transitions_after(
 ) -> Result<Vec<TransitionRow>, OutreachError> {
     let mut st = conn.prepare_cached(
         "SELECT id, member_id, at_ms, old_state, new_state FROM state_transitions
-         WHERE id > ?1 ORDER BY id LIMIT ?2",
+         WHERE id > ?1 ORDER BY id LIMIT CAST(?2 AS INTEGER)",
     )?;
     let rows = st.query_map(params![cursor, limit], |r| {
         Ok(TransitionRow {

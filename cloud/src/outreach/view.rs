@@ -58,7 +58,7 @@ pub fn list(
                 d.status, d.attempts, d.delivered_ms, d.last_error
          FROM outreach o LEFT JOIN deliveries d ON d.id = o.delivery_id
          WHERE ?1 IS NULL OR o.member_id = ?1
-         ORDER BY o.id DESC LIMIT ?2",
+         ORDER BY o.id DESC LIMIT CAST(?2 AS INTEGER)",
     )?;
     let rows = st.query_map(params![member_id, limit], |r| {
         let status: String = r.get(7)?;

@@ -357,7 +357,7 @@ pub fn transitions(
 ) -> Result<Vec<TransitionView>, ScoringError> {
     let mut st = conn.prepare(
         "SELECT at_ms, old_state, new_state, score, p_engaged, p_silent_14d, days_since_last, reasons
-         FROM state_transitions WHERE member_id = ?1 ORDER BY at_ms DESC, id DESC LIMIT ?2",
+         FROM state_transitions WHERE member_id = ?1 ORDER BY at_ms DESC, id DESC LIMIT CAST(?2 AS INTEGER)",
     )?;
     let rows = st.query_map(params![id, limit], |r| {
         Ok(TransitionView {
@@ -408,7 +408,7 @@ pub fn engagement_summary(conn: &Connection, days: u32) -> Result<EngagementSumm
     }
     let mut st = conn.prepare(
         "SELECT day, state, members FROM engagement_daily
-         WHERE day IN (SELECT DISTINCT day FROM engagement_daily ORDER BY day DESC LIMIT ?1)
+         WHERE day IN (SELECT DISTINCT day FROM engagement_daily ORDER BY day DESC LIMIT CAST(?1 AS INTEGER))
          ORDER BY day",
     )?;
     let mut by_day: Vec<DayCounts> = Vec::new();
