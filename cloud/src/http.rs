@@ -227,6 +227,16 @@ pub async fn bearer_principal(
     .await?;
     if let Some(p) = &principal {
         s.tokens.put(&presented, p.clone());
+        // The token's last use, recorded off the request path about once a second (each
+        // time the cache asks the store again).
+        let (state, id, now) = (s.clone(), p.token_id, s.clock.now());
+        tokio::spawn(async move {
+            // A failure is logged by `ApiError::internal`; the request goes on regardless.
+            let _ = with_writer(&state, move |conn| {
+                crate::tokens::touch(conn, id, now).map_err(ApiError::internal)
+            })
+            .await;
+        });
     }
     Ok(principal)
 }

@@ -207,6 +207,17 @@ pub fn create(
     })
 }
 
+/// Records that token `id` was used at `now` (kept as the latest use; `tokens list`
+/// shows it as `last_used_at`).
+pub fn touch(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<(), TokenError> {
+    conn.execute(
+        "UPDATE api_tokens SET last_used_ms = ?2
+         WHERE id = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2)",
+        params![id, now.timestamp_millis()],
+    )?;
+    Ok(())
+}
+
 /// Revokes the token with row id `id`. Returns false if there is no such live token.
 pub fn revoke(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, TokenError> {
     let n = conn.execute(

@@ -15,7 +15,7 @@ fn now() -> DateTime<Utc> {
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     base: String,
     support: String,
     analyst: String,
@@ -155,7 +155,7 @@ async fn start() -> Env {
             .unwrap()
     });
     Env {
-        _dir: dir,
+        dir,
         base: format!("http://{addr}"),
         support,
         analyst,
@@ -434,6 +434,40 @@ async fn an_incoming_call_greets_by_first_name_only_and_pops_the_card_for_staff(
             .any(|a| a["action"] == "call" && a["actor"] == "telephony"),
         "{audit}"
     );
+}
+
+#[tokio::test]
+async fn a_tokens_last_use_is_recorded_and_an_unused_token_has_none() {
+    let e = start().await;
+    let last_used = |name: &str| {
+        let conn = rollcall_cloud::store::open_reader(e.dir.path()).unwrap();
+        tokens::list(&conn)
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .last_used_at
+    };
+    assert_eq!(last_used("desk"), None);
+    let (status, _) = e.json("/api/v1/engagement/summary", &e.support).await;
+    assert_eq!(status, 200);
+    // Recorded off the request path: poll for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while last_used("desk").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no last use recorded in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        last_used("desk"),
+        Some(rollcall_cloud::registry::ms_to_rfc3339(
+            now().timestamp_millis()
+        )),
+        "the last use is stamped by the server's clock"
+    );
+    assert_eq!(last_used("bi"), None);
 }
 
 #[tokio::test]
