@@ -68,7 +68,7 @@ pub struct IngestFigures {
     pub ratio: f64,
     /// Peak resident memory of the running agent daemon, KiB (null if not measured).
     pub agent_rss_kb: Option<u64>,
-    /// Size of the release agent binary, bytes (null if not measured).
+    /// Size of the device build of the agent binary (stripped), bytes (null if not measured).
     pub agent_binary_bytes: Option<u64>,
     /// Devices, reports and events of the run.
     pub devices: usize,
@@ -196,6 +196,17 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
         .context("ingest run")?;
     if acked != total as u64 {
         bail!("only {acked} of {total} reports were acked");
+    }
+    let stored: i64 = rollcall_cloud::store::open_reader(&cfg.data_dir)?.query_row(
+        "SELECT COUNT(*) FROM events",
+        [],
+        |r| r.get(0),
+    )?;
+    if stored as usize != total * b.events {
+        bail!(
+            "{stored} events stored, {} sent: the run lost or duplicated events",
+            total * b.events
+        );
     }
     let reports_per_s = total as f64 / elapsed.as_secs_f64();
     let (agent_rss_kb, agent_binary_bytes) = if b.agent {
@@ -380,38 +391,36 @@ async fn end_to_end(
     Ok((elapsed, acked.load(Ordering::Relaxed)))
 }
 
-/// Locates (building if needed) the release agent binary.
-pub fn release_agent_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?;
-    // `target/release/rollcall` or `target/release/deps/rollcall-…` (tests).
-    for d in [dir, dir.parent().unwrap_or(dir)] {
-        let p = d.join("rollcall-agent");
-        if p.exists() && d.ends_with("release") {
-            return Ok(p);
-        }
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+/// Builds (if it is not up to date) and locates the agent as it ships to devices: the
+/// `device` profile (release plus `panic = "abort"` and opt-level "s" for every crate),
+/// built on its own so that Cargo does not unify its features with the cloud's.
+pub fn device_agent_binary() -> Result<PathBuf> {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("Building the device agent (cargo build --profile device -p rollcall-agent)");
     let status = std::process::Command::new(cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "device",
             "-p",
             "rollcall-agent",
             "--manifest-path",
         ])
         .arg(&manifest)
-        .status()?;
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .context("running cargo to build the device agent")?;
     if !status.success() {
-        bail!("building the release agent failed");
+        bail!("building the device agent failed");
     }
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/rollcall-agent");
-    let p = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|t| PathBuf::from(t).join("release/rollcall-agent"))
-        .unwrap_or(p);
+    let p = target.join("device/rollcall-agent");
     if !p.exists() {
-        bail!("release agent binary not found at {}", p.display());
+        bail!("device agent binary not found at {}", p.display());
     }
     Ok(p)
 }
@@ -426,7 +435,7 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A running release agent daemon registered with a cloud, for measurements.
+/// A running agent daemon (device build) registered with a cloud, for measurements.
 struct BenchAgent {
     child: crate::testkit::Proc,
     pid: u32,
@@ -437,9 +446,9 @@ struct BenchAgent {
 
 impl BenchAgent {
     /// Initialises, registers (under `bench-member` in the store of `cfg`) and starts the
-    /// release agent daemon against `url`.
+    /// device build of the agent daemon against `url`.
     async fn start(url: &str, cfg: &CloudConfig, cloud_key: &str) -> Result<BenchAgent> {
-        let bin = release_agent_binary()?;
+        let bin = device_agent_binary()?;
         let size = std::fs::metadata(&bin)?.len();
         let tmp = tempfile::tempdir()?;
         let conf = tmp.path().join("agent.toml");
@@ -559,7 +568,7 @@ pub struct AgentRate {
 pub struct AgentFigures {
     /// Memory and CPU at 1, 10 and 100 events/s.
     pub rates: Vec<AgentRate>,
-    /// Size of the release agent binary, bytes.
+    /// Size of the device build of the agent binary (stripped), bytes.
     pub binary_bytes: u64,
     /// Events recorded per second over the local socket as fast as one client can
     /// (each one committed to the SQLite outbox before the answer), while the uplink runs.
@@ -630,4 +639,30 @@ pub async fn agent(seconds_per_rate: u64, burst: u64) -> Result<AgentFigures> {
         record_socket_per_s,
         seconds_per_rate,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small run through the embedded broker: every report is acked, every event is
+    /// stored once (the benchmark checks both), and the figures add up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ingest_benchmark_stores_and_acks_every_report() {
+        let f = ingest(&IngestBench {
+            devices: 6,
+            reports: 30,
+            events: 4,
+            clients: 2,
+            mqtt_url: None,
+            agent: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(f.total_reports, 180);
+        assert!(f.reports_per_s > 0.0 && f.broker_raw_msgs_per_s > 0.0);
+        assert!((f.events_per_s - 4.0 * f.reports_per_s).abs() < 1e-6);
+        assert!((f.ratio - f.reports_per_s / f.broker_raw_msgs_per_s).abs() < 1e-9);
+        assert_eq!((f.agent_rss_kb, f.agent_binary_bytes), (None, None));
+    }
 }

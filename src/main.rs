@@ -9,6 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator of `rollcall-cloud`: the demo and the benchmarks run the cloud in this
+/// process, and should measure it as it runs on its own.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rollcall one-box tools.
 #[derive(Debug, Parser)]
 #[command(name = "rollcall", version, about)]

@@ -57,7 +57,7 @@ pub struct Metrics {
     pub statuses: Counter,
     /// `rollcall_ingest_acks_total`: acks published after commit.
     pub acks: Counter,
-    /// `rollcall_ingest_batch_seconds`: time to check and commit one batch.
+    /// `rollcall_ingest_batch_seconds`: time to commit one checked batch.
     pub batch_seconds: Histogram,
     /// `rollcall_ingest_mqtt_connected`: 1 while the ingest client is connected.
     pub mqtt_connected: Gauge,
@@ -146,7 +146,7 @@ impl Metrics {
         registry.register("ingest_acks", "Acks published after commit", m.acks.clone());
         registry.register(
             "ingest_batch_seconds",
-            "Time to check and commit one batch",
+            "Time to commit one checked batch",
             m.batch_seconds.clone(),
         );
         registry.register(

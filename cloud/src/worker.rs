@@ -1,17 +1,21 @@
-//! The ingest worker: an MQTT subscriber feeding a writer thread, and an MQTT
-//! publisher for acks. The same client code serves the embedded and external brokers.
+//! The ingest worker: an MQTT subscriber feeding a pipeline of three threads (check,
+//! commit, sign downlinks), and an MQTT publisher for acks. The same client code serves
+//! the embedded and external brokers.
 //!
 //! ```text
-//! broker ──► subscriber task ──(bounded queue)──► writer thread: check (parallel) → commit → acks ──► publisher task ──► broker
+//! broker ──► subscriber task ──(bounded queue)──► check thread (signatures in parallel)
+//!        ──► writer thread (commit) ──► downlink thread (sign) ──► publisher task ──► broker
 //! ```
 //! The subscriber takes `.../usage`, `.../status` and `.../tx`. After each commit the
-//! writer publishes, on each device's `.../down`, the acks of usage reports, the receipts
-//! of transactions (decided now, re-sent, or changed since the device was last told), and
-//! the member's reorder policy when a device reports its status and the policy differs
-//! from the one last pushed to it by this process.
-//! The queue is bounded: when the writer falls behind, the subscriber stops reading and
-//! the broker buffers. Acks go out on their own connection, so a full queue can never
-//! block them (and with them the commit that would drain the queue).
+//! downlink thread publishes, on each device's `.../down`, the acks of usage reports, the
+//! receipts of transactions (decided now, re-sent, or changed since the device was last
+//! told), and the member's reorder policy when a device reports its status and the policy
+//! differs from the one last pushed to it by this process. Nothing is acked before its
+//! batch has committed: the downlink thread only ever sees committed outcomes.
+//! The queue and the hand-overs between the threads are bounded: when the writer falls
+//! behind, the subscriber stops reading and the broker buffers. Acks go out on their own
+//! connection, so a full queue can never block them (and with them the commit that would
+//! drain the queue).
 
 use crate::config::CloudConfig;
 use crate::ingest::{self, Checked, Inbound};
@@ -192,44 +196,83 @@ pub async fn start(
         let _ = sub_client.try_disconnect();
     });
 
-    // Writer thread.
+    // Three threads in a pipeline, so that checking the next batch, committing this one
+    // and signing the previous one's acks overlap (and fill each other's fsync waits).
     let cache = Arc::new(DeviceCache::new(crate::store::open_reader(&cfg.data_dir)?));
     let mut conn = crate::store::open_writer(&cfg.data_dir)?;
-    let rt = tokio::runtime::Handle::current();
     let batch_max = cfg.ingest.batch_max_reports;
     let window = cfg.ingest.replay_window;
     let threads = cfg.ingest.verify_threads;
-    let w_metrics = metrics.clone();
-    let w_topics = topics.clone();
     let rules = crate::orders::OrderRules::for_cloud(cfg)?;
-    let writer = std::thread::Builder::new().name("ingest-writer".into()).spawn(move || {
-        let mut rx = queue_rx;
-        let mut batch = Vec::with_capacity(batch_max);
-        let mut pushed_policies: HashMap<DeviceId, ReorderPolicy> = HashMap::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-            let started = Instant::now();
-            let checked = check_parallel(&w_topics, std::mem::take(&mut batch), &cache, threads);
-            let outcome = loop {
-                let ctx = ingest::TxContext { rules: &rules, key: &key };
-                match ingest::commit(&mut conn, &checked, window, Some(&ctx)) {
-                    Ok(o) => break o,
-                    Err(e) => {
-                        // Nothing was acked; retrying is safe. A persistent failure (disk full)
-                        // keeps the queue full, which stops reading from the broker.
-                        tracing::error!(error = %e, "Ingest commit failed; retrying in 1 s");
-                        std::thread::sleep(Duration::from_secs(1));
+    let (checked_tx, checked_rx) = std::sync::mpsc::sync_channel::<Vec<Checked>>(2);
+    let (down_tx, down_rx) = std::sync::mpsc::sync_channel::<ingest::BatchOutcome>(2);
+
+    // 1. Checker: takes what is queued (up to a batch) and checks it, signatures in parallel.
+    let c_topics = topics.clone();
+    let checker = std::thread::Builder::new()
+        .name("ingest-check".into())
+        .spawn(move || {
+            let mut rx = queue_rx;
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = Vec::with_capacity(batch_max);
+                batch.push(first);
+                while batch.len() < batch_max {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
                     }
                 }
-            };
-            w_metrics.record(&outcome);
-            w_metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                if checked_tx
+                    .send(check_parallel(&c_topics, batch, &cache, threads))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })?;
+
+    // 2. Writer: the one transaction per batch; passes the outcome on only once committed.
+    let w_metrics = metrics.clone();
+    let w_key = key.clone();
+    let writer = std::thread::Builder::new()
+        .name("ingest-writer".into())
+        .spawn(move || {
+            for checked in checked_rx {
+                let started = Instant::now();
+                let outcome = loop {
+                    let ctx = ingest::TxContext {
+                        rules: &rules,
+                        key: &w_key,
+                    };
+                    match ingest::commit(&mut conn, &checked, window, Some(&ctx)) {
+                        Ok(o) => break o,
+                        Err(e) => {
+                            // Nothing was acked; retrying is safe. A persistent failure (disk full)
+                            // fills the pipeline and the queue, which stops reading from the broker.
+                            tracing::error!(error = %e, "Ingest commit failed; retrying in 1 s");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                };
+                w_metrics.record(&outcome);
+                w_metrics
+                    .batch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if down_tx.send(outcome).is_err() {
+                    break;
+                }
+            }
+            tracing::info!("Ingest writer stopped");
+        })?;
+
+    // 3. Downlink: signs the committed batch's acks, receipts and changed policies and
+    // queues them on the ack publisher.
+    let rt = tokio::runtime::Handle::current();
+    let d_metrics = metrics.clone();
+    let d_topics = topics.clone();
+    let downlink = std::thread::Builder::new().name("ingest-downlink".into()).spawn(move || {
+        let mut pushed_policies: HashMap<DeviceId, ReorderPolicy> = HashMap::new();
+        for outcome in down_rx {
             let mut down: Vec<(DeviceId, DownBody)> = Vec::with_capacity(outcome.acks.len() + outcome.receipts.len());
             down.extend(outcome.acks.into_iter().map(|(d, a)| (d, DownBody::Ack(a))));
             down.extend(outcome.receipts.into_iter().map(|(d, r)| (d, DownBody::Receipt(r))));
@@ -243,7 +286,7 @@ pub async fn start(
                 let is_ack = matches!(body, DownBody::Ack(_));
                 let down = Downlink { v: PROTOCOL_VERSION, device_id: device.clone(), sent_at: clock.now(), body };
                 let env = key.sign(DOWNLINK_PAYLOAD_TYPE, &down.encode());
-                let topic = w_topics.down(&device);
+                let topic = d_topics.down(&device);
                 let payload = env.to_json();
                 match pub_client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()) {
                     Ok(()) => {}
@@ -259,18 +302,22 @@ pub async fn start(
                     }
                 }
                 if is_ack {
-                    w_metrics.acks.inc();
+                    d_metrics.acks.inc();
                 } else {
-                    w_metrics.downlinks.inc();
+                    d_metrics.downlinks.inc();
                 }
             }
         }
-        tracing::info!("Ingest writer stopped");
     })?;
 
     Ok(tokio::spawn(async move {
         let _ = subscriber.await;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in [checker, writer, downlink] {
+                let _ = t.join();
+            }
+        })
+        .await;
         // Give queued acks a moment to leave before the publisher stops.
         tokio::time::sleep(Duration::from_millis(200)).await;
         shutdown.cancel();
@@ -278,7 +325,8 @@ pub async fn start(
     }))
 }
 
-/// Checks a batch on up to `threads` threads, keeping the order of the messages.
+/// Checks a batch on up to `threads` threads, keeping the order of the messages; each
+/// thread verifies its share of the signatures as Ed25519 batches.
 fn check_parallel(
     topics: &Topics,
     batch: Vec<Inbound>,
@@ -286,11 +334,8 @@ fn check_parallel(
     threads: usize,
 ) -> Vec<Checked> {
     let lookup = |d: &DeviceId| cache.get(d);
-    if threads <= 1 || batch.len() < 16 {
-        return batch
-            .into_iter()
-            .map(|m| ingest::check(topics, m, &lookup))
-            .collect();
+    if threads <= 1 || batch.len() < 64 {
+        return ingest::check_many(topics, batch, &lookup);
     }
     let chunk = batch.len().div_ceil(threads);
     let mut parts: Vec<Vec<Inbound>> = Vec::new();
@@ -305,13 +350,7 @@ fn check_parallel(
     std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
-            .map(|part| {
-                s.spawn(move || {
-                    part.into_iter()
-                        .map(|m| ingest::check(topics, m, &lookup))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| s.spawn(move || ingest::check_many(topics, part, &lookup)))
             .collect();
         handles
             .into_iter()
