@@ -271,20 +271,6 @@ fn rejection(
     })
 }
 
-fn reject(
-    reason: Reason,
-    detail: String,
-    device: Option<DeviceId>,
-    inbound: Inbound,
-    held: bool,
-    dedup_key: String,
-    ack_report: Option<u64>,
-) -> Checked {
-    Checked::Rejected(rejection(
-        reason, detail, device, inbound, held, dedup_key, ack_report,
-    ))
-}
-
 /// Everything [`check`] does before the signature.
 fn prepare(
     topics: &Topics,
@@ -419,7 +405,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
         Ok(b) => b,
         Err(EnvelopeError::BadSignature) => {
             let key = sha_key(&msg.payload);
-            return reject(
+            return Checked::Rejected(rejection(
                 Reason::BadSignature,
                 format!("no signature verifies under {device}'s registered key"),
                 Some(device),
@@ -427,11 +413,11 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                 false,
                 key,
                 None,
-            );
+            ));
         }
         Err(e) => {
             let key = sha_key(&msg.payload);
-            return reject(
+            return Checked::Rejected(rejection(
                 Reason::Malformed,
                 e.to_string(),
                 Some(device),
@@ -439,7 +425,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                 false,
                 key,
                 None,
-            );
+            ));
         }
     };
     match channel {
@@ -450,7 +436,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     "signed by {device} but claims to be from {}",
                     report.device_id
                 );
-                reject(
+                Checked::Rejected(rejection(
                     Reason::DeviceMismatch,
                     detail,
                     Some(device),
@@ -458,7 +444,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     false,
                     key,
                     None,
-                )
+                ))
             }
             Ok(report) => {
                 let fingerprints: Vec<i64> =
@@ -480,7 +466,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
             Err(e) => {
                 let key = sha_key(&msg.payload);
                 let ack = loose_report_seq(&body);
-                reject(
+                Checked::Rejected(rejection(
                     Reason::from_payload(&e),
                     e.to_string(),
                     Some(device),
@@ -488,14 +474,14 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     false,
                     key,
                     ack,
-                )
+                ))
             }
         },
         Channel::Tx => match Transaction::decode(&body) {
             Ok(tx) if tx.device_id != device => {
                 let key = sha_key(&msg.payload);
                 let detail = format!("signed by {device} but claims to be from {}", tx.device_id);
-                reject(
+                Checked::Rejected(rejection(
                     Reason::DeviceMismatch,
                     detail,
                     Some(device),
@@ -503,7 +489,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     false,
                     key,
                     None,
-                )
+                ))
             }
             Ok(tx) => Checked::Transaction(Box::new(VerifiedTx {
                 device,
@@ -515,7 +501,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
             })),
             Err(e) => {
                 let key = sha_key(&msg.payload);
-                reject(
+                Checked::Rejected(rejection(
                     Reason::from_payload(&e),
                     e.to_string(),
                     Some(device),
@@ -523,7 +509,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     false,
                     key,
                     None,
-                )
+                ))
             }
         },
         _ => match DeviceStatus::decode(&body) {
@@ -533,7 +519,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     "signed by {device} but claims to be from {}",
                     status.device_id
                 );
-                reject(
+                Checked::Rejected(rejection(
                     Reason::DeviceMismatch,
                     detail,
                     Some(device),
@@ -541,12 +527,12 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     false,
                     key,
                     None,
-                )
+                ))
             }
             Ok(status) => Checked::Status { device, status },
             Err(e) => {
                 let key = sha_key(&msg.payload);
-                reject(
+                Checked::Rejected(rejection(
                     Reason::from_payload(&e),
                     e.to_string(),
                     Some(device),
@@ -554,7 +540,7 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     false,
                     key,
                     None,
-                )
+                ))
             }
         },
     }
