@@ -722,29 +722,28 @@ fn apply(
             // deleted again, which is all a rollback to a savepoint would undo here.
             let mut inserted: Vec<i64> = Vec::with_capacity(report.events.len());
             let received_ms = received_at.timestamp_millis();
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(device_id, seq) DO NOTHING",
+            )?;
             for (e, fp) in report.events.iter().zip(fingerprints.iter()) {
                 let attrs = if e.attrs.is_empty() {
                     None
                 } else {
                     Some(serde_json::to_string(&e.attrs).expect("attrs serialise"))
                 };
-                let n = tx
-                    .prepare_cached(
-                        "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(device_id, seq) DO NOTHING",
-                    )?
-                    .execute(params![
-                        device.as_str(),
-                        e.seq.get() as i64,
-                        member.as_str(),
-                        e.kind.as_str(),
-                        e.qty,
-                        e.occurred_at.timestamp_millis(),
-                        received_ms,
-                        attrs,
-                        e.clock_suspect,
-                        fp,
-                    ])?;
+                let n = insert.execute(params![
+                    device.as_str(),
+                    e.seq.get() as i64,
+                    member.as_str(),
+                    e.kind.as_str(),
+                    e.qty,
+                    e.occurred_at.timestamp_millis(),
+                    received_ms,
+                    attrs,
+                    e.clock_suspect,
+                    fp,
+                ])?;
                 if n == 1 {
                     inserted.push(e.seq.get() as i64);
                     continue;
