@@ -206,8 +206,10 @@ pub fn check(
     }
 }
 
-/// Verifies and decodes many messages, in order, with the same results as [`check`] on
-/// each; the signatures are checked as Ed25519 batches ([`dsse::verify_many`]).
+/// Verifies and decodes many messages, in order, as [`check`] does each. The signatures
+/// of usage reports and status messages are checked as Ed25519 batches
+/// ([`dsse::verify_many`]); transactions one by one with [`Envelope::verify`], because
+/// the ledger keeps their envelopes and its audit re-verifies them that way.
 ///
 /// [`dsse::verify_many`]: rollcall_shared::dsse::verify_many
 pub fn check_many(
@@ -223,6 +225,7 @@ pub fn check_many(
         let items: Vec<(&Envelope, &'static str, &rollcall_shared::dsse::PublicKey)> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok())
+            .filter(|p| p.channel != Channel::Tx)
             .map(|p| (&p.env, p.expected_type, &p.info.key))
             .collect();
         rollcall_shared::dsse::verify_many(&items)
@@ -232,8 +235,12 @@ pub fn check_many(
         .into_iter()
         .map(|p| match p {
             Err(rejected) => Checked::Rejected(rejected),
+            Ok(p) if p.channel == Channel::Tx => {
+                let v = p.env.verify(p.expected_type, &p.info.key);
+                finish(p, v)
+            }
             Ok(p) => {
-                let v = verified.next().expect("one result per prepared message");
+                let v = verified.next().expect("one result per batched message");
                 finish(p, v)
             }
         })

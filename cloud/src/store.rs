@@ -422,8 +422,8 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
-    // Statement journals (one per savepoint, e.g. each ingested report) and sorts stay in
-    // memory: a temporary file per statement journal cost the ingest a write per page.
+    // Statement journals (savepoints, e.g. each transaction the ingest records) and sorts
+    // stay in memory rather than in temporary files.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }

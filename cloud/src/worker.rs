@@ -126,7 +126,10 @@ pub async fn start(
 
     // Publisher for acks.
     let (pub_client, mut pub_loop) = AsyncClient::new(pub_opts, 10_000);
-    let pub_shutdown = shutdown.child_token();
+    // The publisher outlives `shutdown`: it stops only once the pipeline has drained, so
+    // the acks of the batches still in flight get out.
+    let pub_stop = CancellationToken::new();
+    let pub_shutdown = pub_stop.clone();
     let publisher = tokio::spawn(async move {
         let mut attempt = 0u32;
         loop {
@@ -234,6 +237,7 @@ pub async fn start(
     // 2. Writer: the one transaction per batch; passes the outcome on only once committed.
     let w_metrics = metrics.clone();
     let w_key = key.clone();
+    let w_shutdown = shutdown.clone();
     let writer = std::thread::Builder::new()
         .name("ingest-writer".into())
         .spawn(move || {
@@ -245,7 +249,13 @@ pub async fn start(
                         key: &w_key,
                     };
                     match ingest::commit(&mut conn, &checked, window, Some(&ctx)) {
-                        Ok(o) => break o,
+                        Ok(o) => break Some(o),
+                        Err(e) if w_shutdown.is_cancelled() => {
+                            // Stopping: give up on this batch rather than hang the shutdown.
+                            // Nothing of it was acked, so its devices send it again.
+                            tracing::error!(error = %e, "Ingest commit failed while stopping; the batch is left to be re-sent");
+                            break None;
+                        }
                         Err(e) => {
                             // Nothing was acked; retrying is safe. A persistent failure (disk full)
                             // fills the pipeline and the queue, which stops reading from the broker.
@@ -254,6 +264,7 @@ pub async fn start(
                         }
                     }
                 };
+                let Some(outcome) = outcome else { break };
                 w_metrics.record(&outcome);
                 w_metrics
                     .batch_seconds
@@ -291,8 +302,18 @@ pub async fn start(
                 match pub_client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()) {
                     Ok(()) => {}
                     Err(_) => {
-                        // Request queue full: wait for room (the publisher task drains it).
-                        if let Err(e) = rt.block_on(pub_client.publish(topic, QoS::AtLeastOnce, false, payload)) {
+                        // Request queue full: wait for room (the publisher task drains it), but
+                        // not for ever: with the broker gone, the device re-sends anyway.
+                        let queued = rt.block_on(tokio::time::timeout(
+                            Duration::from_secs(10),
+                            pub_client.publish(topic, QoS::AtLeastOnce, false, payload),
+                        ));
+                        let failed = match queued {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some("no room in the publisher's queue for 10 s".to_owned()),
+                        };
+                        if let Some(e) = failed {
                             tracing::warn!(error = %e, "Downlink could not be queued; the device will re-send and be answered then");
                             if !is_ack {
                                 pushed_policies.remove(&device);
@@ -320,7 +341,7 @@ pub async fn start(
         .await;
         // Give queued acks a moment to leave before the publisher stops.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        shutdown.cancel();
+        pub_stop.cancel();
         let _ = publisher.await;
     }))
 }

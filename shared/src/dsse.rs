@@ -256,28 +256,24 @@ impl Envelope {
 pub const BATCH_SIZE: usize = 64;
 
 /// Verifies many envelopes at once, each of its expected type under its own key, and
-/// gives, in order, what [`Envelope::verify`] gives for each.
+/// gives, in order, what [`Envelope::verify`] gives for each (but see below).
 ///
 /// Envelopes with one signature are checked in Ed25519 batches of up to [`BATCH_SIZE`],
-/// which costs about half as much per signature; a batch that does not verify as a
-/// whole is checked one by one, so one bad envelope costs its neighbours only time.
-/// Every other envelope goes through [`Envelope::verify`].
+/// which costs about half as much per signature; a batch that does not verify is split
+/// in halves and tried again, down to single signatures, so bad envelopes cost their
+/// neighbours only time. Every other envelope goes through [`Envelope::verify`].
 ///
-/// The batch equation is the same cofactorless one as single verification, with random
-/// weights. The two can disagree only on a signature whose signer added a small-order
-/// component on purpose, which takes that key's secret: a device can at most get its
-/// own odd signature accepted, never speak for another device.
+/// The batch equation is cofactorless like single verification, but its weights (derived
+/// from a hash of the batch, not random) do not always cancel a small-order component
+/// that a signer added to its own signature on purpose: such a signature, which single
+/// verification rejects, can pass in some batches. Building one takes the key's secret,
+/// so a device can at most get its own odd signature accepted, never speak for another.
+/// Callers that keep envelopes to be re-verified later one by one (the ledger keeps
+/// transactions) must verify those with [`Envelope::verify`] instead.
 #[cfg(feature = "batch")]
 pub fn verify_many(
     items: &[(&Envelope, &'static str, &PublicKey)],
 ) -> Vec<Result<Vec<u8>, EnvelopeError>> {
-    struct Candidate {
-        index: usize,
-        body: Vec<u8>,
-        msg: Vec<u8>,
-        sig: ed25519_dalek::Signature,
-        key: VerifyingKey,
-    }
     let mut results: Vec<Option<Result<Vec<u8>, EnvelopeError>>> = vec![None; items.len()];
     let mut candidates = Vec::with_capacity(items.len());
     for (index, (env, expected, key)) in items.iter().enumerate() {
@@ -305,12 +301,7 @@ pub fn verify_many(
         }
     }
     for chunk in candidates.chunks_mut(BATCH_SIZE) {
-        let msgs: Vec<&[u8]> = chunk.iter().map(|c| c.msg.as_slice()).collect();
-        let sigs: Vec<ed25519_dalek::Signature> = chunk.iter().map(|c| c.sig).collect();
-        let keys: Vec<VerifyingKey> = chunk.iter().map(|c| c.key).collect();
-        let all_good = ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
-        for c in chunk.iter_mut() {
-            let good = all_good || c.key.verify(&c.msg, &c.sig).is_ok();
+        for (c, good) in verify_chunk(chunk) {
             results[c.index] = Some(if good {
                 Ok(std::mem::take(&mut c.body))
             } else {
@@ -322,6 +313,38 @@ pub fn verify_many(
         .into_iter()
         .map(|r| r.expect("every envelope has a result"))
         .collect()
+}
+
+/// One envelope of [`verify_many`] that can be checked in a batch.
+#[cfg(feature = "batch")]
+struct Candidate {
+    index: usize,
+    body: Vec<u8>,
+    msg: Vec<u8>,
+    sig: ed25519_dalek::Signature,
+    key: VerifyingKey,
+}
+
+/// Verifies `chunk` as one batch; a batch that fails is split in halves and each half
+/// tried again, down to single signatures, so a few bad envelopes among many good ones
+/// cost a few extra batches rather than a one-by-one check of the whole chunk.
+#[cfg(feature = "batch")]
+fn verify_chunk(chunk: &mut [Candidate]) -> Vec<(&mut Candidate, bool)> {
+    if chunk.len() == 1 {
+        let c = &mut chunk[0];
+        let good = c.key.verify(&c.msg, &c.sig).is_ok();
+        return vec![(c, good)];
+    }
+    let msgs: Vec<&[u8]> = chunk.iter().map(|c| c.msg.as_slice()).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = chunk.iter().map(|c| c.sig).collect();
+    let keys: Vec<VerifyingKey> = chunk.iter().map(|c| c.key).collect();
+    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+        return chunk.iter_mut().map(|c| (c, true)).collect();
+    }
+    let (left, right) = chunk.split_at_mut(chunk.len() / 2);
+    let mut out = verify_chunk(left);
+    out.extend(verify_chunk(right));
+    out
 }
 
 #[cfg(test)]
