@@ -258,9 +258,10 @@ pub async fn export(
         vec![Entry::by(&p, now, Action::Export, Some(id.as_str()), "")],
     )
     .await?;
-    let key = id.clone();
+    let (key, dir) = (id.clone(), s.data_dir.clone());
     let v = with_store(&s, move |conn| {
-        crate::profile::export(conn, &key, tz, now).map_err(ApiError::internal)
+        let audit = crate::audit::open_reader(&dir).map_err(ApiError::internal)?;
+        crate::profile::export(conn, &audit, &key, tz, now).map_err(ApiError::internal)
     })
     .await?
     .ok_or_else(|| no_such_member(&id))?;
@@ -497,12 +498,15 @@ pub async fn audit_log(
 ) -> Result<Json<Vec<crate::audit::AuditView>>, ApiError> {
     require_role(&p, &[Role::Admin])?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    with_store(&s, move |conn| {
-        crate::audit::list(conn, q.member.as_deref(), limit)
+    let dir = s.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::audit::open_reader(&dir).map_err(ApiError::internal)?;
+        crate::audit::list(&conn, q.member.as_deref(), limit)
             .map(Json)
             .map_err(ApiError::internal)
     })
     .await
+    .map_err(ApiError::internal)?
 }
 
 /// `POST /api/v1/telephony/incoming`: the provider's incoming-call webhook. Answers TwiML.

@@ -8,6 +8,12 @@
 //!   [`AuditLog::record`], which resolves once the row is on disk. Rows from concurrent
 //!   requests are committed together (group commit), so auditing costs one fsync per
 //!   batch, not one per request.
+//! - The log lives in its own database file, [`FILE`] in the data directory, not in the
+//!   store: its commits come with every lookup, and a commit to the store would empty the
+//!   page cache of every store reader (SQLite drops a connection's cache whenever another
+//!   connection has written to its file). Rows that older versions kept in the store's
+//!   `audit_log` table are moved into it by [`open`], once, in one transaction that keeps
+//!   their ids.
 
 use crate::tokens::Principal;
 use chrono::{DateTime, Utc};
@@ -15,6 +21,88 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
+
+/// The audit log's database file in the data directory.
+pub const FILE: &str = "audit.db";
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS audit_log (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        token_id INTEGER,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        member_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS audit_log_member ON audit_log(member_id, at_ms);
+";
+
+/// Opens the audit log in `data_dir` for writing, creating it (and the store, if need be),
+/// and moves into it the rows that older versions kept in the store.
+pub fn open(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
+    // The store must exist and be migrated before its legacy table can be read.
+    drop(crate::store::open_writer(data_dir)?);
+    let mut conn = Connection::open(data_dir.join(FILE))?;
+    crate::store::configure(&conn)?;
+    conn.execute_batch(SCHEMA)?;
+    move_legacy_rows(&mut conn, &data_dir.join(crate::store::FILE))?;
+    Ok(conn)
+}
+
+/// Moves the rows of the store's old `audit_log` table into the audit log, keeping their
+/// ids. Copy and delete are one transaction; a row already copied (same id, same content)
+/// is not copied twice, and a different row under the same id fails the move instead of
+/// losing either row.
+fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "ATTACH DATABASE ?1 AS store",
+        [store.to_string_lossy().as_ref()],
+    )?;
+    let moved = (|| -> Result<usize, rusqlite::Error> {
+        let any: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM store.audit_log)",
+            [],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(0);
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO main.audit_log (id, at_ms, token_id, actor, role, action, member_id, detail)
+             SELECT s.id, s.at_ms, s.token_id, s.actor, s.role, s.action, s.member_id, s.detail
+             FROM store.audit_log s
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM main.audit_log a
+                 WHERE a.id = s.id AND a.at_ms = s.at_ms AND a.token_id IS s.token_id
+                   AND a.actor = s.actor AND a.role = s.role AND a.action = s.action
+                   AND a.member_id IS s.member_id AND a.detail = s.detail)
+             ORDER BY s.id",
+            [],
+        )?;
+        let n = tx.execute("DELETE FROM store.audit_log", [])?;
+        tx.commit()?;
+        Ok(n)
+    })();
+    conn.execute("DETACH DATABASE store", [])?;
+    let n = moved?;
+    if n > 0 {
+        tracing::info!(rows = n, "Moved the audit log out of the store into {FILE}");
+    }
+    Ok(())
+}
+
+/// Opens the audit log in `data_dir` for reading (it must exist: [`open`] creates it).
+pub fn open_reader(data_dir: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        data_dir.join(FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
+}
 
 /// Why a member's data was looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,19 +199,33 @@ pub struct AuditLog {
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
-    /// Starts the writer thread on its own connection to the store in `data_dir`. It stops
+    /// Starts the writer thread on the audit log in `data_dir` (see [`open`]). It stops
     /// when every handle is dropped.
     pub fn start(data_dir: &Path) -> Result<Self, crate::store::StoreError> {
-        let conn = crate::store::open_writer(data_dir)?;
+        let conn = open(data_dir)?;
+        // The writer never checkpoints: a checkpoint copies the log into the database
+        // file and syncs it, and every lookup waiting for the next commit would wait for
+        // that too. A second connection checkpoints beside it instead.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open(data_dir)?;
         let (tx, rx) = mpsc::channel::<Request>(4096);
+        let (running, stopped) = std::sync::mpsc::channel::<()>();
         let dir: PathBuf = data_dir.to_owned();
+        let spawn_error = |e| crate::store::StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source: e,
+        };
+        std::thread::Builder::new()
+            .name("audit-checkpoint".into())
+            .spawn(move || checkpoint(checkpointer, stopped))
+            .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(conn, rx, dir))
-            .map_err(|e| crate::store::StoreError::DataDir {
-                path: data_dir.display().to_string(),
-                source: e,
-            })?;
+            .spawn(move || {
+                writer(conn, rx, dir);
+                drop(running);
+            })
+            .map_err(spawn_error)?;
         Ok(Self { tx })
     }
 
@@ -163,6 +265,26 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Request>, dir: PathBuf) {
         }
         for (_, done) in batch {
             let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// How often the checkpointer copies the audit log's write-ahead log into its file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Checkpoints the audit log every [`CHECKPOINT_EVERY`] (passively: it never waits for
+/// the writer) until the writer stops, then once more.
+fn checkpoint(conn: Connection, writer_stopped: std::sync::mpsc::Receiver<()>) {
+    loop {
+        let last = !matches!(
+            writer_stopped.recv_timeout(CHECKPOINT_EVERY),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "Failed to checkpoint the audit log");
+        }
+        if last {
+            return;
         }
     }
 }
@@ -209,7 +331,8 @@ pub struct AuditView {
     pub detail: String,
 }
 
-/// The audit rows, newest first; optionally one member's.
+/// The audit rows, newest first; optionally one member's. `conn` is a connection to the
+/// audit log ([`open_reader`]).
 pub fn list(
     conn: &Connection,
     member_id: Option<&str>,
@@ -264,12 +387,82 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        let conn = crate::store::open_reader(dir.path()).unwrap();
+        let conn = open_reader(dir.path()).unwrap();
         let rows = list(&conn, None, 1000).unwrap();
         assert_eq!(rows.len(), 50);
         assert!(rows
             .iter()
             .all(|r| r.actor == "desk" && r.role == "support" && r.action == "search"));
         assert_eq!(list(&conn, Some("m3"), 10).unwrap().len(), 1);
+    }
+
+    fn legacy_row(conn: &Connection, id: i64, detail: &str) {
+        conn.execute(
+            "INSERT INTO audit_log (id, at_ms, token_id, actor, role, action, member_id, detail)
+             VALUES (?1, 1700000000000, 3, 'desk', 'support', 'search', 'm1', ?2)",
+            params![id, detail],
+        )
+        .unwrap();
+    }
+
+    fn store_rows(dir: &Path) -> i64 {
+        crate::store::open_reader(dir)
+            .unwrap()
+            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn rows_an_older_version_kept_in_the_store_move_to_the_audit_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open_writer(dir.path()).unwrap();
+        legacy_row(&store, 1, "phone=+12125550100");
+        legacy_row(&store, 2, "q=maria");
+        let conn = open(dir.path()).unwrap();
+        let rows = list(&conn, None, 10).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>(),
+            ["q=maria", "phone=+12125550100"]
+        );
+        assert_eq!(store_rows(dir.path()), 0);
+        drop(conn);
+        // A crash after the copy but before the delete is not possible (one transaction),
+        // but a row already there with the same content is not copied twice either.
+        legacy_row(&store, 2, "q=maria");
+        let conn = open(dir.path()).unwrap();
+        assert_eq!(list(&conn, None, 10).unwrap().len(), 2);
+        assert_eq!(store_rows(dir.path()), 0);
+        // New rows continue after the moved ids.
+        write(&mut open(dir.path()).unwrap(), std::iter::once(&Entry {
+            at: Utc::now(),
+            token_id: None,
+            actor: "telephony".into(),
+            role: "support".into(),
+            action: Action::Call,
+            member_id: None,
+            detail: "CA1".into(),
+        }))
+        .unwrap();
+        let id: i64 = conn
+            .query_row("SELECT max(id) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, 3);
+    }
+
+    #[test]
+    fn a_legacy_row_that_clashes_with_a_different_row_stops_the_move_and_loses_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open_writer(dir.path()).unwrap();
+        drop(open(dir.path()).unwrap());
+        legacy_row(&open_writer_audit(dir.path()), 1, "in the audit log");
+        legacy_row(&store, 1, "in the store");
+        assert!(open(dir.path()).is_err());
+        assert_eq!(store_rows(dir.path()), 1);
+        let conn = open_reader(dir.path()).unwrap();
+        assert_eq!(list(&conn, None, 10).unwrap()[0].detail, "in the audit log");
+    }
+
+    fn open_writer_audit(dir: &Path) -> Connection {
+        Connection::open(dir.join(FILE)).unwrap()
     }
 }

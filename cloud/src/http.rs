@@ -7,8 +7,8 @@
 //! (`403 forbidden` otherwise). Two routes authenticate differently: the members' one-click
 //! `GET /api/v1/optout?token=...` (the signed token is the authority) and the telephony
 //! webhook (the provider's signature; see [`crate::telephony`]). Errors are JSON
-//! `{"error": code, "message": ...}`. Handlers read the store off the async executor on
-//! read-only connections that each blocking thread keeps open.
+//! `{"error": code, "message": ...}`. Handlers read the store off the async executor, on
+//! the fixed pool of read connections in [`crate::readers`].
 
 use crate::config::CloudConfig;
 use crate::metrics::Metrics;
@@ -18,7 +18,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// What the handlers share.
@@ -40,9 +39,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// The console's page templates.
     pub console: Arc<crate::console::Pages>,
-    /// Store reads running at once: about two per core, so that a burst of requests
-    /// queues here instead of oversubscribing the blocking pool (and SQLite) with threads.
-    pub readers: Arc<tokio::sync::Semaphore>,
+    /// The store readers the handlers' queries run on.
+    pub readers: crate::readers::ReaderPool,
     /// Bearer tokens checked in the last second.
     pub tokens: Arc<crate::tokens::TokenCache>,
 }
@@ -60,19 +58,23 @@ pub enum StateError {
 
 impl AppState {
     /// State for `cfg` with the system clock and no opt-out key (the opt-out link
-    /// answers 404). Starts the audit writer on the store in `cfg.data_dir`.
+    /// answers 404). Starts the audit writer (creating the store in `cfg.data_dir` if need
+    /// be) and the store readers.
     pub fn new(metrics: Arc<Metrics>, cfg: CloudConfig) -> Result<Self, StateError> {
+        let audit = crate::audit::AuditLog::start(&cfg.data_dir)?;
+        let readers = crate::readers::ReaderPool::start(
+            &cfg.data_dir,
+            crate::readers::ReaderPool::default_size(),
+        )?;
         Ok(Self {
             metrics,
             data_dir: cfg.data_dir.clone(),
             optout: None,
             clock: Arc::new(rollcall_shared::SystemClock),
             greeter: Arc::new(crate::greeting::Greeter::new(&cfg)?),
-            audit: crate::audit::AuditLog::start(&cfg.data_dir)?,
+            audit,
             console: Arc::new(crate::console::Pages::new()),
-            readers: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
-            )),
+            readers,
             tokens: Arc::default(),
             cfg: Arc::new(cfg),
         })
@@ -225,10 +227,9 @@ pub async fn bearer_principal(
         Ok((p, presented))
     })
     .await?;
-    if let Some(p) = &principal {
-        s.tokens.put(&presented, p.clone());
-        // The token's last use, recorded off the request path about once a second (each
-        // time the cache asks the store again).
+    // The token's last use is recorded off the request path about once a second: by the
+    // first request that re-checked it after its cache entry expired.
+    if let Some(p) = principal.as_ref().filter(|p| s.tokens.put(&presented, (*p).clone())) {
         let (state, id, now) = (s.clone(), p.token_id, s.clock.now());
         tokio::spawn(async move {
             // A failure is logged by `ApiError::internal`; the request goes on regardless.
@@ -310,35 +311,12 @@ impl ApiError {
     }
 }
 
-thread_local! {
-    /// Each blocking thread's read connection (and the data directory it belongs to).
-    static READER: RefCell<Option<(std::path::PathBuf, rusqlite::Connection)>> =
-        const { RefCell::new(None) };
-}
-
-/// Runs `f` on a read connection to the store, off the executor, at most
-/// [`AppState::readers`] at a time. Connections are kept per blocking thread, with their
-/// prepared statements.
+/// Runs `f` on one of the store readers ([`AppState::readers`]), off the executor.
 pub async fn with_store<T: Send + 'static>(
     s: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let dir = s.data_dir.clone();
-    let _permit = s.readers.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || {
-        READER.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(d, _)| *d != dir) {
-                let conn = crate::store::open_reader(&dir).map_err(ApiError::internal)?;
-                conn.set_prepared_statement_cache_capacity(64);
-                *slot = Some((dir.clone(), conn));
-            }
-            let (_, conn) = slot.as_ref().expect("just set");
-            f(conn)
-        })
-    })
-    .await
-    .map_err(ApiError::internal)?
+    s.readers.run(f).await.map_err(ApiError::internal)?
 }
 
 /// Runs `f` on a write connection to the store, off the executor (for the rare API

@@ -54,6 +54,7 @@ pub mod mqtt;
 pub mod orders;
 pub mod outreach;
 pub mod profile;
+pub mod readers;
 pub mod registry;
 pub mod scoring;
 pub mod server;

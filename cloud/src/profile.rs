@@ -354,9 +354,11 @@ pub fn redact_personal(v: &mut serde_json::Value) {
     }
 }
 
-/// Everything held about a member (the data access request), or `None`.
+/// Everything held about a member (the data access request), or `None`. `conn` reads the
+/// store and `audit` the audit log ([`crate::audit::open_reader`]).
 pub fn export(
     conn: &Connection,
+    audit: &Connection,
     id: &MemberId,
     business_tz: Tz,
     now: DateTime<Utc>,
@@ -384,7 +386,7 @@ pub fn export(
         })?
         .collect::<Result<_, _>>()?;
     let transitions = crate::scoring::persist::transitions(conn, id.as_str(), u32::MAX)?;
-    let audit = crate::audit::list(conn, Some(id.as_str()), u32::MAX)?;
+    let audit = crate::audit::list(audit, Some(id.as_str()), u32::MAX)?;
     Ok(Some(serde_json::json!({
         "exported_at": now.to_rfc3339(),
         "member": d,

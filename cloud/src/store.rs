@@ -36,9 +36,8 @@
 //!   `devices.max_tx_counter` is the newest transaction counter seen per device (replays
 //!   of older counters under new ids are refused). `member_policies (member_id)`: opt-in
 //!   and limits. `ledger_*`: see [`crate::ledger`] (append-only, never updated).
-//! - `audit_log` (migration 6): append-only, one row per member lookup, view, greeting,
-//!   call, export or erasure: who (token), when, which member, why. Written by
-//!   [`crate::audit`] with group commit before the API answers.
+//! - `audit_log` (migration 6): no longer written. The audit log has its own file
+//!   ([`crate::audit::FILE`]), and [`crate::audit::open`] moves any rows found here into it.
 //! - `engagement_transitions_daily (day, old_state, new_state)`: state changes per UTC day,
 //!   kept by a trigger on every insert into `state_transitions` (the engagement summary
 //!   reads it instead of scanning the transitions).
@@ -416,7 +415,12 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
+/// The store's database file in the data directory.
+pub const FILE: &str = "rollcall.db";
+
+/// Sets the pragmas every writing connection uses (WAL, `synchronous = FULL`, foreign
+/// keys, a 32 MB page cache, in-memory temporary storage).
+pub(crate) fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -434,7 +438,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
         path: data_dir.display().to_string(),
         source,
     })?;
-    let mut conn = Connection::open(data_dir.join("rollcall.db"))?;
+    let mut conn = Connection::open(data_dir.join(FILE))?;
     configure(&conn)?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -443,7 +447,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
 /// Opens a read connection (the store must exist: open a writer first).
 pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
-        data_dir.join("rollcall.db"),
+        data_dir.join(FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;

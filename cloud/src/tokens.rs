@@ -156,20 +156,30 @@ impl TokenCache {
             .map(|(p, _)| p.clone())
     }
 
-    /// Remembers that `presented` belongs to `principal`, as of now.
-    pub fn put(&self, presented: &str, principal: Principal) {
-        self.put_at(presented, principal, std::time::Instant::now());
+    /// Remembers that `presented` belongs to `principal`, as of now. Returns `true` for
+    /// the first caller since the entry expired, `false` when another request checked the
+    /// same token meanwhile (when the entry expires, every request in flight misses it at
+    /// once; only the first should record the token's use).
+    pub fn put(&self, presented: &str, principal: Principal) -> bool {
+        self.put_at(presented, principal, std::time::Instant::now())
     }
 
-    fn put_at(&self, presented: &str, principal: Principal, at: std::time::Instant) {
+    fn put_at(&self, presented: &str, principal: Principal, at: std::time::Instant) -> bool {
         let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries
+            .get(&key)
+            .is_some_and(|(_, seen)| seen.elapsed() < Self::TTL)
+        {
+            return false;
+        }
         if entries.len() >= Self::CAPACITY {
             entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
         }
         if entries.len() < Self::CAPACITY {
             entries.insert(key, (principal, at));
         }
+        true
     }
 }
 
@@ -310,16 +320,21 @@ mod tests {
             role: Role::Support,
         };
         assert_eq!(cache.get("rc_a"), None);
-        cache.put("rc_a", p.clone());
+        assert!(cache.put("rc_a", p.clone()));
         assert_eq!(cache.get("rc_a"), Some(p.clone()));
+        assert!(
+            !cache.put("rc_a", p.clone()),
+            "a second request that checked the token meanwhile is not the first"
+        );
         assert_eq!(cache.get("rc_b"), None, "another token is not let in");
         let long_ago = std::time::Instant::now() - TokenCache::TTL * 2;
-        cache.put_at("rc_c", p, long_ago);
+        cache.put_at("rc_c", p.clone(), long_ago);
         assert_eq!(
             cache.get("rc_c"),
             None,
             "an entry older than the TTL is asked again"
         );
+        assert!(cache.put("rc_c", p), "and its re-check is the first again");
     }
 
     #[test]
