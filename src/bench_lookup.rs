@@ -54,6 +54,29 @@ pub struct LookupBench {
     pub data_dir: Option<PathBuf>,
     /// Keep the temporary data directory.
     pub keep: bool,
+    /// The server's `[http] audit_sync`.
+    pub audit_sync: AuditSync,
+}
+
+/// `[http] audit_sync` of the server under test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// Answer once the audit row is fsynced (the default).
+    #[default]
+    Full,
+    /// Answer once the audit row is in the write-ahead file.
+    Normal,
+}
+
+impl AuditSync {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditSync::Full => "full",
+            AuditSync::Normal => "normal",
+        }
+    }
 }
 
 impl Default for LookupBench {
@@ -66,6 +89,7 @@ impl Default for LookupBench {
             rate: 1_000.0,
             data_dir: None,
             keep: false,
+            audit_sync: AuditSync::Full,
         }
     }
 }
@@ -123,6 +147,8 @@ pub struct LookupFigures {
     pub build_s: f64,
     /// Concurrent connections.
     pub connections: usize,
+    /// The server's `[http] audit_sync`.
+    pub audit_sync: AuditSync,
     /// `GET /api/v1/lookup?phone=…&include=greeting` under the closed loop: as fast as
     /// the server answers (its throughput; latency there is mostly queueing).
     pub greeting: LoadFigures,
@@ -154,10 +180,11 @@ pub async fn run(b: &LookupBench) -> Result<LookupFigures> {
             .await??;
 
     let serve_dir = dir.clone();
+    let config = server_config(b.audit_sync);
     let (token, mut cloud) = tokio::task::spawn_blocking(move || -> Result<_> {
         let bin = cloud_binary()?;
         let token = create_token(&bin, &serve_dir)?;
-        Ok((token, CloudProcess::start(&bin, &serve_dir)?))
+        Ok((token, CloudProcess::start(&bin, &serve_dir, &config)?))
     })
     .await??;
     let outcome = measure(b, &cloud.http_url, &token).await;
@@ -174,6 +201,7 @@ pub async fn run(b: &LookupBench) -> Result<LookupFigures> {
         events: store.events,
         build_s: store.build_s,
         connections: b.connections,
+        audit_sync: b.audit_sync,
         greeting,
         greeting_at_rate,
         summary,
@@ -993,6 +1021,14 @@ enabled = false
 enabled = false
 ";
 
+/// The configuration of the server under test: [`CLOUD_CONFIG`] with `audit_sync`.
+pub fn server_config(audit_sync: AuditSync) -> String {
+    format!(
+        "{CLOUD_CONFIG}\n[http]\naudit_sync = \"{}\"\n",
+        audit_sync.as_str()
+    )
+}
+
 /// A `rollcall-cloud serve` child process.
 pub struct CloudProcess {
     proc: Proc,
@@ -1002,11 +1038,12 @@ pub struct CloudProcess {
 }
 
 impl CloudProcess {
-    /// Starts `bin serve` on `dir` with [`CLOUD_CONFIG`] and waits for its ready line.
-    pub fn start(bin: &Path, dir: &Path) -> Result<Self> {
+    /// Starts `bin serve` on `dir` with the configuration `config_toml` (the benchmark's
+    /// is [`CLOUD_CONFIG`] plus the audit setting) and waits for its ready line.
+    pub fn start(bin: &Path, dir: &Path, config_toml: &str) -> Result<Self> {
         let config_dir = tempfile::tempdir()?;
         let config = config_dir.path().join("cloud.toml");
-        std::fs::write(&config, CLOUD_CONFIG)?;
+        std::fs::write(&config, config_toml)?;
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config)
@@ -1365,11 +1402,17 @@ mod tests {
     fn the_bench_config_turns_background_work_off() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cloud.toml");
-        std::fs::write(&p, CLOUD_CONFIG).unwrap();
-        let cfg = rollcall_cloud::config::CloudConfig::load(Some(&p)).unwrap();
-        assert!(!cfg.scoring.enabled);
-        assert!(!cfg.outreach.enabled);
-        assert!(!cfg.delivery.enabled);
+        for (sync, want) in [
+            (AuditSync::Full, rollcall_cloud::audit::Durability::Full),
+            (AuditSync::Normal, rollcall_cloud::audit::Durability::Normal),
+        ] {
+            std::fs::write(&p, server_config(sync)).unwrap();
+            let cfg = rollcall_cloud::config::CloudConfig::load(Some(&p)).unwrap();
+            assert!(!cfg.scoring.enabled);
+            assert!(!cfg.outreach.enabled);
+            assert!(!cfg.delivery.enabled);
+            assert_eq!(cfg.http.audit_sync, want);
+        }
     }
 
     #[test]

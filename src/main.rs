@@ -132,6 +132,10 @@ enum BenchCmd {
         /// Keep the temporary data directory.
         #[arg(long)]
         keep: bool,
+        /// The server's `[http] audit_sync`: `full` (answer once the audit row is
+        /// fsynced) or `normal` (once it is in the write-ahead file).
+        #[arg(long, value_enum, default_value_t = rollcall::bench_lookup::AuditSync::Full)]
+        audit_sync: rollcall::bench_lookup::AuditSync,
     },
 }
 
@@ -451,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             data_dir,
             keep,
+            audit_sync,
         }) => {
             let b = rollcall::bench_lookup::LookupBench {
                 members,
@@ -460,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 data_dir,
                 keep,
+                audit_sync,
             };
             let f = rollcall::bench_lookup::run(&b).await?;
             println!("{}", serde_json::to_string(&f)?);

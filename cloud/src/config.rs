@@ -210,12 +210,15 @@ impl Default for BrokerConfig {
 pub struct HttpConfig {
     /// Where the HTTP API, console, `/healthz` and `/metrics` listen (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// When a lookup's audit row counts as written (see [`crate::audit::Durability`]).
+    pub audit_sync: crate::audit::Durability,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            audit_sync: crate::audit::Durability::default(),
         }
     }
 }

@@ -61,7 +61,7 @@ impl AppState {
     /// answers 404). Starts the audit writer (creating the store in `cfg.data_dir` if need
     /// be) and the store readers.
     pub fn new(metrics: Arc<Metrics>, cfg: CloudConfig) -> Result<Self, StateError> {
-        let audit = crate::audit::AuditLog::start(&cfg.data_dir)?;
+        let audit = crate::audit::AuditLog::start(&cfg.data_dir, cfg.http.audit_sync)?;
         let readers = crate::readers::ReaderPool::start(
             &cfg.data_dir,
             crate::readers::ReaderPool::default_size(),
@@ -229,7 +229,10 @@ pub async fn bearer_principal(
     .await?;
     // The token's last use is recorded off the request path about once a second: by the
     // first request that re-checked it after its cache entry expired.
-    if let Some(p) = principal.as_ref().filter(|p| s.tokens.put(&presented, (*p).clone())) {
+    if let Some(p) = principal
+        .as_ref()
+        .filter(|p| s.tokens.put(&presented, (*p).clone()))
+    {
         let (state, id, now) = (s.clone(), p.token_id, s.clock.now());
         tokio::spawn(async move {
             // A failure is logged by `ApiError::internal`; the request goes on regardless.

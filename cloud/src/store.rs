@@ -455,8 +455,8 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
     // used; SQLite empties it whenever another connection has written).
     conn.pragma_update(None, "cache_size", -65_536)?;
     // No memory map: SQLite unmaps the whole map whenever another connection has
-    // written since this one last read, and under a steady stream of writes (ingest,
-    // the audit log) the unmapping and the page faults after it cost more than reading
+    // written since this one last read, and under a steady stream of writes (the
+    // ingest) the unmapping and the page faults after it cost more than reading
     // pages with system calls.
     Ok(conn)
 }
