@@ -5,15 +5,23 @@
 //! - `audit_log` is append-only; rows are never updated or deleted (an erasure keeps the
 //!   rows, whose member id no longer leads to a person).
 //! - A lookup is answered only after its audit row is committed: handlers call
-//!   [`AuditLog::record`], which resolves once the row is on disk. Rows from concurrent
-//!   requests are committed together (group commit), so auditing costs one fsync per
-//!   batch, not one per request.
+//!   [`AuditLog::record`], which resolves once the row is committed as [`Durability`]
+//!   says (by default: on disk). Rows from concurrent requests are committed together
+//!   (group commit), so auditing costs one fsync per batch, not one per request.
 //! - The log lives in its own database file, [`FILE`] in the data directory, not in the
 //!   store: its commits come with every lookup, and a commit to the store would empty the
 //!   page cache of every store reader (SQLite drops a connection's cache whenever another
-//!   connection has written to its file). Rows that older versions kept in the store's
-//!   `audit_log` table are moved into it by [`open`], once, in one transaction that keeps
-//!   their ids.
+//!   connection has written to its file).
+//! - Rows that versions before store migration 7 kept in the store are moved into it by
+//!   [`open`] (the migration renamed their table `legacy_audit_log`, so those versions
+//!   refuse the store from then on and cannot add rows behind the move). The copy keeps
+//!   ids and skips rows already copied, and is committed before the store's rows are
+//!   deleted: the two files commit separately, so a crash between the commits leaves the
+//!   rows in both, and the next start deletes them without copying them again.
+//! - The write-ahead file stays bounded: a checkpointer thread copies it into the
+//!   database every [`CHECKPOINT_EVERY`], restarts it once it is longer than
+//!   [`RESTART_FRAMES`] and syncs it, so with `audit_sync = "normal"` rows reach the disk
+//!   within about a second too.
 
 use crate::tokens::Principal;
 use chrono::{DateTime, Utc};
@@ -60,35 +68,48 @@ const SCHEMA: &str = "
 pub fn open(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
     // The store must exist and be migrated before its legacy table can be read.
     drop(crate::store::open_writer(data_dir)?);
-    let mut conn = Connection::open(data_dir.join(FILE))?;
-    crate::store::configure(&conn)?;
+    let mut conn = open_file(data_dir)?;
     conn.execute_batch(SCHEMA)?;
-    move_legacy_rows(&mut conn, &data_dir.join(crate::store::FILE))?;
+    let store = data_dir.join(crate::store::FILE);
+    move_legacy_rows(&mut conn, &store).map_err(|source| crate::store::StoreError::AuditMove {
+        from: store.display().to_string(),
+        to: data_dir.join(FILE).display().to_string(),
+        source,
+    })?;
     Ok(conn)
 }
 
-/// Moves the rows of the store's old `audit_log` table into the audit log, keeping their
-/// ids. Copy and delete are one transaction; a row already copied (same id, same content)
-/// is not copied twice, and a different row under the same id fails the move instead of
-/// losing either row.
+/// A writing connection to the audit log's file, with the store's pragmas.
+fn open_file(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
+    let conn = Connection::open(data_dir.join(FILE))?;
+    crate::store::configure(&conn)?;
+    Ok(conn)
+}
+
+/// Moves the rows of the store's `legacy_audit_log` table into the audit log, keeping
+/// their ids. A row already copied (same id, same content) is not copied again; a
+/// different row under the same id fails the move, losing neither row.
 fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<(), rusqlite::Error> {
     conn.execute(
         "ATTACH DATABASE ?1 AS store",
         [store.to_string_lossy().as_ref()],
     )?;
     let moved = (|| -> Result<usize, rusqlite::Error> {
-        let any: bool =
-            conn.query_row("SELECT EXISTS (SELECT 1 FROM store.audit_log)", [], |r| {
-                r.get(0)
-            })?;
+        let any: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM store.legacy_audit_log)",
+            [],
+            |r| r.get(0),
+        )?;
         if !any {
             return Ok(0);
         }
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The copy commits first (in the audit log's file), then the delete (in the
+        // store's): WAL databases commit one by one.
+        let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO main.audit_log (id, at_ms, token_id, actor, role, action, member_id, detail)
              SELECT s.id, s.at_ms, s.token_id, s.actor, s.role, s.action, s.member_id, s.detail
-             FROM store.audit_log s
+             FROM store.legacy_audit_log s
              WHERE NOT EXISTS (
                  SELECT 1 FROM main.audit_log a
                  WHERE a.id = s.id AND a.at_ms = s.at_ms AND a.token_id IS s.token_id
@@ -97,12 +118,12 @@ fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<(), rusqlite:
              ORDER BY s.id",
             [],
         )?;
-        let n = tx.execute("DELETE FROM store.audit_log", [])?;
         tx.commit()?;
-        Ok(n)
+        conn.execute("DELETE FROM store.legacy_audit_log", [])
     })();
-    conn.execute("DETACH DATABASE store", [])?;
+    let detached = conn.execute("DETACH DATABASE store", []);
     let n = moved?;
+    detached?;
     if n > 0 {
         tracing::info!(rows = n, "Moved the audit log out of the store into {FILE}");
     }
@@ -217,25 +238,19 @@ impl AuditLog {
     /// Starts the writer thread on the audit log in `data_dir` (see [`open`]), committing
     /// with `sync`. It stops when every handle is dropped.
     pub fn start(data_dir: &Path, sync: Durability) -> Result<Self, crate::store::StoreError> {
-        let conn = open(data_dir)?;
-        if sync == Durability::Normal {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-        }
-        // The writer never checkpoints: a checkpoint copies the log into the database
-        // file and syncs it, and every lookup waiting for the next commit would wait for
-        // that too. A second connection checkpoints beside it instead.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = open(data_dir)?;
+        let conn = open_writer(data_dir, sync)?;
+        let checkpointer = open_file(data_dir)?;
+        // A checkpoint that must wait (for a long read of the log, say) gives up soon and
+        // is tried again a second later; while it waits, it holds the writer up.
+        checkpointer.busy_timeout(std::time::Duration::from_millis(100))?;
         let (tx, rx) = mpsc::channel::<Request>(4096);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
         let dir: PathBuf = data_dir.to_owned();
-        let spawn_error = |e| crate::store::StoreError::DataDir {
-            path: data_dir.display().to_string(),
-            source: e,
-        };
+        let spawn_error = crate::store::StoreError::Thread;
+        let wal = data_dir.join(format!("{FILE}-wal"));
         std::thread::Builder::new()
             .name("audit-checkpoint".into())
-            .spawn(move || checkpoint(checkpointer, stopped))
+            .spawn(move || checkpoint(checkpointer, &wal, stopped))
             .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -287,24 +302,86 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Request>, dir: PathBuf) {
     }
 }
 
-/// How often the checkpointer copies the audit log's write-ahead log into its file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The audit writer's connection: the audit log ([`open`]), committing with `sync`, and
+/// never checkpointing itself (a checkpoint copies the log into the database file and
+/// syncs it, and every lookup waiting for the next commit would wait for that too; the
+/// checkpointer thread does it beside the writer instead).
+fn open_writer(data_dir: &Path, sync: Durability) -> Result<Connection, crate::store::StoreError> {
+    let conn = open(data_dir)?;
+    if sync == Durability::Normal {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // When the write-ahead file restarts, it is cut back to this size.
+    conn.pragma_update(None, "journal_size_limit", 16 << 20)?;
+    Ok(conn)
+}
 
-/// Checkpoints the audit log every [`CHECKPOINT_EVERY`] (passively: it never waits for
-/// the writer) until the writer stops, then once more.
-fn checkpoint(conn: Connection, writer_stopped: std::sync::mpsc::Receiver<()>) {
+/// How often the checkpointer copies the audit log's write-ahead file into its database.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Frames (pages) in the write-ahead file above which the checkpointer restarts it.
+pub const RESTART_FRAMES: i64 = 4096;
+
+/// Checkpoints the audit log every [`CHECKPOINT_EVERY`] until the writer stops, then once
+/// more.
+fn checkpoint(conn: Connection, wal: &Path, writer_stopped: std::sync::mpsc::Receiver<()>) {
     loop {
         let last = !matches!(
             writer_stopped.recv_timeout(CHECKPOINT_EVERY),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
         );
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "Failed to checkpoint the audit log");
+        match checkpoint_once(&conn, wal) {
+            Ok(Checkpoint { busy: true, frames }) => {
+                tracing::debug!(frames, "The audit log's checkpoint waited for a reader")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Failed to checkpoint the audit log"),
         }
         if last {
             return;
         }
     }
+}
+
+/// What one checkpoint found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    /// A reader or the writer kept it from copying every frame.
+    busy: bool,
+    /// Frames in the write-ahead file when it ran.
+    frames: i64,
+}
+
+/// One round of the checkpointer:
+/// 1. a passive checkpoint copies what it can without waiting for the writer;
+/// 2. if the write-ahead file has grown past [`RESTART_FRAMES`] (it only starts again
+///    from the beginning once a checkpoint has copied all of it, which a busy writer
+///    never lets a passive one do), a restarting checkpoint waits for the writer's
+///    current commit, copies the rest (little, after step 1) and lets the next commit
+///    start the file over;
+/// 3. the write-ahead file is synced, so that rows committed without a sync
+///    (`audit_sync = "normal"`) are on disk even when no frame could be copied.
+fn checkpoint_once(conn: &Connection, wal: &Path) -> Result<Checkpoint, std::io::Error> {
+    let run = |mode: &str| -> Result<Checkpoint, std::io::Error> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok(Checkpoint {
+                busy: r.get::<_, i64>(0)? != 0,
+                frames: r.get(1)?,
+            })
+        })
+        .map_err(std::io::Error::other)
+    };
+    let mut done = run("PASSIVE")?;
+    if done.frames > RESTART_FRAMES {
+        done = run("RESTART")?;
+    }
+    match std::fs::File::open(wal) {
+        Ok(f) => f.sync_data()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(done)
 }
 
 fn write<'a>(
@@ -415,9 +492,15 @@ mod tests {
     }
 
     fn legacy_row(conn: &Connection, id: i64, detail: &str) {
+        row_in(conn, "legacy_audit_log", id, detail);
+    }
+
+    fn row_in(conn: &Connection, table: &str, id: i64, detail: &str) {
         conn.execute(
-            "INSERT INTO audit_log (id, at_ms, token_id, actor, role, action, member_id, detail)
-             VALUES (?1, 1700000000000, 3, 'desk', 'support', 'search', 'm1', ?2)",
+            &format!(
+                "INSERT INTO {table} (id, at_ms, token_id, actor, role, action, member_id, detail)
+                 VALUES (?1, 1700000000000, 3, 'desk', 'support', 'search', 'm1', ?2)"
+            ),
             params![id, detail],
         )
         .unwrap();
@@ -426,7 +509,7 @@ mod tests {
     fn store_rows(dir: &Path) -> i64 {
         crate::store::open_reader(dir)
             .unwrap()
-            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM legacy_audit_log", [], |r| r.get(0))
             .unwrap()
     }
 
@@ -444,8 +527,8 @@ mod tests {
         );
         assert_eq!(store_rows(dir.path()), 0);
         drop(conn);
-        // A crash after the copy but before the delete is not possible (one transaction),
-        // but a row already there with the same content is not copied twice either.
+        // A crash between the copy's commit and the delete's leaves a row in both files:
+        // it is deleted from the store and not copied twice.
         legacy_row(&store, 2, "q=maria");
         let conn = open(dir.path()).unwrap();
         assert_eq!(list(&conn, None, 10).unwrap().len(), 2);
@@ -475,7 +558,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open_writer(dir.path()).unwrap();
         drop(open(dir.path()).unwrap());
-        legacy_row(&open_writer_audit(dir.path()), 1, "in the audit log");
+        row_in(
+            &open_writer_audit(dir.path()),
+            "audit_log",
+            1,
+            "in the audit log",
+        );
         legacy_row(&store, 1, "in the store");
         assert!(open(dir.path()).is_err());
         assert_eq!(store_rows(dir.path()), 1);
@@ -485,5 +573,81 @@ mod tests {
 
     fn open_writer_audit(dir: &Path) -> Connection {
         Connection::open(dir.join(FILE)).unwrap()
+    }
+
+    #[test]
+    fn the_writer_syncs_each_commit_only_when_asked_to() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sync, pragma) in [(Durability::Full, 2), (Durability::Normal, 1)] {
+            let conn = open_writer(dir.path(), sync).unwrap();
+            let level: i64 = conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(level, pragma, "{sync:?}");
+        }
+    }
+
+    #[test]
+    fn the_write_ahead_file_stays_bounded_while_the_writer_keeps_committing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open_writer(dir.path(), Durability::Normal).unwrap();
+        let checkpointer = open_file(dir.path()).unwrap();
+        checkpointer
+            .busy_timeout(std::time::Duration::from_millis(100))
+            .unwrap();
+        let wal = dir.path().join(format!("{FILE}-wal"));
+        // The writer commits one row after another, never pausing, as under load.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let e = Entry {
+                        at: Utc::now(),
+                        token_id: Some(1),
+                        actor: "desk".into(),
+                        role: "support".into(),
+                        action: Action::Search,
+                        member_id: Some(format!("m{n}")),
+                        detail: "x".repeat(200),
+                    };
+                    write(&mut writer, std::iter::once(&e)).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let (mut most_frames, mut restarts_seen) = (0, 0);
+        let mut last_frames = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while restarts_seen < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "three restarts did not happen within 60 s ({most_frames} frames at most)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let c = checkpoint_once(&checkpointer, &wal).unwrap();
+            most_frames = most_frames.max(c.frames);
+            if c.frames < last_frames {
+                restarts_seen += 1;
+            }
+            last_frames = c.frames;
+            assert!(
+                most_frames < 3 * RESTART_FRAMES,
+                "{most_frames} frames: the write-ahead file was not restarted"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writing.join().unwrap();
+        let rows: i64 = checkpointer
+            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows as u64, written);
+        let wal_bytes = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            wal_bytes <= 24 << 20,
+            "{wal_bytes} bytes of write-ahead file"
+        );
     }
 }

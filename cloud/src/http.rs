@@ -51,7 +51,7 @@ pub enum StateError {
     /// The greeting templates did not load.
     #[error(transparent)]
     Greeting(#[from] crate::greeting::GreetingError),
-    /// The store could not be opened for the audit log.
+    /// The store, the audit log or the store readers could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }

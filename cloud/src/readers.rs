@@ -5,7 +5,7 @@
 //! Why not `spawn_blocking` with a connection per blocking thread: tokio's blocking pool
 //! grows a thread whenever none is idle at the moment a task arrives, so under load it
 //! reached about 150 threads, each with its own connection whose page cache was mostly
-//! cold. The pool here has a fixed size (two connections per core by default); a burst
+//! cold. The pool here has a fixed size (two connections per core, at most 16); a burst
 //! of requests waits in its queue, first come first served, instead of oversubscribing
 //! the cores and SQLite with threads.
 
@@ -52,17 +52,14 @@ impl ReaderPool {
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&conn)));
                     }
                 })
-                .map_err(|source| StoreError::DataDir {
-                    path: data_dir.display().to_string(),
-                    source,
-                })?;
+                .map_err(StoreError::Thread)?;
         }
         Ok(Self { jobs })
     }
 
-    /// The default size: two connections per core.
+    /// The default size: two connections per core, at most 16.
     pub fn default_size() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+        std::thread::available_parallelism().map_or(2, |n| (n.get() * 2).min(16))
     }
 
     /// Runs `f` on one of the pool's connections once one is free, and returns its result.
@@ -73,7 +70,10 @@ impl ReaderPool {
         let (done, answer) = oneshot::channel();
         self.jobs
             .send(Box::new(move |conn| {
-                let _ = done.send(f(conn));
+                // A request given up while it queued (its client went away) is not run.
+                if !done.is_closed() {
+                    let _ = done.send(f(conn));
+                }
             }))
             .map_err(|_| ReadError::Stopped)?;
         answer.await.map_err(|_| ReadError::Panicked)

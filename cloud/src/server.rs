@@ -83,6 +83,12 @@ pub async fn start(
         topic_prefix: cfg.topic_prefix.clone(),
         data_dir: cfg.data_dir.clone(),
     };
+    // The HTTP state first: opening the audit log may move rows out of the store (once,
+    // after an upgrade), which is best done before the ingest starts writing there.
+    let (state_metrics, state_cfg) = (metrics.clone(), cfg.clone());
+    let mut state = tokio::task::spawn_blocking(move || AppState::new(state_metrics, state_cfg))
+        .await?
+        .context("Failed to set up the HTTP API")?;
     let ingest = worker::start(
         &cfg,
         settings,
@@ -99,8 +105,6 @@ pub async fn start(
     let http_addr = listener.local_addr()?;
     let optout = crate::outreach::optout::OptOutKey::load(&cfg.data_dir)
         .context("Failed to load the opt-out key")?;
-    let mut state =
-        AppState::new(metrics.clone(), cfg.clone()).context("Failed to set up the HTTP API")?;
     state.optout = Some(optout);
     state.clock = clock_for_outreach.clone();
     let app = router(state);

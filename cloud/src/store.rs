@@ -36,8 +36,9 @@
 //!   `devices.max_tx_counter` is the newest transaction counter seen per device (replays
 //!   of older counters under new ids are refused). `member_policies (member_id)`: opt-in
 //!   and limits. `ledger_*`: see [`crate::ledger`] (append-only, never updated).
-//! - `audit_log` (migration 6): no longer written. The audit log has its own file
-//!   ([`crate::audit::FILE`]), and [`crate::audit::open`] moves any rows found here into it.
+//! - `legacy_audit_log` (migration 6 as `audit_log`, renamed by migration 7): no longer
+//!   written. The audit log has its own file ([`crate::audit::FILE`]), and
+//!   [`crate::audit::open`] moves any rows found here into it.
 //! - `engagement_transitions_daily (day, old_state, new_state)`: state changes per UTC day,
 //!   kept by a trigger on every insert into `state_transitions` (the engagement summary
 //!   reads it instead of scanning the transitions).
@@ -71,6 +72,19 @@ pub enum StoreError {
         /// Newest this build knows.
         supported: i64,
     },
+    /// The rows an older version kept in the store could not be moved into the audit log.
+    #[error("moving the audit log rows of {from} into {to}: {source} (both files are unchanged; move the clashing rows by hand or ask for help)")]
+    AuditMove {
+        /// The store.
+        from: String,
+        /// The audit log.
+        to: String,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// A worker thread (store reader, audit writer) could not be started.
+    #[error("could not start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -409,6 +423,12 @@ const MIGRATIONS: &[&str] = &[
         verified INTEGER NOT NULL,
         body TEXT NOT NULL
     );
+    "#,
+    // 7: the audit log has its own file (`crate::audit::FILE`). The old table is renamed
+    // so that versions before this one refuse the store (their schema is older) rather
+    // than go on writing rows there; `crate::audit::open` moves its rows and empties it.
+    r#"
+    ALTER TABLE audit_log RENAME TO legacy_audit_log;
     "#,
 ];
 
