@@ -45,7 +45,8 @@ pub use rollcall_shared::Secret;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudConfig {
-    /// Where the store (`rollcall.db`) and the cloud's key (`cloud.key`) live.
+    /// Where the store (`rollcall.db`), the audit log (`audit.db`) and the cloud's key
+    /// (`cloud.key`) live.
     pub data_dir: PathBuf,
     /// MQTT topic prefix (DESIGN §4).
     pub topic_prefix: String,

@@ -227,11 +227,11 @@ pub async fn bearer_principal(
         Ok((p, presented))
     })
     .await?;
-    // The token's last use is recorded off the request path about once a second: by the
-    // first request that re-checked it after its cache entry expired.
+    // The token's last use is recorded off the request path, by the first request that
+    // re-checked it after its cache entry expired, at most once a minute.
     if let Some(p) = principal
         .as_ref()
-        .filter(|p| s.tokens.put(&presented, (*p).clone()))
+        .filter(|p| s.tokens.put(&presented, (*p).clone()) && s.tokens.should_touch(p.token_id))
     {
         let (state, id, now) = (s.clone(), p.token_id, s.clock.now());
         tokio::spawn(async move {

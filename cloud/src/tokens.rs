@@ -138,6 +138,8 @@ fn hash(token: &str) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, std::time::Instant)>>,
+    /// When each token's last use was last written to the store.
+    touched: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
 }
 
 impl TokenCache {
@@ -145,6 +147,30 @@ impl TokenCache {
     pub const TTL: std::time::Duration = std::time::Duration::from_secs(1);
     /// Most tokens kept (expired ones are dropped when it is full).
     const CAPACITY: usize = 1024;
+    /// How often a token's last use is written to the store. Each write to the store
+    /// empties the page cache of every connection reading it, so a busy token must not
+    /// cause one every second.
+    pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether the use of token `id` now should be written to the store: the first use,
+    /// then at most once per [`Self::TOUCH_EVERY`] (the answer is `true` for one caller).
+    pub fn should_touch(&self, id: i64) -> bool {
+        self.should_touch_at(id, std::time::Instant::now())
+    }
+
+    fn should_touch_at(&self, id: i64, now: std::time::Instant) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        match touched.get(&id) {
+            Some(at) if now.saturating_duration_since(*at) < Self::TOUCH_EVERY => false,
+            _ => {
+                if touched.len() >= Self::CAPACITY {
+                    touched.retain(|_, at| now.saturating_duration_since(*at) < Self::TOUCH_EVERY);
+                }
+                touched.insert(id, now);
+                true
+            }
+        }
+    }
 
     /// The principal of `presented` if it was found valid less than [`Self::TTL`] ago.
     pub fn get(&self, presented: &str) -> Option<Principal> {
@@ -335,6 +361,20 @@ mod tests {
             "an entry older than the TTL is asked again"
         );
         assert!(cache.put("rc_c", p), "and its re-check is the first again");
+    }
+
+    #[test]
+    fn a_tokens_use_is_written_at_most_once_a_minute() {
+        let cache = TokenCache::default();
+        let t0 = std::time::Instant::now();
+        assert!(cache.should_touch_at(1, t0), "the first use is written");
+        assert!(!cache.should_touch_at(1, t0));
+        assert!(!cache.should_touch_at(1, t0 + TokenCache::TOUCH_EVERY / 2));
+        assert!(
+            cache.should_touch_at(2, t0),
+            "each token has its own minute"
+        );
+        assert!(cache.should_touch_at(1, t0 + TokenCache::TOUCH_EVERY));
     }
 
     #[test]
