@@ -19,9 +19,11 @@
 //!   deleted: the two files commit separately, so a crash between the commits leaves the
 //!   rows in both, and the next start deletes them without copying them again.
 //! - The write-ahead file stays bounded: a checkpointer thread copies it into the
-//!   database every [`CHECKPOINT_EVERY`], restarts it once it is longer than
-//!   [`RESTART_FRAMES`] and syncs it, so with `audit_sync = "normal"` rows reach the disk
-//!   within about a second too.
+//!   database every [`CHECKPOINT_EVERY`] and syncs it, so with `audit_sync = "normal"`
+//!   rows reach the disk within about a second too. Once it is longer than
+//!   [`RESTART_FRAMES`], the checkpointer asks the writer to restart it between two
+//!   commits: a writer that commits without pause starves any other connection that
+//!   waits for it, so only the writer itself can restart the file for certain.
 
 use crate::tokens::Principal;
 use chrono::{DateTime, Utc};
@@ -238,10 +240,11 @@ impl AuditLog {
     /// Starts the writer thread on the audit log in `data_dir` (see [`open`]), committing
     /// with `sync`. It stops when every handle is dropped.
     pub fn start(data_dir: &Path, sync: Durability) -> Result<Self, crate::store::StoreError> {
-        let conn = open_writer(data_dir, sync)?;
+        let writer = Writer::new(open_writer(data_dir, sync)?);
+        let restart = writer.restart.clone();
         let checkpointer = open_file(data_dir)?;
         // A checkpoint that must wait (for a long read of the log, say) gives up soon and
-        // is tried again a second later; while it waits, it holds the writer up.
+        // is tried again a second later.
         checkpointer.busy_timeout(std::time::Duration::from_millis(100))?;
         let (tx, rx) = mpsc::channel::<Request>(4096);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
@@ -250,12 +253,12 @@ impl AuditLog {
         let wal = data_dir.join(format!("{FILE}-wal"));
         std::thread::Builder::new()
             .name("audit-checkpoint".into())
-            .spawn(move || checkpoint(checkpointer, &wal, stopped))
+            .spawn(move || checkpoint(checkpointer, &wal, &restart, stopped))
             .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                writer(conn, rx, dir);
+                write_requests(writer, rx, dir);
                 drop(running);
             })
             .map_err(spawn_error)?;
@@ -278,7 +281,7 @@ impl AuditLog {
     }
 }
 
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Request>, dir: PathBuf) {
+fn write_requests(mut writer: Writer, mut rx: mpsc::Receiver<Request>, dir: PathBuf) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut n = batch[0].0.len();
@@ -291,14 +294,56 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Request>, dir: PathBuf) {
                 Err(_) => break,
             }
         }
-        let result =
-            write(&mut conn, batch.iter().flat_map(|(e, _)| e.iter())).map_err(|e| e.to_string());
+        let result = write(&mut writer.conn, batch.iter().flat_map(|(e, _)| e.iter()))
+            .map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, data_dir = %dir.display(), "Failed to write the audit log");
         }
         for (_, done) in batch {
             let _ = done.send(result.clone());
         }
+        if let Err(e) = writer.restart_if_asked() {
+            tracing::warn!(error = %e, "Failed to restart the audit log's write-ahead file");
+        }
+    }
+}
+
+/// The audit writer's connection and the checkpointer's request to restart the
+/// write-ahead file.
+struct Writer {
+    conn: Connection,
+    /// Set by the checkpointer when the write-ahead file is longer than
+    /// [`RESTART_FRAMES`]; taken by the writer between two commits.
+    restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Writer {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            restart: Default::default(),
+        }
+    }
+
+    /// Restarts the write-ahead file if the checkpointer asked for it. Called between
+    /// commits, when this connection holds no transaction and no other connection
+    /// writes, so the checkpoint waits only for readers of the log (rare) and for the
+    /// checkpointer's passive round, which has already copied most frames.
+    fn restart_if_asked(&self) -> Result<(), rusqlite::Error> {
+        if !self
+            .restart
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))?;
+        if busy != 0 {
+            // A reader kept it from finishing; the checkpointer will ask again.
+            tracing::debug!("The audit log's write-ahead file restart waited for a reader");
+        }
+        Ok(())
     }
 }
 
@@ -325,13 +370,18 @@ pub const RESTART_FRAMES: i64 = 4096;
 
 /// Checkpoints the audit log every [`CHECKPOINT_EVERY`] until the writer stops, then once
 /// more.
-fn checkpoint(conn: Connection, wal: &Path, writer_stopped: std::sync::mpsc::Receiver<()>) {
+fn checkpoint(
+    conn: Connection,
+    wal: &Path,
+    restart: &std::sync::atomic::AtomicBool,
+    writer_stopped: std::sync::mpsc::Receiver<()>,
+) {
     loop {
         let last = !matches!(
             writer_stopped.recv_timeout(CHECKPOINT_EVERY),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
         );
-        match checkpoint_once(&conn, wal) {
+        match checkpoint_once(&conn, wal, restart) {
             Ok(Checkpoint { busy: true, frames }) => {
                 tracing::debug!(frames, "The audit log's checkpoint waited for a reader")
             }
@@ -357,24 +407,27 @@ struct Checkpoint {
 /// 1. a passive checkpoint copies what it can without waiting for the writer;
 /// 2. if the write-ahead file has grown past [`RESTART_FRAMES`] (it only starts again
 ///    from the beginning once a checkpoint has copied all of it, which a busy writer
-///    never lets a passive one do), a restarting checkpoint waits for the writer's
-///    current commit, copies the rest (little, after step 1) and lets the next commit
-///    start the file over;
+///    never lets a passive one do), it asks the writer to restart it after its next
+///    commit (see [`Writer::restart_if_asked`]). Waiting for the writer here instead
+///    would not do: SQLite's busy handler polls, and a writer that begins its next
+///    transaction microseconds after the last one wins every race;
 /// 3. the write-ahead file is synced, so that rows committed without a sync
 ///    (`audit_sync = "normal"`) are on disk even when no frame could be copied.
-fn checkpoint_once(conn: &Connection, wal: &Path) -> Result<Checkpoint, std::io::Error> {
-    let run = |mode: &str| -> Result<Checkpoint, std::io::Error> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+fn checkpoint_once(
+    conn: &Connection,
+    wal: &Path,
+    restart: &std::sync::atomic::AtomicBool,
+) -> Result<Checkpoint, std::io::Error> {
+    let done = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok(Checkpoint {
                 busy: r.get::<_, i64>(0)? != 0,
                 frames: r.get(1)?,
             })
         })
-        .map_err(std::io::Error::other)
-    };
-    let mut done = run("PASSIVE")?;
+        .map_err(std::io::Error::other)?;
     if done.frames > RESTART_FRAMES {
-        done = run("RESTART")?;
+        restart.store(true, std::sync::atomic::Ordering::Release);
     }
     match std::fs::File::open(wal) {
         Ok(f) => f.sync_data()?,
@@ -590,7 +643,8 @@ mod tests {
     #[test]
     fn the_write_ahead_file_stays_bounded_while_the_writer_keeps_committing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = open_writer(dir.path(), Durability::Normal).unwrap();
+        let mut writer = Writer::new(open_writer(dir.path(), Durability::Normal).unwrap());
+        let restart = writer.restart.clone();
         let checkpointer = open_file(dir.path()).unwrap();
         checkpointer
             .busy_timeout(std::time::Duration::from_millis(100))
@@ -612,7 +666,8 @@ mod tests {
                         member_id: Some(format!("m{n}")),
                         detail: "x".repeat(200),
                     };
-                    write(&mut writer, std::iter::once(&e)).unwrap();
+                    write(&mut writer.conn, std::iter::once(&e)).unwrap();
+                    writer.restart_if_asked().unwrap();
                     n += 1;
                 }
                 n
@@ -627,7 +682,7 @@ mod tests {
                 "three restarts did not happen within 60 s ({most_frames} frames at most)"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let c = checkpoint_once(&checkpointer, &wal).unwrap();
+            let c = checkpoint_once(&checkpointer, &wal, &restart).unwrap();
             most_frames = most_frames.max(c.frames);
             if c.frames < last_frames {
                 restarts_seen += 1;
