@@ -6,6 +6,10 @@
 //! on disk. Times are stored as Unix milliseconds (`*_ms`). A bound row limit is written
 //! `LIMIT CAST(?N AS INTEGER)`: with a bare `LIMIT ?N`, SQLite re-prepares the statement
 //! every time the parameter is bound again (it folds the value into the plan).
+//! The bundled SQLite is built with the options in `.cargo/config.toml`
+//! (`LIBSQLITE3_FLAGS`): without `SQLITE_ENABLE_MEMORY_MANAGEMENT`, so that each
+//! connection has its own page cache instead of one shared behind a global mutex, and
+//! without memory statistics (another global mutex, around every allocation).
 //!
 //! Dedup keys, enforced by the tables below:
 //! - `events (device_id, seq)`: one row per device event, whatever the number of re-sends.
@@ -517,6 +521,28 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         open_reader(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn sqlite_is_built_without_a_shared_page_cache_or_memory_statistics() {
+        // Set by `.cargo/config.toml`; a build run from outside the workspace (cargo reads
+        // its config from the working directory) would lose them and fail here.
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
     }
 
     #[test]
