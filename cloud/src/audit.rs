@@ -308,6 +308,11 @@ fn write_requests(mut writer: Writer, mut rx: mpsc::Receiver<Request>, dir: Path
     }
 }
 
+/// Longest the writer waits for readers of the log when it restarts the write-ahead file.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// The writer's usual busy timeout (the store's, see [`crate::store`]).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The audit writer's connection and the checkpointer's request to restart the
 /// write-ahead file.
 struct Writer {
@@ -336,10 +341,14 @@ impl Writer {
         {
             return Ok(());
         }
-        let busy: i64 = self
+        // Lookups wait for this thread's next commit: wait for readers only briefly, and
+        // leave the restart to a later round if one holds on.
+        self.conn.busy_timeout(RESTART_WAIT)?;
+        let busy = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))?;
-        if busy != 0 {
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(WRITER_WAIT)?;
+        if busy? != 0 {
             // A reader kept it from finishing; the checkpointer will ask again.
             tracing::debug!("The audit log's write-ahead file restart waited for a reader");
         }
@@ -638,6 +647,49 @@ mod tests {
                 .unwrap();
             assert_eq!(level, pragma, "{sync:?}");
         }
+    }
+
+    #[test]
+    fn a_reader_holding_the_log_delays_a_restart_only_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Writer::new(open_writer(dir.path(), Durability::Normal).unwrap());
+        let e = |n: u32| Entry {
+            at: Utc::now(),
+            token_id: None,
+            actor: "desk".into(),
+            role: "support".into(),
+            action: Action::Search,
+            member_id: Some(format!("m{n}")),
+            detail: String::new(),
+        };
+        write(&mut writer.conn, std::iter::once(&e(0))).unwrap();
+        // A reader in the middle of a read transaction on the log (an audit page, say).
+        let reader = open_reader(dir.path()).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+        writer
+            .restart
+            .store(true, std::sync::atomic::Ordering::Release);
+        let started = std::time::Instant::now();
+        write(&mut writer.conn, std::iter::once(&e(1))).unwrap();
+        writer.restart_if_asked().unwrap();
+        // Without the short wait the writer, and every lookup behind it, would wait the
+        // store's 30 s busy timeout for the reader.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // The next commit still waits for the write lock as long as before.
+        let timeout: i64 = writer
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(timeout, 30_000);
+        reader.execute_batch("COMMIT").unwrap();
     }
 
     #[test]
