@@ -22,6 +22,12 @@
 //! - `median_lead_days`: for those caught, days from the true drop-out to the start of
 //!   the flag that caught it (negative: flagged before; lower is better);
 //! - `false_alarms_per_1000`: false alarms per 1,000 member-days of truly engaged members.
+//!
+//! `by_profile` shows where each predictor's ranking goes wrong: for each behaviour
+//! profile of the simulator, the AUC of that profile's silent member-days against every
+//! non-silent one (`auc_positives`), and of every silent member-day against that
+//! profile's non-silent ones (`auc_negatives`). A predictor that ranks, say, holiday
+//! members too close to drop-outs shows a low `auc_negatives` for `holiday`.
 
 use crate::sim::truth::{MemberTruth, Truth};
 use anyhow::{bail, Context, Result};
@@ -67,6 +73,67 @@ pub struct Evaluation {
     pub dropouts: usize,
     /// Engaged member-days (the false-alarm denominator).
     pub engaged_member_days: u64,
+    /// Per simulator profile: how its member-days rank among all others.
+    pub by_profile: BTreeMap<String, ProfileRanking>,
+}
+
+/// How one profile's labelled member-days rank among all others, per predictor
+/// (`model`, `silent_14d`, `gap_3x`); an AUC is null when the profile has no such days.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProfileRanking {
+    /// The profile's member-days with no active day in the next 14 days.
+    pub positives: usize,
+    /// The profile's other labelled member-days.
+    pub negatives: usize,
+    /// AUC of the profile's positives against all negatives.
+    pub auc_positives: BTreeMap<String, f64>,
+    /// AUC of all positives against the profile's negatives.
+    pub auc_negatives: BTreeMap<String, f64>,
+}
+
+/// [`ProfileRanking`] for every profile: `samples[p]` holds predictor `p`'s (score,
+/// label) pairs and `profile_of[i]` the profile of the `i`-th pair (the same member-day in
+/// every predictor).
+fn rank_by_profile(
+    samples: &[Vec<(f64, bool)>; 3],
+    profile_of: &[&str],
+) -> BTreeMap<String, ProfileRanking> {
+    let mut profiles: Vec<&str> = profile_of.to_vec();
+    profiles.sort_unstable();
+    profiles.dedup();
+    profiles
+        .into_iter()
+        .map(|prof| {
+            let mine = |i: usize| profile_of[i] == prof;
+            let count = |label: bool| {
+                (0..profile_of.len())
+                    .filter(|&i| mine(i) && samples[0][i].1 == label)
+                    .count()
+            };
+            let mut auc_positives = BTreeMap::new();
+            let mut auc_negatives = BTreeMap::new();
+            for (p, name) in PREDICTORS.iter().enumerate() {
+                // Keep the profile's days of one label, and every day of the other.
+                let subset = |label: bool| -> Vec<(f64, bool)> {
+                    samples[p]
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, s)| s.1 != label || mine(i))
+                        .map(|(_, s)| *s)
+                        .collect()
+                };
+                auc_positives.insert((*name).to_owned(), auc(&mut subset(true)));
+                auc_negatives.insert((*name).to_owned(), auc(&mut subset(false)));
+            }
+            let ranking = ProfileRanking {
+                positives: count(true),
+                negatives: count(false),
+                auc_positives,
+                auc_negatives,
+            };
+            (prof.to_owned(), ranking)
+        })
+        .collect()
 }
 
 /// What to evaluate.
@@ -190,6 +257,7 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
     }
 
     let mut samples: [Vec<(f64, bool)>; 3] = Default::default();
+    let mut profile_of: Vec<&str> = Vec::new();
     let mut labelled = 0u64;
     let mut engaged_days = 0u64;
     for (d, day) in replay.days.iter().enumerate() {
@@ -215,6 +283,7 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
                 samples[0].push((point.p_silent_14d, label));
                 samples[1].push((silent as f64, label));
                 samples[2].push((silent as f64 / (gap_limit / 3.0), label));
+                profile_of.push(&s.truth.profile);
             }
         }
     }
@@ -229,6 +298,7 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
                 .is_some_and(|d| d >= from_date && d + Duration::days(14) <= to_date)
         })
         .count();
+    let by_profile = rank_by_profile(&samples, &profile_of);
     let mut figures = PREDICTORS
         .iter()
         .enumerate()
@@ -252,6 +322,7 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
         labelled_member_days: labelled,
         dropouts,
         engaged_member_days: engaged_days,
+        by_profile,
     })
 }
 
@@ -362,6 +433,38 @@ pub fn table(e: &Evaluation) -> String {
     for (name, f) in &e.baselines {
         row(name, f);
     }
+    out.push_str(
+        "\nBy profile: AUC of its silent days against all others (positives), \
+         of all silent days against its other days (negatives)\n\n",
+    );
+    out.push_str(&format!(
+        "{:<10} {:>9} {:>9}   {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}\n",
+        "profile",
+        "positives",
+        "negatives",
+        "model",
+        "silent",
+        "gap_3x",
+        "model",
+        "silent",
+        "gap_3x"
+    ));
+    for (prof, r) in &e.by_profile {
+        let cells = |m: &BTreeMap<String, f64>| {
+            PREDICTORS
+                .iter()
+                .map(|p| format!("{:>8.4}", m.get(*p).copied().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        out.push_str(&format!(
+            "{prof:<10} {:>9} {:>9}   {}   {}\n",
+            r.positives,
+            r.negatives,
+            cells(&r.auc_positives),
+            cells(&r.auc_negatives)
+        ));
+    }
     out
 }
 
@@ -379,5 +482,41 @@ mod tests {
         assert_eq!(auc(&mut inverted), 0.0);
         let mut one_class = vec![(0.3, true)];
         assert!(auc(&mut one_class).is_nan());
+    }
+
+    #[test]
+    fn each_profile_is_ranked_against_everyone_else() {
+        // Member-days: (score, silent next 14 days), the same for the three predictors
+        // except that the model ranks the holiday member's non-silent day highest of all.
+        let days = [
+            ("dropout", 0.9, true),
+            ("dropout", 0.8, true),
+            ("daily", 0.1, false),
+            ("daily", 0.2, false),
+            ("holiday", 0.95, false),
+            ("holiday", 0.7, true),
+        ];
+        let model: Vec<(f64, bool)> = days.iter().map(|d| (d.1, d.2)).collect();
+        let mut silence = model.clone();
+        silence[4].0 = 0.3;
+        let samples = [model, silence.clone(), silence];
+        let profile_of: Vec<&str> = days.iter().map(|d| d.0).collect();
+        let r = rank_by_profile(&samples, &profile_of);
+        assert_eq!(
+            r.keys().collect::<Vec<_>>(),
+            ["daily", "dropout", "holiday"]
+        );
+        let h = &r["holiday"];
+        assert_eq!((h.positives, h.negatives), (1, 1));
+        // All three positives against the holiday day the model puts on top: 0 of 3.
+        assert_eq!(h.auc_negatives["model"], 0.0);
+        assert_eq!(h.auc_negatives["silent_14d"], 1.0);
+        // The holiday positive (0.7) against every negative: above both daily days, below
+        // the model's 0.95, above silence's 0.3.
+        assert!((h.auc_positives["model"] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(h.auc_positives["gap_3x"], 1.0);
+        // No positives among the daily members: their positive AUC is undefined.
+        assert!(r["daily"].auc_positives["model"].is_nan());
+        assert_eq!(r["daily"].auc_negatives["model"], 1.0);
     }
 }
