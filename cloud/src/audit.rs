@@ -661,19 +661,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_reader_holding_the_log_delays_a_restart_only_briefly() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut writer = Writer::new(open_writer(dir.path(), Durability::Normal).unwrap());
-        let e = |n: u32| Entry {
+    /// A search by the `desk` token for member `m{n}`.
+    fn search_entry(n: u64, detail: &str) -> Entry {
+        Entry {
             at: Utc::now(),
-            token_id: None,
+            token_id: Some(1),
             actor: "desk".into(),
             role: "support".into(),
             action: Action::Search,
             member_id: Some(format!("m{n}")),
-            detail: String::new(),
-        };
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn a_reader_holding_the_log_delays_a_restart_only_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Writer::new(open_writer(dir.path(), Durability::Normal).unwrap());
+        let e = |n: u64| search_entry(n, "");
         write(&mut writer.conn, std::iter::once(&e(0))).unwrap();
         // A reader in the middle of a read transaction on the log (an audit page, say).
         let reader = open_reader(dir.path()).unwrap();
@@ -728,15 +733,7 @@ mod tests {
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let e = Entry {
-                        at: Utc::now(),
-                        token_id: Some(1),
-                        actor: "desk".into(),
-                        role: "support".into(),
-                        action: Action::Search,
-                        member_id: Some(format!("m{n}")),
-                        detail: "x".repeat(200),
-                    };
+                    let e = search_entry(n, &"x".repeat(200));
                     write(&mut writer.conn, std::iter::once(&e)).unwrap();
                     writer.restart_if_asked().unwrap();
                     n += 1;
@@ -787,16 +784,11 @@ mod tests {
         checkpoint_once(&checkpointer, &wal, &restart).unwrap();
         restart.store(true, std::sync::atomic::Ordering::Release);
         assert_eq!(writer.restart_if_asked().unwrap(), Some(false));
-        let e = Entry {
-            at: Utc::now(),
-            token_id: Some(1),
-            actor: "desk".into(),
-            role: "support".into(),
-            action: Action::Search,
-            member_id: None,
-            detail: String::new(),
-        };
-        write(&mut writer.conn, std::iter::once(&e)).unwrap();
+        write(
+            &mut writer.conn,
+            std::iter::once(&search_entry(written, "")),
+        )
+        .unwrap();
         let wal_bytes = std::fs::metadata(&wal).unwrap().len();
         assert!(
             wal_bytes <= (16 << 20) + (64 << 10),
