@@ -453,7 +453,10 @@ pub fn table(e: &Evaluation) -> String {
         let cells = |m: &BTreeMap<String, f64>| {
             PREDICTORS
                 .iter()
-                .map(|p| format!("{:>8.4}", m.get(*p).copied().unwrap_or(f64::NAN)))
+                .map(|p| match m.get(*p).copied().filter(|a| !a.is_nan()) {
+                    Some(a) => format!("{a:>8.4}"),
+                    None => format!("{:>8}", "-"),
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -518,5 +521,36 @@ mod tests {
         // No positives among the daily members: their positive AUC is undefined.
         assert!(r["daily"].auc_positives["model"].is_nan());
         assert_eq!(r["daily"].auc_negatives["model"], 1.0);
+
+        // The table shows an undefined AUC as a dash; the JSON as null.
+        let f = Figures {
+            auc: 0.9,
+            precision: 0.5,
+            recall: 1.0,
+            median_lead_days: 7.0,
+            false_alarms_per_1000: 1.5,
+        };
+        let day = NaiveDate::from_ymd_opt(2026, 8, 1).unwrap();
+        let e = Evaluation {
+            model: f,
+            baselines: BTreeMap::from([("silent_14d".to_owned(), f), ("gap_3x".to_owned(), f)]),
+            from: day,
+            to: day,
+            members: 3,
+            labelled_member_days: 6,
+            dropouts: 1,
+            engaged_member_days: 4,
+            by_profile: r,
+        };
+        let text = table(&e);
+        let daily = text.lines().find(|l| l.starts_with("daily")).unwrap();
+        assert!(!text.contains("NaN"), "{text}");
+        assert_eq!(
+            daily.split_whitespace().filter(|c| *c == "-").count(),
+            3,
+            "{daily}"
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        assert!(json["by_profile"]["daily"]["auc_positives"]["model"].is_null());
     }
 }
