@@ -195,12 +195,12 @@ impl TokenCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries
             .get(&key)
-            .is_some_and(|(_, seen)| seen.elapsed() < Self::TTL)
+            .is_some_and(|(_, seen)| at.saturating_duration_since(*seen) < Self::TTL)
         {
             return false;
         }
         if entries.len() >= Self::CAPACITY {
-            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            entries.retain(|_, (_, seen)| at.saturating_duration_since(*seen) < Self::TTL);
         }
         if entries.len() < Self::CAPACITY {
             entries.insert(key, (principal, at));
