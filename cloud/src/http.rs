@@ -13,8 +13,9 @@
 use crate::config::CloudConfig;
 use crate::metrics::Metrics;
 use crate::tokens::{Principal, Role};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
@@ -182,7 +183,73 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(crate::console::sink_receive),
         );
     }
-    app.fallback(not_found).with_state(state)
+    app.fallback(not_found)
+        .layer(axum::middleware::from_fn(json_errors))
+        .with_state(state)
+}
+
+/// Most a framework rejection's text can be; axum's are one line.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// Gives every error under `/api/` a JSON body with a reason, like [`ApiError`]'s. The
+/// handlers' own errors already are; this catches what axum answers before a handler
+/// runs: an unparseable query string, path or form, a wrong content type (plain text),
+/// and a method the route does not serve (405, empty; its `Allow` header is kept).
+/// Responses that chose a type of their own (the TwiML, HTML pages) pass unchanged.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    let status = res.status();
+    if !api || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !plain {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, REJECTION_TEXT_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "internal",
+        _ => "rejected",
+    };
+    let message = if !text.is_empty() {
+        text
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        format!("this route does not serve that method (it serves {allow})")
+    } else {
+        status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_owned()
+    };
+    let mut out = ApiError {
+        status,
+        code,
+        message,
+    }
+    .into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// Refuses the request unless `principal` has one of `roles`.
@@ -339,6 +406,7 @@ pub async fn with_writer<T: Send + 'static>(
 
 async fn member_score(
     State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let member = rollcall_shared::MemberId::parse(&id).map_err(|e| ApiError {
@@ -346,7 +414,7 @@ async fn member_score(
         code: "bad_member_id",
         message: e.to_string(),
     })?;
-    with_store(&s, move |conn| {
+    let (json, member) = with_store(&s, move |conn| {
         let exists = conn
             .query_row(
                 "SELECT 1 FROM members WHERE id = ?1",
@@ -377,9 +445,32 @@ async fn member_score(
         .map_err(ApiError::internal)?;
         let mut v = serde_json::to_value(score).map_err(ApiError::internal)?;
         v["transitions"] = serde_json::to_value(transitions).map_err(ApiError::internal)?;
-        Ok(Json(v))
+        Ok((Json(v), member))
     })
-    .await
+    .await?;
+    audit_view(&s, &p, &member, "score").await?;
+    Ok(json)
+}
+
+/// Records in the audit log that `p` read part of `member`'s record (`what`), as
+/// `GET /api/v1/members/{id}` does for the whole of it.
+async fn audit_view(
+    s: &AppState,
+    p: &Principal,
+    member: &rollcall_shared::MemberId,
+    what: &str,
+) -> Result<(), ApiError> {
+    let entry = crate::audit::Entry::by(
+        p,
+        s.clock.now(),
+        crate::audit::Action::View,
+        Some(member.as_str()),
+        what,
+    );
+    s.audit
+        .record(vec![entry])
+        .await
+        .map_err(ApiError::internal)
 }
 
 async fn member_outreach(
@@ -393,12 +484,13 @@ async fn member_outreach(
         code: "bad_member_id",
         message: e.to_string(),
     })?;
-    with_store(&s, move |conn| {
-        crate::outreach::view::list(conn, Some(member.as_str()), 500)
-            .map(Json)
-            .map_err(ApiError::internal)
+    let key = member.clone();
+    let list = with_store(&s, move |conn| {
+        crate::outreach::view::list(conn, Some(key.as_str()), 500).map_err(ApiError::internal)
     })
-    .await
+    .await?;
+    audit_view(&s, &p, &member, "outreach").await?;
+    Ok(Json(list))
 }
 
 /// Query of `GET /api/v1/deliveries`.

@@ -340,6 +340,59 @@ async fn bad_input_and_missing_tokens_get_json_reasons() {
 }
 
 #[tokio::test]
+async fn what_the_framework_refuses_before_a_handler_runs_is_json_too() {
+    let e = start().await;
+    for (method, path, content_type, expected) in [
+        (
+            "GET",
+            "/api/v1/deliveries?limit=abc",
+            None,
+            (400, "bad_request"),
+        ),
+        (
+            "GET",
+            "/api/v1/lookup?phone=1&bogus=2",
+            None,
+            (400, "bad_request"),
+        ),
+        ("GET", "/api/v1/members/%FF", None, (400, "bad_request")),
+        (
+            "POST",
+            "/api/v1/telephony/incoming",
+            Some("application/json"),
+            (415, "unsupported_media_type"),
+        ),
+        ("POST", "/api/v1/lookup", None, (405, "method_not_allowed")),
+    ] {
+        let mut req = e
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", e.base))
+            .bearer_auth(&e.admin);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct).body("{}");
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let allow = res.headers().get("allow").cloned();
+        let body = res.text().await.unwrap();
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body:?}"));
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (expected.0, Some(expected.1)),
+            "{method} {path}: {v}"
+        );
+        assert!(
+            !v["message"].as_str().unwrap_or("").is_empty(),
+            "{method} {path}: {v}"
+        );
+        if status == 405 {
+            assert_eq!(allow.unwrap(), "GET,HEAD", "{path}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn each_member_gets_their_own_greeting_in_their_language() {
     let e = start().await;
     let (status, maria) = e.json("/api/v1/members/m-maria/greeting", &e.support).await;
@@ -477,6 +530,8 @@ async fn every_lookup_is_audited_with_who_and_why() {
     e.json("/api/v1/members/m-maria", &e.support).await;
     e.json("/api/v1/members/m-maria/greeting", &e.support).await;
     e.json("/api/v1/lookup?q=nobody%20here", &e.support).await;
+    e.json("/api/v1/members/m-maria/score", &e.analyst).await;
+    e.json("/api/v1/members/m-maria/outreach", &e.support).await;
     let (status, v) = e.json("/api/v1/audit", &e.admin).await;
     assert_eq!(status, 200);
     let rows = v.as_array().unwrap();
@@ -498,9 +553,15 @@ async fn every_lookup_is_audited_with_who_and_why() {
             ("desk", "view", Some("m-maria")),
             ("desk", "greeting", Some("m-maria")),
             ("desk", "search", None),
+            ("bi", "view", Some("m-maria")),
+            ("desk", "view", Some("m-maria")),
         ]
     );
-    assert_eq!(rows[3]["detail"], "phone=+12125550142");
+    assert_eq!(rows[5]["detail"], "phone=+12125550142");
+    assert_eq!(
+        (rows[1]["detail"].as_str(), rows[0]["detail"].as_str()),
+        (Some("score"), Some("outreach"))
+    );
 }
 
 #[tokio::test]
