@@ -638,6 +638,14 @@ impl CloudConfig {
     /// Loads `path`, or the defaults when `None`; then applies `ROLLCALL_*` environment
     /// overrides and validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`CloudConfig::load`] with the environment read through `env`.
+    pub fn load_with(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let (mut cfg, file) = match path {
             Some(p) => {
                 let file = p.display().to_string();
@@ -660,34 +668,69 @@ impl CloudConfig {
             }
             None => (CloudConfig::default(), "<defaults>".to_owned()),
         };
-        cfg.apply_env(|k| std::env::var(k).ok());
-        cfg.validate(&file)?;
+        let overridden = cfg.apply_env(env)?;
+        cfg.validate(&file).map_err(|e| match e {
+            // A bad value that came from the environment is blamed on its variable.
+            ConfigError::Invalid { key, message, .. } => {
+                match overridden.iter().find(|(k, _)| *k == key) {
+                    Some((_, var)) => ConfigError::Invalid {
+                        file: format!("<environment> {var}"),
+                        key,
+                        message,
+                    },
+                    None => ConfigError::Invalid { file, key, message },
+                }
+            }
+            e => e,
+        })?;
         Ok(cfg)
     }
 
-    /// Applies the documented environment overrides, read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        if let Some(v) = get("ROLLCALL_DATA_DIR") {
+    /// Applies the documented environment overrides, read through `get`. Returns the
+    /// overridden keys with their variables; a value that does not parse is an error that
+    /// names its variable (file `<environment>`).
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(&'static str, &'static str)>, ConfigError> {
+        let mut set = Vec::new();
+        let mut var = |name: &'static str, key: &'static str| {
+            let v = get(name);
+            if v.is_some() {
+                set.push((key, name));
+            }
+            v
+        };
+        let address = |name: &'static str, v: String| {
+            v.parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    file: "<environment>".to_owned(),
+                    key: name,
+                    message: format!("{v:?} is not an address with a port (HOST:PORT): {e}"),
+                })
+        };
+        if let Some(v) = var("ROLLCALL_DATA_DIR", "data_dir") {
             self.data_dir = v.into();
         }
-        if let Some(v) = get("ROLLCALL_MQTT_URL") {
+        if let Some(v) = var("ROLLCALL_MQTT_URL", "broker.url") {
             self.broker.url = v;
         }
-        if let Some(v) = get("ROLLCALL_MQTT_USERNAME") {
+        if let Some(v) = var("ROLLCALL_MQTT_USERNAME", "broker.username") {
             self.broker.username = v;
         }
-        if let Some(v) = get("ROLLCALL_MQTT_PASSWORD") {
+        if let Some(v) = var("ROLLCALL_MQTT_PASSWORD", "broker.password") {
             self.broker.password = Secret::new(v);
         }
-        if let Some(v) = get("ROLLCALL_MQTT_LISTEN").and_then(|v| v.parse().ok()) {
-            self.broker.listen = v;
+        if let Some(v) = var("ROLLCALL_MQTT_LISTEN", "broker.listen") {
+            self.broker.listen = address("ROLLCALL_MQTT_LISTEN", v)?;
         }
-        if let Some(v) = get("ROLLCALL_TWILIO_AUTH_TOKEN") {
+        if let Some(v) = var("ROLLCALL_TWILIO_AUTH_TOKEN", "telephony.auth_token") {
             self.telephony.auth_token = Secret::new(v);
         }
-        if let Some(v) = get("ROLLCALL_HTTP_LISTEN").and_then(|v| v.parse().ok()) {
-            self.http.listen = v;
+        if let Some(v) = var("ROLLCALL_HTTP_LISTEN", "http.listen") {
+            self.http.listen = address("ROLLCALL_HTTP_LISTEN", v)?;
         }
+        Ok(set)
     }
 
     /// Checks ranges; `file` names the source in the error.
@@ -943,7 +986,37 @@ mod tests {
     #[test]
     fn environment_overrides_the_file() {
         let mut c = CloudConfig::default();
-        c.apply_env(|k| (k == "ROLLCALL_HTTP_LISTEN").then(|| "127.0.0.1:0".to_owned()));
+        let set = c
+            .apply_env(|k| (k == "ROLLCALL_HTTP_LISTEN").then(|| "127.0.0.1:0".to_owned()))
+            .unwrap();
         assert_eq!(c.http.listen.port(), 0);
+        assert_eq!(set, [("http.listen", "ROLLCALL_HTTP_LISTEN")]);
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_is_blamed_on_its_variable_not_the_file() {
+        let e = CloudConfig::load_with(None, |k| {
+            (k == "ROLLCALL_MQTT_URL").then(|| "ftp://nowhere".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("<environment> ROLLCALL_MQTT_URL: broker.url:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unparseable_environment_override_is_an_error_naming_its_variable() {
+        let mut c = CloudConfig::default();
+        let e = c
+            .apply_env(|k| (k == "ROLLCALL_HTTP_LISTEN").then(|| "0.0.0.0".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("<environment>: ROLLCALL_HTTP_LISTEN:") && e.contains("\"0.0.0.0\""),
+            "{e}"
+        );
+        assert_eq!(c.http.listen, CloudConfig::default().http.listen);
     }
 }
