@@ -106,6 +106,10 @@ pub fn signature_header(
 }
 
 /// What a receiver does: checks the timestamp against `now` and that one of the `v1`
+/// Most of an endpoint's answer that a delivery reads (and throws away) to reuse the
+/// connection; a longer one is cut off, so an endpoint cannot stream without end.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
 /// signatures in `signature` is `secret`'s over `id.timestamp.body` (constant time).
 pub fn verify(
     secret: &WebhookSecret,
@@ -121,7 +125,8 @@ pub fn verify(
     let ts: i64 = timestamp
         .parse()
         .map_err(|_| WebhookError::BadHeader("webhook-timestamp"))?;
-    if (now.timestamp() - ts).abs() > TOLERANCE_S {
+    // `abs_diff`: the timestamp is the sender's, and `i64::MIN - now` overflows.
+    if now.timestamp().abs_diff(ts) > TOLERANCE_S.unsigned_abs() {
         return Err(WebhookError::Stale(ts));
     }
     for part in signature.split(' ') {
@@ -276,8 +281,16 @@ impl WebhookSender {
         match res {
             Ok(r) => {
                 let code = r.status().as_u16();
-                // Drain the body so the connection goes back to the pool.
-                let _ = r.bytes().await;
+                // Drain the body so the connection goes back to the pool, but only so much
+                // of it: past the limit the response is dropped and its connection closed.
+                let mut r = r;
+                let mut read = 0usize;
+                while read <= DRAIN_LIMIT {
+                    match r.chunk().await {
+                        Ok(Some(chunk)) => read += chunk.len(),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
                 match code {
                     200..=299 => Attempt::Delivered { code: Some(code) },
                     410 => Attempt::Gone { code },
@@ -414,5 +427,65 @@ mod tests {
             s.send("x", "id1", "{}".into(), Utc::now()).await,
             Attempt::Permanent { .. }
         ));
+    }
+
+    #[test]
+    fn a_timestamp_at_the_ends_of_the_range_is_stale_not_a_panic() {
+        let secret = WebhookSecret::from_bytes(&[3; 32]);
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        for ts in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                verify(&secret, "id", &ts.to_string(), "v1,AAAA", b"{}", now),
+                Err(WebhookError::Stale(ts))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_answers_without_end_is_read_only_up_to_the_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = sock.read(&mut buf).await;
+            sock.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+            let mut sent = 0usize;
+            // Until the client hangs up (or 1 GiB, which the client must never read).
+            while sent < 1 << 30 && sock.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 8192;
+            }
+            sent
+        });
+        let hook = WebhookConfig {
+            name: "x".into(),
+            url: format!("http://{addr}/hook"),
+            secrets: vec![crate::config::Secret::new(
+                WebhookSecret::from_bytes(&[1; 32]).to_whsec(),
+            )],
+        };
+        let cfg = DeliveryConfig {
+            allow_private_addresses: true,
+            request_timeout_ms: 600_000,
+            ..DeliveryConfig::default()
+        };
+        let s = WebhookSender::new(&cfg, &[hook]).unwrap();
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(60),
+            s.send("x", "id1", "{}".into(), Utc::now()),
+        )
+        .await
+        .expect("the send stops reading instead of waiting for the end");
+        assert!(
+            matches!(attempt, Attempt::Delivered { code: Some(200) }),
+            "{attempt:?}"
+        );
+        drop(s);
+        let sent = server.await.unwrap();
+        assert!(sent < 1 << 30, "the server wrote {sent} bytes");
     }
 }
