@@ -124,26 +124,45 @@ impl Outbox for MemoryOutbox {
         let seq = Seq::new(s.next_seq).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
         let (ev, body) = event.with_seq(seq);
         let size = body.len() as u64;
-        while let Some((limit, max)) =
-            breaks_limit(&self.limits, s.events.len() as u64, s.bytes, size)
-        {
-            let victim = if self.limits.when_full == FullPolicy::DropOldest
-                && size <= self.limits.max_bytes
-            {
-                s.events
-                    .iter()
-                    .find(|(_, e)| e.report_seq.is_none())
-                    .map(|(k, _)| *k)
-            } else {
-                None
+        if let Some(full) = breaks_limit(&self.limits, s.events.len() as u64, s.bytes, size) {
+            // Decide before touching anything: evicting only helps if the new event fits
+            // once every unsent event is gone (invariant 5).
+            let left = match self.limits.when_full {
+                FullPolicy::Reject => Some(full),
+                FullPolicy::DropOldest => {
+                    let (count, bytes) = s
+                        .events
+                        .values()
+                        .filter(|e| e.report_seq.is_some())
+                        .fold((0u64, 0u64), |(n, b), e| (n + 1, b + e.bytes));
+                    breaks_limit(&self.limits, count, bytes, size)
+                }
             };
-            let Some(victim) = victim else {
+            if let Some((limit, max)) = left {
                 s.rejected_full += 1;
                 return Err(OutboxError::Full { limit, max });
-            };
-            let gone = s.events.remove(&victim).expect("victim exists");
-            s.bytes -= gone.bytes;
-            s.evictions += 1;
+            }
+            // The oldest unsent events, just enough of them for the new one to fit.
+            let (mut count, mut bytes) = (s.events.len() as u64, s.bytes);
+            let victims: Vec<(u64, u64)> = s
+                .events
+                .iter()
+                .filter(|(_, e)| e.report_seq.is_none())
+                .map(|(k, e)| (*k, e.bytes))
+                .take_while(|(_, b)| {
+                    let needed = breaks_limit(&self.limits, count, bytes, size).is_some();
+                    if needed {
+                        count -= 1;
+                        bytes -= b;
+                    }
+                    needed
+                })
+                .collect();
+            for (victim, victim_bytes) in victims {
+                s.events.remove(&victim);
+                s.bytes -= victim_bytes;
+                s.evictions += 1;
+            }
         }
         s.events.insert(
             seq.get(),

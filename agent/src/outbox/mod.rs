@@ -23,8 +23,10 @@
 //!    checked on every append. Under [`FullPolicy::Reject`] the new event is refused with
 //!    [`OutboxError::Full`] and counted in `rejected_full`. Under [`FullPolicy::DropOldest`]
 //!    the oldest events *not in any report* are evicted (and counted in `evictions`) until
-//!    the new one fits; events in flight are never evicted, so when they alone fill the
-//!    outbox the new event is refused as under `Reject`.
+//!    the new one fits; events in flight are never evicted. Whether the new event can fit
+//!    is decided *before* anything is evicted: when it would not fit even with every
+//!    unsent event gone (the events in flight plus the new one break a limit), it is
+//!    refused as under `Reject` and nothing is evicted, in the same transaction.
 //! 6. **Order.** Seqs grow with insertion and reports take the oldest unsent events, so the
 //!    unsent events are always the newest ones, and reports hold increasing,
 //!    non-overlapping seq ranges (what `UsageReport::validate` requires).

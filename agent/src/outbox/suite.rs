@@ -312,6 +312,57 @@ fn drop_oldest_evicts_unsent_events_but_never_inflight_ones<F: Fixture>() {
     assert_eq!((s.depth, s.evictions, s.rejected_full), (3, 1, 1));
 }
 
+fn drop_oldest_evicts_nothing_when_the_new_event_would_not_fit_anyway<F: Fixture>() {
+    let clock = ManualClock::new(t0());
+    let big = || {
+        let mut e = ev("brew");
+        e.attrs.insert("note".into(), "x".repeat(120));
+        e
+    };
+    let probe = F::new(OutboxLimits::default(), clock.clone());
+    let p = probe.open();
+    p.append(big()).unwrap();
+    let big_size = p.stats().unwrap().bytes;
+    p.append(ev("brew")).unwrap();
+    let small_size = p.stats().unwrap().bytes - big_size;
+    let f = F::new(
+        OutboxLimits {
+            max_events: 100,
+            // A big in-flight event and a small unsent one fit; a second big one never
+            // does, even with every unsent event evicted.
+            max_bytes: big_size + small_size + 1,
+            when_full: FullPolicy::DropOldest,
+        },
+        clock,
+    );
+    let o = f.open();
+    o.append(big()).unwrap();
+    let r = o.build_report(1, 1 << 20).unwrap().unwrap();
+    assert_eq!(seqs(&r.events), [1]);
+    o.append(ev("brew")).unwrap(); // seq 2, unsent
+    let e = o.append(big()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::Full {
+                limit: "outbox.max_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let s = o.stats().unwrap();
+    assert_eq!(
+        (s.depth, s.unsent, s.evictions, s.rejected_full),
+        (2, 1, 0, 1),
+        "the refused event cost no other event: {s:?}"
+    );
+    // A small event still fits by evicting the unsent one, as before.
+    assert_eq!(o.append(ev("brew")).unwrap().get(), 3);
+    let s = o.stats().unwrap();
+    assert_eq!((s.depth, s.unsent, s.evictions), (2, 1, 1), "{s:?}");
+}
+
 fn the_byte_limit_is_enforced<F: Fixture>() {
     let clock = ManualClock::new(t0());
     let probe = F::new(OutboxLimits::default(), clock.clone());
@@ -693,6 +744,7 @@ outbox_suite!(
     ack_deletes_only_that_report,
     full_outbox_rejects_under_reject,
     drop_oldest_evicts_unsent_events_but_never_inflight_ones,
+    drop_oldest_evicts_nothing_when_the_new_event_would_not_fit_anyway,
     the_byte_limit_is_enforced,
     concurrent_writers_get_distinct_seqs,
     stats_report_unsent_inflight_and_ages,
