@@ -46,6 +46,10 @@ use tracing::{debug, info, warn};
 /// Longest request line accepted, in bytes, without its newline.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 
+/// How long connections may go on after shutdown (finishing the request in hand) before
+/// they are aborted.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -138,7 +142,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 }
 
 /// Serves connections until `shutdown`, then stops accepting, lets each connection finish
-/// the request it is handling, and returns.
+/// the request it is handling (for at most [`SHUTDOWN_GRACE`], then aborts the rest), and
+/// returns. A response that cannot be written at once after shutdown (the client does not
+/// read) is dropped, so a stuck client cannot hold the daemon up.
 pub async fn serve(listener: UnixListener, capture: Capture, shutdown: CancellationToken) {
     let capture = Arc::new(capture);
     let mut conns = JoinSet::new();
@@ -158,7 +164,17 @@ pub async fn serve(listener: UnixListener, capture: Capture, shutdown: Cancellat
         }
     }
     drop(listener);
-    while conns.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = conns.len(),
+            "Capture socket connections still busy after the shutdown grace period; aborting them"
+        );
+        conns.shutdown().await;
+    }
     info!("Capture socket closed");
 }
 
@@ -190,7 +206,14 @@ async fn handle_connection(stream: UnixStream, capture: Arc<Capture>, shutdown: 
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialise");
         out.push(b'\n');
-        if write.write_all(&out).await.is_err() {
+        // A response the client reads is written even during shutdown; one that blocks
+        // (the client does not read) must not hold the shutdown up.
+        let written = tokio::select! {
+            biased;
+            written = write.write_all(&out) => written,
+            _ = shutdown.cancelled() => return,
+        };
+        if written.is_err() {
             return;
         }
     }
@@ -452,5 +475,31 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_while_a_client_does_not_read_its_responses() {
+        let s = serve_memory(OutboxLimits::default()).await;
+        let stream = UnixStream::connect(&s.path).await.unwrap();
+        // A client that pipelines requests and never reads the answers (stuck, or
+        // SIGSTOPped): the server's writes block once the socket buffer is full.
+        let writer = tokio::spawn(async move {
+            let mut stream = stream;
+            for _ in 0..200_000 {
+                if stream.write_all(b"{\"kind\":\"brew\"}\n").await.is_err() {
+                    break;
+                }
+            }
+            stream
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let recorded = s.outbox.stats().unwrap().depth;
+        s.shutdown.cancel();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), s.task).await;
+        writer.abort();
+        assert!(
+            done.is_ok(),
+            "serve() still running 5 s after shutdown ({recorded} events recorded)"
+        );
     }
 }
