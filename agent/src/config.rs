@@ -11,6 +11,7 @@
 
 use crate::consumables::{Consumables, SlotConfig};
 use crate::outbox::{FullPolicy, OutboxLimits};
+use crate::socket::SocketLimits;
 use crate::uplink::{BrokerUrl, MqttSettings, UplinkSettings};
 use rollcall_shared::dsse::PublicKey;
 use rollcall_shared::limits::MAX_EVENTS_PER_REPORT;
@@ -26,6 +27,10 @@ use std::time::Duration;
 
 /// Where a configuration came from, for error messages when there is no file.
 const NO_FILE: &str = "(defaults)";
+
+/// Largest `socket.max_connections`: each connection holds a file descriptor, and the
+/// usual soft limit is 1024, which the uplink and the outbox need too.
+const MAX_SOCKET_CONNECTIONS: u64 = 512;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -242,13 +247,21 @@ pub struct SocketConfig {
     pub enabled: bool,
     /// Socket path; empty means `{data_dir}/agent.sock`.
     pub path: PathBuf,
+    /// Most connections served at once; further ones get an error line and are closed.
+    pub max_connections: usize,
+    /// Close a connection that neither sends a request nor reads a response for this
+    /// many seconds.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for SocketConfig {
     fn default() -> Self {
+        let limits = SocketLimits::default();
         Self {
             enabled: true,
             path: PathBuf::new(),
+            max_connections: limits.max_connections,
+            idle_timeout_s: limits.idle_timeout.as_secs(),
         }
     }
 }
@@ -416,6 +429,20 @@ impl LoadedConfig {
             4_096,
             i64::MAX as u64,
         )?;
+        range(
+            &invalid,
+            "socket.max_connections",
+            raw.socket.max_connections as u64,
+            1,
+            MAX_SOCKET_CONNECTIONS,
+        )?;
+        range(
+            &invalid,
+            "socket.idle_timeout_s",
+            raw.socket.idle_timeout_s,
+            1,
+            86_400,
+        )?;
         let consumables = Arc::new(parse_consumables(&raw, &invalid)?);
         Ok(Self {
             raw,
@@ -443,6 +470,14 @@ impl LoadedConfig {
             self.raw.data_dir.join("agent.sock")
         } else {
             self.raw.socket.path.clone()
+        }
+    }
+
+    /// The capture socket's connection limits.
+    pub fn socket_limits(&self) -> SocketLimits {
+        SocketLimits {
+            max_connections: self.raw.socket.max_connections,
+            idle_timeout: Duration::from_secs(self.raw.socket.idle_timeout_s),
         }
     }
 
@@ -670,6 +705,15 @@ mod tests {
         assert_eq!(c.raw.outbox.max_bytes, 268_435_456);
         assert_eq!(c.raw.outbox.when_full, FullPolicy::Reject);
         assert!(c.raw.socket.enabled);
+        assert_eq!(c.raw.socket.max_connections, 64);
+        assert_eq!(c.raw.socket.idle_timeout_s, 300);
+        assert_eq!(
+            c.socket_limits(),
+            SocketLimits {
+                max_connections: 64,
+                idle_timeout: Duration::from_secs(300)
+            }
+        );
         assert_eq!(
             c.socket_path(),
             PathBuf::from("/var/lib/rollcall-agent/agent.sock")
@@ -706,6 +750,8 @@ when_full = "drop_oldest"
 [socket]
 enabled = false
 path = "/run/rollcall.sock"
+max_connections = 8
+idle_timeout_s = 60
 "#
         );
         let c = load_text(&text).unwrap();
@@ -715,6 +761,13 @@ path = "/run/rollcall.sock"
         assert_eq!(c.broker.port, 8884);
         assert_eq!(c.raw.outbox.when_full, FullPolicy::DropOldest);
         assert_eq!(c.socket_path(), PathBuf::from("/run/rollcall.sock"));
+        assert_eq!(
+            c.socket_limits(),
+            SocketLimits {
+                max_connections: 8,
+                idle_timeout: Duration::from_secs(60)
+            }
+        );
         assert_eq!(c.mqtt_settings().password.unwrap().expose(), "hunter2");
         assert_eq!(
             c.topics().usage(&DeviceId::parse("d").unwrap()),
@@ -754,6 +807,24 @@ path = "/run/rollcall.sock"
             .unwrap_err()
             .to_string();
         assert!(e.contains("outbox.max_events"), "{e}");
+        let e = load_text("[socket]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config/agent.toml: socket.max_connections: must be between 1 and 512, not 0"
+        );
+        let e = load_text("[socket]\nidle_timeout_s = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("socket.idle_timeout_s"), "{e}");
+        let e = load_text("[socket]\nmax_connection = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_connection"),
+            "unknown socket keys are refused: {e}"
+        );
         let e = load_text("[outbox]\nwhen_full = \"panic\"\n")
             .unwrap_err()
             .to_string();
