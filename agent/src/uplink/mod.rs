@@ -488,7 +488,7 @@ impl Uplink {
                     self.start_connect().await?;
                 }
                 _ = ticker.tick() => {
-                    if self.state == SessionState::Connected {
+                    if self.state.is_connected() {
                         self.pump().await;
                     }
                 }
@@ -533,7 +533,7 @@ impl Uplink {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 self.transition(SessionInput::ConnAck);
-                if self.state == SessionState::Connected {
+                if self.state.is_connected() {
                     self.on_connected().await;
                 }
             }
@@ -563,14 +563,14 @@ impl Uplink {
                 if self.state == SessionState::ShuttingDown {
                     return Flow::Done;
                 }
-                let was_connected = self.state == SessionState::Connected;
+                let was_connected = self.state.is_connected();
                 self.transition(SessionInput::ConnectionLost);
                 self.rt.stats.connected.store(false, Ordering::Relaxed);
                 if let SessionState::Backoff { until, attempt } = self.state {
                     let wait_ms =
                         until.saturating_duration_since(Instant::now()).as_millis() as u64;
                     if was_connected {
-                        warn!(%error, wait_ms, "Connection to the broker lost");
+                        warn!(%error, attempt, wait_ms, "Connection to the broker lost");
                     } else {
                         info!(%error, attempt, wait_ms, "Could not connect to the broker");
                     }
@@ -652,7 +652,7 @@ impl Uplink {
                     debug!(report_seq, events, stored, ?status, "Report acknowledged");
                 }
                 // Room for another report: don't wait for the next tick.
-                if self.state == SessionState::Connected {
+                if self.state.is_connected() {
                     self.pump().await;
                 }
             }
@@ -977,7 +977,7 @@ impl Uplink {
 
     /// Starts a clean shutdown. `Done` when there is nothing to wait for.
     fn begin_shutdown(&mut self) -> Flow {
-        let was_connected = self.state == SessionState::Connected;
+        let was_connected = self.state.is_connected();
         self.transition(SessionInput::Shutdown);
         if !was_connected {
             return Flow::Done;
