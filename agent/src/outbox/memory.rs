@@ -38,6 +38,8 @@ struct State {
     /// Orders by counter (creation order).
     orders: BTreeMap<u64, StoredOrder>,
     policy: Option<bool>,
+    /// When the cloud sent the policy kept (cloud time).
+    policy_sent_at: Option<DateTime<Utc>>,
 }
 
 /// An outbox held in memory (lost when the process ends). Cheap to create by the thousand.
@@ -418,9 +420,14 @@ impl Outbox for MemoryOutbox {
         Ok(st)
     }
 
-    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError> {
-        self.lock().policy = Some(auto_reorder);
-        Ok(())
+    fn set_policy(&self, auto_reorder: bool, sent_at: DateTime<Utc>) -> Result<bool, OutboxError> {
+        let mut s = self.lock();
+        if s.policy_sent_at.is_some_and(|kept| sent_at <= kept) {
+            return Ok(false);
+        }
+        s.policy = Some(auto_reorder);
+        s.policy_sent_at = Some(sent_at);
+        Ok(true)
     }
 
     fn policy(&self) -> Result<Option<bool>, OutboxError> {

@@ -713,8 +713,16 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError> {
-        self.with_tx(|tx| meta_set(tx, "auto_reorder", i64::from(auto_reorder)))
+    fn set_policy(&self, auto_reorder: bool, sent_at: DateTime<Utc>) -> Result<bool, OutboxError> {
+        let sent_at_us = sent_at.timestamp_micros();
+        self.with_tx(|tx| {
+            if meta_opt(tx, "policy_sent_at_us")?.is_some_and(|kept| sent_at_us <= kept) {
+                return Ok(false);
+            }
+            meta_set(tx, "auto_reorder", i64::from(auto_reorder))?;
+            meta_set(tx, "policy_sent_at_us", sent_at_us)?;
+            Ok(true)
+        })
     }
 
     fn policy(&self) -> Result<Option<bool>, OutboxError> {

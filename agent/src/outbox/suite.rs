@@ -585,7 +585,7 @@ fn no_order_without_opt_in_and_a_pushed_policy_wins<F: Fixture>() {
     assert_eq!(o.policy().unwrap(), None);
     brew(o.as_ref(), 4);
     assert!(o.orders().unwrap().is_empty());
-    o.set_policy(true).unwrap();
+    assert!(o.set_policy(true, t0()).unwrap());
     let o = f.open();
     assert_eq!(o.policy().unwrap(), Some(true));
     brew(o.as_ref(), 1);
@@ -597,12 +597,27 @@ fn no_order_without_opt_in_and_a_pushed_policy_wins<F: Fixture>() {
 
     let (f, _) = with_pods::<F>(true, OutboxLimits::default());
     let o = f.open();
-    o.set_policy(false).unwrap();
+    assert!(o.set_policy(false, t0()).unwrap());
     brew(o.as_ref(), 5);
     assert!(
         o.orders().unwrap().is_empty(),
         "the cloud's opt-out beats the config"
     );
+}
+
+fn a_policy_sent_no_later_than_the_kept_one_is_ignored_even_after_reopen<F: Fixture>() {
+    let (f, _) = with_pods::<F>(false, OutboxLimits::default());
+    let o = f.open();
+    let at = |s: i64| t0() + Duration::seconds(s);
+    assert!(o.set_policy(false, at(20)).unwrap());
+    let o = f.open();
+    assert!(!o.set_policy(true, at(10)).unwrap(), "older");
+    assert!(!o.set_policy(true, at(20)).unwrap(), "same time");
+    assert_eq!(o.policy().unwrap(), Some(false));
+    assert!(o
+        .set_policy(true, at(20) + Duration::microseconds(1))
+        .unwrap());
+    assert_eq!(f.open().policy().unwrap(), Some(true));
 }
 
 fn receipts_move_orders_forward_and_a_refill_rearms<F: Fixture>() {
@@ -752,6 +767,7 @@ outbox_suite!(
     display_messages_are_kept_once_newest_first_and_bounded,
     usage_drains_a_slot_and_orders_exactly_once,
     no_order_without_opt_in_and_a_pushed_policy_wins,
+    a_policy_sent_no_later_than_the_kept_one_is_ignored_even_after_reopen,
     receipts_move_orders_forward_and_a_refill_rearms,
     a_rejection_frees_the_slot_but_it_orders_again_only_after_a_refill,
     orders_are_never_evicted_and_not_counted_against_limits,
