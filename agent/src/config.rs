@@ -162,7 +162,10 @@ pub struct MqttConfig {
 impl fmt::Debug for MqttConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttConfig")
-            .field("url", &self.url)
+            .field(
+                "url",
+                &rollcall_shared::broker_url::redact_userinfo(&self.url),
+            )
             .field("ca_file", &self.ca_file)
             .field("username", &self.username)
             .field("password", &self.password)
@@ -955,5 +958,19 @@ idle_timeout_s = 60
         let dbg = format!("{c:?} {:?}", c.mqtt_settings());
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn a_password_in_the_url_never_shows_in_errors_or_debug_output() {
+        let text = "[mqtt]\nurl = \"mqtt://dev:hunter2@broker:1883\"\n";
+        let e = load_text(text).unwrap_err().to_string();
+        assert!(
+            e.contains("mqtt.url") && e.contains("mqtt://***@broker:1883"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let raw = AgentConfig::parse(text, "config/agent.toml").unwrap();
+        let dbg = format!("{raw:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
     }
 }
