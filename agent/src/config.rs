@@ -4,9 +4,10 @@
 //! Precedence, highest first: flag, environment variable, file, default. The file is
 //! optional when a data directory is given some other way.
 //!
-//! Every loading error names the file and the key (`config/agent.toml:
-//! uplink.batch_max_events: must be between 1 and 1000`), so an operator knows what to
-//! fix without reading code. The MQTT password is a [`Secret`] and never appears in logs
+//! Every loading error names where the value came from and the key
+//! (`config/agent.toml: uplink.batch_max_events: must be between 1 and 1000`; a value
+//! that a flag or an environment variable gave is blamed on it: `ROLLCALL_MQTT_URL:
+//! mqtt.url: ...`), so an operator knows what to fix without reading code. The MQTT password is a [`Secret`] and never appears in logs
 //! or `Debug` output.
 
 use crate::consumables::{Consumables, SlotConfig};
@@ -52,10 +53,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A key holds a value outside its allowed range or form.
-    #[error("{file}: {key}: {message}")]
+    #[error("{origin}: {key}: {message}")]
     Invalid {
-        /// The file (or `(defaults)` when there is none).
-        file: String,
+        /// Where the value came from: the file (or `(defaults)` when there is none), or
+        /// the flag or environment variable that overrode it (`--mqtt-url`,
+        /// `ROLLCALL_MQTT_URL`).
+        origin: String,
         /// The dotted key (`uplink.batch_max_events`).
         key: &'static str,
         /// What is wrong.
@@ -282,6 +285,10 @@ pub struct Overrides {
     pub mqtt_username: Option<String>,
     /// `ROLLCALL_MQTT_PASSWORD`.
     pub mqtt_password: Option<Secret>,
+    /// Where each override came from, by dotted key (`"mqtt.url"` →
+    /// `"ROLLCALL_MQTT_URL"` or `"--mqtt-url"`), so that errors blame it rather than the
+    /// file. An override with no entry here is blamed on `(override)`.
+    pub origins: BTreeMap<&'static str, String>,
 }
 
 impl Overrides {
@@ -289,11 +296,33 @@ impl Overrides {
     pub fn with_env_credentials(mut self) -> Self {
         if let Ok(u) = std::env::var("ROLLCALL_MQTT_USERNAME") {
             self.mqtt_username = Some(u);
+            self.origins
+                .insert("mqtt.username", "ROLLCALL_MQTT_USERNAME".into());
         }
         if let Ok(p) = std::env::var("ROLLCALL_MQTT_PASSWORD") {
             self.mqtt_password = Some(Secret::new(p));
+            self.origins
+                .insert("mqtt.password", "ROLLCALL_MQTT_PASSWORD".into());
         }
         self
+    }
+
+    /// Where the override of `key` came from, if `key` is overridden.
+    fn origin(&self, key: &str) -> Option<String> {
+        let set = match key {
+            "data_dir" => self.data_dir.is_some(),
+            "device_id" => self.device_id.is_some(),
+            "mqtt.url" => self.mqtt_url.is_some(),
+            "mqtt.username" => self.mqtt_username.is_some(),
+            "mqtt.password" => self.mqtt_password.is_some(),
+            _ => false,
+        };
+        set.then(|| {
+            self.origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "(override)".to_owned())
+        })
     }
 }
 
@@ -331,13 +360,23 @@ impl LoadedConfig {
             None => return Err(ConfigError::Missing),
         };
         raw.apply(overrides);
-        Self::validate(raw, source)
+        Self::validate_overridden(raw, source, overrides)
     }
 
     /// Validates an already-built configuration (`source` names it in errors).
     pub fn validate(raw: AgentConfig, source: String) -> Result<Self, ConfigError> {
+        Self::validate_overridden(raw, source, &Overrides::default())
+    }
+
+    /// Validates a configuration that `overrides` were applied to: errors about an
+    /// overridden key name the override's origin instead of `source`.
+    fn validate_overridden(
+        raw: AgentConfig,
+        source: String,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            file: source.clone(),
+            origin: overrides.origin(key).unwrap_or_else(|| source.clone()),
             key,
             message,
         };
@@ -866,6 +905,7 @@ idle_timeout_s = 60
             mqtt_url: Some("mqtt://y:2".into()),
             mqtt_username: Some("u".into()),
             mqtt_password: Some(Secret::new("p")),
+            ..Overrides::default()
         });
         let c = LoadedConfig::validate(raw, "f".into()).unwrap();
         assert_eq!(c.data_dir(), Path::new("/b"));
@@ -972,5 +1012,41 @@ idle_timeout_s = 60
         let raw = AgentConfig::parse(text, "config/agent.toml").unwrap();
         let dbg = format!("{raw:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn an_invalid_override_is_blamed_on_its_origin_and_a_valid_one_blames_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[mqtt]\nurl = \"mqtt://x:1\"\n").unwrap();
+        let load = |o: Overrides| LoadedConfig::load(Some(&file), &o);
+        let e = load(Overrides {
+            mqtt_url: Some("bogus".into()),
+            origins: BTreeMap::from([("mqtt.url", "ROLLCALL_MQTT_URL".to_owned())]),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("ROLLCALL_MQTT_URL: mqtt.url: "), "{e}");
+        let e = load(Overrides {
+            data_dir: Some(PathBuf::new()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("(override): data_dir: "), "{e}");
+        // An override that is fine leaves errors about the file's own keys to the file.
+        std::fs::write(&file, "[mqtt]\nkeep_alive_s = 0\n").unwrap();
+        let e = load(Overrides {
+            mqtt_url: Some("mqtt://y:2".into()),
+            origins: BTreeMap::from([("mqtt.url", "--mqtt-url".to_owned())]),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!("{}: mqtt.keep_alive_s", file.display())),
+            "{e}"
+        );
     }
 }
