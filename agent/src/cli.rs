@@ -11,7 +11,8 @@
 //! | `messages [--json]` | display messages from the cloud, newest first (JSON: a list) | 0, 1 |
 //!
 //! Exit code 1 is any other failure (configuration, identity, disk); the message on
-//! stderr names the file and key or the limit involved. Every command takes `--config`,
+//! stderr names the file (or the flag or variable that gave the value) and key, or the
+//! limit involved. Every command takes `--config`,
 //! `--data-dir`, `--device-id` and `--mqtt-url`; the last three (and the MQTT
 //! credentials) can also come from `ROLLCALL_DATA_DIR`, `ROLLCALL_DEVICE_ID`,
 //! `ROLLCALL_MQTT_URL`, `ROLLCALL_MQTT_USERNAME` and `ROLLCALL_MQTT_PASSWORD`. A flag
@@ -27,6 +28,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use rollcall_shared::limits::MAX_QTY;
 use rollcall_shared::{Clock, DeviceId, EventKind, SlotId};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -177,6 +180,17 @@ impl CliError {
     }
 }
 
+/// Where a value clap gave for an option with a flag and a variable came from: the
+/// variable when it is set to exactly this value (a flag with the same value would be
+/// just as wrong), otherwise the flag.
+fn origin(value: &OsStr, flag: &str, var: &str) -> String {
+    if std::env::var_os(var).as_deref() == Some(value) {
+        var.to_owned()
+    } else {
+        flag.to_owned()
+    }
+}
+
 fn usage_error(message: impl std::fmt::Display) -> CliError {
     CliError::Usage(Box::new(
         Cli::command().error(clap::error::ErrorKind::ValueValidation, message),
@@ -186,10 +200,35 @@ fn usage_error(message: impl std::fmt::Display) -> CliError {
 impl GlobalArgs {
     /// The overrides these flags (and the environment) give.
     pub fn overrides(&self) -> Overrides {
+        let mut origins = BTreeMap::new();
+        let mut note = |key: &'static str, value: Option<&OsStr>, flag: &str, var: &str| {
+            if let Some(value) = value {
+                origins.insert(key, origin(value, flag, var));
+            }
+        };
+        note(
+            "data_dir",
+            self.data_dir.as_deref().map(|p| p.as_os_str()),
+            "--data-dir",
+            "ROLLCALL_DATA_DIR",
+        );
+        note(
+            "device_id",
+            self.device_id.as_deref().map(OsStr::new),
+            "--device-id",
+            "ROLLCALL_DEVICE_ID",
+        );
+        note(
+            "mqtt.url",
+            self.mqtt_url.as_deref().map(OsStr::new),
+            "--mqtt-url",
+            "ROLLCALL_MQTT_URL",
+        );
         Overrides {
             data_dir: self.data_dir.clone(),
             device_id: self.device_id.clone(),
             mqtt_url: self.mqtt_url.clone(),
+            origins,
             ..Overrides::default()
         }
         .with_env_credentials()

@@ -4,13 +4,15 @@
 //! Precedence, highest first: flag, environment variable, file, default. The file is
 //! optional when a data directory is given some other way.
 //!
-//! Every loading error names the file and the key (`config/agent.toml:
-//! uplink.batch_max_events: must be between 1 and 1000`), so an operator knows what to
-//! fix without reading code. The MQTT password is a [`Secret`] and never appears in logs
+//! Every loading error names where the value came from and the key
+//! (`config/agent.toml: uplink.batch_max_events: must be between 1 and 1000`; a value
+//! that a flag or an environment variable gave is blamed on it: `ROLLCALL_MQTT_URL:
+//! mqtt.url: ...`), so an operator knows what to fix without reading code. The MQTT password is a [`Secret`] and never appears in logs
 //! or `Debug` output.
 
 use crate::consumables::{Consumables, SlotConfig};
 use crate::outbox::{FullPolicy, OutboxLimits};
+use crate::socket::SocketLimits;
 use crate::uplink::{BrokerUrl, MqttSettings, UplinkSettings};
 use rollcall_shared::dsse::PublicKey;
 use rollcall_shared::limits::MAX_EVENTS_PER_REPORT;
@@ -26,6 +28,10 @@ use std::time::Duration;
 
 /// Where a configuration came from, for error messages when there is no file.
 const NO_FILE: &str = "(defaults)";
+
+/// Largest `socket.max_connections`: each connection holds a file descriptor, and the
+/// usual soft limit is 1024, which the uplink and the outbox need too.
+const MAX_SOCKET_CONNECTIONS: u64 = 512;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +53,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A key holds a value outside its allowed range or form.
-    #[error("{file}: {key}: {message}")]
+    #[error("{origin}: {key}: {message}")]
     Invalid {
-        /// The file (or `(defaults)` when there is none).
-        file: String,
+        /// Where the value came from: the file (or `(defaults)` when there is none), or
+        /// the flag or environment variable that overrode it (`--mqtt-url`,
+        /// `ROLLCALL_MQTT_URL`).
+        origin: String,
         /// The dotted key (`uplink.batch_max_events`).
         key: &'static str,
         /// What is wrong.
@@ -157,7 +165,10 @@ pub struct MqttConfig {
 impl fmt::Debug for MqttConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttConfig")
-            .field("url", &self.url)
+            .field(
+                "url",
+                &rollcall_shared::broker_url::redact_userinfo(&self.url),
+            )
             .field("ca_file", &self.ca_file)
             .field("username", &self.username)
             .field("password", &self.password)
@@ -242,13 +253,21 @@ pub struct SocketConfig {
     pub enabled: bool,
     /// Socket path; empty means `{data_dir}/agent.sock`.
     pub path: PathBuf,
+    /// Most connections served at once; further ones get an error line and are closed.
+    pub max_connections: usize,
+    /// Close a connection that neither sends a request nor reads a response for this
+    /// many seconds.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for SocketConfig {
     fn default() -> Self {
+        let limits = SocketLimits::default();
         Self {
             enabled: true,
             path: PathBuf::new(),
+            max_connections: limits.max_connections,
+            idle_timeout_s: limits.idle_timeout.as_secs(),
         }
     }
 }
@@ -266,6 +285,10 @@ pub struct Overrides {
     pub mqtt_username: Option<String>,
     /// `ROLLCALL_MQTT_PASSWORD`.
     pub mqtt_password: Option<Secret>,
+    /// Where each override came from, by dotted key (`"mqtt.url"` →
+    /// `"ROLLCALL_MQTT_URL"` or `"--mqtt-url"`), so that errors blame it rather than the
+    /// file. An override with no entry here is blamed on `(override)`.
+    pub origins: BTreeMap<&'static str, String>,
 }
 
 impl Overrides {
@@ -273,11 +296,33 @@ impl Overrides {
     pub fn with_env_credentials(mut self) -> Self {
         if let Ok(u) = std::env::var("ROLLCALL_MQTT_USERNAME") {
             self.mqtt_username = Some(u);
+            self.origins
+                .insert("mqtt.username", "ROLLCALL_MQTT_USERNAME".into());
         }
         if let Ok(p) = std::env::var("ROLLCALL_MQTT_PASSWORD") {
             self.mqtt_password = Some(Secret::new(p));
+            self.origins
+                .insert("mqtt.password", "ROLLCALL_MQTT_PASSWORD".into());
         }
         self
+    }
+
+    /// Where the override of `key` came from, if `key` is overridden.
+    fn origin(&self, key: &str) -> Option<String> {
+        let set = match key {
+            "data_dir" => self.data_dir.is_some(),
+            "device_id" => self.device_id.is_some(),
+            "mqtt.url" => self.mqtt_url.is_some(),
+            "mqtt.username" => self.mqtt_username.is_some(),
+            "mqtt.password" => self.mqtt_password.is_some(),
+            _ => false,
+        };
+        set.then(|| {
+            self.origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "(override)".to_owned())
+        })
     }
 }
 
@@ -315,13 +360,23 @@ impl LoadedConfig {
             None => return Err(ConfigError::Missing),
         };
         raw.apply(overrides);
-        Self::validate(raw, source)
+        Self::validate_overridden(raw, source, overrides)
     }
 
     /// Validates an already-built configuration (`source` names it in errors).
     pub fn validate(raw: AgentConfig, source: String) -> Result<Self, ConfigError> {
+        Self::validate_overridden(raw, source, &Overrides::default())
+    }
+
+    /// Validates a configuration that `overrides` were applied to: errors about an
+    /// overridden key name the override's origin instead of `source`.
+    fn validate_overridden(
+        raw: AgentConfig,
+        source: String,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            file: source.clone(),
+            origin: overrides.origin(key).unwrap_or_else(|| source.clone()),
             key,
             message,
         };
@@ -416,6 +471,20 @@ impl LoadedConfig {
             4_096,
             i64::MAX as u64,
         )?;
+        range(
+            &invalid,
+            "socket.max_connections",
+            raw.socket.max_connections as u64,
+            1,
+            MAX_SOCKET_CONNECTIONS,
+        )?;
+        range(
+            &invalid,
+            "socket.idle_timeout_s",
+            raw.socket.idle_timeout_s,
+            1,
+            86_400,
+        )?;
         let consumables = Arc::new(parse_consumables(&raw, &invalid)?);
         Ok(Self {
             raw,
@@ -443,6 +512,14 @@ impl LoadedConfig {
             self.raw.data_dir.join("agent.sock")
         } else {
             self.raw.socket.path.clone()
+        }
+    }
+
+    /// The capture socket's connection limits.
+    pub fn socket_limits(&self) -> SocketLimits {
+        SocketLimits {
+            max_connections: self.raw.socket.max_connections,
+            idle_timeout: Duration::from_secs(self.raw.socket.idle_timeout_s),
         }
     }
 
@@ -670,6 +747,15 @@ mod tests {
         assert_eq!(c.raw.outbox.max_bytes, 268_435_456);
         assert_eq!(c.raw.outbox.when_full, FullPolicy::Reject);
         assert!(c.raw.socket.enabled);
+        assert_eq!(c.raw.socket.max_connections, 64);
+        assert_eq!(c.raw.socket.idle_timeout_s, 300);
+        assert_eq!(
+            c.socket_limits(),
+            SocketLimits {
+                max_connections: 64,
+                idle_timeout: Duration::from_secs(300)
+            }
+        );
         assert_eq!(
             c.socket_path(),
             PathBuf::from("/var/lib/rollcall-agent/agent.sock")
@@ -706,6 +792,8 @@ when_full = "drop_oldest"
 [socket]
 enabled = false
 path = "/run/rollcall.sock"
+max_connections = 8
+idle_timeout_s = 60
 "#
         );
         let c = load_text(&text).unwrap();
@@ -715,6 +803,13 @@ path = "/run/rollcall.sock"
         assert_eq!(c.broker.port, 8884);
         assert_eq!(c.raw.outbox.when_full, FullPolicy::DropOldest);
         assert_eq!(c.socket_path(), PathBuf::from("/run/rollcall.sock"));
+        assert_eq!(
+            c.socket_limits(),
+            SocketLimits {
+                max_connections: 8,
+                idle_timeout: Duration::from_secs(60)
+            }
+        );
         assert_eq!(c.mqtt_settings().password.unwrap().expose(), "hunter2");
         assert_eq!(
             c.topics().usage(&DeviceId::parse("d").unwrap()),
@@ -754,6 +849,24 @@ path = "/run/rollcall.sock"
             .unwrap_err()
             .to_string();
         assert!(e.contains("outbox.max_events"), "{e}");
+        let e = load_text("[socket]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config/agent.toml: socket.max_connections: must be between 1 and 512, not 0"
+        );
+        let e = load_text("[socket]\nidle_timeout_s = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("socket.idle_timeout_s"), "{e}");
+        let e = load_text("[socket]\nmax_connection = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_connection"),
+            "unknown socket keys are refused: {e}"
+        );
         let e = load_text("[outbox]\nwhen_full = \"panic\"\n")
             .unwrap_err()
             .to_string();
@@ -792,6 +905,7 @@ path = "/run/rollcall.sock"
             mqtt_url: Some("mqtt://y:2".into()),
             mqtt_username: Some("u".into()),
             mqtt_password: Some(Secret::new("p")),
+            ..Overrides::default()
         });
         let c = LoadedConfig::validate(raw, "f".into()).unwrap();
         assert_eq!(c.data_dir(), Path::new("/b"));
@@ -884,5 +998,55 @@ path = "/run/rollcall.sock"
         let dbg = format!("{c:?} {:?}", c.mqtt_settings());
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn a_password_in_the_url_never_shows_in_errors_or_debug_output() {
+        let text = "[mqtt]\nurl = \"mqtt://dev:hunter2@broker:1883\"\n";
+        let e = load_text(text).unwrap_err().to_string();
+        assert!(
+            e.contains("mqtt.url") && e.contains("mqtt://***@broker:1883"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let raw = AgentConfig::parse(text, "config/agent.toml").unwrap();
+        let dbg = format!("{raw:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn an_invalid_override_is_blamed_on_its_origin_and_a_valid_one_blames_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[mqtt]\nurl = \"mqtt://x:1\"\n").unwrap();
+        let load = |o: Overrides| LoadedConfig::load(Some(&file), &o);
+        let e = load(Overrides {
+            mqtt_url: Some("bogus".into()),
+            origins: BTreeMap::from([("mqtt.url", "ROLLCALL_MQTT_URL".to_owned())]),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("ROLLCALL_MQTT_URL: mqtt.url: "), "{e}");
+        let e = load(Overrides {
+            data_dir: Some(PathBuf::new()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("(override): data_dir: "), "{e}");
+        // An override that is fine leaves errors about the file's own keys to the file.
+        std::fs::write(&file, "[mqtt]\nkeep_alive_s = 0\n").unwrap();
+        let e = load(Overrides {
+            mqtt_url: Some("mqtt://y:2".into()),
+            origins: BTreeMap::from([("mqtt.url", "--mqtt-url".to_owned())]),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!("{}: mqtt.keep_alive_s", file.display())),
+            "{e}"
+        );
     }
 }

@@ -143,7 +143,12 @@ pub async fn run_daemon(
         let capture = Capture::new(outbox.clone(), clock.clone());
         Some((
             path,
-            tokio::spawn(socket::serve(listener, capture, socket_stop.clone())),
+            tokio::spawn(socket::serve(
+                listener,
+                capture,
+                cfg.socket_limits(),
+                socket_stop.clone(),
+            )),
         ))
     } else {
         None

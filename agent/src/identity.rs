@@ -1,12 +1,21 @@
 //! The device's identity: its Ed25519 key and its id, both kept in the data directory.
 //!
-//! - `{data_dir}/device.key`: standard base64 of the 32-byte secret seed, created once
-//!   with `create_new` and mode 0600, fsync'd, and never overwritten.
+//! - `{data_dir}/device.key`: standard base64 of the 32-byte secret seed, mode 0600,
+//!   created once and never overwritten. A key file that the group or others may read
+//!   (mode wider than 0600, e.g. 0644 from provisioning) is refused, with the `chmod 600`
+//!   that fixes it, rather than used.
 //! - `{data_dir}/device.id`: the device id chosen the first time: the configured one if
 //!   set, otherwise `dev-` + the first 16 hex digits of the public key's key id. Stored so
 //!   the id stays the same even if it was derived; a later configuration naming a
 //!   different id is an error rather than a silent change of identity (the cloud knows
 //!   the device by this pair).
+//!
+//! Both files are created atomically and only if absent: the contents go to a temporary
+//! file in the same directory (already with the final mode), which is fsync'd and then
+//! hard-linked to the final name (`link` fails if that exists: another process won, and
+//! its file is used), after which the temporary name is removed and the directory
+//! fsync'd. So a reader never sees an empty or half-written key or id, not even after a
+//! power cut during first start.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -14,8 +23,8 @@ use rollcall_shared::dsse::KeyPair;
 use rollcall_shared::DeviceId;
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// File name of the secret key inside the data directory.
@@ -47,6 +56,14 @@ pub enum IdentityError {
         path: PathBuf,
         /// Why it is not one.
         message: String,
+    },
+    /// The key file may be read by the group or others.
+    #[error("{}: the device key may be read by other users (mode {mode:04o}); restrict it with `chmod 600 {}`", path.display(), path.display())]
+    LoosePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The configuration names a different device than the one this data directory belongs to.
     #[error("{}: this data directory belongs to device {stored:?}, but the configuration says {configured:?}", path.display())]
@@ -177,16 +194,24 @@ fn load_or_create_key(path: &Path) -> Result<KeyPair, IdentityError> {
 }
 
 fn read_key(path: &Path) -> Result<Option<KeyPair>, IdentityError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(IdentityError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
+    let io_err = |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
     };
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::LoosePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io_err)?;
     let bytes = B64.decode(text.trim()).map_err(|_| IdentityError::BadKey {
         path: path.to_owned(),
     })?;
@@ -196,37 +221,52 @@ fn read_key(path: &Path) -> Result<Option<KeyPair>, IdentityError> {
     Ok(Some(KeyPair::from_seed(seed)))
 }
 
-/// Writes a file that must not exist yet, durably. `Ok(false)` if it already existed.
+/// Creates a file that must not exist yet, atomically and durably (see the module doc).
+/// `Ok(false)` if it already existed; it is then left as it is.
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<bool, IdentityError> {
-    let io_err = |source| IdentityError::Io {
-        path: path.to_owned(),
-        source,
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| IdentityError::Io { path, source }
     };
-    let mut f = match OpenOptions::new()
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}-{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-        Err(e) => return Err(io_err(e)),
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let written = f.write_all(contents).and_then(|()| f.sync_all());
+    drop(f);
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let removed = fs::remove_file(&tmp);
+    let created = match linked {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io_err(path)(e)),
     };
-    f.write_all(contents).map_err(io_err)?;
-    f.sync_all().map_err(io_err)?;
-    if let Some(dir) = path.parent() {
-        // Make the new directory entry durable too.
+    removed.map_err(io_err(&tmp))?;
+    if created {
+        // Make the new directory entry durable too (some file systems cannot sync a
+        // directory; the file itself is already on disk).
         if let Ok(d) = fs::File::open(dir) {
             let _ = d.sync_all();
         }
     }
-    Ok(true)
+    Ok(created)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_key_file_is_created_with_mode_0600() {
@@ -282,10 +322,70 @@ mod tests {
     #[test]
     fn a_corrupt_key_file_is_an_error_not_a_new_key() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(KEY_FILE), "not base64!").unwrap();
+        let path = dir.path().join(KEY_FILE);
+        fs::write(&path, "not base64!").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
             load_or_create(dir.path(), None),
             Err(IdentityError::BadKey { .. })
         ));
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused_with_the_fix_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path(), None).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let e = load_or_create(dir.path(), None).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains(&format!("chmod 600 {}", path.display())),
+                "{msg}"
+            );
+        }
+        // Tighter than 0600 is fine, and the key is the same as before.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(
+            load_or_create(dir.path(), None).unwrap().info(),
+            first.info()
+        );
+    }
+
+    #[test]
+    fn a_new_file_is_never_seen_half_written_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let contents = vec![b'k'; 4 << 20];
+        for i in 0..10 {
+            let path = dir.path().join(format!("f{i}"));
+            let reader = {
+                let path = path.clone();
+                std::thread::spawn(move || loop {
+                    match fs::read(&path) {
+                        Ok(seen) => return seen.len(),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => std::thread::yield_now(),
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            };
+            assert!(write_new_file(&path, &contents, 0o600).unwrap());
+            assert_eq!(
+                reader.join().unwrap(),
+                contents.len(),
+                "file {i} was seen half written"
+            );
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(!write_new_file(&dir.path().join("f0"), b"other", 0o600).unwrap());
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let expected: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        assert_eq!(names, expected, "no temporary file is left behind");
     }
 }

@@ -30,6 +30,15 @@
 //!   of that line is discarded; the connection stays usable. Blank lines are ignored. A
 //!   trailing `\r` is tolerated.
 //! - When the outbox is full under `when_full = "reject"`, the error names the limit.
+//!
+//! # Connection limits
+//!
+//! - At most `socket.max_connections` (default 64) connections are served at once. A
+//!   connection beyond that gets one error line
+//!   (`{"ok":false,"error":"too many connections ..."}`) and is closed at once.
+//! - A connection that neither completes a request line nor takes a response for
+//!   `socket.idle_timeout_s` (default 300 s) is closed without a word (an unasked line
+//!   would be read as the answer to the client's next request).
 
 use crate::capture::{Capture, CaptureError, RecordRequest};
 use serde::Serialize;
@@ -37,14 +46,39 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Longest request line accepted, in bytes, without its newline.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// How long connections may go on after shutdown (finishing the request in hand) before
+/// they are aborted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Bounds on the connections [`serve`] keeps open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLimits {
+    /// Most connections served at once; further ones are refused with an error line.
+    pub max_connections: usize,
+    /// A connection that neither sends a request line nor takes a response for this
+    /// long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -137,18 +171,34 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     Ok(listener)
 }
 
-/// Serves connections until `shutdown`, then stops accepting, lets each connection finish
-/// the request it is handling, and returns.
-pub async fn serve(listener: UnixListener, capture: Capture, shutdown: CancellationToken) {
+/// Serves connections within `limits` until `shutdown`, then stops accepting, lets each
+/// connection finish the request it is handling (for at most [`SHUTDOWN_GRACE`], then
+/// aborts the rest), and returns. A response that cannot be written at once after
+/// shutdown (the client does not read) is dropped, so a stuck client cannot hold the
+/// daemon up.
+pub async fn serve(
+    listener: UnixListener,
+    capture: Capture,
+    limits: SocketLimits,
+    shutdown: CancellationToken,
+) {
     let capture = Arc::new(capture);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    conns.spawn(handle_connection(stream, capture.clone(), shutdown.clone()));
-                }
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let (capture, shutdown) = (capture.clone(), shutdown.clone());
+                        conns.spawn(async move {
+                            handle_connection(stream, capture, limits.idle_timeout, shutdown).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => refuse(&stream, limits.max_connections),
+                },
                 Err(error) => {
                     warn!(%error, "Accepting a socket connection failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -158,18 +208,55 @@ pub async fn serve(listener: UnixListener, capture: Capture, shutdown: Cancellat
         }
     }
     drop(listener);
-    while conns.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = conns.len(),
+            "Capture socket connections still busy after the shutdown grace period; aborting them"
+        );
+        conns.shutdown().await;
+    }
     info!("Capture socket closed");
 }
 
-async fn handle_connection(stream: UnixStream, capture: Arc<Capture>, shutdown: CancellationToken) {
+/// Answers a connection beyond the limit with one error line and closes it. Never waits:
+/// the line fits the empty send buffer of a new connection, and if it does not, the
+/// client gets only the close.
+fn refuse(stream: &UnixStream, max: usize) {
+    warn!(
+        max_connections = max,
+        "Capture socket connection refused: too many connections"
+    );
+    let mut out = serde_json::to_vec(&Response::error(format!(
+        "too many connections (socket.max_connections = {max}); try again later"
+    )))
+    .expect("responses serialise");
+    out.push(b'\n');
+    let _ = stream.try_write(&out);
+}
+
+async fn handle_connection(
+    stream: UnixStream,
+    capture: Arc<Capture>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(256);
     loop {
         let got = tokio::select! {
             _ = shutdown.cancelled() => return,
-            got = read_line(&mut reader, &mut line) => got,
+            got = tokio::time::timeout(idle_timeout, read_line(&mut reader, &mut line)) => match got {
+                Ok(got) => got,
+                Err(_) => {
+                    debug!(idle_s = idle_timeout.as_secs_f64(), "Closing an idle socket connection");
+                    return;
+                }
+            },
         };
         let response = match got {
             Ok(Line::Eof) => return,
@@ -190,8 +277,23 @@ async fn handle_connection(stream: UnixStream, capture: Arc<Capture>, shutdown: 
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialise");
         out.push(b'\n');
-        if write.write_all(&out).await.is_err() {
-            return;
+        // A response the client reads is written even during shutdown; one that blocks
+        // (the client does not read) must not hold the shutdown up.
+        let written = tokio::select! {
+            biased;
+            written = tokio::time::timeout(idle_timeout, write.write_all(&out)) => written,
+            _ = shutdown.cancelled() => return,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                debug!(
+                    idle_s = idle_timeout.as_secs_f64(),
+                    "Closing a socket connection that does not read its responses"
+                );
+                return;
+            }
         }
     }
 }
@@ -296,12 +398,21 @@ mod tests {
     }
 
     async fn serve_with(outbox: Arc<dyn Outbox>, dir: tempfile::TempDir) -> Served {
+        serve_limited(outbox, dir, SocketLimits::default()).await
+    }
+
+    async fn serve_limited(
+        outbox: Arc<dyn Outbox>,
+        dir: tempfile::TempDir,
+        limits: SocketLimits,
+    ) -> Served {
         let path = dir.path().join("agent.sock");
         let listener = bind(&path).await.unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(
             listener,
             Capture::new(outbox.clone(), clock()),
+            limits,
             shutdown.clone(),
         ));
         Served {
@@ -452,5 +563,128 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_while_a_client_does_not_read_its_responses() {
+        let s = serve_memory(OutboxLimits::default()).await;
+        let stream = UnixStream::connect(&s.path).await.unwrap();
+        // A client that pipelines requests and never reads the answers (stuck, or
+        // SIGSTOPped): the server's writes block once the socket buffer is full.
+        let writer = tokio::spawn(async move {
+            let mut stream = stream;
+            for _ in 0..200_000 {
+                if stream.write_all(b"{\"kind\":\"brew\"}\n").await.is_err() {
+                    break;
+                }
+            }
+            stream
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let recorded = s.outbox.stats().unwrap().depth;
+        s.shutdown.cancel();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), s.task).await;
+        writer.abort();
+        assert!(
+            done.is_ok(),
+            "serve() still running 5 s after shutdown ({recorded} events recorded)"
+        );
+    }
+
+    async fn serve_memory_limited(limits: SocketLimits) -> Served {
+        serve_limited(
+            Arc::new(MemoryOutbox::new(OutboxLimits::default(), clock())),
+            tempfile::tempdir().unwrap(),
+            limits,
+        )
+        .await
+    }
+
+    /// Reads until the server closes the connection; what it said before.
+    async fn read_until_closed(conn: &mut BufReader<UnixStream>) -> String {
+        let mut rest = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_to_string(&mut rest),
+        )
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+        rest
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_get_an_error_line_and_are_closed() {
+        let s = serve_memory_limited(SocketLimits {
+            max_connections: 2,
+            ..SocketLimits::default()
+        })
+        .await;
+        let mut a = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        let mut b = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        assert_eq!(ask(&mut a, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+        assert_eq!(ask(&mut b, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+        let mut c = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        let said = read_until_closed(&mut c).await;
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(lines.len(), 1, "{said:?}");
+        let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(r["ok"], false);
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("socket.max_connections = 2"),
+            "{r}"
+        );
+        // The served connections are unaffected, and a closed one frees its place.
+        assert_eq!(ask(&mut a, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+        drop(b);
+        let mut served = false;
+        for _ in 0..100 {
+            let mut d = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+            d.get_mut()
+                .write_all(b"{\"kind\":\"brew\"}\n")
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            d.read_line(&mut resp).await.unwrap();
+            if resp.contains("\"seq\"") {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(served, "a place freed by a closed connection is reused");
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_but_a_busy_one_is_not() {
+        let idle = std::time::Duration::from_millis(300);
+        let s = serve_memory_limited(SocketLimits {
+            idle_timeout: idle,
+            ..SocketLimits::default()
+        })
+        .await;
+        let mut busy = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        let mut quiet = BufReader::new(UnixStream::connect(&s.path).await.unwrap());
+        assert_eq!(ask(&mut quiet, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+        // Half a line does not count as activity.
+        quiet.get_mut().write_all(b"{\"kind\":").await.unwrap();
+        let started = std::time::Instant::now();
+        // The busy connection lives well past the idle timeout by asking every 100 ms.
+        for _ in 0..8 {
+            assert_eq!(ask(&mut busy, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            read_until_closed(&mut quiet).await,
+            "",
+            "closed without a word"
+        );
+        assert!(started.elapsed() >= idle);
+        assert_eq!(ask(&mut busy, b"{\"kind\":\"brew\"}\n").await["ok"], true);
+        s.shutdown.cancel();
     }
 }

@@ -278,6 +278,42 @@ fn configuration_errors_name_the_file_and_key() {
     assert!(stderr(&o).contains("--data-dir"), "{}", stderr(&o));
 }
 
+#[test]
+fn an_invalid_override_is_blamed_on_its_flag_or_variable_not_on_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let o = agent(&["status", "--config", c])
+        .env("ROLLCALL_MQTT_URL", "bogus")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("ROLLCALL_MQTT_URL: mqtt.url: "), "{err}");
+    assert!(
+        !err.contains("agent.toml"),
+        "the file holds a valid url: {err}"
+    );
+    let err = stderr(&run(&["status", "--config", c, "--mqtt-url", "bogus"]));
+    assert!(err.contains("--mqtt-url: mqtt.url: "), "{err}");
+    // A flag beats the variable, and it is the flag that is named.
+    let o = agent(&["status", "--config", c, "--mqtt-url", "also-bogus"])
+        .env("ROLLCALL_MQTT_URL", "mqtt://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(err.contains("--mqtt-url: mqtt.url: "), "{err}");
+}
+
 /// A daemon with no broker to talk to: socket capture, status, the lock, clean stop.
 #[test]
 fn the_daemon_serves_the_socket_holds_the_lock_and_stops_on_sigterm() {

@@ -6,11 +6,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Why a broker URL was refused; the message says what is wrong.
+/// Why a broker URL was refused; the message says what is wrong. It never holds a
+/// password: credentials in the URL are replaced by `***`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("broker URL {url:?}: {why}")]
 pub struct BrokerUrlError {
-    /// What was given.
+    /// What was given, with any userinfo (`user:password@`) replaced by `***@`.
     pub url: String,
     /// What is wrong with it.
     pub why: &'static str,
@@ -59,12 +60,31 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
+/// `url` with everything before its last `@` (the userinfo, which may hold a password),
+/// except a leading `scheme://`, replaced by `***`. Errors and logs show this form only.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let scheme = match url[..at].find("://") {
+        Some(i)
+            if url[..i]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            &url[..i + 3]
+        }
+        _ => "",
+    };
+    format!("{scheme}***{}", &url[at..])
+}
+
 impl FromStr for BrokerUrl {
     type Err = BrokerUrlError;
 
     fn from_str(s: &str) -> Result<Self, BrokerUrlError> {
         let bad = |why: &'static str| BrokerUrlError {
-            url: s.to_owned(),
+            url: redact_userinfo(s),
             why,
         };
         let (tls, rest) = match s.split_once("://") {
@@ -153,5 +173,33 @@ mod tests {
             let e = url.parse::<BrokerUrl>().unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn errors_never_show_the_password_of_a_url_with_credentials() {
+        for url in [
+            "mqtt://user:hunter2@broker:1883",
+            "http://user:hunter2@broker",
+            "user:hunter2@broker:1883",
+            "mqtt://user:hunter2@broker/path",
+            "mqtt://user:hun/ter2@broker",
+            "mqtts://user:hunter2@[::1",
+            "mqtt://hunter2@broker:notaport",
+        ] {
+            let e = url.parse::<BrokerUrl>().unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("ter2"),
+                "{url}: {shown}"
+            );
+            assert!(shown.contains("***@"), "{url}: {shown}");
+        }
+        let e = "mqtt://user:hunter2@broker:1883"
+            .parse::<BrokerUrl>()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "broker URL \"mqtt://***@broker:1883\": credentials belong in mqtt.username and mqtt.password, not in the url"
+        );
     }
 }

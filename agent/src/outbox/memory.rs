@@ -38,6 +38,8 @@ struct State {
     /// Orders by counter (creation order).
     orders: BTreeMap<u64, StoredOrder>,
     policy: Option<bool>,
+    /// When the cloud sent the policy kept (cloud time).
+    policy_sent_at: Option<DateTime<Utc>>,
 }
 
 /// An outbox held in memory (lost when the process ends). Cheap to create by the thousand.
@@ -124,26 +126,45 @@ impl Outbox for MemoryOutbox {
         let seq = Seq::new(s.next_seq).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
         let (ev, body) = event.with_seq(seq);
         let size = body.len() as u64;
-        while let Some((limit, max)) =
-            breaks_limit(&self.limits, s.events.len() as u64, s.bytes, size)
-        {
-            let victim = if self.limits.when_full == FullPolicy::DropOldest
-                && size <= self.limits.max_bytes
-            {
-                s.events
-                    .iter()
-                    .find(|(_, e)| e.report_seq.is_none())
-                    .map(|(k, _)| *k)
-            } else {
-                None
+        if let Some(full) = breaks_limit(&self.limits, s.events.len() as u64, s.bytes, size) {
+            // Decide before touching anything: evicting only helps if the new event fits
+            // once every unsent event is gone (invariant 5).
+            let left = match self.limits.when_full {
+                FullPolicy::Reject => Some(full),
+                FullPolicy::DropOldest => {
+                    let (count, bytes) = s
+                        .events
+                        .values()
+                        .filter(|e| e.report_seq.is_some())
+                        .fold((0u64, 0u64), |(n, b), e| (n + 1, b + e.bytes));
+                    breaks_limit(&self.limits, count, bytes, size)
+                }
             };
-            let Some(victim) = victim else {
+            if let Some((limit, max)) = left {
                 s.rejected_full += 1;
                 return Err(OutboxError::Full { limit, max });
-            };
-            let gone = s.events.remove(&victim).expect("victim exists");
-            s.bytes -= gone.bytes;
-            s.evictions += 1;
+            }
+            // The oldest unsent events, just enough of them for the new one to fit.
+            let (mut count, mut bytes) = (s.events.len() as u64, s.bytes);
+            let victims: Vec<(u64, u64)> = s
+                .events
+                .iter()
+                .filter(|(_, e)| e.report_seq.is_none())
+                .map(|(k, e)| (*k, e.bytes))
+                .take_while(|(_, b)| {
+                    let needed = breaks_limit(&self.limits, count, bytes, size).is_some();
+                    if needed {
+                        count -= 1;
+                        bytes -= b;
+                    }
+                    needed
+                })
+                .collect();
+            for (victim, victim_bytes) in victims {
+                s.events.remove(&victim);
+                s.bytes -= victim_bytes;
+                s.evictions += 1;
+            }
         }
         s.events.insert(
             seq.get(),
@@ -399,9 +420,14 @@ impl Outbox for MemoryOutbox {
         Ok(st)
     }
 
-    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError> {
-        self.lock().policy = Some(auto_reorder);
-        Ok(())
+    fn set_policy(&self, auto_reorder: bool, sent_at: DateTime<Utc>) -> Result<bool, OutboxError> {
+        let mut s = self.lock();
+        if s.policy_sent_at.is_some_and(|kept| sent_at <= kept) {
+            return Ok(false);
+        }
+        s.policy = Some(auto_reorder);
+        s.policy_sent_at = Some(sent_at);
+        Ok(true)
     }
 
     fn policy(&self) -> Result<Option<bool>, OutboxError> {

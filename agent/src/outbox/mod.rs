@@ -23,8 +23,10 @@
 //!    checked on every append. Under [`FullPolicy::Reject`] the new event is refused with
 //!    [`OutboxError::Full`] and counted in `rejected_full`. Under [`FullPolicy::DropOldest`]
 //!    the oldest events *not in any report* are evicted (and counted in `evictions`) until
-//!    the new one fits; events in flight are never evicted, so when they alone fill the
-//!    outbox the new event is refused as under `Reject`.
+//!    the new one fits; events in flight are never evicted. Whether the new event can fit
+//!    is decided *before* anything is evicted: when it would not fit even with every
+//!    unsent event gone (the events in flight plus the new one break a limit), it is
+//!    refused as under `Reject` and nothing is evicted, in the same transaction.
 //! 6. **Order.** Seqs grow with insertion and reports take the oldest unsent events, so the
 //!    unsent events are always the newest ones, and reports hold increasing,
 //!    non-overlapping seq ranges (what `UsageReport::validate` requires).
@@ -37,7 +39,9 @@
 //!    evicted** and do not count against `max_events`/`max_bytes`. An order is signed once
 //!    ([`Outbox::store_envelope`]); afterwards exactly those bytes are re-sent until a
 //!    receipt for them arrives. Orders are kept after their final state, as the device's
-//!    history (`rollcall-agent orders`).
+//!    history (`rollcall-agent orders`). The reorder policy pushed by the cloud is kept
+//!    with the cloud time its downlink was sent at; a policy not sent later than the one
+//!    kept is ignored (a replayed old policy, or two cloud workers' pushes crossing).
 //!
 //! # Implementations
 //!
@@ -318,8 +322,11 @@ pub trait Outbox: Send + Sync {
     /// `qty`, to full. Re-arms the slot and marks its accepted order delivered.
     fn refill(&self, slot: &SlotId, qty: Option<u32>) -> Result<SlotState, OutboxError>;
 
-    /// Caches the member's reorder policy as pushed by the cloud.
-    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError>;
+    /// Caches the member's reorder policy as pushed by the cloud at `sent_at` (the
+    /// downlink's cloud time), unless a policy sent at the same time or later is already
+    /// kept: a replayed or reordered older policy must not override a newer one. Returns
+    /// whether it was applied.
+    fn set_policy(&self, auto_reorder: bool, sent_at: DateTime<Utc>) -> Result<bool, OutboxError>;
 
     /// The policy last pushed by the cloud, if any.
     fn policy(&self) -> Result<Option<bool>, OutboxError>;

@@ -401,21 +401,37 @@ impl Outbox for SqliteOutbox {
             let size = body.len() as u64;
             let mut count = meta_get(tx, "event_count")? as u64;
             let mut bytes = meta_get(tx, "event_bytes")? as u64;
-            while let Some((limit, max)) = breaks_limit(&limits, count, bytes, size) {
-                let victim = if limits.when_full == FullPolicy::DropOldest && size <= limits.max_bytes {
-                    tx.query_row(
+            if let Some(full) = breaks_limit(&limits, count, bytes, size) {
+                // Decide before touching anything: evicting only helps if the new event
+                // fits once every unsent event is gone (invariant 5).
+                let left = match limits.when_full {
+                    FullPolicy::Reject => Some(full),
+                    FullPolicy::DropOldest => {
+                        let (inflight_count, inflight_bytes) = tx.query_row(
+                            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM events WHERE report_seq IS NOT NULL",
+                            [],
+                            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                        )?;
+                        breaks_limit(&limits, inflight_count, inflight_bytes, size)
+                    }
+                };
+                if let Some((limit, max)) = left {
+                    meta_add(tx, "rejected_full", 1)?;
+                    return Ok(Err(OutboxError::Full { limit, max }));
+                }
+            }
+            while breaks_limit(&limits, count, bytes, size).is_some() {
+                let (victim_seq, victim_bytes) = tx
+                    .query_row(
                         "SELECT seq, bytes FROM events WHERE report_seq IS NULL ORDER BY seq LIMIT 1",
                         [],
                         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
                     )
                     .optional()?
-                } else {
-                    None
-                };
-                let Some((victim_seq, victim_bytes)) = victim else {
-                    meta_add(tx, "rejected_full", 1)?;
-                    return Ok(Err(OutboxError::Full { limit, max }));
-                };
+                    // Returning an error rolls the evictions back.
+                    .ok_or_else(|| {
+                        OutboxError::Corrupt("the event counters disagree with the events".into())
+                    })?;
                 tx.execute("DELETE FROM events WHERE seq = ?1", [victim_seq])?;
                 count -= 1;
                 bytes -= victim_bytes as u64;
@@ -697,8 +713,16 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn set_policy(&self, auto_reorder: bool) -> Result<(), OutboxError> {
-        self.with_tx(|tx| meta_set(tx, "auto_reorder", i64::from(auto_reorder)))
+    fn set_policy(&self, auto_reorder: bool, sent_at: DateTime<Utc>) -> Result<bool, OutboxError> {
+        let sent_at_us = sent_at.timestamp_micros();
+        self.with_tx(|tx| {
+            if meta_opt(tx, "policy_sent_at_us")?.is_some_and(|kept| sent_at_us <= kept) {
+                return Ok(false);
+            }
+            meta_set(tx, "auto_reorder", i64::from(auto_reorder))?;
+            meta_set(tx, "policy_sent_at_us", sent_at_us)?;
+            Ok(true)
+        })
     }
 
     fn policy(&self) -> Result<Option<bool>, OutboxError> {

@@ -312,6 +312,57 @@ fn drop_oldest_evicts_unsent_events_but_never_inflight_ones<F: Fixture>() {
     assert_eq!((s.depth, s.evictions, s.rejected_full), (3, 1, 1));
 }
 
+fn drop_oldest_evicts_nothing_when_the_new_event_would_not_fit_anyway<F: Fixture>() {
+    let clock = ManualClock::new(t0());
+    let big = || {
+        let mut e = ev("brew");
+        e.attrs.insert("note".into(), "x".repeat(120));
+        e
+    };
+    let probe = F::new(OutboxLimits::default(), clock.clone());
+    let p = probe.open();
+    p.append(big()).unwrap();
+    let big_size = p.stats().unwrap().bytes;
+    p.append(ev("brew")).unwrap();
+    let small_size = p.stats().unwrap().bytes - big_size;
+    let f = F::new(
+        OutboxLimits {
+            max_events: 100,
+            // A big in-flight event and a small unsent one fit; a second big one never
+            // does, even with every unsent event evicted.
+            max_bytes: big_size + small_size + 1,
+            when_full: FullPolicy::DropOldest,
+        },
+        clock,
+    );
+    let o = f.open();
+    o.append(big()).unwrap();
+    let r = o.build_report(1, 1 << 20).unwrap().unwrap();
+    assert_eq!(seqs(&r.events), [1]);
+    o.append(ev("brew")).unwrap(); // seq 2, unsent
+    let e = o.append(big()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::Full {
+                limit: "outbox.max_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let s = o.stats().unwrap();
+    assert_eq!(
+        (s.depth, s.unsent, s.evictions, s.rejected_full),
+        (2, 1, 0, 1),
+        "the refused event cost no other event: {s:?}"
+    );
+    // A small event still fits by evicting the unsent one, as before.
+    assert_eq!(o.append(ev("brew")).unwrap().get(), 3);
+    let s = o.stats().unwrap();
+    assert_eq!((s.depth, s.unsent, s.evictions), (2, 1, 1), "{s:?}");
+}
+
 fn the_byte_limit_is_enforced<F: Fixture>() {
     let clock = ManualClock::new(t0());
     let probe = F::new(OutboxLimits::default(), clock.clone());
@@ -534,7 +585,7 @@ fn no_order_without_opt_in_and_a_pushed_policy_wins<F: Fixture>() {
     assert_eq!(o.policy().unwrap(), None);
     brew(o.as_ref(), 4);
     assert!(o.orders().unwrap().is_empty());
-    o.set_policy(true).unwrap();
+    assert!(o.set_policy(true, t0()).unwrap());
     let o = f.open();
     assert_eq!(o.policy().unwrap(), Some(true));
     brew(o.as_ref(), 1);
@@ -546,12 +597,27 @@ fn no_order_without_opt_in_and_a_pushed_policy_wins<F: Fixture>() {
 
     let (f, _) = with_pods::<F>(true, OutboxLimits::default());
     let o = f.open();
-    o.set_policy(false).unwrap();
+    assert!(o.set_policy(false, t0()).unwrap());
     brew(o.as_ref(), 5);
     assert!(
         o.orders().unwrap().is_empty(),
         "the cloud's opt-out beats the config"
     );
+}
+
+fn a_policy_sent_no_later_than_the_kept_one_is_ignored_even_after_reopen<F: Fixture>() {
+    let (f, _) = with_pods::<F>(false, OutboxLimits::default());
+    let o = f.open();
+    let at = |s: i64| t0() + Duration::seconds(s);
+    assert!(o.set_policy(false, at(20)).unwrap());
+    let o = f.open();
+    assert!(!o.set_policy(true, at(10)).unwrap(), "older");
+    assert!(!o.set_policy(true, at(20)).unwrap(), "same time");
+    assert_eq!(o.policy().unwrap(), Some(false));
+    assert!(o
+        .set_policy(true, at(20) + Duration::microseconds(1))
+        .unwrap());
+    assert_eq!(f.open().policy().unwrap(), Some(true));
 }
 
 fn receipts_move_orders_forward_and_a_refill_rearms<F: Fixture>() {
@@ -693,6 +759,7 @@ outbox_suite!(
     ack_deletes_only_that_report,
     full_outbox_rejects_under_reject,
     drop_oldest_evicts_unsent_events_but_never_inflight_ones,
+    drop_oldest_evicts_nothing_when_the_new_event_would_not_fit_anyway,
     the_byte_limit_is_enforced,
     concurrent_writers_get_distinct_seqs,
     stats_report_unsent_inflight_and_ages,
@@ -700,6 +767,7 @@ outbox_suite!(
     display_messages_are_kept_once_newest_first_and_bounded,
     usage_drains_a_slot_and_orders_exactly_once,
     no_order_without_opt_in_and_a_pushed_policy_wins,
+    a_policy_sent_no_later_than_the_kept_one_is_ignored_even_after_reopen,
     receipts_move_orders_forward_and_a_refill_rearms,
     a_rejection_frees_the_slot_but_it_orders_again_only_after_a_refill,
     orders_are_never_evicted_and_not_counted_against_limits,

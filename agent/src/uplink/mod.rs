@@ -24,7 +24,9 @@
 //!   in the outbox, publishes it on `.../tx` and re-sends exactly those bytes after every
 //!   (re)connect and every `ack_timeout` until a receipt for it arrives. Receipts
 //!   ([`DownBody::Receipt`]) and policies ([`DownBody::Policy`]) are applied only when a
-//!   `cloud_public_key` is configured and they verify under it.
+//!   `cloud_public_key` is configured and they verify under it. A policy is applied only
+//!   when its downlink's `sent_at` is later than that of the policy last applied (kept in
+//!   the outbox), so a replayed old policy cannot undo a member's later choice.
 //!
 //! # Sessions and the Last Will
 //!
@@ -206,7 +208,8 @@ pub struct UplinkSnapshot {
     pub reports_acked: u64,
     /// Events deleted by those acks.
     pub events_acked: u64,
-    /// Downlinks ignored: bad signature, malformed, or addressed to another device.
+    /// Downlinks ignored: bad signature, malformed, addressed to another device, or a
+    /// reorder policy older than the one applied.
     pub downlinks_ignored: u64,
     /// Replenishment transactions published for the first time by this process.
     pub tx_sent: u64,
@@ -488,7 +491,7 @@ impl Uplink {
                     self.start_connect().await?;
                 }
                 _ = ticker.tick() => {
-                    if self.state == SessionState::Connected {
+                    if self.state.is_connected() {
                         self.pump().await;
                     }
                 }
@@ -533,7 +536,7 @@ impl Uplink {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 self.transition(SessionInput::ConnAck);
-                if self.state == SessionState::Connected {
+                if self.state.is_connected() {
                     self.on_connected().await;
                 }
             }
@@ -563,14 +566,14 @@ impl Uplink {
                 if self.state == SessionState::ShuttingDown {
                     return Flow::Done;
                 }
-                let was_connected = self.state == SessionState::Connected;
+                let was_connected = self.state.is_connected();
                 self.transition(SessionInput::ConnectionLost);
                 self.rt.stats.connected.store(false, Ordering::Relaxed);
                 if let SessionState::Backoff { until, attempt } = self.state {
                     let wait_ms =
                         until.saturating_duration_since(Instant::now()).as_millis() as u64;
                     if was_connected {
-                        warn!(%error, wait_ms, "Connection to the broker lost");
+                        warn!(%error, attempt, wait_ms, "Connection to the broker lost");
                     } else {
                         info!(%error, attempt, wait_ms, "Could not connect to the broker");
                     }
@@ -625,12 +628,16 @@ impl Uplink {
                     );
                     return;
                 }
-                let auto = p.auto_reorder;
-                if let Err(error) = outbox_call(&self.rt.outbox, move |o| o.set_policy(auto)).await
-                {
-                    warn!(%error, "Could not store the reorder policy");
-                } else {
-                    info!(auto_reorder = auto, "Reorder policy from the cloud");
+                let (auto, sent_at) = (p.auto_reorder, down.sent_at);
+                match outbox_call(&self.rt.outbox, move |o| o.set_policy(auto, sent_at)).await {
+                    Ok(true) => {
+                        info!(auto_reorder = auto, %sent_at, "Reorder policy from the cloud")
+                    }
+                    Ok(false) => {
+                        UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
+                        warn!(auto_reorder = auto, %sent_at, "Ignoring a reorder policy sent no later than the one applied (a replay, or pushes that crossed)");
+                    }
+                    Err(error) => warn!(%error, "Could not store the reorder policy"),
                 }
                 return;
             }
@@ -652,7 +659,7 @@ impl Uplink {
                     debug!(report_seq, events, stored, ?status, "Report acknowledged");
                 }
                 // Room for another report: don't wait for the next tick.
-                if self.state == SessionState::Connected {
+                if self.state.is_connected() {
                     self.pump().await;
                 }
             }
@@ -977,7 +984,7 @@ impl Uplink {
 
     /// Starts a clean shutdown. `Done` when there is nothing to wait for.
     fn begin_shutdown(&mut self) -> Flow {
-        let was_connected = self.state == SessionState::Connected;
+        let was_connected = self.state.is_connected();
         self.transition(SessionInput::Shutdown);
         if !was_connected {
             return Flow::Done;
@@ -1188,5 +1195,62 @@ mod tests {
         };
         let r = run_uplink(rt, CancellationToken::new()).await;
         assert!(matches!(r, Err(UplinkError::Tls { .. })), "{r:?}");
+    }
+
+    /// A session that is never connected, for feeding it downlinks directly.
+    fn offline_uplink(outbox: Arc<dyn Outbox>, cloud_key: Option<PublicKey>) -> Uplink {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(t0()));
+        let rt = AgentRuntime {
+            outbox,
+            key: KeyPair::generate(),
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            topics: Topics::default(),
+            mqtt: MqttSettings::new(BrokerUrl::plain("127.0.0.1", 1)),
+            uplink: UplinkSettings::default(),
+            cloud_key,
+            clock,
+            stats: UplinkStats::new(),
+        };
+        let options = mqtt_options(&rt.mqtt, rt.device_id.as_str(), None).unwrap();
+        let (client, _eventloop) = AsyncClient::new(options, 10);
+        let (connect_tx, _) = mpsc::channel(1);
+        let (_, events) = mpsc::channel(1);
+        Uplink::new(rt, client, connect_tx, events, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn a_replayed_older_policy_does_not_override_a_newer_one() {
+        let cloud = KeyPair::generate();
+        let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(
+            OutboxLimits::default(),
+            Arc::new(ManualClock::new(t0())),
+        ));
+        let mut up = offline_uplink(outbox.clone(), Some(cloud.public()));
+        let policy = |auto_reorder: bool, after_s: i64| {
+            let d = Downlink {
+                v: 1,
+                device_id: DeviceId::parse("dev-1").unwrap(),
+                sent_at: t0() + chrono::Duration::seconds(after_s),
+                body: DownBody::Policy(rollcall_shared::payload::ReorderPolicy { auto_reorder }),
+            };
+            cloud.sign(DOWNLINK_PAYLOAD_TYPE, &d.encode()).to_json()
+        };
+        let opted_in = policy(true, 10);
+        let opted_out = policy(false, 20);
+        up.on_downlink(&opted_in).await;
+        assert_eq!(outbox.policy().unwrap(), Some(true));
+        up.on_downlink(&opted_out).await;
+        assert_eq!(outbox.policy().unwrap(), Some(false));
+        // The member opted out; the old, validly signed opt-in comes again.
+        up.on_downlink(&opted_in).await;
+        assert_eq!(
+            outbox.policy().unwrap(),
+            Some(false),
+            "a replayed older policy must not win"
+        );
+        // The same policy again changes nothing either, and a newer one applies.
+        up.on_downlink(&opted_out).await;
+        up.on_downlink(&policy(true, 30)).await;
+        assert_eq!(outbox.policy().unwrap(), Some(true));
     }
 }

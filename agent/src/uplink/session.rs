@@ -1,13 +1,20 @@
 //! The MQTT session's states and the pure transitions between them.
 //!
 //! ```text
-//!             ConnAck                       ConnectionLost
-//!  Connecting ───────► Connected ──────────────────────────► Backoff{attempt: 1}
-//!    │  ▲                                                     │
-//!    │  └──────────────── BackoffElapsed ─────────────────────┘
+//!             ConnAck                   ConnectionLost, up for ≥ stable_after
+//!  Connecting ───────► Connected{since} ──────────────────────────────────► Backoff{attempt: 1}
+//!    │  ▲                  │  ConnectionLost sooner                          │
+//!    │  │                  └───────────────────────► Backoff{attempt + 1}    │
+//!    │  └──────────────── BackoffElapsed ─────────────────────────────────────┘
 //!    └── ConnectionLost ─► Backoff{attempt + 1}   (ceiling doubles, capped)
 //!  any ── Shutdown ──► ShuttingDown   (terminal)
 //! ```
+//!
+//! Only a connection that stayed up for [`Backoff::stable_after`] starts the backoff over.
+//! One that the broker accepts and then drops at once (a second device with the same id
+//! taking the client id over, an ACL that disconnects on a refused publish) counts as
+//! another failed attempt, so a flapping connection backs off to the cap instead of
+//! reconnecting, and re-sending everything in flight, several times a second.
 //!
 //! rumqttc's event loop reconnects as soon as it is polled again and has no backoff of
 //! its own, so the uplink only asks it to connect when this machine says `Connecting`.
@@ -26,7 +33,13 @@ pub enum SessionState {
         attempt: u32,
     },
     /// Connected: publishing reports and status, receiving acks.
-    Connected,
+    Connected {
+        /// When the broker accepted the connection.
+        since: Instant,
+        /// Consecutive failed attempts before it; counting goes on from here if the
+        /// connection drops before [`Backoff::stable_after`].
+        attempt: u32,
+    },
     /// Waiting until `until` before the next attempt.
     Backoff {
         /// When to try again.
@@ -60,7 +73,16 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+/// Longest time a connection must stay up before a drop starts the backoff over.
+pub const STABLE_AFTER_CAP: Duration = Duration::from_secs(30);
+
 impl Backoff {
+    /// How long a connection must stay up for its drop to start the backoff over:
+    /// the largest ceiling, at most [`STABLE_AFTER_CAP`].
+    pub fn stable_after(&self) -> Duration {
+        self.max.min(STABLE_AFTER_CAP)
+    }
+
     /// The longest sleep before retry number `attempt` (1-based): `min(max, min * 2^(attempt-1))`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32
@@ -79,6 +101,11 @@ impl Backoff {
 }
 
 impl SessionState {
+    /// Whether the session is connected.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, SessionState::Connected { .. })
+    }
+
     /// The state after `input` at time `now`; `unit` is a uniform random draw in `[0, 1)`
     /// used for the backoff jitter.
     pub fn on(
@@ -92,7 +119,10 @@ impl SessionState {
         use SessionState as S;
         match (self, input) {
             (S::ShuttingDown, _) | (_, I::Shutdown) => S::ShuttingDown,
-            (S::Connecting { .. }, I::ConnAck) => S::Connected,
+            (S::Connecting { attempt }, I::ConnAck) => S::Connected {
+                since: now,
+                attempt,
+            },
             (S::Connecting { attempt }, I::ConnectionLost) => {
                 let attempt = attempt.saturating_add(1);
                 S::Backoff {
@@ -100,10 +130,17 @@ impl SessionState {
                     attempt,
                 }
             }
-            (S::Connected, I::ConnectionLost) => S::Backoff {
-                until: now + backoff.delay(1, unit),
-                attempt: 1,
-            },
+            (S::Connected { since, attempt }, I::ConnectionLost) => {
+                let attempt = if now.saturating_duration_since(since) >= backoff.stable_after() {
+                    1
+                } else {
+                    attempt.saturating_add(1)
+                };
+                S::Backoff {
+                    until: now + backoff.delay(attempt, unit),
+                    attempt,
+                }
+            }
             (S::Backoff { attempt, .. }, I::BackoffElapsed) => S::Connecting { attempt },
             // Anything else cannot happen (no ConnAck without a connect, no elapsed
             // backoff outside Backoff); staying put is the safe answer.
@@ -128,14 +165,18 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             S::Connecting { attempt: 3 }.on(I::ConnAck, now, &B, 0.5),
-            S::Connected
+            S::Connected {
+                since: now,
+                attempt: 3
+            }
         );
     }
 
     #[test]
     fn connected_to_backoff_on_error() {
-        let now = Instant::now();
-        let s = S::Connected.on(I::ConnectionLost, now, &B, 0.5);
+        let since = Instant::now();
+        let now = since + B.stable_after();
+        let s = S::Connected { since, attempt: 0 }.on(I::ConnectionLost, now, &B, 0.5);
         assert_eq!(
             s,
             S::Backoff {
@@ -143,6 +184,16 @@ mod tests {
                 attempt: 1
             }
         );
+    }
+
+    #[test]
+    fn a_connection_counts_as_stable_after_the_largest_ceiling_at_most_30_s() {
+        assert_eq!(B.stable_after(), Duration::from_secs(30));
+        let short = Backoff {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        assert_eq!(short.stable_after(), Duration::from_millis(100));
     }
 
     #[test]
@@ -199,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_resets_after_connack() {
+    fn backoff_resets_after_a_connection_that_lasted() {
         let now = Instant::now();
         // Fail five times in a row: the ceiling grows.
         let mut s = S::Connecting { attempt: 0 };
@@ -208,17 +259,55 @@ mod tests {
             s = s.on(I::BackoffElapsed, now, &B, 1.0);
         }
         assert_eq!(s, S::Connecting { attempt: 5 });
-        // A ConnAck then a drop starts again from the smallest ceiling.
+        // A connection that stays up 30 s, then drops, starts again from the smallest
+        // ceiling.
+        let lost = now + Duration::from_secs(30);
         let s = s
             .on(I::ConnAck, now, &B, 1.0)
-            .on(I::ConnectionLost, now, &B, 1.0);
+            .on(I::ConnectionLost, lost, &B, 1.0);
         assert_eq!(
             s,
             S::Backoff {
-                until: now + B.min,
+                until: lost + B.min,
                 attempt: 1
             }
         );
+    }
+
+    #[test]
+    fn connected_to_backoff_keeps_counting_when_the_connection_dropped_soon() {
+        let now = Instant::now();
+        let lost = now + Duration::from_millis(29_999);
+        let s = S::Connecting { attempt: 5 }
+            .on(I::ConnAck, now, &B, 1.0)
+            .on(I::ConnectionLost, lost, &B, 1.0);
+        assert_eq!(
+            s,
+            S::Backoff {
+                until: lost + B.ceiling(6),
+                attempt: 6
+            }
+        );
+    }
+
+    #[test]
+    fn a_connection_that_is_accepted_and_dropped_again_and_again_backs_off_to_the_cap() {
+        // A broker that takes the client over (a cloned device id) or drops it after
+        // every ConnAck must not make the agent reconnect at the smallest backoff forever.
+        let mut now = Instant::now();
+        let mut s = S::Connecting { attempt: 0 };
+        for _ in 0..10 {
+            s = s.on(I::ConnAck, now, &B, 1.0);
+            now += Duration::from_secs(1);
+            s = s.on(I::ConnectionLost, now, &B, 1.0);
+            let S::Backoff { until, .. } = s else {
+                panic!("{s:?}")
+            };
+            now = until;
+            s = s.on(I::BackoffElapsed, now, &B, 1.0);
+        }
+        assert_eq!(s, S::Connecting { attempt: 10 });
+        assert_eq!(B.ceiling(10), B.max);
     }
 
     #[test]
@@ -226,7 +315,10 @@ mod tests {
         let now = Instant::now();
         for s in [
             S::Connecting { attempt: 0 },
-            S::Connected,
+            S::Connected {
+                since: now,
+                attempt: 0,
+            },
             S::Backoff {
                 until: now,
                 attempt: 2,
@@ -244,11 +336,12 @@ mod tests {
     #[test]
     fn impossible_inputs_leave_the_state_alone() {
         let now = Instant::now();
-        assert_eq!(S::Connected.on(I::ConnAck, now, &B, 0.5), S::Connected);
-        assert_eq!(
-            S::Connected.on(I::BackoffElapsed, now, &B, 0.5),
-            S::Connected
-        );
+        let c = S::Connected {
+            since: now,
+            attempt: 2,
+        };
+        assert_eq!(c.on(I::ConnAck, now, &B, 0.5), c);
+        assert_eq!(c.on(I::BackoffElapsed, now, &B, 0.5), c);
         let b = S::Backoff {
             until: now,
             attempt: 1,
