@@ -29,7 +29,7 @@ pub enum ConfigError {
     /// A value out of range.
     #[error("{file}: {key}: {message}")]
     Invalid {
-        /// The file, or `<defaults>`/`<environment>`.
+        /// The file, `<defaults>`, or the environment variable that gave the value.
         file: String,
         /// The dotted key.
         key: &'static str,
@@ -674,7 +674,7 @@ impl CloudConfig {
             ConfigError::Invalid { key, message, .. } => {
                 match overridden.iter().find(|(k, _)| *k == key) {
                     Some((_, var)) => ConfigError::Invalid {
-                        file: format!("<environment> {var}"),
+                        file: (*var).to_owned(),
                         key,
                         message,
                     },
@@ -688,7 +688,7 @@ impl CloudConfig {
 
     /// Applies the documented environment overrides, read through `get`. Returns the
     /// overridden keys with their variables; a value that does not parse is an error that
-    /// names its variable (file `<environment>`).
+    /// names its variable (in place of the file).
     pub fn apply_env(
         &mut self,
         get: impl Fn(&str) -> Option<String>,
@@ -701,11 +701,11 @@ impl CloudConfig {
             }
             v
         };
-        let address = |name: &'static str, v: String| {
+        let address = |name: &'static str, key: &'static str, v: String| {
             v.parse::<std::net::SocketAddr>()
                 .map_err(|e| ConfigError::Invalid {
-                    file: "<environment>".to_owned(),
-                    key: name,
+                    file: name.to_owned(),
+                    key,
                     message: format!("{v:?} is not an address with a port (HOST:PORT): {e}"),
                 })
         };
@@ -722,13 +722,13 @@ impl CloudConfig {
             self.broker.password = Secret::new(v);
         }
         if let Some(v) = var("ROLLCALL_MQTT_LISTEN", "broker.listen") {
-            self.broker.listen = address("ROLLCALL_MQTT_LISTEN", v)?;
+            self.broker.listen = address("ROLLCALL_MQTT_LISTEN", "broker.listen", v)?;
         }
         if let Some(v) = var("ROLLCALL_TWILIO_AUTH_TOKEN", "telephony.auth_token") {
             self.telephony.auth_token = Secret::new(v);
         }
         if let Some(v) = var("ROLLCALL_HTTP_LISTEN", "http.listen") {
-            self.http.listen = address("ROLLCALL_HTTP_LISTEN", v)?;
+            self.http.listen = address("ROLLCALL_HTTP_LISTEN", "http.listen", v)?;
         }
         Ok(set)
     }
@@ -1000,10 +1000,7 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(
-            e.starts_with("<environment> ROLLCALL_MQTT_URL: broker.url:"),
-            "{e}"
-        );
+        assert!(e.starts_with("ROLLCALL_MQTT_URL: broker.url:"), "{e}");
     }
 
     #[test]
@@ -1014,7 +1011,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("<environment>: ROLLCALL_HTTP_LISTEN:") && e.contains("\"0.0.0.0\""),
+            e.starts_with("ROLLCALL_HTTP_LISTEN: http.listen:") && e.contains("\"0.0.0.0\""),
             "{e}"
         );
         assert_eq!(c.http.listen, CloudConfig::default().http.listen);
