@@ -29,7 +29,8 @@ use rollcall_shared::dsse::{
 };
 use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
 use rollcall_shared::payload::{
-    Ack, AckStatus, DeviceStatus, PayloadError, Receipt, ReorderPolicy, Transaction, UsageReport,
+    Ack, AckStatus, DeviceStatus, PayloadError, Presence, Receipt, ReorderPolicy, Transaction,
+    UsageReport,
 };
 use rollcall_shared::topics::{Channel, Topics};
 use rollcall_shared::{DeviceId, MemberId};
@@ -570,12 +571,26 @@ pub struct BatchOutcome {
     pub rejected: Vec<Reason>,
     /// Transaction receipts to publish, per device.
     pub receipts: Vec<(DeviceId, Receipt)>,
-    /// Member policies to push, per device (sent when a device reports its status).
-    pub policies: Vec<(DeviceId, ReorderPolicy)>,
+    /// Member policies for devices that reported themselves online (see [`PolicyPush`]).
+    pub policies: Vec<PolicyPush>,
     /// Transactions decided now, by status.
     pub tx_decided: Vec<rollcall_shared::payload::TxStatus>,
     /// Transactions recognised as re-sends.
     pub tx_duplicate: u64,
+}
+
+/// The member's reorder policy for a device that has just reported itself online. There is
+/// no acknowledgement for policies, so the publisher sends it at the first online status of
+/// every session (each connection of the agent) and whenever it differs from the one last
+/// sent in that session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPush {
+    /// The device.
+    pub device: DeviceId,
+    /// The device's connection counter, from its status message.
+    pub session: u64,
+    /// The policy.
+    pub policy: ReorderPolicy,
 }
 
 /// Commits a batch of checked messages in one transaction. Transactions need `orders`;
@@ -799,7 +814,7 @@ fn apply(
                 .as_ref()
                 .map(|h| serde_json::to_string(h).expect("serialises"));
             // Keep the newest: (session, n) orders status messages; a Last Will has n = u64::MAX.
-            tx.prepare_cached(
+            let advanced = tx.prepare_cached(
                 "UPDATE devices SET presence = ?2, presence_ms = ?3, status_session = ?4, status_n = ?5,
                      health = COALESCE(?6, health)
                  WHERE id = ?1 AND (status_session IS NULL OR status_session < ?4 OR (status_session = ?4 AND status_n < ?5))",
@@ -812,12 +827,20 @@ fn apply(
                 // SQLite integers are signed: store u64::MAX as i64::MAX, keeping the order.
                 status.n.min(i64::MAX as u64) as i64,
                 health,
-            ])?;
+            ])? == 1;
             out.statuses += 1;
-            if with_orders {
+            // Only a device that is online now can hear receipts and its policy: the agent
+            // connects with a clean session, so whatever is published while it is away is
+            // lost. A Last Will, or a status older than the stored one (a replay, a retained
+            // message delivered again on re-subscribing), sends nothing and marks nothing.
+            if with_orders && advanced && status.state == Presence::Online {
                 let (policy, receipts) = crate::orders::on_status(tx, device)?;
-                if let Some(p) = policy {
-                    out.policies.push((device.clone(), p));
+                if let Some(policy) = policy {
+                    out.policies.push(PolicyPush {
+                        device: device.clone(),
+                        session: status.session,
+                        policy,
+                    });
                 }
                 out.receipts
                     .extend(receipts.into_iter().map(|r| (device.clone(), r)));

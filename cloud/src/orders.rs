@@ -592,7 +592,9 @@ fn close_refilled(
 
 /// What a device should hear when it says it is online: its member's policy, and a
 /// receipt for every order whose status changed since the device was last told.
-/// Marks those receipts as sent (the caller publishes them after the commit).
+/// Marks those receipts as sent (the caller publishes them after the commit), so call it
+/// only for an online status that is newer than the one stored: a Last Will, or a status
+/// replayed from an earlier session, reaches a device that cannot hear anything.
 pub fn on_status(
     tx: &Connection,
     device: &DeviceId,
@@ -799,8 +801,8 @@ pub fn list(
 mod tests {
     use super::*;
     use crate::ingest::{self, Checked, Inbound, TxContext};
-    use rollcall_shared::dsse::TRANSACTION_PAYLOAD_TYPE;
-    use rollcall_shared::payload::ReorderReason;
+    use rollcall_shared::dsse::{STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE};
+    use rollcall_shared::payload::{DeviceStatus, Presence, ReorderReason};
     use rollcall_shared::topics::Topics;
     use rollcall_shared::{Currency, Sku, SlotId};
 
@@ -896,6 +898,45 @@ mod tests {
             };
             ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
         }
+        /// Commits the device's signed status message, as the ingest does.
+        fn presence(&mut self, state: Presence, session: u64, n: u64) -> ingest::BatchOutcome {
+            let topics = Topics::default();
+            let device = DeviceId::parse("d1").unwrap();
+            let status = DeviceStatus {
+                v: rollcall_shared::PROTOCOL_VERSION,
+                device_id: device.clone(),
+                state,
+                at: t0(),
+                session,
+                n,
+                health: None,
+            };
+            let info = crate::registry::device_info(&self.conn, &device).unwrap();
+            let msg = Inbound {
+                topic: topics.status(&device),
+                payload: self
+                    .device
+                    .sign(STATUS_PAYLOAD_TYPE, &status.encode())
+                    .to_json(),
+                received_at: t0(),
+            };
+            let checked = ingest::check(&topics, msg, &|_| info.clone());
+            assert!(matches!(checked, Checked::Status { .. }));
+            let ctx = TxContext {
+                rules: &self.rules,
+                key: &self.cloud,
+            };
+            ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
+        }
+        fn notified(&self, tx_id: &str) -> Option<String> {
+            self.conn
+                .query_row(
+                    "SELECT notified_status FROM orders WHERE tx_id = ?1",
+                    [tx_id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        }
         fn status(&mut self, t: &Transaction) -> (TxStatus, Option<String>) {
             let out = self.send(t);
             let r = &out.receipts.last().expect("a receipt").1;
@@ -986,6 +1027,80 @@ mod tests {
             .is_empty());
         let v = crate::ledger::verify(&w.conn, &key.public(), 1, |_, _| {}).unwrap();
         assert_eq!((v.ok, v.entries), (true, Some(4)));
+    }
+
+    #[test]
+    fn a_last_will_sends_no_receipts_and_the_next_online_status_does() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            ..Policy::default()
+        });
+        w.status(&tx("a", 1, "pods", "POD", 1, 100));
+        assert!(w.presence(Presence::Online, 7, 1).receipts.is_empty());
+        let (key, rules) = (w.cloud.clone(), w.rules.clone());
+        change(
+            &mut w.conn,
+            &key,
+            &rules,
+            "a",
+            Action::Cancel,
+            Some("x"),
+            t0(),
+        )
+        .unwrap();
+
+        // The device drops: its Last Will reaches nobody, so nothing is sent or marked.
+        let will = w.presence(Presence::Offline, 7, u64::MAX);
+        assert_eq!(will.statuses, 1);
+        assert!(will.receipts.is_empty(), "{:?}", will.receipts);
+        assert!(will.policies.is_empty(), "{:?}", will.policies);
+        assert_eq!(w.notified("a").as_deref(), Some("accepted"));
+        // A status of the old session delivered late changes nothing either.
+        assert!(w.presence(Presence::Online, 7, 2).receipts.is_empty());
+        assert_eq!(w.notified("a").as_deref(), Some("accepted"));
+
+        // Back online: the cancellation reaches the device, once.
+        let online = w.presence(Presence::Online, 8, 1);
+        assert_eq!(online.receipts.len(), 1);
+        assert_eq!(online.receipts[0].1.status, TxStatus::Cancelled);
+        assert_eq!(w.notified("a").as_deref(), Some("cancelled"));
+        assert!(
+            w.presence(Presence::Online, 8, 1).receipts.is_empty(),
+            "a replay"
+        );
+        assert!(w.presence(Presence::Online, 8, 2).receipts.is_empty());
+    }
+
+    #[test]
+    fn a_policy_changed_while_the_device_was_offline_reaches_it_at_its_next_online_status() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            ..Policy::default()
+        });
+        let mut pushes = crate::worker::PolicyPushes::default();
+        let mut sent = |out: ingest::BatchOutcome| -> Vec<bool> {
+            out.policies
+                .iter()
+                .filter(|p| pushes.should_send(p))
+                .map(|p| p.policy.auto_reorder)
+                .collect()
+        };
+        assert_eq!(sent(w.presence(Presence::Online, 1, 1)), vec![true]);
+        assert_eq!(sent(w.presence(Presence::Online, 1, 2)), Vec::<bool>::new());
+        let will = w.presence(Presence::Offline, 1, u64::MAX);
+        assert!(will.policies.is_empty(), "{:?}", will.policies);
+        set_policy(
+            &w.conn,
+            &MemberId::parse("m1").unwrap(),
+            &Policy::default(),
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(sent(w.presence(Presence::Online, 2, 1)), vec![false]);
+        // Unchanged, but a new session: the agent may have missed it, so it goes again.
+        w.presence(Presence::Offline, 2, u64::MAX);
+        assert_eq!(sent(w.presence(Presence::Online, 3, 1)), vec![false]);
+        assert_eq!(sent(w.presence(Presence::Online, 3, 2)), Vec::<bool>::new());
     }
 
     #[test]
