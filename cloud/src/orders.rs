@@ -33,10 +33,16 @@
 //! the hand-off time on the order and does nothing the second time). It enqueues a webhook
 //! to the commerce back end (`orders.fulfilment_webhook`, a `[[outreach.webhooks]]` name)
 //! into the one durable delivery queue ([`crate::delivery`]), idempotency key
-//! `order:{tx_id}`, purpose `fulfilment`; and it raises the member's outreach message
+//! `order:{tx_id}`, purpose `fulfilment`, due just after the cancellation window closes
+//! (`cancel_until`), so the shop only hears of orders that can no longer be cancelled.
+//! Cancelling an accepted order within the window cancels that delivery in the same
+//! transaction; when it has already been attempted (the dispatcher's and the canceller's
+//! clocks disagreeing at the end of the window), the cancellation is refused
+//! ([`OrdersError::HandedOver`]) rather than recorded while the shop ships. It also
+//! raises the member's outreach message
 //! ([`crate::outreach::Outreach::raise_order`]): `order_cancellable` while the cancellation
 //! window is open, `order_accepted` otherwise. Both commit or roll back with the
-//! acceptance, so an order is handed over exactly when it is accepted. An outreach
+//! acceptance, so an order is queued for fulfilment exactly when it is accepted. An outreach
 //! failure is logged and rolled back to a savepoint; it never blocks the order.
 
 use crate::config::{CloudConfig, OrdersConfig};
@@ -88,6 +94,17 @@ pub enum OrdersError {
         tx_id: String,
         /// The end of the window.
         until: String,
+    },
+    /// The order's fulfilment webhook has been sent, or is being sent: cancelling the order
+    /// here would no longer stop the shop.
+    #[error("order {tx_id} has already been handed to fulfilment (delivery {delivery} is {status}); cancel it with the shop")]
+    HandedOver {
+        /// The order.
+        tx_id: String,
+        /// The fulfilment delivery.
+        delivery: i64,
+        /// Its status (`in_flight`, `delivered`, `dead`, or `pending` after a failed attempt).
+        status: String,
     },
 }
 
@@ -367,7 +384,13 @@ pub fn hand_off_to_fulfilment(
                     "amount": o.amount,
                     "currency": o.currency,
                 }),
-                not_before: now,
+                // Due just after the cancellation window closes: the shop only ever hears
+                // of an order that can no longer be cancelled, and a cancellation within
+                // the window withdraws this delivery before anything was sent.
+                not_before: o
+                    .cancel_until
+                    .map_or(now, |until| until + Duration::milliseconds(1))
+                    .max(now),
                 purpose: "fulfilment".into(),
             },
         )?;
@@ -400,6 +423,41 @@ pub fn hand_off_to_fulfilment(
         }
     }
     Ok(())
+}
+
+/// Withdraws the fulfilment webhook of an order being cancelled, inside the cancelling
+/// transaction. The webhook waits for the cancellation window to close, so within the
+/// window it is normally still `pending` and never tried, and is cancelled
+/// (`order_cancelled`). Once an attempt was made (a receiver may have acted on it even
+/// when it failed), the cancellation is refused with [`OrdersError::HandedOver`]; the
+/// caller's transaction then rolls back. Orders handed over without a webhook have no
+/// delivery to withdraw.
+fn withdraw_fulfilment(
+    tx: &Connection,
+    tx_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), OrdersError> {
+    let key = IdempotencyKey::parse(&format!("order:{tx_id}"))?;
+    let row: Option<(i64, String, i64)> = tx
+        .query_row(
+            "SELECT id, status, attempts FROM deliveries WHERE idempotency_key = ?1",
+            [key.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, status, attempts)) = row else {
+        return Ok(());
+    };
+    if status == "cancelled"
+        || (attempts == 0 && crate::delivery::cancel(tx, id, "order_cancelled", now)?)
+    {
+        return Ok(());
+    }
+    Err(OrdersError::HandedOver {
+        tx_id: tx_id.to_owned(),
+        delivery: id,
+        status,
+    })
 }
 
 /// What [`hand_off_to_fulfilment`] reads of an order.
@@ -634,7 +692,8 @@ pub fn on_status(
 pub enum Action {
     /// `held_for_confirmation` → `accepted`.
     Confirm,
-    /// `accepted` (within the window) or `held_for_confirmation` → `cancelled`.
+    /// `accepted` (within the window, and its fulfilment webhook not yet attempted) or
+    /// `held_for_confirmation` → `cancelled`; withdraws the pending fulfilment webhook.
     Cancel,
     /// `accepted` → `delivered`.
     Deliver,
@@ -683,6 +742,7 @@ pub fn change(
                     until: until.to_rfc3339(),
                 });
             }
+            withdraw_fulfilment(&tx, tx_id, now)?;
             (TxStatus::Cancelled, None)
         }
         (Action::Cancel, _) => return Err(not_allowed("cancelled")),
