@@ -602,6 +602,7 @@ pub fn commit(
     orders: Option<&TxContext<'_>>,
 ) -> Result<BatchOutcome, CommitError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let commit_seq = crate::store::next_commit_seq(&tx)?;
     let mut out = BatchOutcome::default();
     let mut ledger: Option<(Appender, DateTime<Utc>)> = None;
     for item in items {
@@ -614,7 +615,14 @@ pub fn commit(
             apply_tx(&tx, appender, ctx.rules, v, &mut out)?;
             continue;
         }
-        apply(&tx, item, replay_window, orders.is_some(), &mut out)?;
+        apply(
+            &tx,
+            item,
+            replay_window,
+            orders.is_some(),
+            commit_seq,
+            &mut out,
+        )?;
     }
     if let (Some((appender, at)), Some(ctx)) = (ledger, orders) {
         appender.finish(&tx, ctx.key, at)?;
@@ -668,11 +676,14 @@ fn apply_tx(
     Ok(())
 }
 
+/// Applies one checked message inside the batch's transaction; stored events are stamped
+/// with the batch's `commit_seq` ([`crate::store::next_commit_seq`]).
 fn apply(
     tx: &Connection,
     item: &Checked,
     replay_window: u64,
     with_orders: bool,
+    commit_seq: i64,
     out: &mut BatchOutcome,
 ) -> Result<(), CommitError> {
     match item {
@@ -745,8 +756,8 @@ fn apply(
             let mut inserted: Vec<i64> = Vec::with_capacity(report.events.len());
             let received_ms = received_at.timestamp_millis();
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(device_id, seq) DO NOTHING",
+                "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint, commit_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT(device_id, seq) DO NOTHING",
             )?;
             for (e, fp) in report.events.iter().zip(fingerprints.iter()) {
                 let attrs = if e.attrs.is_empty() {
@@ -765,6 +776,7 @@ fn apply(
                     attrs,
                     e.clock_suspect,
                     fp,
+                    commit_seq,
                 ])?;
                 if n == 1 {
                     inserted.push(e.seq.get() as i64);
@@ -919,13 +931,16 @@ pub fn release_held(
         checked.push(c);
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Their events keep the time they were first received, but are stamped as committed now,
+    // so what follows new events (outreach milestones) sees them.
+    let commit_seq = crate::store::next_commit_seq(&tx)?;
     let mut out = BatchOutcome::default();
     for ((id, ..), c) in held.iter().zip(checked) {
         tx.execute(
             "UPDATE quarantine SET state = 'released' WHERE id = ?1",
             [id],
         )?;
-        apply(&tx, &c, replay_window, false, &mut out)?;
+        apply(&tx, &c, replay_window, false, commit_seq, &mut out)?;
     }
     tx.commit()?;
     Ok((held.len() as u64, out))
