@@ -120,7 +120,8 @@ impl Reason {
             Reason::Conflict => "conflict",
         }
     }
-    fn from_payload(e: &PayloadError) -> Reason {
+    /// The reason for a payload that failed to decode or validate.
+    pub(crate) fn from_payload(e: &PayloadError) -> Reason {
         match e {
             PayloadError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
             PayloadError::Malformed(_) => Reason::Malformed,
@@ -180,7 +181,8 @@ pub enum Checked {
     Rejected(Box<Rejection>),
 }
 
-fn sha_key(payload: &[u8]) -> String {
+/// The quarantine dedup key of a message refused for its content: its SHA-256, in hex.
+pub(crate) fn sha_key(payload: &[u8]) -> String {
     hex::encode(Sha256::digest(payload))
 }
 
@@ -866,6 +868,26 @@ fn apply(
 }
 
 fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusqlite::Result<()> {
+    store_rejection(tx, rej)?;
+    out.rejected.push(rej.reason);
+    if let (Some(seq), Some(dev)) = (rej.ack_report, rej.device.clone()) {
+        out.acks.push((
+            dev,
+            Ack {
+                report_seq: seq,
+                status: AckStatus::Rejected,
+                stored: 0,
+                reason: Some(rej.reason.code().into()),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a rejected or held message to the quarantine, inside the caller's write
+/// transaction: a new row, or for a message seen before (same dedup key) one more
+/// `seen_count`. Also used for the agents' message receipts ([`crate::delivery::device`]).
+pub(crate) fn store_rejection(tx: &Connection, rej: &Rejection) -> rusqlite::Result<()> {
     let now = rej.inbound.received_at.timestamp_millis();
     tx.prepare_cached(
         "INSERT INTO quarantine (dedup_key, received_ms, last_seen_ms, topic, device_id, reason, detail, payload, state)
@@ -883,18 +905,6 @@ fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusql
         rej.inbound.payload,
         if rej.held { "held" } else { "rejected" },
     ])?;
-    out.rejected.push(rej.reason);
-    if let (Some(seq), Some(dev)) = (rej.ack_report, rej.device.clone()) {
-        out.acks.push((
-            dev,
-            Ack {
-                report_seq: seq,
-                status: AckStatus::Rejected,
-                stored: 0,
-                reason: Some(rej.reason.code().into()),
-            },
-        ));
-    }
     Ok(())
 }
 

@@ -83,6 +83,14 @@ pub struct Metrics {
     pub orders_duplicate: Counter,
     /// `rollcall_ingest_downlinks_total`: receipts and policies published after commit.
     pub downlinks: Counter,
+    /// `rollcall_delivery_receipts_total`: agents' message receipts applied.
+    pub receipts_applied: Counter,
+    /// `rollcall_delivery_receipts_rejected_total{reason}`: agents' message receipts refused
+    /// and sent to quarantine, by the ingest's reason codes.
+    pub receipts_rejected: Family<ReasonLabel, Counter>,
+    /// `rollcall_delivery_receipts_dropped_total`: receipts not even checked because the
+    /// receipt writer was behind (the message is re-sent and confirmed again).
+    pub receipts_dropped: Counter,
 }
 
 /// Label for order outcomes.
@@ -121,6 +129,9 @@ impl Metrics {
             orders_decided: Family::default(),
             orders_duplicate: Counter::default(),
             downlinks: Counter::default(),
+            receipts_applied: Counter::default(),
+            receipts_rejected: Family::default(),
+            receipts_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,6 +220,21 @@ impl Metrics {
             "Receipts and policies published after commit",
             m.downlinks.clone(),
         );
+        registry.register(
+            "delivery_receipts",
+            "Message receipts from agents applied",
+            m.receipts_applied.clone(),
+        );
+        registry.register(
+            "delivery_receipts_rejected",
+            "Message receipts from agents sent to quarantine, by reason",
+            m.receipts_rejected.clone(),
+        );
+        registry.register(
+            "delivery_receipts_dropped",
+            "Message receipts dropped unchecked because the receipt writer was behind",
+            m.receipts_dropped.clone(),
+        );
         for st in ["accepted", "held_for_confirmation", "rejected"] {
             let _ = m
                 .orders_decided
@@ -221,6 +247,11 @@ impl Metrics {
         }
         for r in crate::ingest::Reason::ALL {
             let _ = m.rejected.get_or_create(&ReasonLabel {
+                reason: r.code().into(),
+            });
+        }
+        for r in crate::delivery::device::RECEIPT_REASONS {
+            let _ = m.receipts_rejected.get_or_create(&ReasonLabel {
                 reason: r.code().into(),
             });
         }

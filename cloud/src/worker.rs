@@ -26,7 +26,7 @@ use crate::registry::DeviceInfo;
 use rollcall_shared::dsse::{KeyPair, DOWNLINK_PAYLOAD_TYPE};
 use rollcall_shared::payload::{DownBody, Downlink, ReorderPolicy};
 use rollcall_shared::topics::{Channel, Topics};
-use rollcall_shared::{Clock, DeviceId, PROTOCOL_VERSION};
+use rollcall_shared::{Clock, DeviceId, Secret, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -107,13 +107,14 @@ pub struct IngestHandle {
 }
 
 /// Settings for [`start`].
+#[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// Broker to connect to.
     pub url: BrokerUrl,
     /// Username.
     pub username: String,
-    /// Password.
-    pub password: String,
+    /// Password (never shown by `Debug`).
+    pub password: Secret,
     /// CA file for TLS.
     pub ca_file: Option<std::path::PathBuf>,
     /// Shared-subscription group, if any.
@@ -141,14 +142,14 @@ pub async fn start(
         &format!("rollcall-ingest-{suffix:x}"),
         &settings.url,
         &settings.username,
-        &settings.password,
+        settings.password.expose(),
         settings.ca_file.as_deref(),
     )?;
     let pub_opts = client_options(
         &format!("rollcall-acks-{suffix:x}"),
         &settings.url,
         &settings.username,
-        &settings.password,
+        settings.password.expose(),
         settings.ca_file.as_deref(),
     )?;
     let (queue_tx, queue_rx) = mpsc::channel::<Inbound>(cfg.ingest.queue_capacity);
