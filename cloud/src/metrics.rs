@@ -91,6 +91,12 @@ pub struct Metrics {
     /// `rollcall_delivery_receipts_dropped_total`: receipts not even checked because the
     /// receipt writer was behind (the message is re-sent and confirmed again).
     pub receipts_dropped: Counter,
+    /// `rollcall_quarantine_dropped_total{reason}`: rejected messages not kept in quarantine
+    /// because it was at its limits.
+    pub quarantine_dropped: Family<ReasonLabel, Counter>,
+    /// `rollcall_quarantine_truncated_total`: messages kept with their unverified payload
+    /// cut short.
+    pub quarantine_truncated: Counter,
 }
 
 /// Label for order outcomes.
@@ -132,6 +138,8 @@ impl Metrics {
             receipts_applied: Counter::default(),
             receipts_rejected: Family::default(),
             receipts_dropped: Counter::default(),
+            quarantine_dropped: Family::default(),
+            quarantine_truncated: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -235,6 +243,16 @@ impl Metrics {
             "Message receipts dropped unchecked because the receipt writer was behind",
             m.receipts_dropped.clone(),
         );
+        registry.register(
+            "quarantine_dropped",
+            "Rejected messages not kept because the quarantine was at its limits, by reason",
+            m.quarantine_dropped.clone(),
+        );
+        registry.register(
+            "quarantine_truncated",
+            "Quarantined messages kept with their unverified payload cut short",
+            m.quarantine_truncated.clone(),
+        );
         for st in ["accepted", "held_for_confirmation", "rejected"] {
             let _ = m
                 .orders_decided
@@ -298,6 +316,19 @@ impl Metrics {
                 })
                 .inc();
         }
+        self.record_quarantine(&out.quarantine_dropped, out.quarantine_truncated);
+    }
+
+    /// Records what the quarantine did not keep, or kept cut short.
+    pub fn record_quarantine(&self, dropped: &[crate::ingest::Reason], truncated: u64) {
+        for r in dropped {
+            self.quarantine_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: r.code().into(),
+                })
+                .inc();
+        }
+        self.quarantine_truncated.inc_by(truncated);
     }
 }
 

@@ -18,7 +18,10 @@
 //! - `reports (device_id, report_seq)`: one row per report, with a digest of its events,
 //!   so a re-sent report is recognised and acked again without change.
 //! - `quarantine (dedup_key)`: one row per rejected message (a held report from an unknown
-//!   device is keyed by device and report number, others by the payload's SHA-256).
+//!   device is keyed by device and report number, others by the payload's SHA-256), within
+//!   the limits in [`crate::ingest`] (`MAX_HELD_PER_DEVICE`, `MAX_HELD`, `MAX_REJECTED`;
+//!   `quarantine_counts`, kept by triggers, has the rows per state); beyond them one row per
+//!   reason, keyed `dropped:{reason}`, counts what was not kept.
 //! - Imported usage (`usage import`) lives in `events` too, under the synthetic device
 //!   `import:{member_id}` (a `:` can never appear in a real device id) with `seq` taken
 //!   from a SHA-256 of the row's content and its occurrence number among identical rows
@@ -456,6 +459,28 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO outreach_cursor (name, value)
         SELECT 'events_commit_seq', 0 FROM outreach_cursor WHERE name = 'events_received_ms';
     DELETE FROM outreach_cursor WHERE name = 'events_received_ms';
+    "#,
+    // 9: quarantine rows per state, kept by triggers, so the ingest can check the
+    // quarantine's limits (`crate::ingest::MAX_REJECTED`, `MAX_HELD`) without counting.
+    r#"
+    CREATE TABLE quarantine_counts (
+        state TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO quarantine_counts (state, n)
+        SELECT s.state, (SELECT COUNT(*) FROM quarantine q WHERE q.state = s.state)
+        FROM (SELECT 'held' AS state UNION ALL SELECT 'rejected' UNION ALL SELECT 'released') s;
+    CREATE TRIGGER quarantine_counts_insert AFTER INSERT ON quarantine BEGIN
+        UPDATE quarantine_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER quarantine_counts_update AFTER UPDATE OF state ON quarantine
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE quarantine_counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE quarantine_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER quarantine_counts_delete AFTER DELETE ON quarantine BEGIN
+        UPDATE quarantine_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
     "#,
 ];
 

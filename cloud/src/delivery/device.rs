@@ -18,12 +18,14 @@
 //! signature by its registered key, the receipt's payload, and that the receipt names the
 //! device of its topic. A receipt that passes marks its messages delivered; one that fails
 //! is kept in the ingest's quarantine table with the ingest's reason code
-//! ([`RECEIPT_REASONS`]) and counted in `rollcall_delivery_receipts_rejected_total{reason}`.
+//! ([`RECEIPT_REASONS`]), within the quarantine's limits and with an unverified payload cut
+//! short as there ([`crate::ingest::MAX_REJECTED`]), and counted in
+//! `rollcall_delivery_receipts_rejected_total{reason}`.
 //! Each batch of queued receipts is written in one transaction.
 
 use super::dispatcher::{mark_received, Attempt};
 use super::{DeliveryError, DeviceMessagePayload};
-use crate::ingest::{sha_key, store_rejection, Inbound, Reason, Rejection};
+use crate::ingest::{sha_key, store_rejection, Inbound, Kept, Reason, Rejection};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::mqtt::{client_options, BrokerUrl};
 use rollcall_shared::dsse::{
@@ -245,6 +247,7 @@ fn write_receipts(
                         })
                         .inc();
                 }
+                metrics.record_quarantine(&out.quarantine_dropped, out.quarantine_truncated);
                 tracing::debug!(
                     applied = out.applied,
                     delivered = out.delivered,
@@ -266,8 +269,12 @@ pub struct ReceiptsOutcome {
     pub applied: u64,
     /// Deliveries they marked delivered (a repeated receipt marks none).
     pub delivered: u64,
-    /// Receipts refused and kept in quarantine, by reason.
+    /// Receipts refused, by reason (kept in quarantine within its limits).
     pub rejected: Vec<Reason>,
+    /// Refused receipts not kept because the quarantine was at its limits, by reason.
+    pub quarantine_dropped: Vec<Reason>,
+    /// Refused receipts kept with their unverified payload cut short.
+    pub quarantine_truncated: u64,
 }
 
 /// Checks each message from `.../receipt` (see the module doc) before anything is written,
@@ -291,7 +298,11 @@ pub fn apply_receipts(
                 out.delivered += mark_received(&tx, device.as_str(), &receipt.message_ids, at)?;
             }
             Err(rej) => {
-                store_rejection(&tx, &rej)?;
+                match store_rejection(&tx, &rej)? {
+                    Kept::Whole => {}
+                    Kept::Truncated => out.quarantine_truncated += 1,
+                    Kept::Dropped => out.quarantine_dropped.push(rej.reason),
+                }
                 out.rejected.push(rej.reason);
             }
         }
@@ -303,19 +314,29 @@ pub fn apply_receipts(
 type CheckedReceipt =
     Result<(DeviceId, MessageReceipt, chrono::DateTime<chrono::Utc>), Box<Rejection>>;
 
+/// A refused receipt, for the quarantine; `verified`: its signature verified.
+fn refused(
+    reason: Reason,
+    detail: String,
+    device: Option<DeviceId>,
+    msg: Inbound,
+    verified: bool,
+) -> CheckedReceipt {
+    Err(Box::new(Rejection {
+        reason,
+        detail,
+        device,
+        dedup_key: sha_key(&msg.payload),
+        inbound: msg,
+        held: false,
+        ack_report: None,
+        verified,
+    }))
+}
+
 /// Checks one receipt, without writing anything.
 fn check_receipt(conn: &Connection, topics: &Topics, msg: Inbound) -> CheckedReceipt {
-    let refuse = |reason: Reason, detail: String, device: Option<DeviceId>, msg: Inbound| {
-        Err(Box::new(Rejection {
-            reason,
-            detail,
-            device,
-            dedup_key: sha_key(&msg.payload),
-            inbound: msg,
-            held: false,
-            ack_report: None,
-        }))
-    };
+    let refuse = |reason, detail, device, msg| refused(reason, detail, device, msg, false);
     if msg.payload.len() > MAX_ENVELOPE_BYTES {
         let detail = format!(
             "receipt of {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
@@ -356,16 +377,20 @@ fn check_receipt(conn: &Connection, topics: &Topics, msg: Inbound) -> CheckedRec
         }
         Err(e) => return refuse(Reason::Malformed, e.to_string(), Some(device), msg),
     };
+    // Signed by the device: what is refused from here on is kept whole.
     let receipt = match MessageReceipt::decode(&body) {
         Ok(r) => r,
-        Err(e) => return refuse(Reason::from_payload(&e), e.to_string(), Some(device), msg),
+        Err(e) => {
+            let reason = Reason::from_payload(&e);
+            return refused(reason, e.to_string(), Some(device), msg, true);
+        }
     };
     if receipt.device_id != device {
         let detail = format!(
             "signed by {device} but claims to be from {}",
             receipt.device_id
         );
-        return refuse(Reason::DeviceMismatch, detail, Some(device), msg);
+        return refused(Reason::DeviceMismatch, detail, Some(device), msg, true);
     }
     Ok((device, receipt, msg.received_at))
 }
