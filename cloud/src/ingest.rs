@@ -18,6 +18,13 @@
 //! inside the same batch transaction, together with their ledger entries and checkpoint.
 //! Usage reports from unknown devices are *held* and ingested by [`release_held`]
 //! when the device is registered.
+//!
+//! The quarantine is bounded, because anyone who can publish can fill it: at most
+//! [`MAX_HELD_PER_DEVICE`] held rows per device and [`MAX_HELD`] overall, at most
+//! [`MAX_REJECTED`] rejected rows, and of a message whose signature did not verify only the
+//! first [`MAX_UNVERIFIED_PAYLOAD_KEPT`] bytes. What is not kept is still rejected (and
+//! acked, counted in `rollcall_ingest_rejected_total`), and is counted in the row
+//! `dropped:{reason}` and in `rollcall_quarantine_dropped_total{reason}`.
 
 use crate::ledger::{Appender, LedgerError};
 use crate::orders::{OrderRules, OrdersError, TxResult, VerifiedTx};
@@ -29,7 +36,8 @@ use rollcall_shared::dsse::{
 };
 use rollcall_shared::limits::MAX_ENVELOPE_BYTES;
 use rollcall_shared::payload::{
-    Ack, AckStatus, DeviceStatus, PayloadError, Receipt, ReorderPolicy, Transaction, UsageReport,
+    Ack, AckStatus, DeviceStatus, PayloadError, Presence, Receipt, ReorderPolicy, Transaction,
+    UsageReport,
 };
 use rollcall_shared::topics::{Channel, Topics};
 use rollcall_shared::{DeviceId, MemberId};
@@ -119,7 +127,8 @@ impl Reason {
             Reason::Conflict => "conflict",
         }
     }
-    fn from_payload(e: &PayloadError) -> Reason {
+    /// The reason for a payload that failed to decode or validate.
+    pub(crate) fn from_payload(e: &PayloadError) -> Reason {
         match e {
             PayloadError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
             PayloadError::Malformed(_) => Reason::Malformed,
@@ -146,6 +155,10 @@ pub struct Rejection {
     /// When the message was validly signed, the report to ack as rejected so the device
     /// stops re-sending it.
     pub ack_report: Option<u64>,
+    /// Its signature verified under the device's registered key. The quarantine keeps the
+    /// payload of an unverified message (anyone can publish one) only up to
+    /// [`MAX_UNVERIFIED_PAYLOAD_KEPT`] bytes, unless it is held.
+    pub verified: bool,
 }
 
 /// A message after [`check`].
@@ -179,7 +192,8 @@ pub enum Checked {
     Rejected(Box<Rejection>),
 }
 
-fn sha_key(payload: &[u8]) -> String {
+/// The quarantine dedup key of a message refused for its content: its SHA-256, in hex.
+pub(crate) fn sha_key(payload: &[u8]) -> String {
     hex::encode(Sha256::digest(payload))
 }
 
@@ -275,6 +289,7 @@ fn rejection(
         held,
         dedup_key,
         ack_report,
+        verified: false,
     })
 }
 
@@ -435,7 +450,8 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
             ));
         }
     };
-    match channel {
+    // From here on the message is the device's own: what is refused is kept whole.
+    let checked = match channel {
         Channel::Usage => match UsageReport::decode(&body) {
             Ok(report) if report.device_id != device => {
                 let key = sha_key(&msg.payload);
@@ -550,6 +566,13 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                 ))
             }
         },
+    };
+    match checked {
+        Checked::Rejected(mut r) => {
+            r.verified = true;
+            Checked::Rejected(r)
+        }
+        c => c,
     }
 }
 
@@ -566,16 +589,34 @@ pub struct BatchOutcome {
     pub events_stored: u64,
     /// Status messages applied.
     pub statuses: u64,
-    /// Rejections, by reason.
+    /// Rejections, by reason (whether kept in quarantine or not).
     pub rejected: Vec<Reason>,
+    /// Rejections not kept in quarantine because it was at its limits, by reason.
+    pub quarantine_dropped: Vec<Reason>,
+    /// Rejections kept with their payload cut to [`MAX_UNVERIFIED_PAYLOAD_KEPT`] bytes.
+    pub quarantine_truncated: u64,
     /// Transaction receipts to publish, per device.
     pub receipts: Vec<(DeviceId, Receipt)>,
-    /// Member policies to push, per device (sent when a device reports its status).
-    pub policies: Vec<(DeviceId, ReorderPolicy)>,
+    /// Member policies for devices that reported themselves online (see [`PolicyPush`]).
+    pub policies: Vec<PolicyPush>,
     /// Transactions decided now, by status.
     pub tx_decided: Vec<rollcall_shared::payload::TxStatus>,
     /// Transactions recognised as re-sends.
     pub tx_duplicate: u64,
+}
+
+/// The member's reorder policy for a device that has just reported itself online. There is
+/// no acknowledgement for policies, so the publisher sends it at the first online status of
+/// every session (each connection of the agent) and whenever it differs from the one last
+/// sent in that session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPush {
+    /// The device.
+    pub device: DeviceId,
+    /// The device's connection counter, from its status message.
+    pub session: u64,
+    /// The policy.
+    pub policy: ReorderPolicy,
 }
 
 /// Commits a batch of checked messages in one transaction. Transactions need `orders`;
@@ -587,6 +628,7 @@ pub fn commit(
     orders: Option<&TxContext<'_>>,
 ) -> Result<BatchOutcome, CommitError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let commit_seq = crate::store::next_commit_seq(&tx)?;
     let mut out = BatchOutcome::default();
     let mut ledger: Option<(Appender, DateTime<Utc>)> = None;
     for item in items {
@@ -599,7 +641,14 @@ pub fn commit(
             apply_tx(&tx, appender, ctx.rules, v, &mut out)?;
             continue;
         }
-        apply(&tx, item, replay_window, orders.is_some(), &mut out)?;
+        apply(
+            &tx,
+            item,
+            replay_window,
+            orders.is_some(),
+            commit_seq,
+            &mut out,
+        )?;
     }
     if let (Some((appender, at)), Some(ctx)) = (ledger, orders) {
         appender.finish(&tx, ctx.key, at)?;
@@ -641,6 +690,7 @@ fn apply_tx(
                 },
                 held: false,
                 ack_report: None,
+                verified: true,
             };
             quarantine(tx, &rej, out)?;
         }
@@ -653,11 +703,14 @@ fn apply_tx(
     Ok(())
 }
 
+/// Applies one checked message inside the batch's transaction; stored events are stamped
+/// with the batch's `commit_seq` ([`crate::store::next_commit_seq`]).
 fn apply(
     tx: &Connection,
     item: &Checked,
     replay_window: u64,
     with_orders: bool,
+    commit_seq: i64,
     out: &mut BatchOutcome,
 ) -> Result<(), CommitError> {
     match item {
@@ -691,6 +744,7 @@ fn apply(
                     },
                     held: false,
                     ack_report: Some(seq),
+                    verified: true,
                 };
                 Ok(quarantine(tx, &rej, out)?)
             };
@@ -730,8 +784,8 @@ fn apply(
             let mut inserted: Vec<i64> = Vec::with_capacity(report.events.len());
             let received_ms = received_at.timestamp_millis();
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(device_id, seq) DO NOTHING",
+                "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint, commit_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT(device_id, seq) DO NOTHING",
             )?;
             for (e, fp) in report.events.iter().zip(fingerprints.iter()) {
                 let attrs = if e.attrs.is_empty() {
@@ -750,6 +804,7 @@ fn apply(
                     attrs,
                     e.clock_suspect,
                     fp,
+                    commit_seq,
                 ])?;
                 if n == 1 {
                     inserted.push(e.seq.get() as i64);
@@ -799,7 +854,7 @@ fn apply(
                 .as_ref()
                 .map(|h| serde_json::to_string(h).expect("serialises"));
             // Keep the newest: (session, n) orders status messages; a Last Will has n = u64::MAX.
-            tx.prepare_cached(
+            let advanced = tx.prepare_cached(
                 "UPDATE devices SET presence = ?2, presence_ms = ?3, status_session = ?4, status_n = ?5,
                      health = COALESCE(?6, health)
                  WHERE id = ?1 AND (status_session IS NULL OR status_session < ?4 OR (status_session = ?4 AND status_n < ?5))",
@@ -812,12 +867,20 @@ fn apply(
                 // SQLite integers are signed: store u64::MAX as i64::MAX, keeping the order.
                 status.n.min(i64::MAX as u64) as i64,
                 health,
-            ])?;
+            ])? == 1;
             out.statuses += 1;
-            if with_orders {
+            // Only a device that is online now can hear receipts and its policy: the agent
+            // connects with a clean session, so whatever is published while it is away is
+            // lost. A Last Will, or a status older than the stored one (a replay, a retained
+            // message delivered again on re-subscribing), sends nothing and marks nothing.
+            if with_orders && advanced && status.state == Presence::Online {
                 let (policy, receipts) = crate::orders::on_status(tx, device)?;
-                if let Some(p) = policy {
-                    out.policies.push((device.clone(), p));
+                if let Some(policy) = policy {
+                    out.policies.push(PolicyPush {
+                        device: device.clone(),
+                        session: status.session,
+                        policy,
+                    });
                 }
                 out.receipts
                     .extend(receipts.into_iter().map(|r| (device.clone(), r)));
@@ -831,23 +894,11 @@ fn apply(
 }
 
 fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusqlite::Result<()> {
-    let now = rej.inbound.received_at.timestamp_millis();
-    tx.prepare_cached(
-        "INSERT INTO quarantine (dedup_key, received_ms, last_seen_ms, topic, device_id, reason, detail, payload, state)
-         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT(dedup_key) DO UPDATE SET seen_count = seen_count + 1, last_seen_ms = excluded.last_seen_ms,
-             payload = CASE WHEN quarantine.state = 'held' THEN excluded.payload ELSE quarantine.payload END",
-    )?
-    .execute(params![
-        rej.dedup_key,
-        now,
-        rej.inbound.topic,
-        rej.device.as_ref().map(|d| d.as_str()),
-        rej.reason.code(),
-        rej.detail,
-        rej.inbound.payload,
-        if rej.held { "held" } else { "rejected" },
-    ])?;
+    match store_rejection(tx, rej)? {
+        Kept::Whole => {}
+        Kept::Truncated => out.quarantine_truncated += 1,
+        Kept::Dropped => out.quarantine_dropped.push(rej.reason),
+    }
     out.rejected.push(rej.reason);
     if let (Some(seq), Some(dev)) = (rej.ack_report, rej.device.clone()) {
         out.acks.push((
@@ -861,6 +912,121 @@ fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusql
         ));
     }
     Ok(())
+}
+
+/// Most `held` quarantine rows per unregistered device. An agent re-sends the reports it
+/// has in flight (`uplink.max_inflight_reports`, 16 by default) until they are acked, so
+/// a real device needs far fewer; a report not held is not lost either, since its agent
+/// sends it again after the device is registered.
+pub const MAX_HELD_PER_DEVICE: i64 = 64;
+
+/// Most `held` quarantine rows overall: anyone can publish for made-up device ids. Held
+/// payloads are kept whole (they are ingested on registration), so this bounds them to
+/// about 1 GiB ([`MAX_ENVELOPE_BYTES`] each).
+pub const MAX_HELD: i64 = 2_000;
+
+/// Most `rejected` quarantine rows overall.
+pub const MAX_REJECTED: i64 = 100_000;
+
+/// Bytes of payload the quarantine keeps of a message whose signature did not verify
+/// (too large, malformed, unknown device, bad signature): enough to see what it was.
+pub const MAX_UNVERIFIED_PAYLOAD_KEPT: usize = 4096;
+
+/// What [`store_rejection`] kept of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// A row with the whole payload, or one more sighting of a row kept before.
+    Whole,
+    /// A row with the payload cut to [`MAX_UNVERIFIED_PAYLOAD_KEPT`] bytes.
+    Truncated,
+    /// No row of its own: the quarantine was at one of its limits ([`MAX_HELD_PER_DEVICE`],
+    /// [`MAX_HELD`], [`MAX_REJECTED`]). It is counted in the row `dropped:{reason}`.
+    Dropped,
+}
+
+/// Writes a rejected or held message to the quarantine, inside the caller's write
+/// transaction: a new row, or for a message seen before (same dedup key) one more
+/// `seen_count`. A new row is only written within the quarantine's limits; beyond them
+/// the message is counted in the row `dropped:{reason}` instead. Also used for the
+/// agents' message receipts ([`crate::delivery::device`]).
+pub(crate) fn store_rejection(tx: &Connection, rej: &Rejection) -> rusqlite::Result<Kept> {
+    let now = rej.inbound.received_at.timestamp_millis();
+    let state = if rej.held { "held" } else { "rejected" };
+    let seen_before = tx
+        .prepare_cached("SELECT 1 FROM quarantine WHERE dedup_key = ?1")?
+        .query_row([&rej.dedup_key], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !seen_before && quarantine_full(tx, rej)? {
+        tx.prepare_cached(
+            "INSERT INTO quarantine (dedup_key, received_ms, last_seen_ms, topic, device_id, reason, detail, payload, state)
+             VALUES (?1, ?2, ?2, ?3, NULL, ?4, ?5, x'', 'rejected')
+             ON CONFLICT(dedup_key) DO UPDATE SET seen_count = seen_count + 1,
+                 last_seen_ms = excluded.last_seen_ms, topic = excluded.topic",
+        )?
+        .execute(params![
+            format!("dropped:{}", rej.reason.code()),
+            now,
+            rej.inbound.topic,
+            rej.reason.code(),
+            format!(
+                "not kept: the quarantine was at its limits ({MAX_HELD_PER_DEVICE} held per \
+                 device, {MAX_HELD} held, {MAX_REJECTED} rejected); seen_count counts them, \
+                 topic is the latest"
+            ),
+        ])?;
+        return Ok(Kept::Dropped);
+    }
+    let whole = &rej.inbound.payload;
+    let cut = !rej.held && !rej.verified && whole.len() > MAX_UNVERIFIED_PAYLOAD_KEPT;
+    let (payload, detail) = if cut {
+        let detail = format!(
+            "{} (payload cut to its first {MAX_UNVERIFIED_PAYLOAD_KEPT} of {} bytes)",
+            rej.detail,
+            whole.len()
+        );
+        (&whole[..MAX_UNVERIFIED_PAYLOAD_KEPT], detail)
+    } else {
+        (&whole[..], rej.detail.clone())
+    };
+    tx.prepare_cached(
+        "INSERT INTO quarantine (dedup_key, received_ms, last_seen_ms, topic, device_id, reason, detail, payload, state)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(dedup_key) DO UPDATE SET seen_count = seen_count + 1, last_seen_ms = excluded.last_seen_ms,
+             payload = CASE WHEN quarantine.state = 'held' THEN excluded.payload ELSE quarantine.payload END",
+    )?
+    .execute(params![
+        rej.dedup_key,
+        now,
+        rej.inbound.topic,
+        rej.device.as_ref().map(|d| d.as_str()),
+        rej.reason.code(),
+        detail,
+        payload,
+        state,
+    ])?;
+    Ok(if cut && !seen_before {
+        Kept::Truncated
+    } else {
+        Kept::Whole
+    })
+}
+
+/// Whether a new row for `rej` would go over the quarantine's limits. The counts per
+/// state are kept by triggers (migration 9); held rows per device come from the
+/// `quarantine_held` index.
+fn quarantine_full(tx: &Connection, rej: &Rejection) -> rusqlite::Result<bool> {
+    let count = |state: &str| -> rusqlite::Result<i64> {
+        tx.prepare_cached("SELECT n FROM quarantine_counts WHERE state = ?1")?
+            .query_row([state], |r| r.get(0))
+    };
+    if !rej.held {
+        return Ok(count("rejected")? >= MAX_REJECTED);
+    }
+    let of_device: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM quarantine WHERE state = 'held' AND device_id = ?1")?
+        .query_row([rej.device.as_ref().map(|d| d.as_str())], |r| r.get(0))?;
+    Ok(of_device >= MAX_HELD_PER_DEVICE || count("held")? >= MAX_HELD)
 }
 
 /// Ingests the reports held for `device` (now registered) and marks them released.
@@ -896,13 +1062,16 @@ pub fn release_held(
         checked.push(c);
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Their events keep the time they were first received, but are stamped as committed now,
+    // so what follows new events (outreach milestones) sees them.
+    let commit_seq = crate::store::next_commit_seq(&tx)?;
     let mut out = BatchOutcome::default();
     for ((id, ..), c) in held.iter().zip(checked) {
         tx.execute(
             "UPDATE quarantine SET state = 'released' WHERE id = ?1",
             [id],
         )?;
-        apply(&tx, &c, replay_window, false, &mut out)?;
+        apply(&tx, &c, replay_window, false, commit_seq, &mut out)?;
     }
     tx.commit()?;
     Ok((held.len() as u64, out))
@@ -1039,6 +1208,204 @@ mod tests {
         let out = send(&mut conn, &report(3, 3..6, 1));
         assert_eq!((out.reports_stored, out.events_stored), (1, 2));
         assert_eq!((count(&conn), reports(&conn)), (5, 2));
+    }
+
+    fn quarantine_rows(conn: &Connection, state: &str) -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM quarantine WHERE state = ?1 AND dedup_key NOT LIKE 'dropped:%'",
+            [state],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn dropped_row(conn: &Connection, reason: &str) -> Option<i64> {
+        conn.query_row(
+            "SELECT seen_count FROM quarantine WHERE dedup_key = ?1",
+            [format!("dropped:{reason}")],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    #[test]
+    fn held_reports_of_an_unregistered_device_stop_at_the_cap_and_the_rest_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        let (topics, key) = (Topics::default(), KeyPair::generate());
+        let send = |conn: &mut Connection, device: &str, seq: u64| {
+            let mut r = report(seq, seq * 10..seq * 10 + 2, 1);
+            r.device_id = DeviceId::parse(device).unwrap();
+            let msg = Inbound {
+                topic: topics.usage(&r.device_id),
+                payload: key.sign(USAGE_PAYLOAD_TYPE, &r.encode()).to_json(),
+                received_at: Utc::now(),
+            };
+            commit(conn, &[check(&topics, msg, &|_| None)], 4096, None).unwrap()
+        };
+        let cap = MAX_HELD_PER_DEVICE as u64;
+        for seq in 1..=cap {
+            let out = send(&mut conn, "d9", seq);
+            assert!(out.quarantine_dropped.is_empty());
+        }
+        let mut dropped = Vec::new();
+        for seq in cap + 1..=cap + 3 {
+            let out = send(&mut conn, "d9", seq);
+            assert_eq!(out.rejected, vec![Reason::UnknownDevice], "still counted");
+            dropped.extend(out.quarantine_dropped);
+        }
+        assert_eq!(dropped, vec![Reason::UnknownDevice; 3]);
+        assert_eq!(quarantine_rows(&conn, "held"), MAX_HELD_PER_DEVICE);
+        assert_eq!(dropped_row(&conn, "unknown_device"), Some(3));
+        // A re-send of a held report is one more sighting, not a drop; another device
+        // has room of its own.
+        assert!(send(&mut conn, "d9", 1).quarantine_dropped.is_empty());
+        assert!(send(&mut conn, "d8", 1).quarantine_dropped.is_empty());
+        assert_eq!(quarantine_rows(&conn, "held"), MAX_HELD_PER_DEVICE + 1);
+        let counted: i64 = conn
+            .query_row(
+                "SELECT n FROM quarantine_counts WHERE state = 'held'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counted, MAX_HELD_PER_DEVICE + 1);
+    }
+
+    #[test]
+    fn rejected_messages_stop_at_the_overall_cap_and_the_rest_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO quarantine (dedup_key, received_ms, last_seen_ms, topic, reason, detail, payload, state)
+             SELECT 'old:' || i, 0, 0, 't', 'malformed', '', x'', 'rejected' FROM n",
+            [MAX_REJECTED - 1],
+        )
+        .unwrap();
+        let topics = Topics::default();
+        let junk = |n: u32| Inbound {
+            topic: format!("rollcall/v1/devices/d{n}/usage"),
+            payload: format!("junk {n}").into_bytes(),
+            received_at: Utc::now(),
+        };
+        let out = commit(&mut conn, &[check(&topics, junk(1), &|_| None)], 4096, None).unwrap();
+        assert!(out.quarantine_dropped.is_empty(), "the last row that fits");
+        let out = commit(
+            &mut conn,
+            &[
+                check(&topics, junk(2), &|_| None),
+                check(&topics, junk(3), &|_| None),
+                check(&topics, junk(1), &|_| None),
+            ],
+            4096,
+            None,
+        )
+        .unwrap();
+        assert_eq!(out.rejected, vec![Reason::Malformed; 3]);
+        assert_eq!(out.quarantine_dropped, vec![Reason::Malformed; 2]);
+        assert_eq!(quarantine_rows(&conn, "rejected"), MAX_REJECTED);
+        assert_eq!(dropped_row(&conn, "malformed"), Some(2));
+        let seen: i64 = conn
+            .query_row(
+                "SELECT seen_count FROM quarantine WHERE payload = CAST('junk 1' AS BLOB)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seen, 2, "a message kept before is still counted on its row");
+        let m = crate::metrics::Metrics::new();
+        m.record(&out);
+        assert!(m
+            .encode()
+            .contains("rollcall_quarantine_dropped_total{reason=\"malformed\"} 2"));
+    }
+
+    #[test]
+    fn payloads_that_fail_before_the_signature_check_are_kept_cut_to_a_few_kb() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        let (key, stranger) = (KeyPair::generate(), KeyPair::generate());
+        conn.execute(
+            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
+            [key.public().as_bytes().as_slice()],
+        )
+        .unwrap();
+        let topics = Topics::default();
+        let d1 = DeviceId::parse("d1").unwrap();
+        let info = crate::registry::device_info(&conn, &d1).unwrap();
+        let big = |device: &str| {
+            let mut r = report(1, 1..200, 1);
+            r.device_id = DeviceId::parse(device).unwrap();
+            for e in &mut r.events {
+                e.attrs.insert("note".into(), "x".repeat(100));
+            }
+            r.encode()
+        };
+        let msg = |topic: String, payload: Vec<u8>| Inbound {
+            topic,
+            payload,
+            received_at: Utc::now(),
+        };
+        let forged = key_sign(&stranger, big("d1"));
+        let mismatched = key_sign(&key, big("d2"));
+        assert!(forged.len() > 4 * MAX_UNVERIFIED_PAYLOAD_KEPT);
+        let msgs = vec![
+            msg(topics.usage(&d1), forged.clone()),
+            msg(topics.usage(&d1), vec![b'x'; MAX_ENVELOPE_BYTES + 1]),
+            msg(topics.usage(&d1), mismatched.clone()),
+        ];
+        let checked: Vec<Checked> = msgs
+            .into_iter()
+            .map(|m| check(&topics, m, &|_| info.clone()))
+            .collect();
+        let out = commit(&mut conn, &checked, 4096, None).unwrap();
+        assert_eq!(
+            out.rejected,
+            vec![
+                Reason::BadSignature,
+                Reason::TooLarge,
+                Reason::DeviceMismatch
+            ]
+        );
+        assert_eq!(out.quarantine_truncated, 2);
+        let kept: Vec<(String, i64)> = list_quarantine(&conn, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.reason, r.payload_bytes))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("device_mismatch".to_owned(), mismatched.len() as i64),
+                ("too_large".to_owned(), MAX_UNVERIFIED_PAYLOAD_KEPT as i64),
+                (
+                    "bad_signature".to_owned(),
+                    MAX_UNVERIFIED_PAYLOAD_KEPT as i64
+                ),
+            ]
+        );
+        let detail: String = conn
+            .query_row(
+                "SELECT detail FROM quarantine WHERE reason = 'bad_signature'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            detail.contains(&format!("of {} bytes", forged.len())),
+            "{detail}"
+        );
+    }
+
+    fn key_sign(k: &KeyPair, body: Vec<u8>) -> Vec<u8> {
+        k.sign(USAGE_PAYLOAD_TYPE, &body).to_json()
     }
 
     /// Checking a batch at once (signatures as Ed25519 batches) decides every message as

@@ -83,6 +83,20 @@ pub struct Metrics {
     pub orders_duplicate: Counter,
     /// `rollcall_ingest_downlinks_total`: receipts and policies published after commit.
     pub downlinks: Counter,
+    /// `rollcall_delivery_receipts_total`: agents' message receipts applied.
+    pub receipts_applied: Counter,
+    /// `rollcall_delivery_receipts_rejected_total{reason}`: agents' message receipts refused
+    /// and sent to quarantine, by the ingest's reason codes.
+    pub receipts_rejected: Family<ReasonLabel, Counter>,
+    /// `rollcall_delivery_receipts_dropped_total`: receipts not even checked because the
+    /// receipt writer was behind (the message is re-sent and confirmed again).
+    pub receipts_dropped: Counter,
+    /// `rollcall_quarantine_dropped_total{reason}`: rejected messages not kept in quarantine
+    /// because it was at its limits.
+    pub quarantine_dropped: Family<ReasonLabel, Counter>,
+    /// `rollcall_quarantine_truncated_total`: messages kept with their unverified payload
+    /// cut short.
+    pub quarantine_truncated: Counter,
 }
 
 /// Label for order outcomes.
@@ -121,6 +135,11 @@ impl Metrics {
             orders_decided: Family::default(),
             orders_duplicate: Counter::default(),
             downlinks: Counter::default(),
+            receipts_applied: Counter::default(),
+            receipts_rejected: Family::default(),
+            receipts_dropped: Counter::default(),
+            quarantine_dropped: Family::default(),
+            quarantine_truncated: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,6 +228,31 @@ impl Metrics {
             "Receipts and policies published after commit",
             m.downlinks.clone(),
         );
+        registry.register(
+            "delivery_receipts",
+            "Message receipts from agents applied",
+            m.receipts_applied.clone(),
+        );
+        registry.register(
+            "delivery_receipts_rejected",
+            "Message receipts from agents sent to quarantine, by reason",
+            m.receipts_rejected.clone(),
+        );
+        registry.register(
+            "delivery_receipts_dropped",
+            "Message receipts dropped unchecked because the receipt writer was behind",
+            m.receipts_dropped.clone(),
+        );
+        registry.register(
+            "quarantine_dropped",
+            "Rejected messages not kept because the quarantine was at its limits, by reason",
+            m.quarantine_dropped.clone(),
+        );
+        registry.register(
+            "quarantine_truncated",
+            "Quarantined messages kept with their unverified payload cut short",
+            m.quarantine_truncated.clone(),
+        );
         for st in ["accepted", "held_for_confirmation", "rejected"] {
             let _ = m
                 .orders_decided
@@ -221,6 +265,11 @@ impl Metrics {
         }
         for r in crate::ingest::Reason::ALL {
             let _ = m.rejected.get_or_create(&ReasonLabel {
+                reason: r.code().into(),
+            });
+        }
+        for r in crate::delivery::device::RECEIPT_REASONS {
+            let _ = m.receipts_rejected.get_or_create(&ReasonLabel {
                 reason: r.code().into(),
             });
         }
@@ -267,6 +316,19 @@ impl Metrics {
                 })
                 .inc();
         }
+        self.record_quarantine(&out.quarantine_dropped, out.quarantine_truncated);
+    }
+
+    /// Records what the quarantine did not keep, or kept cut short.
+    pub fn record_quarantine(&self, dropped: &[crate::ingest::Reason], truncated: u64) {
+        for r in dropped {
+            self.quarantine_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: r.code().into(),
+                })
+                .inc();
+        }
+        self.quarantine_truncated.inc_by(truncated);
     }
 }
 

@@ -33,10 +33,16 @@
 //! the hand-off time on the order and does nothing the second time). It enqueues a webhook
 //! to the commerce back end (`orders.fulfilment_webhook`, a `[[outreach.webhooks]]` name)
 //! into the one durable delivery queue ([`crate::delivery`]), idempotency key
-//! `order:{tx_id}`, purpose `fulfilment`; and it raises the member's outreach message
+//! `order:{tx_id}`, purpose `fulfilment`, due just after the cancellation window closes
+//! (`cancel_until`), so the shop only hears of orders that can no longer be cancelled.
+//! Cancelling an accepted order within the window cancels that delivery in the same
+//! transaction; when it has already been attempted (the dispatcher's and the canceller's
+//! clocks disagreeing at the end of the window), the cancellation is refused
+//! ([`OrdersError::HandedOver`]) rather than recorded while the shop ships. It also
+//! raises the member's outreach message
 //! ([`crate::outreach::Outreach::raise_order`]): `order_cancellable` while the cancellation
 //! window is open, `order_accepted` otherwise. Both commit or roll back with the
-//! acceptance, so an order is handed over exactly when it is accepted. An outreach
+//! acceptance, so an order is queued for fulfilment exactly when it is accepted. An outreach
 //! failure is logged and rolled back to a savepoint; it never blocks the order.
 
 use crate::config::{CloudConfig, OrdersConfig};
@@ -88,6 +94,17 @@ pub enum OrdersError {
         tx_id: String,
         /// The end of the window.
         until: String,
+    },
+    /// The order's fulfilment webhook has been sent, or is being sent: cancelling the order
+    /// here would no longer stop the shop.
+    #[error("order {tx_id} has already been handed to fulfilment (delivery {delivery} is {status}); cancel it with the shop")]
+    HandedOver {
+        /// The order.
+        tx_id: String,
+        /// The fulfilment delivery.
+        delivery: i64,
+        /// Its status (`in_flight`, `delivered`, `dead`, or `pending` after a failed attempt).
+        status: String,
     },
 }
 
@@ -367,7 +384,13 @@ pub fn hand_off_to_fulfilment(
                     "amount": o.amount,
                     "currency": o.currency,
                 }),
-                not_before: now,
+                // Due just after the cancellation window closes: the shop only ever hears
+                // of an order that can no longer be cancelled, and a cancellation within
+                // the window withdraws this delivery before anything was sent.
+                not_before: o
+                    .cancel_until
+                    .map_or(now, |until| until + Duration::milliseconds(1))
+                    .max(now),
                 purpose: "fulfilment".into(),
             },
         )?;
@@ -400,6 +423,41 @@ pub fn hand_off_to_fulfilment(
         }
     }
     Ok(())
+}
+
+/// Withdraws the fulfilment webhook of an order being cancelled, inside the cancelling
+/// transaction. The webhook waits for the cancellation window to close, so within the
+/// window it is normally still `pending` and never tried, and is cancelled
+/// (`order_cancelled`). Once an attempt was made (a receiver may have acted on it even
+/// when it failed), the cancellation is refused with [`OrdersError::HandedOver`]; the
+/// caller's transaction then rolls back. Orders handed over without a webhook have no
+/// delivery to withdraw.
+fn withdraw_fulfilment(
+    tx: &Connection,
+    tx_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), OrdersError> {
+    let key = IdempotencyKey::parse(&format!("order:{tx_id}"))?;
+    let row: Option<(i64, String, i64)> = tx
+        .query_row(
+            "SELECT id, status, attempts FROM deliveries WHERE idempotency_key = ?1",
+            [key.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, status, attempts)) = row else {
+        return Ok(());
+    };
+    if status == "cancelled"
+        || (attempts == 0 && crate::delivery::cancel(tx, id, "order_cancelled", now)?)
+    {
+        return Ok(());
+    }
+    Err(OrdersError::HandedOver {
+        tx_id: tx_id.to_owned(),
+        delivery: id,
+        status,
+    })
 }
 
 /// What [`hand_off_to_fulfilment`] reads of an order.
@@ -592,7 +650,9 @@ fn close_refilled(
 
 /// What a device should hear when it says it is online: its member's policy, and a
 /// receipt for every order whose status changed since the device was last told.
-/// Marks those receipts as sent (the caller publishes them after the commit).
+/// Marks those receipts as sent (the caller publishes them after the commit), so call it
+/// only for an online status that is newer than the one stored: a Last Will, or a status
+/// replayed from an earlier session, reaches a device that cannot hear anything.
 pub fn on_status(
     tx: &Connection,
     device: &DeviceId,
@@ -632,7 +692,8 @@ pub fn on_status(
 pub enum Action {
     /// `held_for_confirmation` → `accepted`.
     Confirm,
-    /// `accepted` (within the window) or `held_for_confirmation` → `cancelled`.
+    /// `accepted` (within the window, and its fulfilment webhook not yet attempted) or
+    /// `held_for_confirmation` → `cancelled`; withdraws the pending fulfilment webhook.
     Cancel,
     /// `accepted` → `delivered`.
     Deliver,
@@ -681,6 +742,7 @@ pub fn change(
                     until: until.to_rfc3339(),
                 });
             }
+            withdraw_fulfilment(&tx, tx_id, now)?;
             (TxStatus::Cancelled, None)
         }
         (Action::Cancel, _) => return Err(not_allowed("cancelled")),
@@ -799,8 +861,8 @@ pub fn list(
 mod tests {
     use super::*;
     use crate::ingest::{self, Checked, Inbound, TxContext};
-    use rollcall_shared::dsse::TRANSACTION_PAYLOAD_TYPE;
-    use rollcall_shared::payload::ReorderReason;
+    use rollcall_shared::dsse::{STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE};
+    use rollcall_shared::payload::{DeviceStatus, Presence, ReorderReason};
     use rollcall_shared::topics::Topics;
     use rollcall_shared::{Currency, Sku, SlotId};
 
@@ -896,6 +958,45 @@ mod tests {
             };
             ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
         }
+        /// Commits the device's signed status message, as the ingest does.
+        fn presence(&mut self, state: Presence, session: u64, n: u64) -> ingest::BatchOutcome {
+            let topics = Topics::default();
+            let device = DeviceId::parse("d1").unwrap();
+            let status = DeviceStatus {
+                v: rollcall_shared::PROTOCOL_VERSION,
+                device_id: device.clone(),
+                state,
+                at: t0(),
+                session,
+                n,
+                health: None,
+            };
+            let info = crate::registry::device_info(&self.conn, &device).unwrap();
+            let msg = Inbound {
+                topic: topics.status(&device),
+                payload: self
+                    .device
+                    .sign(STATUS_PAYLOAD_TYPE, &status.encode())
+                    .to_json(),
+                received_at: t0(),
+            };
+            let checked = ingest::check(&topics, msg, &|_| info.clone());
+            assert!(matches!(checked, Checked::Status { .. }));
+            let ctx = TxContext {
+                rules: &self.rules,
+                key: &self.cloud,
+            };
+            ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
+        }
+        fn notified(&self, tx_id: &str) -> Option<String> {
+            self.conn
+                .query_row(
+                    "SELECT notified_status FROM orders WHERE tx_id = ?1",
+                    [tx_id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        }
         fn status(&mut self, t: &Transaction) -> (TxStatus, Option<String>) {
             let out = self.send(t);
             let r = &out.receipts.last().expect("a receipt").1;
@@ -986,6 +1087,80 @@ mod tests {
             .is_empty());
         let v = crate::ledger::verify(&w.conn, &key.public(), 1, |_, _| {}).unwrap();
         assert_eq!((v.ok, v.entries), (true, Some(4)));
+    }
+
+    #[test]
+    fn a_last_will_sends_no_receipts_and_the_next_online_status_does() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            ..Policy::default()
+        });
+        w.status(&tx("a", 1, "pods", "POD", 1, 100));
+        assert!(w.presence(Presence::Online, 7, 1).receipts.is_empty());
+        let (key, rules) = (w.cloud.clone(), w.rules.clone());
+        change(
+            &mut w.conn,
+            &key,
+            &rules,
+            "a",
+            Action::Cancel,
+            Some("x"),
+            t0(),
+        )
+        .unwrap();
+
+        // The device drops: its Last Will reaches nobody, so nothing is sent or marked.
+        let will = w.presence(Presence::Offline, 7, u64::MAX);
+        assert_eq!(will.statuses, 1);
+        assert!(will.receipts.is_empty(), "{:?}", will.receipts);
+        assert!(will.policies.is_empty(), "{:?}", will.policies);
+        assert_eq!(w.notified("a").as_deref(), Some("accepted"));
+        // A status of the old session delivered late changes nothing either.
+        assert!(w.presence(Presence::Online, 7, 2).receipts.is_empty());
+        assert_eq!(w.notified("a").as_deref(), Some("accepted"));
+
+        // Back online: the cancellation reaches the device, once.
+        let online = w.presence(Presence::Online, 8, 1);
+        assert_eq!(online.receipts.len(), 1);
+        assert_eq!(online.receipts[0].1.status, TxStatus::Cancelled);
+        assert_eq!(w.notified("a").as_deref(), Some("cancelled"));
+        assert!(
+            w.presence(Presence::Online, 8, 1).receipts.is_empty(),
+            "a replay"
+        );
+        assert!(w.presence(Presence::Online, 8, 2).receipts.is_empty());
+    }
+
+    #[test]
+    fn a_policy_changed_while_the_device_was_offline_reaches_it_at_its_next_online_status() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            ..Policy::default()
+        });
+        let mut pushes = crate::worker::PolicyPushes::default();
+        let mut sent = |out: ingest::BatchOutcome| -> Vec<bool> {
+            out.policies
+                .iter()
+                .filter(|p| pushes.should_send(p))
+                .map(|p| p.policy.auto_reorder)
+                .collect()
+        };
+        assert_eq!(sent(w.presence(Presence::Online, 1, 1)), vec![true]);
+        assert_eq!(sent(w.presence(Presence::Online, 1, 2)), Vec::<bool>::new());
+        let will = w.presence(Presence::Offline, 1, u64::MAX);
+        assert!(will.policies.is_empty(), "{:?}", will.policies);
+        set_policy(
+            &w.conn,
+            &MemberId::parse("m1").unwrap(),
+            &Policy::default(),
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(sent(w.presence(Presence::Online, 2, 1)), vec![false]);
+        // Unchanged, but a new session: the agent may have missed it, so it goes again.
+        w.presence(Presence::Offline, 2, u64::MAX);
+        assert_eq!(sent(w.presence(Presence::Online, 3, 1)), vec![false]);
+        assert_eq!(sent(w.presence(Presence::Online, 3, 2)), Vec::<bool>::new());
     }
 
     #[test]

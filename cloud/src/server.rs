@@ -67,7 +67,7 @@ pub async fn start(
     let settings = WorkerSettings {
         url,
         username: cfg.broker.username.clone(),
-        password: cfg.broker.password.expose().to_owned(),
+        password: cfg.broker.password.clone(),
         ca_file: cfg.broker.ca_file.clone(),
         shared_group: cfg.broker.shared_group.clone(),
     };
@@ -234,7 +234,7 @@ fn start_dispatcher(
             .context("Failed to set up SMTP")?,
         )
     };
-    let (device, task) = DeviceSender::start(device, key, clock.clone(), shutdown)
+    let (device, task) = DeviceSender::start(device, key, clock.clone(), metrics.clone(), shutdown)
         .context("Failed to connect the device channel")?;
     let channels = dispatcher::Channels {
         webhook: Some(webhook),

@@ -13,10 +13,15 @@
 //!
 //! Dedup keys, enforced by the tables below:
 //! - `events (device_id, seq)`: one row per device event, whatever the number of re-sends.
+//!   `events.commit_seq` (migration 8) is the number of the transaction that stored it
+//!   ([`next_commit_seq`]), so readers can follow new events in commit order.
 //! - `reports (device_id, report_seq)`: one row per report, with a digest of its events,
 //!   so a re-sent report is recognised and acked again without change.
 //! - `quarantine (dedup_key)`: one row per rejected message (a held report from an unknown
-//!   device is keyed by device and report number, others by the payload's SHA-256).
+//!   device is keyed by device and report number, others by the payload's SHA-256), within
+//!   the limits in [`crate::ingest`] (`MAX_HELD_PER_DEVICE`, `MAX_HELD`, `MAX_REJECTED`;
+//!   `quarantine_counts`, kept by triggers, has the rows per state); beyond them one row per
+//!   reason, keyed `dropped:{reason}`, counts what was not kept.
 //! - Imported usage (`usage import`) lives in `events` too, under the synthetic device
 //!   `import:{member_id}` (a `:` can never appear in a real device id) with `seq` taken
 //!   from a SHA-256 of the row's content and its occurrence number among identical rows
@@ -434,6 +439,49 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE audit_log RENAME TO legacy_audit_log;
     "#,
+    // 8: the commit sequence. Each transaction that stores events takes the next number
+    // ([`next_commit_seq`]) and stamps its events with it, so a reader can follow exactly
+    // what was committed since it last looked, whatever the events' receive times (the
+    // outreach milestones did it by `received_ms` with a 60 s overlap, and missed events
+    // committed later: held reports released on registration, a backlog). Events stored
+    // before keep 0; those the milestone scan had not looked at yet get 1 and are looked
+    // at by its next run, which continues from a cursor of 0.
+    r#"
+    ALTER TABLE events ADD COLUMN commit_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE commit_counter (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO commit_counter (id, seq) VALUES (1, 1);
+    UPDATE events SET commit_seq = 1 WHERE received_ms >
+        (SELECT value - 60000 FROM outreach_cursor WHERE name = 'events_received_ms');
+    CREATE INDEX events_commit_seq ON events(commit_seq);
+    INSERT INTO outreach_cursor (name, value)
+        SELECT 'events_commit_seq', 0 FROM outreach_cursor WHERE name = 'events_received_ms';
+    DELETE FROM outreach_cursor WHERE name = 'events_received_ms';
+    "#,
+    // 9: quarantine rows per state, kept by triggers, so the ingest can check the
+    // quarantine's limits (`crate::ingest::MAX_REJECTED`, `MAX_HELD`) without counting.
+    r#"
+    CREATE TABLE quarantine_counts (
+        state TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO quarantine_counts (state, n)
+        SELECT s.state, (SELECT COUNT(*) FROM quarantine q WHERE q.state = s.state)
+        FROM (SELECT 'held' AS state UNION ALL SELECT 'rejected' UNION ALL SELECT 'released') s;
+    CREATE TRIGGER quarantine_counts_insert AFTER INSERT ON quarantine BEGIN
+        UPDATE quarantine_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER quarantine_counts_update AFTER UPDATE OF state ON quarantine
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE quarantine_counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE quarantine_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER quarantine_counts_delete AFTER DELETE ON quarantine BEGIN
+        UPDATE quarantine_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -454,6 +502,22 @@ pub(crate) fn configure(conn: &Connection) -> Result<(), StoreError> {
     // stay in memory rather than in temporary files.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
+}
+
+/// Takes the next commit sequence number (migration 8) inside the caller's write
+/// transaction, for the events it stores (`events.commit_seq`). Write transactions are
+/// serialised, so numbers grow in commit order: a reader that, inside a write transaction
+/// of its own, reads [`last_commit_seq`] has seen every event stamped with a number up to
+/// it, and every later commit stamps a larger one.
+pub fn next_commit_seq(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.prepare_cached("UPDATE commit_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The newest commit sequence number taken so far (see [`next_commit_seq`]).
+pub fn last_commit_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT seq FROM commit_counter WHERE id = 1")?
+        .query_row([], |r| r.get(0))
 }
 
 /// Opens the store under `data_dir` for writing, creating it and running migrations.
@@ -559,6 +623,52 @@ mod tests {
         }
         assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
         assert_eq!(st.get_status(rusqlite::StatementStatus::Run), 4);
+    }
+
+    #[test]
+    fn the_commit_sequence_migration_leaves_unseen_events_to_the_next_milestone_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join(FILE)).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 7).unwrap();
+            for (seq, received_ms) in [(1, 1_000), (2, 100_000), (3, 200_000)] {
+                c.execute(
+                    "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, fingerprint)
+                     VALUES ('d1', ?1, 'm1', 'brew', 1, ?2, ?2, 0)",
+                    [seq, received_ms],
+                )
+                .unwrap();
+            }
+            // The scan last looked at 150 s, and looked back 60 s from there.
+            c.execute(
+                "INSERT INTO outreach_cursor (name, value) VALUES ('events_received_ms', 150000)",
+                [],
+            )
+            .unwrap();
+        }
+        let c = open_writer(dir.path()).unwrap();
+        let seqs: Vec<i64> = c
+            .prepare("SELECT commit_seq FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seqs, vec![0, 1, 1]);
+        let cursors: Vec<(String, i64)> = c
+            .prepare("SELECT name, value FROM outreach_cursor")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(cursors, vec![("events_commit_seq".to_owned(), 0)]);
+        assert_eq!(last_commit_seq(&c).unwrap(), 1);
+        let tx = c.unchecked_transaction().unwrap();
+        assert_eq!(next_commit_seq(&tx).unwrap(), 2);
     }
 
     #[test]

@@ -246,13 +246,14 @@ pub fn import(
         }
     }
     let total = parsed.rows.len() as u64;
+    let commit_seq = crate::store::next_commit_seq(&tx)?;
     let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
     let received_ms = now.timestamp_millis();
     let latest_ok = (now.timestamp() + MAX_FUTURE_SKEW_S).min(MAX_TIMESTAMP_S);
     {
         let mut insert = tx.prepare(
-            "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, 0, ?8) ON CONFLICT(device_id, seq) DO NOTHING",
+            "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, attrs, clock_suspect, fingerprint, commit_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, 0, ?8, ?9) ON CONFLICT(device_id, seq) DO NOTHING",
         )?;
         for (i, row) in parsed.rows.iter().enumerate() {
             if i % 1024 == 0 {
@@ -315,7 +316,8 @@ pub fn import(
                 row.qty as i64,
                 at.timestamp_millis(),
                 received_ms,
-                fingerprint
+                fingerprint,
+                commit_seq
             ])?;
             if n == 1 {
                 out.imported += 1;

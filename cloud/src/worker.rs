@@ -9,23 +9,24 @@
 //! The subscriber takes `.../usage`, `.../status` and `.../tx`. After each commit the
 //! downlink thread publishes, on each device's `.../down`, the acks of usage reports, the
 //! receipts of transactions (decided now, re-sent, or changed since the device was last
-//! told), and the member's reorder policy when a device reports its status and the policy
-//! differs from the one last pushed to it by this process. Nothing is acked before its
-//! batch has committed: the downlink thread only ever sees committed outcomes.
+//! told, sent when the device reports itself online), and the member's reorder policy at
+//! the first online status of each of the device's sessions and whenever it changed
+//! ([`PolicyPushes`]). Nothing is acked before its batch has committed: the downlink
+//! thread only ever sees committed outcomes.
 //! The queue and the hand-overs between the threads are bounded: when the writer falls
 //! behind, the subscriber stops reading and the broker buffers. Acks go out on their own
 //! connection, so a full queue can never block them (and with them the commit that would
 //! drain the queue).
 
 use crate::config::CloudConfig;
-use crate::ingest::{self, Checked, Inbound};
+use crate::ingest::{self, Checked, Inbound, PolicyPush};
 use crate::metrics::Metrics;
 use crate::mqtt::{client_options, BrokerUrl};
 use crate::registry::DeviceInfo;
 use rollcall_shared::dsse::{KeyPair, DOWNLINK_PAYLOAD_TYPE};
 use rollcall_shared::payload::{DownBody, Downlink, ReorderPolicy};
 use rollcall_shared::topics::{Channel, Topics};
-use rollcall_shared::{Clock, DeviceId, PROTOCOL_VERSION};
+use rollcall_shared::{Clock, DeviceId, Secret, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -71,6 +72,34 @@ impl DeviceCache {
     }
 }
 
+/// Which reorder policy the downlink thread last sent to each device, and in which of the
+/// device's sessions. The agent does not acknowledge policies and connects with a clean
+/// session (whatever is published while it is away is lost), so a policy is sent again at
+/// the first online status of every new session, and within a session whenever it changed.
+/// Only statuses of devices that are online reach it ([`crate::ingest::commit`]).
+#[derive(Debug, Default)]
+pub struct PolicyPushes {
+    last: HashMap<DeviceId, (u64, ReorderPolicy)>,
+}
+
+impl PolicyPushes {
+    /// Whether `p` is to be published; if so, remembers it as sent.
+    pub fn should_send(&mut self, p: &PolicyPush) -> bool {
+        let now = (p.session, p.policy);
+        if self.last.get(&p.device) == Some(&now) {
+            return false;
+        }
+        self.last.insert(p.device.clone(), now);
+        true
+    }
+
+    /// Forgets what was sent to `device` (its publication failed), so the next online
+    /// status sends the policy again.
+    pub fn forget(&mut self, device: &DeviceId) {
+        self.last.remove(device);
+    }
+}
+
 /// Shared state of the running ingest, visible to the HTTP side.
 pub struct IngestHandle {
     /// Metrics.
@@ -78,13 +107,14 @@ pub struct IngestHandle {
 }
 
 /// Settings for [`start`].
+#[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// Broker to connect to.
     pub url: BrokerUrl,
     /// Username.
     pub username: String,
-    /// Password.
-    pub password: String,
+    /// Password (never shown by `Debug`).
+    pub password: Secret,
     /// CA file for TLS.
     pub ca_file: Option<std::path::PathBuf>,
     /// Shared-subscription group, if any.
@@ -112,14 +142,14 @@ pub async fn start(
         &format!("rollcall-ingest-{suffix:x}"),
         &settings.url,
         &settings.username,
-        &settings.password,
+        settings.password.expose(),
         settings.ca_file.as_deref(),
     )?;
     let pub_opts = client_options(
         &format!("rollcall-acks-{suffix:x}"),
         &settings.url,
         &settings.username,
-        &settings.password,
+        settings.password.expose(),
         settings.ca_file.as_deref(),
     )?;
     let (queue_tx, queue_rx) = mpsc::channel::<Inbound>(cfg.ingest.queue_capacity);
@@ -282,15 +312,14 @@ pub async fn start(
     let d_metrics = metrics.clone();
     let d_topics = topics.clone();
     let downlink = std::thread::Builder::new().name("ingest-downlink".into()).spawn(move || {
-        let mut pushed_policies: HashMap<DeviceId, ReorderPolicy> = HashMap::new();
+        let mut pushed_policies = PolicyPushes::default();
         for outcome in down_rx {
             let mut down: Vec<(DeviceId, DownBody)> = Vec::with_capacity(outcome.acks.len() + outcome.receipts.len());
             down.extend(outcome.acks.into_iter().map(|(d, a)| (d, DownBody::Ack(a))));
             down.extend(outcome.receipts.into_iter().map(|(d, r)| (d, DownBody::Receipt(r))));
-            for (d, p) in outcome.policies {
-                if pushed_policies.get(&d) != Some(&p) {
-                    pushed_policies.insert(d.clone(), p);
-                    down.push((d, DownBody::Policy(p)));
+            for p in outcome.policies {
+                if pushed_policies.should_send(&p) {
+                    down.push((p.device, DownBody::Policy(p.policy)));
                 }
             }
             for (device, body) in down {
@@ -316,7 +345,7 @@ pub async fn start(
                         if let Some(e) = failed {
                             tracing::warn!(error = %e, "Downlink could not be queued; the device will re-send and be answered then");
                             if !is_ack {
-                                pushed_policies.remove(&device);
+                                pushed_policies.forget(&device);
                             }
                             continue;
                         }

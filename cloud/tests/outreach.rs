@@ -641,3 +641,84 @@ async fn the_weekly_cap_counts_the_members_iso_week() {
         ("skipped", Some("frequency_cap_weekly"))
     );
 }
+
+#[tokio::test]
+async fn events_of_a_held_report_released_a_day_later_trigger_their_milestone_exactly_once() {
+    use rollcall_cloud::ingest::{self, Checked, Inbound};
+    use rollcall_shared::dsse::{KeyPair, USAGE_PAYLOAD_TYPE};
+    use rollcall_shared::payload::{UsageEvent, UsageReport};
+    use rollcall_shared::topics::Topics;
+    use rollcall_shared::{DeviceId, EventKind, MemberId, Seq};
+
+    let mut e = env("2026-05-18T09:00:00Z", vec![], |c| {
+        c.outreach.milestone_uses = 3;
+    })
+    .await;
+    add_member(
+        &e.conn,
+        "m-maria",
+        "Maria Lopez",
+        Some("UTC"),
+        None,
+        "2025-01-10",
+    );
+    assert_eq!(e.tick().triggers, 0);
+
+    // The machine reports its third use before it is registered: the report is held.
+    let key = KeyPair::generate();
+    let device = DeviceId::parse("dev-maria").unwrap();
+    let topics = Topics::default();
+    let at = e.clock.now();
+    let report = UsageReport {
+        v: 1,
+        device_id: device.clone(),
+        report_seq: 1,
+        sent_at: at,
+        boot_id: "b".into(),
+        events: (1..=3)
+            .map(|s| UsageEvent {
+                seq: Seq::new(s).unwrap(),
+                kind: EventKind::parse("brew").unwrap(),
+                qty: 1,
+                occurred_at: at - Duration::minutes(10 - s as i64),
+                attrs: Default::default(),
+                clock_suspect: false,
+            })
+            .collect(),
+    };
+    let msg = Inbound {
+        topic: topics.usage(&device),
+        payload: key.sign(USAGE_PAYLOAD_TYPE, &report.encode()).to_json(),
+        received_at: at,
+    };
+    let held = ingest::check(&topics, msg, &|_| None);
+    assert!(matches!(&held, Checked::Rejected(r) if r.held));
+    ingest::commit(&mut e.conn, &[held], 4096, None).unwrap();
+
+    // The outreach planner keeps looking all day; nothing is there yet.
+    for _ in 0..4 {
+        e.clock.advance(Duration::hours(6));
+        assert_eq!(e.tick().triggers, 0);
+    }
+
+    // A day later the device is registered and its report released (events stamped with
+    // the time they were first received): the milestone is celebrated, once.
+    rollcall_cloud::registry::add_device(
+        &e.conn,
+        &device,
+        &MemberId::parse("m-maria").unwrap(),
+        &key.public(),
+        e.clock.now(),
+    )
+    .unwrap();
+    let (released, out) = ingest::release_held(&mut e.conn, &topics, &device, 4096).unwrap();
+    assert_eq!((released, out.events_stored), (1, 3));
+    e.clock.advance(Duration::minutes(1));
+    assert_eq!(e.tick().triggers, 1);
+    for _ in 0..3 {
+        e.clock.advance(Duration::hours(1));
+        assert_eq!(e.tick().triggers, 0);
+    }
+    let celebrated = e.of_rule("m-maria", "hundredth_use");
+    assert_eq!(celebrated.len(), 1, "{celebrated:?}");
+}

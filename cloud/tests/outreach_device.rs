@@ -1,6 +1,7 @@
 //! The device channel end to end: the cloud publishes a signed display message on the
 //! device's downlink through the embedded broker, a real agent uplink verifies and keeps
-//! it and answers with a signed receipt, and the delivery is marked delivered.
+//! it and answers with a signed receipt, and the delivery is marked delivered; junk on the
+//! receipt topic is kept in quarantine and counted.
 
 mod support;
 
@@ -21,7 +22,8 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered() {
+async fn a_display_message_reaches_the_agent_its_receipt_marks_it_delivered_and_junk_receipts_are_quarantined(
+) {
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut cfg = config(dir.path(), vec![]);
@@ -72,17 +74,19 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
         port: broker.addr.port(),
         tls: false,
     };
+    let metrics = Arc::new(Metrics::new());
     let (sender, _task) = DeviceSender::start(
         DeviceChannelSettings {
             url,
             username: String::new(),
-            password: String::new(),
+            password: Default::default(),
             ca_file: None,
             topic_prefix: "rollcall".into(),
             data_dir: dir.path().to_owned(),
         },
         cloud_key.clone(),
         clock.clone(),
+        metrics.clone(),
         shutdown.clone(),
     )
     .unwrap();
@@ -151,6 +155,51 @@ async fn a_display_message_reaches_the_agent_and_its_receipt_marks_it_delivered(
         rollcall_cloud::outreach::view::list(&conn, Some("m-maria"), 10).unwrap()[0].status,
         "sent"
     );
+    // Anyone can publish on the receipt topic: junk is kept in quarantine and counted.
+    let (junk, mut junk_loop) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new("junk", "127.0.0.1", broker.addr.port()),
+        10,
+    );
+    junk.publish(
+        Topics::default().receipt(&device),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        b"{not a receipt".to_vec(),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_millis(200), junk_loop.poll()).await
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "junk not published");
+    }
+    let t0 = Instant::now();
+    let expected = "rollcall_delivery_receipts_rejected_total{reason=\"malformed\"} 1";
+    while !metrics.encode().contains(expected) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}",
+            metrics.encode()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = rollcall_cloud::ingest::list_quarantine(&conn, None, 10).unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        (kept[0].reason.as_str(), kept[0].device_id.as_deref()),
+        ("malformed", Some("dev-maria"))
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains("rollcall_delivery_receipts_total ")
+            && !text.contains("rollcall_delivery_receipts_total 0"),
+        "the agent's receipt is counted: {text}"
+    );
+
     agent_stop.cancel();
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;

@@ -32,8 +32,9 @@ use std::collections::BTreeMap;
 
 /// Transitions read per batch.
 const TRANSITION_BATCH: u32 = 5_000;
-/// Events received this long before the last look are looked at again (late commits).
-const RECEIVED_OVERLAP_MS: i64 = 60_000;
+/// The `outreach_cursor` of the milestone scan: the newest commit sequence number
+/// ([`crate::store::next_commit_seq`]) whose events it has looked at.
+const EVENTS_CURSOR: &str = "events_commit_seq";
 
 /// The outreach planner: configuration, compiled templates and the opt-out key.
 #[derive(Debug)]
@@ -165,14 +166,15 @@ impl Outreach {
         }
         set_cursor(&tx, "transitions", cursor)?;
         found.extend(triggers::onboarding_triggers(&tx, &self.cfg, now)?);
-        let since = get_cursor(&tx, "events_received_ms")?.unwrap_or(i64::MIN / 2);
+        // Exact, however late events commit: this transaction holds the write lock, so
+        // every commit numbered up to `upto` is visible and every later one numbers higher.
+        // Without a cursor (a new store) every event is looked at once.
+        let after = get_cursor(&tx, EVENTS_CURSOR)?.unwrap_or(-1);
+        let upto = crate::store::last_commit_seq(&tx)?;
         found.extend(triggers::milestone_triggers(
-            &tx,
-            &self.cfg,
-            since - RECEIVED_OVERLAP_MS,
-            now,
+            &tx, &self.cfg, after, upto, now,
         )?);
-        set_cursor(&tx, "events_received_ms", now_ms)?;
+        set_cursor(&tx, EVENTS_CURSOR, upto)?;
         report.triggers = found.len() as u64;
         // Held messages that are due; read before planning, which inserts new rows as held.
         let mut rows = due_held(&tx, now_ms)?;

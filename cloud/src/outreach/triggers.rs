@@ -11,7 +11,9 @@
 //!   `onboarding_lookback_days` (key `onboarding:welcome`); `onboarding_nudge` on days 7 to
 //!   `7 + onboarding_lookback_days` after joining when the member has at most
 //!   `nudge_max_active_days` active days (key `onboarding:nudge`).
-//! - **Milestones**, for members with usage received since the last look:
+//! - **Milestones**, for members with usage committed since the last look (followed by
+//!   `events.commit_seq`, so events committed late, such as held reports released when
+//!   their device is registered, are seen too):
 //!   `milestone_uses` when the `milestone_uses`-th use happened within
 //!   `milestone_lookback_days` (key `milestone:uses:N`); `milestone_streak` when the current
 //!   streak is `milestone_streak_days` to `+ lookback` long (key `milestone:streak:{first day}`).
@@ -247,19 +249,21 @@ pub fn onboarding_triggers(
     Ok(out)
 }
 
-/// Milestone triggers for members whose usage was received after `since_ms`.
+/// Milestone triggers for members with events committed after commit sequence number
+/// `after` and up to `upto` (`events.commit_seq`, see [`crate::store::next_commit_seq`]).
 pub fn milestone_triggers(
     conn: &Connection,
     cfg: &OutreachConfig,
-    since_ms: i64,
+    after: i64,
+    upto: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<Trigger>, OutreachError> {
     let now_ms = now.timestamp_millis();
     let mut st = conn.prepare_cached(
-        "SELECT DISTINCT member_id FROM events WHERE received_ms > ?1 AND received_ms <= ?2",
+        "SELECT DISTINCT member_id FROM events WHERE commit_seq > ?1 AND commit_seq <= ?2",
     )?;
     let members: Vec<String> = st
-        .query_map(params![since_ms, now_ms], |r| r.get(0))?
+        .query_map(params![after, upto], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let look = cfg.milestone_lookback_days as i64 * DAY_MS;
     let mut out = Vec::new();
