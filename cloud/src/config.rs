@@ -131,7 +131,8 @@ impl Default for CloudConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OrdersConfig {
-    /// How long an accepted order may be cancelled, in hours.
+    /// How long an accepted order may be cancelled, in hours; the fulfilment webhook goes
+    /// out when this window closes.
     pub cancel_window_h: u64,
     /// Largest difference between a device's price quote and the catalogue price that is
     /// still accepted, in basis points of the catalogue price (100 = 1 %). Beyond it the
