@@ -3,9 +3,12 @@
 //!
 //! [`Fleet::load`] reads everything once (the CLI and the replay). The server keeps one
 //! fleet and calls [`Fleet::refresh`] before each run: members are re-read (cheap), and
-//! only events *received* since the refresh before the previous one are read again (the
-//! `events_received` index), which covers any event stamped before a refresh but committed
-//! after it; active days are a set, so reading an event twice changes nothing.
+//! only events committed since the last read are read (`events.commit_seq` above the last
+//! number seen, the `events_commit_seq` index). The newest number is read before the
+//! events, and write transactions take their numbers in commit order, so every event up
+//! to it is visible: an event received long before it was committed (a held report
+//! released a day later, a slow batch) is still read. (An event committed meanwhile may be
+//! read twice; active days are a set, so that changes nothing.)
 //!
 //! Two rules about time make the summaries honest:
 //!
@@ -55,16 +58,21 @@ pub struct Fleet {
     /// Members, in id order at load (new members are appended by refresh).
     pub members: Vec<FleetMember>,
     index: HashMap<String, usize>,
-    /// Start instants (clock ms) of the last two refreshes.
-    refreshes: [Option<i64>; 2],
+    /// The newest commit sequence number whose events have been read
+    /// ([`crate::store::last_commit_seq`]).
+    seen_commit_seq: i64,
     /// The earliest recorded usage of any member (Unix ms), if any.
     pub observed_from_ms: Option<i64>,
 }
 
 impl Fleet {
-    /// Reads every member and all their usage.
+    /// Reads every member and all their usage; a fleet loaded so is what
+    /// [`Fleet::refresh`] keeps up to date.
     pub fn load(conn: &Connection, default_tz: Tz) -> Result<Fleet, ScoringError> {
-        let mut f = Fleet::default();
+        let mut f = Fleet {
+            seen_commit_seq: crate::store::last_commit_seq(conn)?,
+            ..Fleet::default()
+        };
         f.reload_members(conn, default_tz)?;
         f.read_events(conn, None)?;
         f.read_presence(conn)?;
@@ -72,21 +80,10 @@ impl Fleet {
         Ok(f)
     }
 
-    /// Reads everything, as [`Fleet::load`], for a fleet that [`Fleet::refresh`] will keep
-    /// up to date; `now_ms` is the clock when the load started.
-    pub fn load_at(conn: &Connection, default_tz: Tz, now_ms: i64) -> Result<Fleet, ScoringError> {
-        let mut f = Fleet::load(conn, default_tz)?;
-        f.refreshes = [Some(now_ms), Some(now_ms)];
-        Ok(f)
-    }
-
-    /// Brings the fleet up to date; `now_ms` is the clock at the start of this refresh.
-    pub fn refresh(
-        &mut self,
-        conn: &Connection,
-        default_tz: Tz,
-        now_ms: i64,
-    ) -> Result<(), ScoringError> {
+    /// Brings the fleet up to date: members again, the events committed since the last
+    /// read, device presence.
+    pub fn refresh(&mut self, conn: &Connection, default_tz: Tz) -> Result<(), ScoringError> {
+        let upto = crate::store::last_commit_seq(conn)?;
         let changed_tz = self.reload_members(conn, default_tz)?;
         for i in changed_tz {
             let m = &mut self.members[i];
@@ -98,11 +95,10 @@ impl Fleet {
                 .collect::<Result<_, _>>()?;
             m.days = ActiveDays::from_instants(ms, m.tz);
         }
-        let since = self.refreshes[0];
-        self.read_events(conn, since)?;
+        self.read_events(conn, Some((self.seen_commit_seq, upto)))?;
         self.read_presence(conn)?;
+        self.seen_commit_seq = upto;
         self.apply_observation_start();
-        self.refreshes = [self.refreshes[1], Some(now_ms)];
         Ok(())
     }
 
@@ -179,22 +175,27 @@ impl Fleet {
         Ok(changed)
     }
 
-    fn read_events(&mut self, conn: &Connection, since: Option<i64>) -> Result<(), ScoringError> {
-        let (sql, arg) = match since {
-            None => (
-                "SELECT member_id, CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events ORDER BY member_id",
-                i64::MIN,
-            ),
-            Some(s) => (
-                "SELECT member_id, CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events WHERE received_ms >= ?1",
-                s,
-            ),
-        };
-        let mut st = conn.prepare(sql)?;
-        let mut rows = if since.is_some() {
-            st.query([arg])?
-        } else {
-            st.query([])?
+    /// Reads all events (`None`), or those whose commit sequence number is in
+    /// `(after, upto]`.
+    fn read_events(
+        &mut self,
+        conn: &Connection,
+        range: Option<(i64, i64)>,
+    ) -> Result<(), ScoringError> {
+        let mut st;
+        let mut rows = match range {
+            None => {
+                st = conn.prepare(
+                    "SELECT member_id, CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events ORDER BY member_id",
+                )?;
+                st.query([])?
+            }
+            Some((after, upto)) => {
+                st = conn.prepare(
+                    "SELECT member_id, CASE WHEN clock_suspect THEN received_ms ELSE occurred_ms END FROM events WHERE commit_seq > ?1 AND commit_seq <= ?2",
+                )?;
+                st.query([after, upto])?
+            }
         };
         let mut current: Option<(String, Option<usize>)> = None;
         while let Some(r) = rows.next()? {
@@ -237,5 +238,53 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    /// Commits one event of member `m1` received at `received_ms`, the way the ingest does:
+    /// with the next commit sequence number of its transaction.
+    fn commit_event(conn: &mut Connection, seq: i64, day: i64, received_ms: i64) {
+        let tx = conn.transaction().unwrap();
+        let n = crate::store::next_commit_seq(&tx).unwrap();
+        tx.execute(
+            "INSERT INTO events (device_id, seq, member_id, kind, qty, occurred_ms, received_ms, fingerprint, commit_seq)
+             VALUES ('d1', ?1, 'm1', 'brew', 1, ?2, ?3, 0, ?4)",
+            rusqlite::params![seq, day * DAY_MS + 3_600_000, received_ms, n],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_refresh_reads_events_committed_late_whatever_their_receive_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO members (id, name, tz, created_ms) VALUES ('m1', 'M', 'UTC', 0)",
+            [],
+        )
+        .unwrap();
+        commit_event(&mut conn, 1, 20_000, 20_000 * DAY_MS);
+        let mut fleet = Fleet::load(&conn, Tz::UTC).unwrap();
+        assert_eq!(fleet.members[0].days.days().collect::<Vec<_>>(), [20_000]);
+
+        // Received two days before the load, but committed only now (a held report
+        // released late): the refresh must still see it.
+        commit_event(&mut conn, 2, 19_998, 19_998 * DAY_MS);
+        fleet.refresh(&conn, Tz::UTC).unwrap();
+        assert_eq!(
+            fleet.members[0].days.days().collect::<Vec<_>>(),
+            [19_998, 20_000]
+        );
+        // Nothing new: a refresh reads nothing and changes nothing.
+        let before = fleet.members[0].days.clone();
+        fleet.refresh(&conn, Tz::UTC).unwrap();
+        assert_eq!(fleet.members[0].days, before);
     }
 }

@@ -483,12 +483,12 @@ impl Scorer {
         // A full reload once a day is the safety net under the incremental refresh.
         let fleet = match self.fleet.take() {
             Some(mut f) if now_ms - self.last_full_load_ms < DAY_MS => {
-                f.refresh(&self.conn, tz, now_ms)?;
+                f.refresh(&self.conn, tz)?;
                 f
             }
             _ => {
                 self.last_full_load_ms = now_ms;
-                Fleet::load_at(&self.conn, tz, now_ms)?
+                Fleet::load(&self.conn, tz)?
             }
         };
         let run = run_on_fleet(
