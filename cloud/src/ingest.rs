@@ -1164,19 +1164,8 @@ mod tests {
     /// device's corrected re-send stores them all.
     #[test]
     fn a_report_that_conflicts_part_way_stores_none_of_its_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::open_writer(dir.path()).unwrap();
         let key = KeyPair::generate();
-        conn.execute(
-            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
-            [key.public().as_bytes().as_slice()],
-        )
-        .unwrap();
+        let (dir, mut conn) = crate::store::test_store_with_device(&key);
         let topics = Topics::default();
         let device = DeviceId::parse("d1").unwrap();
         let info = crate::registry::device_info(&conn, &device).unwrap();
@@ -1324,19 +1313,8 @@ mod tests {
 
     #[test]
     fn payloads_that_fail_before_the_signature_check_are_kept_cut_to_a_few_kb() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::open_writer(dir.path()).unwrap();
         let (key, stranger) = (KeyPair::generate(), KeyPair::generate());
-        conn.execute(
-            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
-            [key.public().as_bytes().as_slice()],
-        )
-        .unwrap();
+        let (dir, mut conn) = crate::store::test_store_with_device(&key);
         let topics = Topics::default();
         let d1 = DeviceId::parse("d1").unwrap();
         let info = crate::registry::device_info(&conn, &d1).unwrap();

@@ -881,19 +881,8 @@ mod tests {
     }
 
     fn world(policy: Policy) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writer(dir.path()).unwrap();
         let device = KeyPair::generate();
-        conn.execute(
-            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
-            [device.public().as_bytes().as_slice()],
-        )
-        .unwrap();
+        let (dir, conn) = crate::store::test_store_with_device(&device);
         set_policy(&conn, &MemberId::parse("m1").unwrap(), &policy, t0()).unwrap();
         let rules = OrderRules {
             catalogue: HashMap::from([(

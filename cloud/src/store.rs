@@ -566,6 +566,27 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A store in a temporary directory with member `m1` and its device `d1`, registered
+/// under `key`: the fixture most of the crate's unit tests start from.
+#[cfg(test)]
+pub(crate) fn test_store_with_device(
+    key: &rollcall_shared::dsse::KeyPair,
+) -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let conn = open_writer(dir.path()).expect("store");
+    conn.execute(
+        "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
+        [],
+    )
+    .expect("member");
+    conn.execute(
+        "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
+        [key.public().as_bytes().as_slice()],
+    )
+    .expect("device");
+    (dir, conn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

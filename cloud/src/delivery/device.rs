@@ -414,19 +414,8 @@ mod tests {
     #[test]
     fn receipts_are_checked_before_anything_is_written_and_refused_ones_are_quarantined_by_reason()
     {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::open_writer(dir.path()).unwrap();
         let (key, stranger) = (KeyPair::generate(), KeyPair::generate());
-        conn.execute(
-            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
-            [key.public().as_bytes().as_slice()],
-        )
-        .unwrap();
+        let (dir, mut conn) = crate::store::test_store_with_device(&key);
         let now = Utc::now();
         let tx = conn.transaction().unwrap();
         let queued = crate::delivery::enqueue(

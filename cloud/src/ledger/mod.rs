@@ -910,19 +910,8 @@ mod tests {
     }
 
     fn fixture(n: u64) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::open_writer(dir.path()).unwrap();
         let device = KeyPair::generate();
-        conn.execute(
-            "INSERT INTO members (id, name, created_ms) VALUES ('m1', 'M', 0)",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d1', 'm1', ?1, 0)",
-            [device.public().as_bytes().as_slice()],
-        )
-        .unwrap();
+        let (dir, mut conn) = crate::store::test_store_with_device(&device);
         let cloud = KeyPair::generate();
         for i in 0..n {
             let tx = conn.transaction().unwrap();
