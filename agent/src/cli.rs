@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `init` | `{"device_id": "...", "public_key": "<base64>"}` | 0, 1 |
 //! | `record KIND [--qty N] [--at RFC3339] [--attr k=v]...` | the new event's seq | 0, 1, 2 (bad arguments), 3 (outbox full) |
-//! | `run` | nothing (logs go to stderr) | 0 after SIGTERM/SIGINT, 1 |
+//! | `run` | nothing (logs go to stderr); needs `cloud_public_key` | 0 after SIGTERM/SIGINT, 1 |
 //! | `status [--json]` | a table, or one JSON object | 0, 1 |
 //! | `refill SLOT [--qty N]` | the slot's new state as JSON | 0, 1, 2 (unknown slot) |
 //! | `orders [--json]` | slots and orders as a table, or `{"policy", "slots", "orders"}` | 0, 1 |
@@ -80,7 +80,8 @@ pub enum Command {
     Init,
     /// Durably record one usage event and print its seq.
     Record(RecordArgs),
-    /// Run the daemon: capture socket and MQTT uplink, until SIGTERM or SIGINT.
+    /// Run the daemon: capture socket and MQTT uplink, until SIGTERM or SIGINT. Needs
+    /// `cloud_public_key` in the configuration file.
     Run,
     /// Show the outbox and connection state.
     Status(StatusArgs),

@@ -67,6 +67,30 @@ pub enum ConfigError {
     /// Neither a configuration file nor a data directory was given.
     #[error("no configuration: pass --config FILE or --data-dir DIR (or set ROLLCALL_DATA_DIR)")]
     Missing,
+    /// `rollcall-agent run` needs `cloud_public_key` and the configuration has none.
+    #[error(
+        "{file}: cloud_public_key: is required by `rollcall-agent run`: only downlinks signed \
+         by the cloud are accepted, so that nobody else can delete reported events with a \
+         forged ack; {}",
+        cloud_key_hint(.file)
+    )]
+    CloudKeyRequired {
+        /// The configuration file, or `(defaults)` when there is none.
+        file: String,
+    },
+}
+
+/// How to set `cloud_public_key`, for [`ConfigError::CloudKeyRequired`].
+fn cloud_key_hint(file: &str) -> String {
+    let place = if file == NO_FILE {
+        "a configuration file and pass it with --config FILE"
+    } else {
+        file
+    };
+    format!(
+        "run `rollcall-cloud keys show` on the cloud host and set \
+         cloud_public_key = \"<its public_key>\" in {place}"
+    )
 }
 
 /// A secret string: `Debug` and `Display` never show it.
@@ -335,7 +359,8 @@ pub struct LoadedConfig {
     pub source: String,
     /// The configured device id, if any.
     pub device_id: Option<DeviceId>,
-    /// The cloud's key, if configured.
+    /// The cloud's key, if configured. Only `rollcall-agent run` needs it:
+    /// [`LoadedConfig::require_cloud_key`].
     pub cloud_key: Option<PublicKey>,
     /// The broker URL.
     pub broker: BrokerUrl,
@@ -493,6 +518,14 @@ impl LoadedConfig {
             cloud_key,
             broker,
             consumables,
+        })
+    }
+
+    /// The cloud's key, which the daemon needs to verify downlinks (acks delete events),
+    /// or [`ConfigError::CloudKeyRequired`] naming the file and how to get the value.
+    pub fn require_cloud_key(&self) -> Result<PublicKey, ConfigError> {
+        self.cloud_key.ok_or_else(|| ConfigError::CloudKeyRequired {
+            file: self.source.clone(),
         })
     }
 
@@ -798,7 +831,7 @@ idle_timeout_s = 60
         );
         let c = load_text(&text).unwrap();
         assert_eq!(c.device_id.as_ref().unwrap().as_str(), "coffee-0001");
-        assert_eq!(c.cloud_key.unwrap().to_base64(), key);
+        assert_eq!(c.require_cloud_key().unwrap().to_base64(), key);
         assert!(c.broker.tls);
         assert_eq!(c.broker.port, 8884);
         assert_eq!(c.raw.outbox.when_full, FullPolicy::DropOldest);
@@ -933,6 +966,40 @@ idle_timeout_s = 60
         assert_eq!(c.outbox_path(), PathBuf::from("agent-data/outbox.db"));
         assert_eq!(c.consumables.slots.len(), 1);
         assert_eq!(c.consumables.slots[0].usage.len(), 1);
+        // The example leaves the key to provisioning (README step 1); `run` says so.
+        let e = c.require_cloud_key().unwrap_err().to_string();
+        assert!(e.contains("agent.toml: cloud_public_key: "), "{e}");
+    }
+
+    #[test]
+    fn the_daemon_requires_the_cloud_key_and_says_where_to_get_it() {
+        let e = load_text("data_dir = \"/d\"\n")
+            .unwrap()
+            .require_cloud_key()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "config/agent.toml: cloud_public_key: is required by `rollcall-agent run`"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("`rollcall-cloud keys show`"), "{e}");
+        assert!(e.ends_with("in config/agent.toml"), "{e}");
+        // Without a file, the message says to write one.
+        let c = LoadedConfig::load(
+            None,
+            &Overrides {
+                data_dir: Some("/d".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = c.require_cloud_key().unwrap_err().to_string();
+        assert!(
+            e.starts_with("(defaults): cloud_public_key: ") && e.contains("--config FILE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The daemon (`rollcall-agent run`): one per data directory. Holds the directory's lock,
+//! The daemon (`rollcall-agent run`): one per data directory. Refuses to start without
+//! the cloud's public key (`cloud_public_key`), since only downlinks signed by the cloud
+//! may delete events from the outbox. Holds the directory's lock,
 //! loads the identity, opens the SQLite outbox, serves the capture socket and runs the
 //! uplink until shutdown, then stops accepting on the socket, lets the uplink publish its
 //! offline status and disconnect, removes the socket file and returns.
 
 use crate::capture::Capture;
-use crate::config::LoadedConfig;
+use crate::config::{ConfigError, LoadedConfig};
 use crate::identity::{self, IdentityError};
 use crate::outbox::{Outbox, OutboxError};
 use crate::socket::{self, SocketError};
@@ -41,6 +43,9 @@ pub enum DaemonError {
         /// The cause.
         source: io::Error,
     },
+    /// The configuration lacks something the daemon needs (`cloud_public_key`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The identity could not be loaded.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -113,12 +118,14 @@ pub fn holder(data_dir: &Path) -> Option<i32> {
     (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
+/// Runs the daemon until `shutdown` is cancelled. Fails before touching the data
+/// directory when `cloud_public_key` is not configured.
 pub async fn run_daemon(
     cfg: LoadedConfig,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    let cloud_key = cfg.require_cloud_key()?;
     let data_dir = cfg.data_dir().to_owned();
     identity::ensure_data_dir(&data_dir)?;
     let _lock = DaemonLock::acquire(&data_dir)?;
@@ -161,7 +168,7 @@ pub async fn run_daemon(
         topics: cfg.topics(),
         mqtt: cfg.mqtt_settings(),
         uplink: cfg.uplink_settings(),
-        cloud_key: cfg.cloud_key,
+        cloud_key,
         clock,
         stats: UplinkStats::new(),
     };

@@ -314,17 +314,76 @@ fn an_invalid_override_is_blamed_on_its_flag_or_variable_not_on_the_file() {
     assert!(err.contains("--mqtt-url: mqtt.url: "), "{err}");
 }
 
+/// A configuration file for `run` in `dir` (data in `dir` too), trusting a new cloud key.
+fn daemon_config(dir: &Path) -> String {
+    let config = dir.join("agent.toml");
+    let cloud_key = rollcall_shared::dsse::KeyPair::generate().public();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\ncloud_public_key = \"{}\"\n",
+            dir.to_str().unwrap(),
+            cloud_key.to_base64()
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn run_without_cloud_public_key_refuses_to_start_and_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\n", data.to_str().unwrap()),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", free_port());
+    let o = run(&["run", "--config", c, "--mqtt-url", &url]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{c}: cloud_public_key: is required by `rollcall-agent run`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("rollcall-cloud keys show"), "{err}");
+    assert!(
+        !data.join("agent.lock").exists() && !data.join("outbox.db").exists(),
+        "refused before touching the data directory"
+    );
+    // Without a file, the message says where the key goes.
+    let d = data.to_str().unwrap();
+    let o = run(&["run", "--data-dir", d, "--mqtt-url", &url]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cloud_public_key") && stderr(&o).contains("--config FILE"),
+        "{}",
+        stderr(&o)
+    );
+    // The other commands do not need the key.
+    assert!(run(&["init", "--config", c]).status.success());
+    assert!(run(&["record", "brew", "--config", c]).status.success());
+    assert_eq!(status_json(d)["outbox_depth"], 1);
+    assert_eq!(status_json(d)["connection"], "never_ran");
+}
+
 /// A daemon with no broker to talk to: socket capture, status, the lock, clean stop.
 #[test]
 fn the_daemon_serves_the_socket_holds_the_lock_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
+    let c = daemon_config(dir.path());
     // Nothing listens on this port: the daemon keeps backing off, which is fine here.
     let url = format!("mqtt://127.0.0.1:{}", free_port());
     let mut daemon = agent(&[
         "run",
-        "--data-dir",
-        d,
+        "--config",
+        &c,
         "--mqtt-url",
         &url,
         "--device-id",
@@ -371,7 +430,7 @@ fn the_daemon_serves_the_socket_holds_the_lock_and_stops_on_sigterm() {
     assert_eq!(s["device_id"], "dev-cli");
 
     // A second daemon for the same directory is refused.
-    let second = run(&["run", "--data-dir", d, "--mqtt-url", &url]);
+    let second = run(&["run", "--config", &c, "--mqtt-url", &url]);
     assert_eq!(second.status.code(), Some(1));
     assert!(
         stderr(&second).contains("already running"),

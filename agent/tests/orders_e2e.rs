@@ -966,7 +966,7 @@ fn an_in_process_agent_with_a_memory_outbox_orders_by_itself() {
             ack_timeout: Duration::from_secs(2),
             ..UplinkSettings::default()
         },
-        cloud_key: Some(rollcall_shared::dsse::PublicKey::from_base64(&cloud.public_key).unwrap()),
+        cloud_key: rollcall_shared::dsse::PublicKey::from_base64(&cloud.public_key).unwrap(),
         clock,
         stats: UplinkStats::new(),
     };

@@ -86,7 +86,7 @@ impl Agent {
             topics: Topics::default(),
             mqtt,
             uplink,
-            cloud_key: Some(self.cloud.public()),
+            cloud_key: self.cloud.public(),
             clock,
             stats: self.stats.clone(),
         };

@@ -114,7 +114,7 @@ async fn a_display_message_reaches_the_agent_its_receipt_marks_it_delivered_and_
             broker.addr.port(),
         )),
         uplink: UplinkSettings::default(),
-        cloud_key: Some(cloud_key.public()),
+        cloud_key: cloud_key.public(),
         clock: clock.clone(),
         stats: UplinkStats::new(),
     };

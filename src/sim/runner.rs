@@ -491,7 +491,7 @@ impl Simulation {
                     topics: topics.clone(),
                     mqtt: MqttSettings::new(broker.clone()),
                     uplink: uplink.clone(),
-                    cloud_key: Some(cloud_key),
+                    cloud_key,
                     clock: Arc::new(clock.clone()),
                     stats: stats.clone(),
                 };

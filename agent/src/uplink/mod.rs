@@ -8,8 +8,11 @@
 //!   `.../usage`. At most `max_inflight_reports` reports wait for an ack at once.
 //! - Deletes a report's events **only** when the cloud's signed application-level ack
 //!   arrives on `.../down` ([`DownBody::Ack`]). A PUBACK, or `try_publish` returning
-//!   `Ok`, means only that the bytes left. Downlinks for another device, or that fail
-//!   verification under `cloud_public_key`, are logged, counted and ignored.
+//!   `Ok`, means only that the bytes left. Every downlink must verify under the cloud's
+//!   key ([`AgentRuntime::cloud_key`], `cloud_public_key` in the configuration, which
+//!   `rollcall-agent run` requires); downlinks for another device, or that fail
+//!   verification, are logged, counted and ignored, so nobody else who can publish on
+//!   `.../down` can delete a report's events.
 //! - Re-sends a report whose ack has not come after `ack_timeout`, oldest first, and
 //!   re-sends every in-flight report after each (re)connect. The cloud deduplicates by
 //!   `(device_id, seq)`, so duplicates are harmless and lost acks heal themselves.
@@ -23,10 +26,10 @@
 //!   replenishment order once (DSSE, [`TRANSACTION_PAYLOAD_TYPE`]) and stores the envelope
 //!   in the outbox, publishes it on `.../tx` and re-sends exactly those bytes after every
 //!   (re)connect and every `ack_timeout` until a receipt for it arrives. Receipts
-//!   ([`DownBody::Receipt`]) and policies ([`DownBody::Policy`]) are applied only when a
-//!   `cloud_public_key` is configured and they verify under it. A policy is applied only
-//!   when its downlink's `sent_at` is later than that of the policy last applied (kept in
-//!   the outbox), so a replayed old policy cannot undo a member's later choice.
+//!   ([`DownBody::Receipt`]) and policies ([`DownBody::Policy`]) verify under the cloud's
+//!   key like every downlink. A policy is applied only when its downlink's `sent_at` is
+//!   later than that of the policy last applied (kept in the outbox), so a replayed old
+//!   policy cannot undo a member's later choice.
 //!
 //! # Sessions and the Last Will
 //!
@@ -157,8 +160,9 @@ pub struct AgentRuntime {
     pub mqtt: MqttSettings,
     /// Timing.
     pub uplink: UplinkSettings,
-    /// The cloud's key; downlinks must verify under it when set.
-    pub cloud_key: Option<PublicKey>,
+    /// The cloud's key; every downlink must verify under it. There is deliberately no
+    /// way to run without one: acks delete events from the outbox.
+    pub cloud_key: PublicKey,
     /// Source of every timestamp that travels.
     pub clock: Arc<dyn Clock>,
     /// Live counters; clone the `Arc` before calling [`run_uplink`] to watch progress.
@@ -262,28 +266,15 @@ pub enum DownlinkError {
     OtherDevice(DeviceId),
 }
 
-/// Opens a downlink: parses the envelope, verifies it under `cloud_key` when one is
-/// configured (otherwise only checks its payload type), decodes it, and checks it is
-/// addressed to `device`.
+/// Opens a downlink: parses the envelope, verifies it under `cloud_key`, decodes it, and
+/// checks it is addressed to `device`.
 pub fn open_downlink(
     bytes: &[u8],
     device: &DeviceId,
-    cloud_key: Option<&PublicKey>,
+    cloud_key: &PublicKey,
 ) -> Result<Downlink, DownlinkError> {
     let env = Envelope::from_json(bytes)?;
-    let body = match cloud_key {
-        Some(key) => env.verify(DOWNLINK_PAYLOAD_TYPE, key)?,
-        None => {
-            if env.payload_type != DOWNLINK_PAYLOAD_TYPE {
-                return Err(EnvelopeError::WrongPayloadType {
-                    found: env.payload_type,
-                    expected: DOWNLINK_PAYLOAD_TYPE,
-                }
-                .into());
-            }
-            env.payload_unverified()?
-        }
-    };
+    let body = env.verify(DOWNLINK_PAYLOAD_TYPE, cloud_key)?;
     let down = Downlink::decode(&body)?;
     if down.device_id != *device {
         return Err(DownlinkError::OtherDevice(down.device_id));
@@ -301,9 +292,6 @@ pub async fn run_uplink(rt: AgentRuntime, shutdown: CancellationToken) -> Result
     // Validate the options (URL, TLS) once, up front; the will is filled in per attempt.
     let options = mqtt_options(&rt.mqtt, rt.device_id.as_str(), None)?;
     let inflight = outbox_call(&rt.outbox, |o| o.inflight_reports()).await?;
-    if rt.cloud_key.is_none() {
-        warn!(device_id = %rt.device_id, "No cloud_public_key configured: downlinks are accepted without signature checks");
-    }
     let (client, eventloop) = AsyncClient::new(options, rt.uplink.max_inflight_reports + 16);
     let (cmd_tx, cmd_rx) = mpsc::channel(1);
     let (ev_tx, ev_rx) = mpsc::channel(64);
@@ -603,7 +591,7 @@ impl Uplink {
     }
 
     async fn on_downlink(&mut self, payload: &[u8]) {
-        let down = match open_downlink(payload, &self.rt.device_id, self.rt.cloud_key.as_ref()) {
+        let down = match open_downlink(payload, &self.rt.device_id, &self.rt.cloud_key) {
             Ok(d) => d,
             Err(error) => {
                 UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
@@ -621,13 +609,6 @@ impl Uplink {
             DownBody::Message(m) => return self.on_message(m).await,
             DownBody::Receipt(r) => return self.on_receipt(r).await,
             DownBody::Policy(p) => {
-                if self.rt.cloud_key.is_none() {
-                    UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
-                    warn!(
-                        "Ignoring a reorder policy: no cloud_public_key is configured to verify it"
-                    );
-                    return;
-                }
                 let (auto, sent_at) = (p.auto_reorder, down.sent_at);
                 match outbox_call(&self.rt.outbox, move |o| o.set_policy(auto, sent_at)).await {
                     Ok(true) => {
@@ -703,11 +684,6 @@ impl Uplink {
     }
 
     async fn on_receipt(&mut self, r: rollcall_shared::payload::Receipt) {
-        if self.rt.cloud_key.is_none() {
-            UplinkStats::bump(&self.rt.stats.downlinks_ignored, 1);
-            warn!(tx_id = %r.tx_id, "Ignoring a receipt: no cloud_public_key is configured to verify it");
-            return;
-        }
         let id = r.tx_id.clone();
         let (status, reason) = (r.status, r.reason.clone());
         match outbox_call(&self.rt.outbox, move |o| o.apply_receipt(&r)).await {
@@ -1077,7 +1053,7 @@ mod tests {
         let bytes = cloud
             .sign(DOWNLINK_PAYLOAD_TYPE, &downlink("dev-1", 7).encode())
             .to_json();
-        let d = open_downlink(&bytes, &dev, Some(&cloud.public())).unwrap();
+        let d = open_downlink(&bytes, &dev, &cloud.public()).unwrap();
         assert_eq!(d, downlink("dev-1", 7));
     }
 
@@ -1090,42 +1066,25 @@ mod tests {
             .sign(DOWNLINK_PAYLOAD_TYPE, &downlink("dev-1", 7).encode())
             .to_json();
         assert!(matches!(
-            open_downlink(&forged, &dev, Some(&cloud.public())),
+            open_downlink(&forged, &dev, &cloud.public()),
             Err(DownlinkError::Envelope(EnvelopeError::BadSignature))
         ));
         let other = cloud
             .sign(DOWNLINK_PAYLOAD_TYPE, &downlink("dev-2", 7).encode())
             .to_json();
         assert!(matches!(
-            open_downlink(&other, &dev, Some(&cloud.public())),
+            open_downlink(&other, &dev, &cloud.public()),
             Err(DownlinkError::OtherDevice(_))
         ));
         let wrong_type = cloud
             .sign(USAGE_PAYLOAD_TYPE, &downlink("dev-1", 7).encode())
             .to_json();
-        assert!(open_downlink(&wrong_type, &dev, Some(&cloud.public())).is_err());
-        assert!(open_downlink(&wrong_type, &dev, None).is_err());
-        assert!(open_downlink(b"{}", &dev, None).is_err());
+        assert!(open_downlink(&wrong_type, &dev, &cloud.public()).is_err());
+        assert!(open_downlink(b"{}", &dev, &cloud.public()).is_err());
         let garbage = cloud.sign(DOWNLINK_PAYLOAD_TYPE, b"{\"v\":1}").to_json();
         assert!(matches!(
-            open_downlink(&garbage, &dev, None),
+            open_downlink(&garbage, &dev, &cloud.public()),
             Err(DownlinkError::Payload(_))
-        ));
-    }
-
-    #[test]
-    fn without_a_cloud_key_any_parsable_downlink_for_us_opens() {
-        let dev = DeviceId::parse("dev-1").unwrap();
-        let bytes = KeyPair::generate()
-            .sign(DOWNLINK_PAYLOAD_TYPE, &downlink("dev-1", 3).encode())
-            .to_json();
-        assert!(open_downlink(&bytes, &dev, None).is_ok());
-        let other = KeyPair::generate()
-            .sign(DOWNLINK_PAYLOAD_TYPE, &downlink("dev-9", 3).encode())
-            .to_json();
-        assert!(matches!(
-            open_downlink(&other, &dev, None),
-            Err(DownlinkError::OtherDevice(_))
         ));
     }
 
@@ -1189,7 +1148,7 @@ mod tests {
             topics: Topics::default(),
             mqtt,
             uplink: UplinkSettings::default(),
-            cloud_key: None,
+            cloud_key: KeyPair::generate().public(),
             clock,
             stats: UplinkStats::new(),
         };
@@ -1198,7 +1157,7 @@ mod tests {
     }
 
     /// A session that is never connected, for feeding it downlinks directly.
-    fn offline_uplink(outbox: Arc<dyn Outbox>, cloud_key: Option<PublicKey>) -> Uplink {
+    fn offline_uplink(outbox: Arc<dyn Outbox>, cloud_key: PublicKey) -> Uplink {
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(t0()));
         let rt = AgentRuntime {
             outbox,
@@ -1225,7 +1184,7 @@ mod tests {
             OutboxLimits::default(),
             Arc::new(ManualClock::new(t0())),
         ));
-        let mut up = offline_uplink(outbox.clone(), Some(cloud.public()));
+        let mut up = offline_uplink(outbox.clone(), cloud.public());
         let policy = |auto_reorder: bool, after_s: i64| {
             let d = Downlink {
                 v: 1,
@@ -1252,5 +1211,54 @@ mod tests {
         up.on_downlink(&opted_out).await;
         up.on_downlink(&policy(true, 30)).await;
         assert_eq!(outbox.policy().unwrap(), Some(true));
+    }
+
+    /// Report numbers are small and sequential, so anyone who can publish on `.../down`
+    /// could guess them: only an ack signed by the cloud's key may delete events.
+    #[tokio::test]
+    async fn an_ack_signed_by_another_key_deletes_nothing() {
+        let cloud = KeyPair::generate();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(t0()));
+        let outbox: Arc<dyn Outbox> =
+            Arc::new(MemoryOutbox::new(OutboxLimits::default(), clock.clone()));
+        for _ in 0..3 {
+            outbox
+                .append(NewEvent {
+                    kind: EventKind::parse("brew").unwrap(),
+                    qty: 1,
+                    occurred_at: t0(),
+                    attrs: BTreeMap::new(),
+                    clock_suspect: false,
+                })
+                .unwrap();
+        }
+        let batch = outbox
+            .build_report(10, MAX_REPORT_BODY_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.events.len(), 3);
+        let mut up = offline_uplink(outbox.clone(), cloud.public());
+        let ack = downlink("dev-1", batch.report_seq).encode();
+        let forged = KeyPair::generate()
+            .sign(DOWNLINK_PAYLOAD_TYPE, &ack)
+            .to_json();
+        up.on_downlink(&forged).await;
+        // An unsigned look-alike: the cloud's keyid, no valid signature.
+        let mut unsigned = cloud.sign(DOWNLINK_PAYLOAD_TYPE, &ack);
+        unsigned.signatures[0].sig = String::new();
+        up.on_downlink(&unsigned.to_json()).await;
+        let stats = up.rt.stats.snapshot();
+        assert_eq!(stats.downlinks_ignored, 2);
+        assert_eq!((stats.reports_acked, stats.events_acked), (0, 0));
+        assert_eq!(
+            outbox.stats().unwrap().depth,
+            3,
+            "a forged ack must not delete anything"
+        );
+        // The genuine ack does.
+        up.on_downlink(&cloud.sign(DOWNLINK_PAYLOAD_TYPE, &ack).to_json())
+            .await;
+        assert_eq!(outbox.stats().unwrap().depth, 0);
+        assert_eq!(up.rt.stats.snapshot().events_acked, 3);
     }
 }
