@@ -437,27 +437,53 @@ fn withdraw_fulfilment(
     tx_id: &str,
     now: DateTime<Utc>,
 ) -> Result<(), OrdersError> {
+    match withdraw_unsent_fulfilment(tx, tx_id, "order_cancelled", now)? {
+        Withdrawal::Withdrawn | Withdrawal::Nothing => Ok(()),
+        Withdrawal::Attempted { delivery, status } => Err(OrdersError::HandedOver {
+            tx_id: tx_id.to_owned(),
+            delivery,
+            status,
+        }),
+    }
+}
+
+/// What [`withdraw_unsent_fulfilment`] found.
+enum Withdrawal {
+    /// The webhook had never been tried; it is cancelled now.
+    Withdrawn,
+    /// No webhook (handed over without one), or it was cancelled already.
+    Nothing,
+    /// It has been attempted (the shop may have acted on it): left as it is.
+    Attempted {
+        /// The delivery.
+        delivery: i64,
+        /// Its status.
+        status: String,
+    },
+}
+
+/// Cancels the order's fulfilment webhook with `reason` if it has never been tried.
+fn withdraw_unsent_fulfilment(
+    tx: &Connection,
+    tx_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Withdrawal, OrdersError> {
     let key = IdempotencyKey::parse(&format!("order:{tx_id}"))?;
     let row: Option<(i64, String, i64)> = tx
-        .query_row(
-            "SELECT id, status, attempts FROM deliveries WHERE idempotency_key = ?1",
-            [key.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .prepare_cached("SELECT id, status, attempts FROM deliveries WHERE idempotency_key = ?1")?
+        .query_row([key.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((id, status, attempts)) = row else {
-        return Ok(());
+    let Some((delivery, status, attempts)) = row else {
+        return Ok(Withdrawal::Nothing);
     };
-    if status == "cancelled"
-        || (attempts == 0 && crate::delivery::cancel(tx, id, "order_cancelled", now)?)
-    {
-        return Ok(());
+    if status == "cancelled" {
+        return Ok(Withdrawal::Nothing);
     }
-    Err(OrdersError::HandedOver {
-        tx_id: tx_id.to_owned(),
-        delivery: id,
-        status,
-    })
+    if attempts == 0 && crate::delivery::cancel(tx, delivery, reason, now)? {
+        return Ok(Withdrawal::Withdrawn);
+    }
+    Ok(Withdrawal::Attempted { delivery, status })
 }
 
 /// What [`hand_off_to_fulfilment`] reads of an order.
@@ -627,6 +653,8 @@ fn close_refilled(
     if !open {
         return Ok(());
     }
+    // Refilled before the shop was told of the order: it must not ship it too.
+    withdraw_unsent_fulfilment(tx, prev, "order_delivered", v.received_at)?;
     let index = ledger.push(
         tx,
         &NewEntry {
@@ -746,7 +774,12 @@ pub fn change(
             (TxStatus::Cancelled, None)
         }
         (Action::Cancel, _) => return Err(not_allowed("cancelled")),
-        (Action::Deliver, TxStatus::Accepted) => (TxStatus::Delivered, None),
+        (Action::Deliver, TxStatus::Accepted) => {
+            // Delivered before the shop was told (the goods came from elsewhere): the shop
+            // must not ship it as well. Once told, the shop's own delivery is this one.
+            withdraw_unsent_fulfilment(&tx, tx_id, "order_delivered", now)?;
+            (TxStatus::Delivered, None)
+        }
         (Action::Deliver, _) => return Err(not_allowed("delivered")),
     };
     let mut ledger = Appender::begin(&tx)?;

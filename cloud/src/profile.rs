@@ -489,6 +489,15 @@ pub fn erase(
             params![old, pseudonym],
         )?;
     }
+    // Fulfilment webhooks of the member's orders (queued until the cancellation window
+    // closes, or kept after sending) name the member: from now on by the pseudonym. A
+    // pending one still goes out: erasure does not cancel a purchase.
+    tx.execute(
+        "UPDATE deliveries SET payload = json_set(payload, '$.member_id', ?1)
+         WHERE purpose = 'fulfilment'
+           AND idempotency_key IN (SELECT 'order:' || tx_id FROM orders WHERE member_id = ?1)",
+        [&pseudonym],
+    )?;
     tx.execute("DELETE FROM members WHERE id = ?1", [old])?;
     tx.commit()?;
     Ok(Some(Erased {

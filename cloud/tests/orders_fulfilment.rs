@@ -93,6 +93,11 @@ async fn shop() -> Shop {
 impl Shop {
     /// The device orders for `slot`; the ingest decides.
     fn order(&mut self, tx_id: &str, slot: &str) -> TxStatus {
+        self.order_after(tx_id, slot, None)
+    }
+
+    /// As [`Shop::order`], saying the slot's previous order `refilled` arrived since.
+    fn order_after(&mut self, tx_id: &str, slot: &str, refilled: Option<&str>) -> TxStatus {
         self.counter += 1;
         let device = DeviceId::parse("d1").unwrap();
         let t = Transaction {
@@ -111,7 +116,7 @@ impl Shop {
                 threshold: 2,
             },
             created_at: self.clock.now(),
-            refilled: None,
+            refilled: refilled.map(|r| TxId::parse(r).unwrap()),
         };
         let topics = Topics::default();
         let info = rollcall_cloud::registry::device_info(&self.conn, &device).unwrap();
@@ -234,4 +239,71 @@ async fn a_cancellation_after_the_shop_was_told_is_refused_and_changes_nothing()
     );
     let v = rollcall_cloud::ledger::verify(&s.conn, &s.cloud.public(), 1, |_, _| {}).unwrap();
     assert_eq!((v.ok, v.entries), (true, Some(1)));
+}
+
+#[tokio::test]
+async fn an_order_delivered_or_refilled_before_the_shop_was_told_is_not_shipped_as_well() {
+    let mut s = shop().await;
+    assert_eq!(s.order("tx-d", "pods"), TxStatus::Accepted);
+    assert_eq!(s.order("tx-e", "milk"), TxStatus::Accepted);
+    s.clock.advance(Duration::hours(1));
+    // Staff mark one order delivered (the goods came from elsewhere) ...
+    let now = s.clock.now();
+    let o = orders::change(
+        &mut s.conn,
+        &s.cloud,
+        &s.rules,
+        "tx-d",
+        Action::Deliver,
+        None,
+        now,
+    )
+    .unwrap();
+    assert_eq!(o.status, "delivered");
+    // ... and the device says the other slot was refilled, with its next order.
+    s.clock.advance(Duration::hours(1));
+    assert_eq!(
+        s.order_after("tx-f", "milk", Some("tx-e")),
+        TxStatus::Accepted
+    );
+    for tx in ["tx-d", "tx-e"] {
+        assert_eq!(
+            s.delivery(tx),
+            ("cancelled".into(), Some("order_delivered".into())),
+            "{tx}"
+        );
+    }
+    s.clock.advance(Duration::days(2));
+    s.dispatch().await;
+    assert_eq!(
+        s.shop_heard(),
+        vec![("order.accepted".to_owned(), "tx-f".to_owned())],
+        "only the order still open reaches the shop"
+    );
+}
+
+#[tokio::test]
+async fn an_erased_members_pending_order_still_ships_but_under_the_pseudonym() {
+    let mut s = shop().await;
+    assert_eq!(s.order("tx-g", "pods"), TxStatus::Accepted);
+    s.clock.advance(Duration::hours(1));
+    let now = s.clock.now();
+    let erased = rollcall_cloud::profile::erase(&mut s.conn, &MemberId::parse("m1").unwrap(), now)
+        .unwrap()
+        .expect("the member existed");
+    s.clock.advance(Duration::days(2));
+    s.dispatch().await;
+    let heard = s.receiver.accepted();
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0].body["tx_id"], "tx-g");
+    assert_eq!(heard[0].body["member_id"], erased.pseudonym.as_str());
+    let stored: String = s
+        .conn
+        .query_row(
+            "SELECT payload FROM deliveries WHERE idempotency_key = 'order:tx-g'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!stored.contains("\"m1\""), "{stored}");
 }
