@@ -5,7 +5,7 @@
 //!
 //! The console shows everything at work: outreach goes to the device displays and to the
 //! cloud's built-in webhook sink (`/console/sink`), accepted orders are handed to
-//! fulfilment there too, and a simulated phone line calls the telephony webhook now and
+//! fulfilment there too (once their cancellation window has closed), and a simulated phone line calls the telephony webhook now and
 //! then from a random member's number (signed like Twilio), so the screen-pop
 //! (`/console/calls`) changes by itself.
 //!

@@ -133,9 +133,16 @@ impl DeviceSender {
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             let msg = Inbound { topic: p.topic.clone(), payload: p.payload.to_vec(), received_at: clock.now() };
-                            if let Err(TrySendError::Full(_)) = queue.try_send(msg) {
-                                metrics.receipts_dropped.inc();
-                                tracing::debug!("Receipt writer behind; dropped a receipt (the message is sent again)");
+                            match queue.try_send(msg) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => {
+                                    metrics.receipts_dropped.inc();
+                                    tracing::debug!("Receipt writer behind; dropped a receipt (the message is sent again)");
+                                }
+                                Err(TrySendError::Closed(_)) => {
+                                    metrics.receipts_dropped.inc();
+                                    tracing::error!("The receipt writer has stopped; a receipt was dropped (device messages are sent again, then end dead)");
+                                }
                             }
                         }
                         Ok(_) => {}

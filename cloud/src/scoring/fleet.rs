@@ -7,8 +7,9 @@
 //! number seen, the `events_commit_seq` index). The newest number is read before the
 //! events, and write transactions take their numbers in commit order, so every event up
 //! to it is visible: an event received long before it was committed (a held report
-//! released a day later, a slow batch) is still read. (An event committed meanwhile may be
-//! read twice; active days are a set, so that changes nothing.)
+//! released a day later, a slow batch) is still read, and each event is read once (one
+//! committed between a load's number and its events may be read again by the next
+//! refresh; active days are a set, so that changes nothing).
 //!
 //! Two rules about time make the summaries honest:
 //!
