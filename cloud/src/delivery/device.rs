@@ -139,7 +139,7 @@ impl DeviceSender {
                                     metrics.receipts_dropped.inc();
                                     tracing::debug!("Receipt writer behind; dropped a receipt (the message is sent again)");
                                 }
-                                Err(TrySendError::Closed(_)) => {
+                                Err(TrySendError::Disconnected(_)) => {
                                     metrics.receipts_dropped.inc();
                                     tracing::error!("The receipt writer has stopped; a receipt was dropped (device messages are sent again, then end dead)");
                                 }
