@@ -1165,7 +1165,7 @@ mod tests {
     #[test]
     fn a_report_that_conflicts_part_way_stores_none_of_its_events() {
         let key = KeyPair::generate();
-        let (dir, mut conn) = crate::store::test_store_with_device(&key);
+        let (_dir, mut conn) = crate::store::test_store_with_device(&key);
         let topics = Topics::default();
         let device = DeviceId::parse("d1").unwrap();
         let info = crate::registry::device_info(&conn, &device).unwrap();
@@ -1314,7 +1314,7 @@ mod tests {
     #[test]
     fn payloads_that_fail_before_the_signature_check_are_kept_cut_to_a_few_kb() {
         let (key, stranger) = (KeyPair::generate(), KeyPair::generate());
-        let (dir, mut conn) = crate::store::test_store_with_device(&key);
+        let (_dir, mut conn) = crate::store::test_store_with_device(&key);
         let topics = Topics::default();
         let d1 = DeviceId::parse("d1").unwrap();
         let info = crate::registry::device_info(&conn, &d1).unwrap();

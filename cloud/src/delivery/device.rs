@@ -422,7 +422,7 @@ mod tests {
     fn receipts_are_checked_before_anything_is_written_and_refused_ones_are_quarantined_by_reason()
     {
         let (key, stranger) = (KeyPair::generate(), KeyPair::generate());
-        let (dir, mut conn) = crate::store::test_store_with_device(&key);
+        let (_dir, mut conn) = crate::store::test_store_with_device(&key);
         let now = Utc::now();
         let tx = conn.transaction().unwrap();
         let queued = crate::delivery::enqueue(
