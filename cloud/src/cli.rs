@@ -359,6 +359,16 @@ pub enum QuarantineCmd {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Delete quarantined messages last seen more than N days ago. Held reports lose
+    /// nothing: their agents keep them until acked and send them again.
+    Purge {
+        /// Age in days (by last sighting); 0 purges everything of the state.
+        #[arg(long)]
+        older_than_days: u32,
+        /// Only this state.
+        #[arg(long, value_parser = ["held", "rejected", "released"])]
+        state: Option<String>,
+    },
 }
 
 /// `keys …`.
@@ -444,6 +454,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Quarantine(QuarantineCmd::Purge {
+            older_than_days,
+            state,
+        }) => {
+            let conn = crate::store::open_writer(&cfg.data_dir)?;
+            let before = clock.now() - chrono::Duration::days(i64::from(older_than_days));
+            let purged = crate::ingest::purge_quarantine(&conn, state.as_deref(), before)?;
+            println!("{}", serde_json::json!({ "purged": purged }));
             Ok(())
         }
         Command::Score { as_of, json } => score(cfg, clock, as_of, json),

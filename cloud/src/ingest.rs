@@ -24,7 +24,8 @@
 //! [`MAX_REJECTED`] rejected rows, and of a message whose signature did not verify only the
 //! first [`MAX_UNVERIFIED_PAYLOAD_KEPT`] bytes. What is not kept is still rejected (and
 //! acked, counted in `rollcall_ingest_rejected_total`), and is counted in the row
-//! `dropped:{reason}` and in `rollcall_quarantine_dropped_total{reason}`.
+//! `dropped:{reason}` and in `rollcall_quarantine_dropped_total{reason}`. Operators make
+//! room with `rollcall-cloud quarantine purge` ([`purge_quarantine`]).
 
 use crate::ledger::{Appender, LedgerError};
 use crate::orders::{OrderRules, OrdersError, TxResult, VerifiedTx};
@@ -1129,6 +1130,20 @@ pub fn list_quarantine(
     rows.collect()
 }
 
+/// Deletes the quarantine rows (of `state`, or all) last seen before `before`, and
+/// returns how many: the way to make room once the limits are reached. Held reports lose
+/// nothing: they are never acked, so their agents keep them and send them again.
+pub fn purge_quarantine(
+    conn: &Connection,
+    state: Option<&str>,
+    before: DateTime<Utc>,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM quarantine WHERE last_seen_ms < ?2 AND (?1 IS NULL OR state = ?1)",
+        params![state, before.timestamp_millis()],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1309,6 +1324,37 @@ mod tests {
         assert!(m
             .encode()
             .contains("rollcall_quarantine_dropped_total{reason=\"malformed\"} 2"));
+
+        // Purging what was last seen long ago makes room again, and the kept count follows.
+        let purged = purge_quarantine(
+            &conn,
+            Some("rejected"),
+            DateTime::from_timestamp_millis(1).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(purged as i64, MAX_REJECTED - 1);
+        assert_eq!(quarantine_rows(&conn, "rejected"), 1, "junk 1, seen now");
+        let all: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM quarantine WHERE state = 'rejected'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(all, 2, "and the row counting the dropped ones");
+        let counted: i64 = conn
+            .query_row(
+                "SELECT n FROM quarantine_counts WHERE state = 'rejected'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counted, 2);
+        let out = commit(&mut conn, &[check(&topics, junk(4), &|_| None)], 4096, None).unwrap();
+        assert!(
+            out.quarantine_dropped.is_empty(),
+            "room again after the purge"
+        );
     }
 
     #[test]
