@@ -962,27 +962,14 @@ mod tests {
 
     impl World {
         fn send(&mut self, t: &Transaction) -> ingest::BatchOutcome {
-            let topics = Topics::default();
-            let info = crate::registry::device_info(&self.conn, &t.device_id).unwrap();
-            let msg = Inbound {
-                topic: topics.tx(&t.device_id),
-                payload: self
-                    .device
-                    .sign(TRANSACTION_PAYLOAD_TYPE, &t.encode())
-                    .to_json(),
-                received_at: t0(),
-            };
-            let checked = ingest::check(&topics, msg, &|_| info.clone());
-            assert!(matches!(checked, Checked::Transaction(_)));
-            let ctx = TxContext {
-                rules: &self.rules,
-                key: &self.cloud,
-            };
-            ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
+            let topic = Topics::default().tx(&t.device_id);
+            let outcome =
+                self.commit_signed(&t.device_id, topic, TRANSACTION_PAYLOAD_TYPE, &t.encode());
+            assert!(outcome.1, "the transaction passed the checks");
+            outcome.0
         }
         /// Commits the device's signed status message, as the ingest does.
         fn presence(&mut self, state: Presence, session: u64, n: u64) -> ingest::BatchOutcome {
-            let topics = Topics::default();
             let device = DeviceId::parse("d1").unwrap();
             let status = DeviceStatus {
                 v: rollcall_shared::PROTOCOL_VERSION,
@@ -993,22 +980,34 @@ mod tests {
                 n,
                 health: None,
             };
-            let info = crate::registry::device_info(&self.conn, &device).unwrap();
+            let topic = Topics::default().status(&device);
+            let outcome = self.commit_signed(&device, topic, STATUS_PAYLOAD_TYPE, &status.encode());
+            assert!(outcome.1, "the status passed the checks");
+            outcome.0
+        }
+        /// Signs `payload` with the device key, checks it as the ingest does (as sent by
+        /// `device`) and commits it; also says whether it passed the checks.
+        fn commit_signed(
+            &mut self,
+            device: &DeviceId,
+            topic: String,
+            payload_type: &str,
+            payload: &[u8],
+        ) -> (ingest::BatchOutcome, bool) {
+            let info = crate::registry::device_info(&self.conn, device).unwrap();
             let msg = Inbound {
-                topic: topics.status(&device),
-                payload: self
-                    .device
-                    .sign(STATUS_PAYLOAD_TYPE, &status.encode())
-                    .to_json(),
+                topic,
+                payload: self.device.sign(payload_type, payload).to_json(),
                 received_at: t0(),
             };
-            let checked = ingest::check(&topics, msg, &|_| info.clone());
-            assert!(matches!(checked, Checked::Status { .. }));
+            let checked = ingest::check(&Topics::default(), msg, &|_| info.clone());
+            let passed = matches!(checked, Checked::Transaction(_) | Checked::Status { .. });
             let ctx = TxContext {
                 rules: &self.rules,
                 key: &self.cloud,
             };
-            ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap()
+            let outcome = ingest::commit(&mut self.conn, &[checked], 4096, Some(&ctx)).unwrap();
+            (outcome, passed)
         }
         fn notified(&self, tx_id: &str) -> Option<String> {
             self.conn
