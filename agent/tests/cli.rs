@@ -223,17 +223,11 @@ fn bad_arguments_exit_2_with_usage() {
 #[test]
 fn a_full_outbox_refuses_with_the_limit_and_exit_3() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[outbox]\nmax_events = 3\nwhen_full = \"reject\"\n",
-            data
-        ),
-    )
-    .unwrap();
-    let c = config.to_str().unwrap();
+    let config = config_with_data(
+        dir.path(),
+        "[outbox]\nmax_events = 3\nwhen_full = \"reject\"\n",
+    );
+    let c = config.as_str();
     for expected in 1..=3 {
         let o = run(&["record", "brew", "--config", c]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -281,17 +275,8 @@ fn configuration_errors_name_the_file_and_key() {
 #[test]
 fn an_invalid_override_is_blamed_on_its_flag_or_variable_not_on_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
-            data.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let c = config.to_str().unwrap();
+    let config = config_with_data(dir.path(), "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n");
+    let c = config.as_str();
     let o = agent(&["status", "--config", c])
         .env("ROLLCALL_MQTT_URL", "bogus")
         .output()
@@ -314,6 +299,18 @@ fn an_invalid_override_is_blamed_on_its_flag_or_variable_not_on_the_file() {
     assert!(err.contains("--mqtt-url: mqtt.url: "), "{err}");
 }
 
+/// Writes `dir/agent.toml`: `data_dir` = `dir/data`, then `rest`; returns the file's path.
+fn config_with_data(dir: &Path, rest: &str) -> String {
+    let config = dir.join("agent.toml");
+    let data = dir.join("data");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\n{rest}", data.to_str().unwrap()),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_owned()
+}
+
 /// A configuration file for `run` in `dir` (data in `dir` too), trusting a new cloud key.
 fn daemon_config(dir: &Path) -> String {
     let config = dir.join("agent.toml");
@@ -333,14 +330,9 @@ fn daemon_config(dir: &Path) -> String {
 #[test]
 fn run_without_cloud_public_key_refuses_to_start_and_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
     let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!("data_dir = {:?}\n", data.to_str().unwrap()),
-    )
-    .unwrap();
-    let c = config.to_str().unwrap();
+    let config = config_with_data(dir.path(), "");
+    let c = config.as_str();
     let url = format!("mqtt://127.0.0.1:{}", free_port());
     let o = run(&["run", "--config", c, "--mqtt-url", &url]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
