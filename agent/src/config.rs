@@ -870,36 +870,27 @@ idle_timeout_s = 60
             e,
             "config/agent.toml: uplink.batch_max_events: must be between 1 and 1000, not 5000"
         );
-        let e = load_text("[uplink]\nreconnect_min_ms = 10\nreconnect_max_ms = 5\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("uplink.reconnect_min_ms"), "{e}");
-        let e = load_text("[mqtt]\nkeep_alive_s = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("mqtt.keep_alive_s"), "{e}");
-        let e = load_text("[outbox]\nmax_events = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("outbox.max_events"), "{e}");
-        let e = load_text("[socket]\nmax_connections = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "config/agent.toml: socket.max_connections: must be between 1 and 512, not 0"
-        );
-        let e = load_text("[socket]\nidle_timeout_s = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("socket.idle_timeout_s"), "{e}");
-        let e = load_text("[socket]\nmax_connection = 5\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("max_connection"),
-            "unknown socket keys are refused: {e}"
-        );
+        for (text, names) in [
+            (
+                "[uplink]\nreconnect_min_ms = 10\nreconnect_max_ms = 5\n",
+                "uplink.reconnect_min_ms",
+            ),
+            ("[mqtt]\nkeep_alive_s = 0\n", "mqtt.keep_alive_s"),
+            ("[outbox]\nmax_events = 0\n", "outbox.max_events"),
+            (
+                "[socket]\nmax_connections = 0\n",
+                "socket.max_connections: must be between 1 and 512, not 0",
+            ),
+            ("[socket]\nidle_timeout_s = 0\n", "socket.idle_timeout_s"),
+            // Unknown socket keys are refused.
+            ("[socket]\nmax_connection = 5\n", "max_connection"),
+        ] {
+            let e = load_text(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("config/agent.toml: ") && e.contains(names),
+                "{text:?}: {e}"
+            );
+        }
         let e = load_text("[outbox]\nwhen_full = \"panic\"\n")
             .unwrap_err()
             .to_string();
