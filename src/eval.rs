@@ -75,6 +75,22 @@ pub struct Evaluation {
     pub engaged_member_days: u64,
     /// Per simulator profile: how its member-days rank among all others.
     pub by_profile: BTreeMap<String, ProfileRanking>,
+    /// Per simulator profile, per predictor (`model`, `silent_14d`, `gap_3x`): where the
+    /// flags fall (which profiles the false alarms and the slow catches come from).
+    pub flags_by_profile: BTreeMap<String, BTreeMap<String, ProfileFlags>>,
+}
+
+/// One predictor's flags on the members of one profile.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct ProfileFlags {
+    /// The profile's members who truly dropped out in the window.
+    pub dropouts: u64,
+    /// Of those, flagged on or after the drop-out.
+    pub caught: u64,
+    /// Median lead days of those caught (null when none).
+    pub median_lead_days: f64,
+    /// Flags that started in the window and were not followed by a drop-out.
+    pub false_alarms: u64,
 }
 
 /// How one profile's labelled member-days rank among all others, per predictor
@@ -197,7 +213,9 @@ impl Subject<'_> {
 
 /// Runs the evaluation of the store in `data_dir` against `truth`.
 pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Evaluation> {
-    let conn = rollcall_cloud::store::open_reader(data_dir)
+    // The writer brings a store simulated by an older build up to date first.
+    let conn = rollcall_cloud::store::open_writer(data_dir)
+        .and_then(|_| rollcall_cloud::store::open_reader(data_dir))
         .with_context(|| format!("Failed to open the store in {}", data_dir.display()))?;
     let from_date = truth.start + Duration::days(i64::from(opts.warmup_days));
     let to_date = truth.end - Duration::days(1);
@@ -299,10 +317,17 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
         })
         .count();
     let by_profile = rank_by_profile(&samples, &profile_of);
-    let mut figures = PREDICTORS
-        .iter()
-        .enumerate()
-        .map(|(p, _)| flag_figures(&subjects, p, &dates, from_date, to_date, engaged_days));
+    let mut flags_by_profile: BTreeMap<String, BTreeMap<String, ProfileFlags>> = BTreeMap::new();
+    let mut figures = PREDICTORS.iter().enumerate().map(|(p, name)| {
+        let (f, per_profile) = flag_figures(&subjects, p, &dates, from_date, to_date, engaged_days);
+        for (prof, pf) in per_profile {
+            flags_by_profile
+                .entry(prof)
+                .or_default()
+                .insert((*name).to_owned(), pf);
+        }
+        f
+    });
     let mut with_auc = |p: usize, f: Figures| Figures {
         auc: auc(&mut samples[p]),
         ..f
@@ -323,6 +348,7 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
         dropouts,
         engaged_member_days: engaged_days,
         by_profile,
+        flags_by_profile,
     })
 }
 
@@ -334,18 +360,22 @@ fn flag_figures(
     from: NaiveDate,
     to: NaiveDate,
     engaged_days: u64,
-) -> Figures {
+) -> (Figures, BTreeMap<String, ProfileFlags>) {
     let (mut alarms, mut true_alarms, mut dropouts, mut caught) = (0u64, 0u64, 0u64, 0u64);
     let mut leads: Vec<i64> = Vec::new();
+    let mut per_profile: BTreeMap<String, (ProfileFlags, Vec<i64>)> = BTreeMap::new();
     for s in subjects.iter().flatten() {
         let flags = &s.flags[p];
         let dropout = s.truth.dropout;
+        let (mine, my_leads) = per_profile.entry(s.truth.profile.clone()).or_default();
         // Flags that start inside the window (one already up on its first day started before).
         for d in 1..flags.len() {
             if flags[d] && !flags[d - 1] {
                 alarms += 1;
                 if dropout.is_some_and(|x| dates[d] + Duration::days(14) >= x) {
                     true_alarms += 1;
+                } else {
+                    mine.false_alarms += 1;
                 }
             }
         }
@@ -353,6 +383,7 @@ fn flag_figures(
             continue;
         };
         dropouts += 1;
+        mine.dropouts += 1;
         // The first flagged day on or after the drop-out, then back to its flag's start.
         let Some(first) = (0..flags.len()).find(|d| dates[*d] >= x && flags[*d]) else {
             continue;
@@ -362,16 +393,19 @@ fn flag_figures(
             start -= 1;
         }
         caught += 1;
-        leads.push((dates[start] - x).num_days());
+        mine.caught += 1;
+        let lead = (dates[start] - x).num_days();
+        leads.push(lead);
+        my_leads.push(lead);
     }
-    leads.sort_unstable();
-    let median = if leads.is_empty() {
-        f64::NAN
-    } else if leads.len() % 2 == 0 {
-        (leads[leads.len() / 2 - 1] + leads[leads.len() / 2]) as f64 / 2.0
-    } else {
-        leads[leads.len() / 2] as f64
-    };
+    let per_profile = per_profile
+        .into_iter()
+        .map(|(prof, (f, mut l))| {
+            let median_lead_days = median(&mut l);
+            (prof, ProfileFlags { median_lead_days, ..f })
+        })
+        .collect();
+    let median = median(&mut leads);
     let ratio = |a: u64, b: u64| {
         if b == 0 {
             f64::NAN
@@ -379,12 +413,23 @@ fn flag_figures(
             a as f64 / b as f64
         }
     };
-    Figures {
+    let figures = Figures {
         auc: f64::NAN,
         precision: ratio(true_alarms, alarms),
         recall: ratio(caught, dropouts),
         median_lead_days: median,
         false_alarms_per_1000: 1000.0 * ratio(alarms - true_alarms, engaged_days),
+    };
+    (figures, per_profile)
+}
+
+/// The median of `v` (the mean of the middle two for an even count; NaN when empty).
+fn median(v: &mut [i64]) -> f64 {
+    v.sort_unstable();
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0,
+        n => v[n / 2] as f64,
     }
 }
 

@@ -81,6 +81,15 @@ pub enum StoreError {
         /// Newest this build knows.
         supported: i64,
     },
+    /// The database was written by an older Rollcall and not migrated yet (readers do not
+    /// migrate; the writer does when it opens the store).
+    #[error("the store is at schema version {found}, older than this build's {supported}; start `rollcall-cloud serve` (or any command that writes) once to migrate it")]
+    TooOld {
+        /// Version on disk.
+        found: i64,
+        /// Version this build reads.
+        supported: i64,
+    },
     /// The rows an older version kept in the store could not be moved into the audit log.
     #[error("moving the audit log rows of {from} into {to}: {source} (both files are unchanged; move the clashing rows by hand or ask for help)")]
     AuditMove {
@@ -545,6 +554,22 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Less => {
+            return Err(StoreError::TooOld {
+                found,
+                supported: SCHEMA_VERSION,
+            })
+        }
+        std::cmp::Ordering::Greater => {
+            return Err(StoreError::TooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            })
+        }
+        std::cmp::Ordering::Equal => {}
+    }
     // A page cache large enough for the engagement summary's index scans (allocated as
     // used; SQLite empties it whenever another connection has written).
     conn.pragma_update(None, "cache_size", -65_536)?;
@@ -709,5 +734,21 @@ mod tests {
             open_writer(dir.path()),
             Err(StoreError::TooNew { .. })
         ));
+        assert!(matches!(
+            open_reader(dir.path()),
+            Err(StoreError::TooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn a_reader_refuses_a_store_not_yet_migrated_and_says_how_to_migrate_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(dir.path()).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION - 1)
+            .unwrap();
+        drop(c);
+        let err = open_reader(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::TooOld { .. }), "{err:?}");
+        assert!(err.to_string().contains("rollcall-cloud serve"), "{err}");
     }
 }
