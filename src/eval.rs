@@ -28,6 +28,9 @@
 //! non-silent one (`auc_positives`), and of every silent member-day against that
 //! profile's non-silent ones (`auc_negatives`). A predictor that ranks, say, holiday
 //! members too close to drop-outs shows a low `auc_negatives` for `holiday`.
+//! `flags_by_profile` splits the flag figures the same way: per profile and predictor,
+//! drop-outs caught, their median lead and the false alarms (which profiles pay for an
+//! earlier flag).
 
 use crate::sim::truth::{MemberTruth, Truth};
 use anyhow::{bail, Context, Result};
@@ -81,7 +84,7 @@ pub struct Evaluation {
 }
 
 /// One predictor's flags on the members of one profile.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ProfileFlags {
     /// The profile's members who truly dropped out in the window.
     pub dropouts: u64,
@@ -91,6 +94,18 @@ pub struct ProfileFlags {
     pub median_lead_days: f64,
     /// Flags that started in the window and were not followed by a drop-out.
     pub false_alarms: u64,
+}
+
+impl Default for ProfileFlags {
+    /// No drop-outs, no catches (so no lead), no false alarms.
+    fn default() -> Self {
+        ProfileFlags {
+            dropouts: 0,
+            caught: 0,
+            median_lead_days: f64::NAN,
+            false_alarms: 0,
+        }
+    }
 }
 
 /// How one profile's labelled member-days rank among all others, per predictor
@@ -402,7 +417,13 @@ fn flag_figures(
         .into_iter()
         .map(|(prof, (f, mut l))| {
             let median_lead_days = median(&mut l);
-            (prof, ProfileFlags { median_lead_days, ..f })
+            (
+                prof,
+                ProfileFlags {
+                    median_lead_days,
+                    ..f
+                },
+            )
         })
         .collect();
     let median = median(&mut leads);
@@ -513,12 +534,42 @@ pub fn table(e: &Evaluation) -> String {
             cells(&r.auc_negatives)
         ));
     }
+    out.push_str("\nBy profile: drop-outs caught / drop-outs, median lead days, false alarms\n\n");
+    out.push_str(&format!("{:<10}", "profile"));
+    for p in PREDICTORS {
+        out.push_str(&format!("   {p:>10} {:>5} {:>4}", "lead", "FA"));
+    }
+    out.push('\n');
+    for (prof, per) in &e.flags_by_profile {
+        out.push_str(&format!("{prof:<10}"));
+        for p in PREDICTORS {
+            let f = per.get(p).copied().unwrap_or_default();
+            let lead = if f.median_lead_days.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", f.median_lead_days)
+            };
+            out.push_str(&format!(
+                "   {:>10} {lead:>5} {:>4}",
+                format!("{}/{}", f.caught, f.dropouts),
+                f.false_alarms
+            ));
+        }
+        out.push('\n');
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [5, 1, 3]), 3.0);
+        assert_eq!(median(&mut [4, -2, 1, 9]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
 
     #[test]
     fn auc_is_one_for_a_perfect_ranking_and_half_for_ties() {
@@ -586,8 +637,39 @@ mod tests {
             dropouts: 1,
             engaged_member_days: 4,
             by_profile: r,
+            flags_by_profile: BTreeMap::from([(
+                "dropout".to_owned(),
+                BTreeMap::from([
+                    (
+                        "model".to_owned(),
+                        ProfileFlags {
+                            dropouts: 2,
+                            caught: 1,
+                            median_lead_days: 3.0,
+                            false_alarms: 4,
+                        },
+                    ),
+                    (
+                        "gap_3x".to_owned(),
+                        ProfileFlags {
+                            dropouts: 2,
+                            ..ProfileFlags::default()
+                        },
+                    ),
+                ]),
+            )]),
         };
         let text = table(&e);
+        let flags = text
+            .lines()
+            .skip_while(|l| !l.contains("drop-outs caught"))
+            .find(|l| l.starts_with("dropout"))
+            .unwrap();
+        assert_eq!(
+            flags.split_whitespace().collect::<Vec<_>>(),
+            ["dropout", "1/2", "3.0", "4", "0/0", "-", "0", "0/2", "-", "0"],
+            "{text}"
+        );
         let daily = text.lines().find(|l| l.starts_with("daily")).unwrap();
         assert!(!text.contains("NaN"), "{text}");
         assert_eq!(
