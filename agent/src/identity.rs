@@ -15,7 +15,9 @@
 //! hard-linked to the final name (`link` fails if that exists: another process won, and
 //! its file is used), after which the temporary name is removed and the directory
 //! fsync'd. So a reader never sees an empty or half-written key or id, not even after a
-//! power cut during first start.
+//! power cut during first start. A temporary file that a crash or power cut left behind
+//! (it may hold a copy of the secret seed) is removed at the next start once it is older
+//! than [`STALE_TMP_AGE`], which no live writer ever takes between creating and removing it.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -31,6 +33,9 @@ use std::path::{Path, PathBuf};
 pub const KEY_FILE: &str = "device.key";
 /// File name of the persisted device id inside the data directory.
 pub const ID_FILE: &str = "device.id";
+
+/// Age after which a leftover temporary key or id file is taken to be a crash's leftover.
+pub const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why the identity could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,7 @@ pub fn load_or_create(
     configured: Option<&DeviceId>,
 ) -> Result<Identity, IdentityError> {
     ensure_data_dir(data_dir)?;
+    remove_stale_tmp_files(data_dir, std::time::SystemTime::now())?;
     let key = load_or_create_key(&data_dir.join(KEY_FILE))?;
     let id_path = data_dir.join(ID_FILE);
     let device_id = match read_device_id(data_dir)? {
@@ -221,6 +227,45 @@ fn read_key(path: &Path) -> Result<Option<KeyPair>, IdentityError> {
     Ok(Some(KeyPair::from_seed(seed)))
 }
 
+/// Removes the temporary files [`write_new_file`] left behind for the key or id (a crash
+/// between writing and removing them) that were last modified before `now` −
+/// [`STALE_TMP_AGE`]. Younger ones may belong to a process creating its identity right now.
+fn remove_stale_tmp_files(
+    data_dir: &Path,
+    now: std::time::SystemTime,
+) -> Result<(), IdentityError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| IdentityError::Io { path, source }
+    };
+    let prefixes = [format!(".{KEY_FILE}."), format!(".{ID_FILE}.")];
+    for entry in fs::read_dir(data_dir).map_err(io_err(data_dir))? {
+        let entry = entry.map_err(io_err(data_dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.ends_with(".tmp") || !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            continue;
+        }
+        let path = entry.path();
+        let modified = match entry.metadata().and_then(|m| m.modified()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if now.duration_since(modified).unwrap_or_default() < STALE_TMP_AGE {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "Removed a temporary identity file left by an earlier crash")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Creates a file that must not exist yet, atomically and durably (see the module doc).
 /// `Ok(false)` if it already existed; it is then left as it is.
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<bool, IdentityError> {
@@ -267,6 +312,34 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<bool, Ident
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temporary_key_file_left_by_a_crash_is_removed_once_stale_and_a_fresh_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".device.key.4242-00000000deadbeef.tmp");
+        let fresh = dir.path().join(".device.id.4243-00000000deadbeef.tmp");
+        let other = dir.path().join(".unrelated.tmp");
+        for p in [&stale, &fresh, &other] {
+            fs::write(p, "x").unwrap();
+        }
+        let now = std::time::SystemTime::now();
+        let old = now - STALE_TMP_AGE - std::time::Duration::from_secs(1);
+        for p in [&stale, &other] {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        remove_stale_tmp_files(dir.path(), now).unwrap();
+        assert!(!stale.exists(), "a stale temporary key file is removed");
+        assert!(fresh.exists(), "a young one may belong to a live writer");
+        assert!(other.exists(), "files that are not ours are left alone");
+        // And load_or_create runs the sweep (the fresh one is still young).
+        load_or_create(dir.path(), None).unwrap();
+        assert!(fresh.exists());
+    }
 
     #[test]
     fn the_key_file_is_created_with_mode_0600() {
