@@ -90,6 +90,14 @@ pub enum StoreError {
         /// Version this build reads.
         supported: i64,
     },
+    /// A migration's own code (beyond its SQL) failed; nothing was changed.
+    #[error("migrating the store to schema version {version}: {reason}")]
+    Migration {
+        /// The version being migrated to.
+        version: usize,
+        /// Why.
+        reason: String,
+    },
     /// The rows an older version kept in the store could not be moved into the audit log.
     #[error("moving the audit log rows of {from} into {to}: {source} (both files are unchanged; move the clashing rows by hand or ask for help)")]
     AuditMove {
@@ -497,7 +505,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX events_received;
     "#,
+    // 11: the ledger keeps the root of every perfect subtree (height ≥ 1; leaves are in
+    // `ledger_entries`), so a proof reads O(log² n) hashes instead of every leaf. Filled
+    // for the entries already there by `ledger::backfill_nodes`, run right after this.
+    r#"
+    CREATE TABLE ledger_nodes (
+        height INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (height, idx)
+    ) WITHOUT ROWID;
+    "#,
 ];
+
+/// The migration after which [`crate::ledger::backfill_nodes`] runs (1-based version).
+const LEDGER_NODES_VERSION: usize = 11;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -591,6 +613,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql)?;
+        if i + 1 == LEDGER_NODES_VERSION {
+            crate::ledger::backfill_nodes(&tx).map_err(|e| StoreError::Migration {
+                version: i + 1,
+                reason: e.to_string(),
+            })?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
     tx.commit()?;

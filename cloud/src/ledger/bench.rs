@@ -15,7 +15,7 @@
 //! [`check`]: crate::ingest::check
 //! [`verify`]: super::verify
 
-use super::{verify, Appender, EntryKind, NewEntry};
+use super::{consistency, entry_with_proof, verify, Appender, EntryKind, NewEntry};
 use crate::ingest::{self, Checked, Inbound, TxContext};
 use crate::orders::OrderRules;
 use chrono::{DateTime, Utc};
@@ -92,9 +92,17 @@ pub struct BenchResult {
     pub verify_seconds: f64,
     /// Entries per second.
     pub verify_entries_per_s: f64,
+    /// Median microseconds for one entry with its inclusion proof plus one consistency
+    /// proof to the full size, in the grown ledger ([`PROOFS`] samples).
+    pub proof_us_p50: f64,
+    /// The slowest of those samples.
+    pub proof_us_max: f64,
     /// Size of the store afterwards, bytes.
     pub store_bytes: u64,
 }
+
+/// Proof samples taken after `verify`.
+pub const PROOFS: u64 = 200;
 
 fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-24T08:00:00Z")
@@ -325,6 +333,18 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchResult, BenchError> {
         return Err(BenchError::Sanity(format!("verify failed: {report:?}")));
     }
     let entries = report.entries.unwrap_or(0);
+    // Proofs as the API serves them, at spread-out indices of the grown ledger.
+    let mut proof_us: Vec<f64> = (0..PROOFS)
+        .map(|i| -> Result<f64, BenchError> {
+            let index = (i * 7_919 + 13) % entries.max(1);
+            let started = Instant::now();
+            entry_with_proof(&reader, index)?
+                .ok_or_else(|| BenchError::Sanity(format!("no entry {index}")))?;
+            consistency(&reader, index + 1, entries)?;
+            Ok(started.elapsed().as_secs_f64() * 1e6)
+        })
+        .collect::<Result<_, _>>()?;
+    proof_us.sort_by(f64::total_cmp);
     let store_bytes = std::fs::metadata(dir.join("rollcall.db")).map_or(0, |m| m.len())
         + std::fs::metadata(dir.join("rollcall.db-wal")).map_or(0, |m| m.len());
     Ok(BenchResult {
@@ -335,6 +355,8 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<BenchResult, BenchError> {
         verify_entries: entries,
         verify_seconds,
         verify_entries_per_s: entries as f64 / verify_seconds,
+        proof_us_p50: proof_us.get(proof_us.len() / 2).copied().unwrap_or(0.0),
+        proof_us_max: proof_us.last().copied().unwrap_or(0.0),
         store_bytes,
     })
 }

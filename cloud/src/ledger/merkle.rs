@@ -83,16 +83,28 @@ impl CompactRange {
 
     /// Appends one leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_with(leaf, |_| {});
+    }
+
+    /// Appends one leaf hash and hands `completed` every perfect subtree above the leaf
+    /// that the leaf completes (height ≥ 1, lowest first): what [`NodeStore`] keeps.
+    pub fn push_with(&mut self, leaf: Hash, mut completed: impl FnMut(Node)) {
         let mut node = (0u32, leaf);
+        let size = self.size + 1;
         while let Some(&(h, left)) = self.nodes.last() {
             if h != node.0 {
                 break;
             }
             self.nodes.pop();
             node = (h + 1, node_hash(&left, &node.1));
+            completed(Node {
+                height: node.0,
+                index: (size >> node.0) - 1,
+                hash: node.1,
+            });
         }
         self.nodes.push(node);
-        self.size += 1;
+        self.size = size;
     }
 
     /// The root of the tree so far.
@@ -193,6 +205,125 @@ fn subproof(m: usize, d: &[Hash], complete: bool, out: &mut Vec<Hash>) {
         subproof(m - k, &d[k..], false, out);
         out.push(root(&d[..k]));
     }
+}
+
+/// The root of a perfect subtree: `height` levels above the leaves, the `index`-th one
+/// from the left, covering leaves `index·2^height .. (index+1)·2^height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    /// Levels above the leaves (0: a leaf hash).
+    pub height: u32,
+    /// Position among the subtrees of that height.
+    pub index: u64,
+    /// Its Merkle tree hash.
+    pub hash: Hash,
+}
+
+/// Where the perfect subtrees' roots come from: with them stored, a proof in a tree of
+/// `n` leaves reads `O(log² n)` hashes instead of every leaf.
+pub trait NodeStore {
+    /// Why a node could not be read.
+    type Error: From<ProofError>;
+    /// The root of the perfect subtree (`height`, `index`); height 0 is leaf `index`.
+    fn node(&mut self, height: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// Leaves in memory are a [`NodeStore`] (computing each subtree: for tests and small trees).
+impl NodeStore for &[Hash] {
+    type Error = ProofError;
+    fn node(&mut self, height: u32, index: u64) -> Result<Hash, ProofError> {
+        let lo = usize::try_from(index << height).ok();
+        let hi = lo.and_then(|lo| lo.checked_add(1 << height));
+        match (lo, hi) {
+            (Some(lo), Some(hi)) if hi <= self.len() => Ok(root(&self[lo..hi])),
+            _ => Err(ProofError::BadRequest(format!(
+                "no subtree ({height}, {index}) in a tree of {} leaves",
+                self.len()
+            ))),
+        }
+    }
+}
+
+/// The Merkle tree hash of the `n ≥ 1` leaves from `lo`, where `lo` is a multiple of the
+/// smallest power of two ≥ `n` (true of every range RFC 6962's recursion visits).
+fn range_root<S: NodeStore>(store: &mut S, lo: u64, n: u64) -> Result<Hash, S::Error> {
+    if n.is_power_of_two() {
+        let height = n.trailing_zeros();
+        return store.node(height, lo >> height);
+    }
+    let k = split(n as usize) as u64;
+    let left = range_root(store, lo, k)?;
+    let right = range_root(store, lo + k, n - k)?;
+    Ok(node_hash(&left, &right))
+}
+
+/// The root of the first `size` leaves of `store` (the empty root for 0).
+pub fn root_from<S: NodeStore>(store: &mut S, size: u64) -> Result<Hash, S::Error> {
+    if size == 0 {
+        return Ok(empty_root());
+    }
+    range_root(store, 0, size)
+}
+
+/// [`inclusion_proof`] of leaf `index` in the tree of the first `size` leaves of `store`.
+pub fn inclusion_proof_from<S: NodeStore>(
+    store: &mut S,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    if index >= size {
+        return Err(ProofError::BadRequest(format!(
+            "leaf {index} is not in a tree of {size} leaves"
+        ))
+        .into());
+    }
+    let mut out = Vec::new();
+    let (mut m, mut lo, mut n) = (index, 0u64, size);
+    // PATH(m, D[lo..lo+n]) top-down; RFC 6962 lists the siblings bottom-up.
+    while n > 1 {
+        let k = split(n as usize) as u64;
+        if m < k {
+            out.push(range_root(store, lo + k, n - k)?);
+            n = k;
+        } else {
+            out.push(range_root(store, lo, k)?);
+            (m, lo, n) = (m - k, lo + k, n - k);
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// [`consistency_proof`] between the first `old_size` and the first `size` leaves of
+/// `store`.
+pub fn consistency_proof_from<S: NodeStore>(
+    store: &mut S,
+    old_size: u64,
+    size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    if old_size == 0 || old_size > size {
+        return Err(
+            ProofError::BadRequest(format!("from must be in 1..={size}, not {old_size}")).into(),
+        );
+    }
+    let mut out = Vec::new();
+    let (mut m, mut lo, mut n, mut complete) = (old_size, 0u64, size, true);
+    // SUBPROOF(m, D[lo..lo+n], complete) top-down; the proof lists it bottom-up.
+    while m != n {
+        let k = split(n as usize) as u64;
+        if m <= k {
+            out.push(range_root(store, lo + k, n - k)?);
+            n = k;
+        } else {
+            out.push(range_root(store, lo, k)?);
+            (m, lo, n, complete) = (m - k, lo + k, n - k, false);
+        }
+    }
+    if !complete {
+        out.push(range_root(store, lo, n)?);
+    }
+    out.reverse();
+    Ok(out)
 }
 
 /// Verifies an inclusion proof (RFC 9162 §2.1.3.2).
@@ -331,6 +462,115 @@ mod tests {
 
     fn h(s: &str) -> Hash {
         hex::decode(s).unwrap().try_into().unwrap()
+    }
+
+    fn many_leaves(n: usize) -> Vec<Hash> {
+        (0..n as u32).map(|i| leaf_hash(&i.to_be_bytes())).collect()
+    }
+
+    /// The nodes a [`CompactRange`] reports as it grows, as a [`NodeStore`] that counts reads.
+    struct Recorded {
+        leaves: Vec<Hash>,
+        nodes: std::collections::HashMap<(u32, u64), Hash>,
+        reads: usize,
+    }
+
+    impl NodeStore for Recorded {
+        type Error = ProofError;
+        fn node(&mut self, height: u32, index: u64) -> Result<Hash, ProofError> {
+            self.reads += 1;
+            if height == 0 {
+                return Ok(self.leaves[index as usize]);
+            }
+            self.nodes
+                .get(&(height, index))
+                .copied()
+                .ok_or_else(|| ProofError::BadRequest(format!("({height}, {index}) missing")))
+        }
+    }
+
+    fn recorded(n: usize) -> Recorded {
+        let leaves = many_leaves(n);
+        let mut nodes = std::collections::HashMap::new();
+        let mut range = CompactRange::new();
+        for l in &leaves {
+            range.push_with(*l, |node| {
+                assert!(nodes.insert((node.height, node.index), node.hash).is_none());
+            });
+        }
+        Recorded {
+            leaves,
+            nodes,
+            reads: 0,
+        }
+    }
+
+    #[test]
+    fn the_nodes_a_growing_range_reports_are_the_perfect_subtrees_of_the_leaves() {
+        let r = recorded(100);
+        // 50 + 25 + 12 + 6 + 3 + 1 perfect subtrees of height ≥ 1 in 100 leaves.
+        assert_eq!(r.nodes.len(), 97);
+        let mut slice = r.leaves.as_slice();
+        for (&(height, index), hash) in &r.nodes {
+            assert_eq!(
+                slice.node(height, index).unwrap(),
+                *hash,
+                "({height}, {index})"
+            );
+        }
+    }
+
+    #[test]
+    fn proofs_from_stored_nodes_equal_proofs_from_all_leaves_for_every_size_up_to_70() {
+        let all = recorded(70);
+        for n in 1..=70usize {
+            let leaves = &all.leaves[..n];
+            let mut store = Recorded {
+                leaves: all.leaves.clone(),
+                nodes: all.nodes.clone(),
+                reads: 0,
+            };
+            assert_eq!(root_from(&mut store, n as u64).unwrap(), root(leaves));
+            for i in 0..n {
+                assert_eq!(
+                    inclusion_proof_from(&mut store, i as u64, n as u64).unwrap(),
+                    inclusion_proof(i, leaves).unwrap(),
+                    "leaf {i} of {n}"
+                );
+            }
+            for m in 1..=n {
+                assert_eq!(
+                    consistency_proof_from(&mut store, m as u64, n as u64).unwrap(),
+                    consistency_proof(m, leaves).unwrap(),
+                    "{m} to {n}"
+                );
+            }
+        }
+        let mut store = recorded(8);
+        assert!(inclusion_proof_from(&mut store, 8, 8).is_err());
+        assert!(consistency_proof_from(&mut store, 0, 8).is_err());
+        assert!(consistency_proof_from(&mut store, 9, 8).is_err());
+        assert_eq!(root_from(&mut store, 0).unwrap(), empty_root());
+    }
+
+    #[test]
+    fn a_proof_from_stored_nodes_reads_a_few_hundred_nodes_not_every_leaf() {
+        let n = 100_003u64;
+        let mut store = recorded(n as usize);
+        let proof = inclusion_proof_from(&mut store, 77_777, n).unwrap();
+        assert!(verify_inclusion(
+            77_777,
+            n,
+            &store.leaves[77_777],
+            &proof,
+            &root(&store.leaves)
+        )
+        .is_ok());
+        // log2(n) ≈ 17: at most 17 siblings, each made of at most 17 perfect subtrees.
+        assert!(store.reads <= 17 * 17, "{} reads", store.reads);
+        store.reads = 0;
+        consistency_proof_from(&mut store, 65_537, n).unwrap();
+        assert!(store.reads <= 17 * 17, "{} reads", store.reads);
     }
 
     fn leaves() -> Vec<Hash> {

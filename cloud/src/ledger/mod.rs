@@ -204,7 +204,7 @@ impl Appender {
             "INSERT INTO ledger_entries (idx, entry, envelope, leaf_hash) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![index as i64, bytes, e.envelope, leaf.as_slice()])?;
-        self.range.push(leaf);
+        push_leaf(tx, &mut self.range, leaf)?;
         self.last = leaf;
         Ok(index)
     }
@@ -249,6 +249,88 @@ impl Appender {
     }
 }
 
+/// Appends `leaf` to `range` and stores the perfect subtrees it completes.
+fn push_leaf(tx: &Connection, range: &mut CompactRange, leaf: Hash) -> Result<(), LedgerError> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO ledger_nodes (height, idx, hash) VALUES (?1, ?2, ?3)")?;
+    let mut result = Ok(());
+    range.push_with(leaf, |n| {
+        if result.is_ok() {
+            result = insert
+                .execute(params![n.height, n.index as i64, n.hash.as_slice()])
+                .map(drop);
+        }
+    });
+    Ok(result?)
+}
+
+/// Fills `ledger_nodes` from the stored leaves (schema migration 11, for ledgers written
+/// before the table existed). A damaged ledger (a missing or malformed entry, or leaves
+/// that do not add up to the stored right edge) is not a reason to refuse to start: the
+/// nodes up to the damage are stored, a warning is logged, proofs that need the rest
+/// fail with "corrupt", and `ledger verify` names the damage.
+pub fn backfill_nodes(tx: &Connection) -> Result<(), LedgerError> {
+    let mut range = CompactRange::new();
+    let mut damage = None;
+    {
+        let mut st = tx.prepare("SELECT idx, leaf_hash FROM ledger_entries ORDER BY idx")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let idx: i64 = row.get(0)?;
+            let leaf: Option<Hash> = row.get::<_, Vec<u8>>(1)?.try_into().ok();
+            match leaf {
+                Some(leaf) if idx as u64 == range.size() => push_leaf(tx, &mut range, leaf)?,
+                _ => {
+                    damage = Some(format!("entry {idx} (expected entry {})", range.size()));
+                    break;
+                }
+            }
+        }
+    }
+    let stored: Option<Vec<u8>> = tx
+        .query_row("SELECT range FROM ledger_state WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if damage.is_none() && stored.is_some_and(|b| b != range.to_bytes()) {
+        damage = Some("the leaves do not add up to ledger_state.range".into());
+    }
+    match damage {
+        Some(at) => tracing::warn!(
+            %at,
+            nodes_up_to = range.size(),
+            "The ledger looks damaged; proofs beyond it will fail (run `rollcall-cloud ledger verify`)"
+        ),
+        None => tracing::info!(entries = range.size(), "Stored the ledger's subtree roots"),
+    }
+    Ok(())
+}
+
+/// The stored perfect subtrees of the ledger as a [`merkle::NodeStore`].
+struct StoredNodes<'c> {
+    conn: &'c Connection,
+}
+
+impl merkle::NodeStore for StoredNodes<'_> {
+    type Error = LedgerError;
+    fn node(&mut self, height: u32, index: u64) -> Result<Hash, LedgerError> {
+        let row: Option<Vec<u8>> = if height == 0 {
+            self.conn
+                .prepare_cached("SELECT leaf_hash FROM ledger_entries WHERE idx = ?1")?
+                .query_row([index as i64], |r| r.get(0))
+                .optional()?
+        } else {
+            self.conn
+                .prepare_cached("SELECT hash FROM ledger_nodes WHERE height = ?1 AND idx = ?2")?
+                .query_row(params![height, index as i64], |r| r.get(0))
+                .optional()?
+        };
+        row.ok_or_else(|| LedgerError::Corrupt(format!("no ledger node ({height}, {index})")))?
+            .try_into()
+            .map_err(|_| LedgerError::Corrupt(format!("ledger node ({height}, {index})")))
+    }
+}
+
 /// A checkpoint as the API serves it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointView {
@@ -280,26 +362,6 @@ pub fn latest_checkpoint(conn: &Connection) -> Result<Option<CheckpointView>, Le
             |r| Ok(checkpoint_view(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?)
-}
-
-fn leaf_hashes(conn: &Connection, n: u64) -> Result<Vec<Hash>, LedgerError> {
-    let mut st =
-        conn.prepare_cached("SELECT leaf_hash FROM ledger_entries WHERE idx < ?1 ORDER BY idx")?;
-    let rows = st.query_map([n as i64], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut out = Vec::with_capacity(n as usize);
-    for r in rows {
-        out.push(
-            r?.try_into()
-                .map_err(|_| LedgerError::Corrupt("leaf_hash is not 32 bytes".into()))?,
-        );
-    }
-    if out.len() as u64 != n {
-        return Err(LedgerError::Corrupt(format!(
-            "{} leaves stored where the checkpoint covers {n}",
-            out.len()
-        )));
-    }
-    Ok(out)
 }
 
 /// One entry with its inclusion proof in the tree of the latest checkpoint.
@@ -339,8 +401,7 @@ pub fn entry_with_proof(conn: &Connection, index: u64) -> Result<Option<EntryVie
     let Some((entry, envelope)) = row else {
         return Ok(None);
     };
-    let leaves = leaf_hashes(conn, cp.tree_size)?;
-    let proof = merkle::inclusion_proof(index as usize, &leaves)?;
+    let proof = merkle::inclusion_proof_from(&mut StoredNodes { conn }, index, cp.tree_size)?;
     Ok(Some(EntryView {
         index,
         entry: serde_json::from_slice(&entry).unwrap_or(serde_json::Value::Null),
@@ -376,13 +437,13 @@ pub fn consistency(conn: &Connection, from: u64, to: u64) -> Result<ConsistencyV
         ))
         .into());
     }
-    let leaves = leaf_hashes(conn, to)?;
-    let proof = merkle::consistency_proof(from as usize, &leaves)?;
+    let nodes = &mut StoredNodes { conn };
+    let proof = merkle::consistency_proof_from(nodes, from, to)?;
     Ok(ConsistencyView {
         from,
         to,
-        from_root: hex::encode(merkle::root(&leaves[..from as usize])),
-        to_root: hex::encode(merkle::root(&leaves)),
+        from_root: hex::encode(merkle::root_from(nodes, from)?),
+        to_root: hex::encode(merkle::root_from(nodes, to)?),
         proof: proof.iter().map(hex::encode).collect(),
     })
 }
@@ -1012,6 +1073,83 @@ mod tests {
         assert!(consistency(&f.conn, 0, 8).is_err());
         assert!(consistency(&f.conn, 3, 9).is_err());
         let _ = &f.device;
+    }
+
+    fn proofs(conn: &Connection, n: u64) -> Vec<(Vec<String>, Vec<String>)> {
+        (0..n)
+            .map(|i| {
+                let inclusion = entry_with_proof(conn, i).unwrap().unwrap().inclusion_proof;
+                (inclusion, consistency(conn, i + 1, n).unwrap().proof)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ledger_from_before_the_subtree_table_gets_it_filled_by_the_migration() {
+        let f = fixture(6);
+        let before = proofs(&f.conn, 8);
+        let nodes: i64 = f
+            .conn
+            .query_row("SELECT count(*) FROM ledger_nodes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            nodes, 7,
+            "4 + 2 + 1 perfect subtrees of height ≥ 1 in 8 leaves"
+        );
+        let dir = f._dir.path().to_owned();
+        f.conn
+            .execute_batch("DROP TABLE ledger_nodes; PRAGMA user_version = 10;")
+            .unwrap();
+        let conn = crate::store::open_writer(&dir).unwrap();
+        assert_eq!(proofs(&conn, 8), before);
+        // And appending carries on from there.
+        drop(conn);
+        let f2 = Fixture {
+            conn: crate::store::open_writer(&dir).unwrap(),
+            ..f
+        };
+        let tx = f2.conn.unchecked_transaction().unwrap();
+        let mut a = Appender::begin(&tx).unwrap();
+        a.push(
+            &tx,
+            &NewEntry {
+                kind: EntryKind::Status,
+                tx_id: "tx-0",
+                device_id: "d1",
+                member_id: "m1",
+                status: "cancelled",
+                reason: None,
+                at: t0(),
+                envelope: None,
+            },
+        )
+        .unwrap();
+        a.finish(&tx, &f2.cloud, t0()).unwrap();
+        tx.commit().unwrap();
+        assert!(check(&f2).ok);
+        assert_eq!(proofs(&f2.conn, 9).len(), 9);
+    }
+
+    #[test]
+    fn a_damaged_ledger_still_migrates_and_its_proofs_fail_as_corrupt() {
+        let f = fixture(6);
+        let dir = f._dir.path().to_owned();
+        f.conn
+            .execute_batch(
+                "DELETE FROM ledger_entries WHERE idx = 5;
+                 DROP TABLE ledger_nodes; PRAGMA user_version = 10;",
+            )
+            .unwrap();
+        let conn = crate::store::open_writer(&dir).unwrap();
+        // Every proof in the tree of 8 needs the subtree over leaves 4..8.
+        for i in [0, 6] {
+            assert!(matches!(
+                entry_with_proof(&conn, i),
+                Err(LedgerError::Corrupt(_))
+            ));
+        }
+        let r = verify(&conn, &f.cloud.public(), 1, |_, _| {}).unwrap();
+        assert_eq!((r.ok, r.first_bad_index), (false, Some(5)), "{r:?}");
     }
 
     #[test]
