@@ -1,15 +1,20 @@
 //! Replenishment orders end to end, with the real `rollcall-agent` and `rollcall-cloud`
 //! binaries (the cloud's `serve` runs its embedded broker on a free port): usage drains a
 //! slot, the device orders once, the cloud decides, the receipt reaches the device, a
-//! refill resets the slot; every rejection reason; the ledger's verification, HTTP
+//! refill resets the slot; a cancellation whose receipt was lost reaches the device with
+//! its next status; every rejection reason; the ledger's verification, HTTP
 //! proofs, export and an independent Python verifier; tampering with the ledger rows.
 
 mod common;
 
 use base64::Engine;
 use common::{free_port, wait_until_blocking};
-use rollcall_shared::dsse::{Envelope, KeyPair, DOWNLINK_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE};
-use rollcall_shared::payload::{DownBody, Downlink, ReorderReason, Transaction};
+use rollcall_shared::dsse::{
+    Envelope, KeyPair, DOWNLINK_PAYLOAD_TYPE, STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE,
+};
+use rollcall_shared::payload::{
+    DeviceStatus, DownBody, Downlink, Health, Presence, ReorderReason, Transaction, TxStatus,
+};
 use rollcall_shared::topics::Topics;
 use rollcall_shared::{Currency, DeviceId, Sku, SlotId, TxId};
 use serde_json::Value;
@@ -333,6 +338,24 @@ currency = "EUR"
         self.daemon = None;
     }
 
+    /// Stops the daemon with SIGTERM (it publishes its offline status) and waits for it.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.daemon.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+            let _ = p.0.wait();
+        }
+    }
+
+    /// The device key `init` created.
+    fn key(&self) -> KeyPair {
+        let text = std::fs::read_to_string(self._dir.path().join("data/device.key")).unwrap();
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap();
+        KeyPair::from_seed(seed.try_into().unwrap())
+    }
+
     fn set_mqtt(&self, url: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         let mut out = String::new();
@@ -508,6 +531,86 @@ fn one_order_per_slot_even_when_the_agent_restarts_with_it_unacknowledged() {
     cloud.stop();
 }
 
+#[test]
+fn a_cancellation_whose_receipt_was_lost_reaches_the_device_with_its_next_status() {
+    let mut cloud = Cloud::start();
+    let mut agent = Agent::new("coffee-6", &cloud.mqtt_url, &cloud.public_key, false);
+    let key = agent.init();
+    cloud.member("m6", &["--auto-reorder", "on"]);
+    cloud.device("coffee-6", "m6", &key);
+    agent.start();
+    wait_json("the pushed policy", || {
+        let v = agent.orders();
+        (v["policy"]["auto_reorder"] == true).then_some(v)
+    });
+    agent.brew(4);
+    let v = wait_json("the order accepted on the device", || {
+        let v = agent.orders();
+        (v["orders"][0]["state"] == "accepted").then_some(v)
+    });
+    let tx_id = v["orders"][0]["tx_id"].as_str().unwrap().to_owned();
+    agent.stop();
+
+    // While the device is away, staff cancel the order.
+    cloud.cli(&["orders", "cancel", &tx_id, "--reason", "member asked"]);
+    // The device comes online and drops off again before the receipt reaches it: an
+    // online status of a new connection (signed with the device key, as the agent would)
+    // makes the cloud send the cancellation and mark it told, and nobody is subscribed.
+    let device = DeviceId::parse("coffee-6").unwrap();
+    let session: i64 = rusqlite::Connection::open(cloud.data().join("rollcall.db"))
+        .unwrap()
+        .query_row(
+            "SELECT status_session FROM devices WHERE id = 'coffee-6'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let status = DeviceStatus {
+        v: 1,
+        device_id: device.clone(),
+        state: Presence::Online,
+        at: chrono::Utc::now(),
+        session: session as u64 + 1,
+        // Below the agent's first status of that session (n = 1), which must count as newer.
+        n: 0,
+        health: Some(Health::default()),
+    };
+    let p = Publisher::connect(&cloud.mqtt_url);
+    p.publish(
+        Topics::default().status(&device),
+        agent
+            .key()
+            .sign(STATUS_PAYLOAD_TYPE, &status.encode())
+            .to_json(),
+    );
+    let cloud_key = rollcall_shared::dsse::PublicKey::from_base64(&cloud.public_key).unwrap();
+    wait_until_blocking("the cloud sending the cancellation to nobody", WAIT, || {
+        p.downlinks.lock().unwrap().iter().any(|(topic, bytes)| {
+            topic.ends_with("coffee-6/down")
+                && Envelope::from_json(bytes)
+                    .ok()
+                    .and_then(|e| e.verify(DOWNLINK_PAYLOAD_TYPE, &cloud_key).ok())
+                    .and_then(|b| Downlink::decode(&b).ok())
+                    .is_some_and(|d| {
+                        matches!(d.body, DownBody::Receipt(r)
+                        if r.tx_id.as_str() == tx_id && r.status == TxStatus::Cancelled)
+                    })
+        })
+    });
+    assert_eq!(agent.orders()["orders"][0]["state"], "accepted");
+
+    // The agent is back: its status lists the order as accepted, so the cloud sends the
+    // cancellation again, and the device applies it.
+    agent.start();
+    wait_json("the cancellation on the device", || {
+        let v = agent.orders();
+        (v["orders"][0]["state"] == "cancelled").then_some(v)
+    });
+    assert_eq!(agent.orders()["slots"][0]["open_tx"], Value::Null);
+    agent.stop();
+    cloud.stop();
+}
+
 // --- crafted transactions -------------------------------------------------------------
 
 struct Device {
@@ -610,6 +713,15 @@ impl Publisher {
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+    }
+
+    fn publish(&self, topic: String, env: Vec<u8>) {
+        self.rt.block_on(async {
+            self.client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, env)
+                .await
+                .unwrap();
         });
     }
 

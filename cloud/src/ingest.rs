@@ -875,7 +875,8 @@ fn apply(
             // lost. A Last Will, or a status older than the stored one (a replay, a retained
             // message delivered again on re-subscribing), sends nothing and marks nothing.
             if with_orders && advanced && status.state == Presence::Online {
-                let (policy, receipts) = crate::orders::on_status(tx, device)?;
+                let reported = status.health.as_ref().map_or(&[][..], |h| &h.orders[..]);
+                let (policy, receipts) = crate::orders::on_status(tx, device, reported)?;
                 if let Some(policy) = policy {
                     out.policies.push(PolicyPush {
                         device: device.clone(),

@@ -52,7 +52,7 @@ use crate::outreach::triggers::OrderTrigger;
 use crate::outreach::{OrderEvent, Outreach, OutreachError};
 use chrono::{DateTime, Duration, Utc};
 use rollcall_shared::dsse::KeyPair;
-use rollcall_shared::payload::{Receipt, ReorderPolicy, Transaction, TxStatus};
+use rollcall_shared::payload::{OpenOrder, Receipt, ReorderPolicy, Transaction, TxStatus};
 use rollcall_shared::{DeviceId, MemberId, TxId};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -501,12 +501,18 @@ fn ms(t: Option<i64>) -> Option<DateTime<Utc>> {
     t.and_then(DateTime::from_timestamp_millis)
 }
 
-fn receipt_of(conn: &Connection, tx_id: &str) -> Result<Option<Receipt>, OrdersError> {
+/// The receipt of the order's current status; only when it is `device`'s order, if given.
+fn receipt_of(
+    conn: &Connection,
+    tx_id: &str,
+    device: Option<&DeviceId>,
+) -> Result<Option<Receipt>, OrdersError> {
     let row = conn
         .prepare_cached(
-            "SELECT payload_sha256, status, reason, ledger_index, cancel_until_ms, updated_ms FROM orders WHERE tx_id = ?1",
+            "SELECT payload_sha256, status, reason, ledger_index, cancel_until_ms, updated_ms FROM orders
+             WHERE tx_id = ?1 AND (?2 IS NULL OR device_id = ?2)",
         )?
-        .query_row([tx_id], |r| {
+        .query_row(params![tx_id, device.map(DeviceId::as_str)], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -552,9 +558,8 @@ pub fn record(
         .optional()?;
     match seen {
         Some(sha) if sha == v.payload_sha256 => {
-            let r = receipt_of(tx, t.tx_id.as_str())?.expect("the order exists");
-            tx.prepare_cached("UPDATE orders SET notified_status = status WHERE tx_id = ?1")?
-                .execute([t.tx_id.as_str()])?;
+            let r = receipt_of(tx, t.tx_id.as_str(), None)?.expect("the order exists");
+            mark_notified(tx, t.tx_id.as_str())?;
             return Ok(TxResult::Duplicate(r));
         }
         Some(_) => return Ok(TxResult::Conflict),
@@ -677,13 +682,26 @@ fn close_refilled(
 }
 
 /// What a device should hear when it says it is online: its member's policy, and a
-/// receipt for every order whose status changed since the device was last told.
-/// Marks those receipts as sent (the caller publishes them after the commit), so call it
+/// receipt for every order whose status changed since the device was last told, and for
+/// every order the device lists as open (`reported`, [`Health::orders`]) with another
+/// status than the one stored.
+///
+/// Marks the receipts as sent (the caller publishes them after the commit), so call it
 /// only for an online status that is newer than the one stored: a Last Will, or a status
 /// replayed from an earlier session, reaches a device that cannot hear anything.
+///
+/// `notified_status` covers agents that list nothing (older ones): a receipt marked as
+/// sent whose publish is then lost is not sent again. The list repairs exactly that: it
+/// is the device's own word on what it last heard, so whenever it is present and differs
+/// from the stored status the receipt goes again, at every online status until the
+/// device has applied it. Listed orders of another device, or unknown to the cloud, are
+/// ignored. One primary-key lookup per listed order; nothing more when the list is empty.
+///
+/// [`Health::orders`]: rollcall_shared::payload::Health::orders
 pub fn on_status(
     tx: &Connection,
     device: &DeviceId,
+    reported: &[OpenOrder],
 ) -> Result<(Option<ReorderPolicy>, Vec<Receipt>), OrdersError> {
     let member: Option<String> = tx
         .prepare_cached("SELECT member_id FROM devices WHERE id = ?1")?
@@ -701,11 +719,22 @@ pub fn on_status(
         .collect::<Result<_, _>>()?;
     let mut receipts = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Some(r) = receipt_of(tx, &id)? {
+        if let Some(r) = receipt_of(tx, &id, Some(device))? {
             receipts.push(r);
         }
-        tx.prepare_cached("UPDATE orders SET notified_status = status WHERE tx_id = ?1")?
-            .execute([id.as_str()])?;
+        mark_notified(tx, &id)?;
+    }
+    for o in reported {
+        if receipts.iter().any(|r| r.tx_id == o.tx_id) {
+            continue;
+        }
+        let Some(r) = receipt_of(tx, o.tx_id.as_str(), Some(device))? else {
+            continue;
+        };
+        if r.status != o.status {
+            mark_notified(tx, o.tx_id.as_str())?;
+            receipts.push(r);
+        }
     }
     Ok((
         Some(ReorderPolicy {
@@ -713,6 +742,13 @@ pub fn on_status(
         }),
         receipts,
     ))
+}
+
+/// Records that the device has been sent the order's current status.
+fn mark_notified(tx: &Connection, tx_id: &str) -> Result<(), OrdersError> {
+    tx.prepare_cached("UPDATE orders SET notified_status = status WHERE tx_id = ?1")?
+        .execute([tx_id])?;
+    Ok(())
 }
 
 /// A later status change asked for by staff or the member.
@@ -895,7 +931,7 @@ mod tests {
     use super::*;
     use crate::ingest::{self, Checked, Inbound, TxContext};
     use rollcall_shared::dsse::{STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE};
-    use rollcall_shared::payload::{DeviceStatus, Presence, ReorderReason};
+    use rollcall_shared::payload::{DeviceStatus, Health, Presence, ReorderReason};
     use rollcall_shared::topics::Topics;
     use rollcall_shared::{Currency, Sku, SlotId};
 
@@ -970,6 +1006,35 @@ mod tests {
         }
         /// Commits the device's signed status message, as the ingest does.
         fn presence(&mut self, state: Presence, session: u64, n: u64) -> ingest::BatchOutcome {
+            self.status_message(state, session, n, None)
+        }
+        /// Commits the device's signed online status listing `open` as the orders it
+        /// holds open, with the status it last heard for each.
+        fn online_listing(
+            &mut self,
+            session: u64,
+            n: u64,
+            open: &[(&str, TxStatus)],
+        ) -> ingest::BatchOutcome {
+            let health = Health {
+                orders: open
+                    .iter()
+                    .map(|(id, status)| OpenOrder {
+                        tx_id: TxId::parse(id).unwrap(),
+                        status: *status,
+                    })
+                    .collect(),
+                ..Health::default()
+            };
+            self.status_message(Presence::Online, session, n, Some(health))
+        }
+        fn status_message(
+            &mut self,
+            state: Presence,
+            session: u64,
+            n: u64,
+            health: Option<Health>,
+        ) -> ingest::BatchOutcome {
             let device = DeviceId::parse("d1").unwrap();
             let status = DeviceStatus {
                 v: rollcall_shared::PROTOCOL_VERSION,
@@ -978,7 +1043,7 @@ mod tests {
                 at: t0(),
                 session,
                 n,
-                health: None,
+                health,
             };
             let topic = Topics::default().status(&device);
             let outcome = self.commit_signed(&device, topic, STATUS_PAYLOAD_TYPE, &status.encode());
@@ -1099,10 +1164,10 @@ mod tests {
             Err(OrdersError::NoSuchOrder(_))
         ));
         // The device hears about the changes with its next status.
-        let (policy, receipts) = on_status(&w.conn, &DeviceId::parse("d1").unwrap()).unwrap();
+        let (policy, receipts) = on_status(&w.conn, &DeviceId::parse("d1").unwrap(), &[]).unwrap();
         assert_eq!(policy, Some(ReorderPolicy { auto_reorder: true }));
         assert_eq!(receipts.len(), 2);
-        assert!(on_status(&w.conn, &DeviceId::parse("d1").unwrap())
+        assert!(on_status(&w.conn, &DeviceId::parse("d1").unwrap(), &[])
             .unwrap()
             .1
             .is_empty());
@@ -1150,6 +1215,105 @@ mod tests {
             "a replay"
         );
         assert!(w.presence(Presence::Online, 8, 2).receipts.is_empty());
+    }
+
+    #[test]
+    fn a_lost_receipt_is_sent_again_while_the_devices_status_lists_the_order_with_another_status() {
+        use TxStatus::{Accepted, Cancelled, HeldForConfirmation as Held};
+        let mut w = world(Policy {
+            auto_reorder: true,
+            ..Policy::default()
+        });
+        let decided = w.send(&tx("a", 1, "pods", "POD", 1, 100)).receipts;
+        assert_eq!(decided[0].1.status, Accepted);
+        assert_eq!(w.status(&tx("b", 2, "milk", "POD", 1, 110)).0, Held);
+        assert_eq!(w.notified("a").as_deref(), Some("accepted"));
+        let statuses = |out: ingest::BatchOutcome| -> Vec<(String, TxStatus)> {
+            out.receipts
+                .iter()
+                .map(|(d, r)| {
+                    assert_eq!(d.as_str(), "d1");
+                    (r.tx_id.to_string(), r.status)
+                })
+                .collect()
+        };
+        // What the device lists is what the cloud has: nothing to send.
+        assert_eq!(
+            statuses(w.online_listing(1, 1, &[("a", Accepted), ("b", Held)])),
+            vec![]
+        );
+
+        // Staff cancel `a`; the next online status carries the cancellation and marks it
+        // told, but the publish is lost (the device dropped off mid-publish).
+        let (key, rules) = (w.cloud.clone(), w.rules.clone());
+        change(
+            &mut w.conn,
+            &key,
+            &rules,
+            "a",
+            Action::Cancel,
+            Some("x"),
+            t0(),
+        )
+        .unwrap();
+        let lost = w.online_listing(1, 2, &[("a", Accepted), ("b", Held)]);
+        assert_eq!(statuses(lost), vec![("a".to_owned(), Cancelled)]);
+        assert_eq!(w.notified("a").as_deref(), Some("cancelled"));
+
+        // An agent that lists nothing (an older one) is not told again...
+        assert_eq!(statuses(w.presence(Presence::Online, 1, 3)), vec![]);
+        // ...but the device's list says it still believes `a` accepted: sent again, the
+        // same receipt, at every online status until the device has applied it.
+        let again = w.online_listing(1, 4, &[("a", Accepted), ("b", Held)]);
+        assert_eq!(again.receipts.len(), 1, "{:?}", again.receipts);
+        let r = &again.receipts[0].1;
+        assert_eq!(
+            (r.tx_sha256.as_str(), r.status),
+            (decided[0].1.tx_sha256.as_str(), Cancelled)
+        );
+        assert_eq!(
+            statuses(w.online_listing(1, 5, &[("a", Accepted), ("b", Held)])),
+            vec![("a".to_owned(), Cancelled)]
+        );
+        // A replayed older status, or a Last Will, sends nothing, whatever it lists.
+        assert_eq!(statuses(w.online_listing(1, 5, &[("a", Accepted)])), vec![]);
+        assert_eq!(statuses(w.online_listing(1, 4, &[("a", Accepted)])), vec![]);
+
+        // Applied: the device lists only `b`, as held, which it is.
+        assert_eq!(statuses(w.online_listing(1, 6, &[("b", Held)])), vec![]);
+
+        // Unknown ids and another device's orders are ignored.
+        let other = KeyPair::generate();
+        w.conn
+            .execute(
+                "INSERT INTO devices (id, member_id, public_key, registered_ms) VALUES ('d2', 'm1', ?1, 0)",
+                [other.public().as_bytes().as_slice()],
+            )
+            .unwrap();
+        let mut c = tx("c", 1, "pods", "POD", 1, 100);
+        c.device_id = DeviceId::parse("d2").unwrap();
+        let d1_key = std::mem::replace(&mut w.device, other);
+        assert_eq!(w.send(&c).receipts[0].1.status, Accepted);
+        w.device = d1_key;
+        change(&mut w.conn, &key, &rules, "c", Action::Cancel, None, t0()).unwrap();
+        assert_eq!(
+            statuses(w.online_listing(1, 7, &[("c", Accepted), ("zz", Held), ("b", Held)])),
+            vec![]
+        );
+
+        // Confirmed while the device was away: the receipt goes at its return, is lost,
+        // and goes again while the device still lists the order as held.
+        change(&mut w.conn, &key, &rules, "b", Action::Confirm, None, t0()).unwrap();
+        assert_eq!(statuses(w.presence(Presence::Offline, 1, u64::MAX)), vec![]);
+        assert_eq!(
+            statuses(w.online_listing(2, 1, &[("b", Held)])),
+            vec![("b".to_owned(), Accepted)]
+        );
+        assert_eq!(
+            statuses(w.online_listing(2, 2, &[("b", Held)])),
+            vec![("b".to_owned(), Accepted)]
+        );
+        assert_eq!(statuses(w.online_listing(2, 3, &[("b", Accepted)])), vec![]);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! ```
 //! The subscriber takes `.../usage`, `.../status` and `.../tx`. After each commit the
 //! downlink thread publishes, on each device's `.../down`, the acks of usage reports, the
-//! receipts of transactions (decided now, re-sent, or changed since the device was last
-//! told, sent when the device reports itself online), and the member's reorder policy at
+//! receipts of transactions (decided now, re-sent, or, when the device reports itself
+//! online, changed since the device was last told or listed by it with another status),
+//! and the member's reorder policy at
 //! the first online status of each of the device's sessions and whenever it changed
 //! ([`PolicyPushes`]). Nothing is acked before its batch has committed: the downlink
 //! thread only ever sees committed outcomes.

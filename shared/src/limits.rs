@@ -48,3 +48,10 @@ pub const MAX_UNIT_PRICE: i64 = 1_000_000_000;
 
 /// Most consumable slots an agent reports in one status message.
 pub const MAX_STATUS_SLOTS: usize = 32;
+/// Largest status message body, in bytes.
+pub const MAX_STATUS_BODY_BYTES: usize = 16 * 1024;
+/// Most open orders listed in one status message (`Health::orders`). With
+/// [`MAX_STATUS_SLOTS`] slots and ids of [`MAX_ID_LEN`] bytes the status still fits
+/// [`MAX_STATUS_BODY_BYTES`]; an agent with more open orders lists a window that moves on with every
+/// status, so each is listed in turn.
+pub const MAX_STATUS_ORDERS: usize = 64;

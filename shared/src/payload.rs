@@ -268,6 +268,24 @@ pub struct Health {
     /// [`MAX_STATUS_SLOTS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumables: Vec<SlotLevel>,
+    /// The orders the agent still holds open (a receipt came, the status is not final:
+    /// `accepted` or `held_for_confirmation`) with the status it last heard for each; at
+    /// most [`MAX_STATUS_ORDERS`]. The cloud sends the receipt again for every listed order
+    /// whose status it knows to be different, so a lost receipt of a later status change
+    /// is repaired by the next status. Orders still waiting for their first receipt are
+    /// not listed: the agent re-sends their transaction, which is answered with a receipt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orders: Vec<OpenOrder>,
+}
+
+/// An order the agent holds open, as listed in its status ([`Health::orders`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenOrder {
+    /// The order's transaction.
+    pub tx_id: TxId,
+    /// The status of the last receipt the agent applied for it.
+    pub status: TxStatus,
 }
 
 /// A consumable slot's level, as the agent believes it.
@@ -309,13 +327,20 @@ pub struct DeviceStatus {
 impl DeviceStatus {
     /// Decodes and validates a status body.
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
-        let s: DeviceStatus = decode_versioned(bytes, 16 * 1024, |s: &DeviceStatus| s.v)?;
+        let s: DeviceStatus =
+            decode_versioned(bytes, MAX_STATUS_BODY_BYTES, |s: &DeviceStatus| s.v)?;
         check_time("at", &s.at)?;
         if let Some(h) = &s.health {
             if h.consumables.len() > MAX_STATUS_SLOTS {
                 return Err(PayloadError::TooLarge(format!(
                     "{} consumable slots; the limit is {MAX_STATUS_SLOTS}",
                     h.consumables.len()
+                )));
+            }
+            if h.orders.len() > MAX_STATUS_ORDERS {
+                return Err(PayloadError::TooLarge(format!(
+                    "{} open orders; the limit is {MAX_STATUS_ORDERS}",
+                    h.orders.len()
                 )));
             }
         }
@@ -896,5 +921,105 @@ mod tests {
             health: None,
         };
         assert_eq!(DeviceStatus::decode(&s.encode()).unwrap(), s);
+    }
+
+    fn online(health: Health) -> DeviceStatus {
+        DeviceStatus {
+            v: 1,
+            device_id: DeviceId::parse("dev-1").unwrap(),
+            state: Presence::Online,
+            at: t("2026-11-20T08:00:00Z"),
+            session: 3,
+            n: 1,
+            health: Some(health),
+        }
+    }
+
+    fn open_order(i: usize, status: TxStatus) -> OpenOrder {
+        OpenOrder {
+            tx_id: TxId::parse(&format!("tx-{i}")).unwrap(),
+            status,
+        }
+    }
+
+    #[test]
+    fn a_status_listing_open_orders_round_trips_and_omits_an_empty_list() {
+        let s = online(Health {
+            orders: vec![
+                open_order(1, TxStatus::Accepted),
+                open_order(2, TxStatus::HeldForConfirmation),
+            ],
+            ..Health::default()
+        });
+        let body = s.encode();
+        assert!(String::from_utf8_lossy(&body)
+            .contains(r#""orders":[{"tx_id":"tx-1","status":"accepted"},"#));
+        assert_eq!(DeviceStatus::decode(&body).unwrap(), s);
+        let old_agent = online(Health::default()).encode();
+        assert!(!String::from_utf8_lossy(&old_agent).contains("orders"));
+        assert!(DeviceStatus::decode(&old_agent)
+            .unwrap()
+            .health
+            .unwrap()
+            .orders
+            .is_empty());
+    }
+
+    #[test]
+    fn a_status_with_too_many_orders_or_unknown_order_fields_is_refused() {
+        let too_many = online(Health {
+            orders: (0..=MAX_STATUS_ORDERS)
+                .map(|i| open_order(i, TxStatus::Accepted))
+                .collect(),
+            ..Health::default()
+        });
+        let e = DeviceStatus::decode(&too_many.encode()).unwrap_err();
+        assert_eq!(e.reason(), "too_large", "{e}");
+        assert!(e.to_string().contains("open orders"), "{e}");
+
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &online(Health {
+                orders: vec![open_order(1, TxStatus::Accepted)],
+                ..Health::default()
+            })
+            .encode(),
+        )
+        .unwrap();
+        v["health"]["orders"][0]["slot"] = serde_json::json!("pods");
+        let e = DeviceStatus::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert_eq!(e.reason(), "malformed", "{e}");
+        v["health"]["orders"][0] = serde_json::json!({"tx_id": "tx-1", "status": "lost"});
+        let e = DeviceStatus::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert_eq!(e.reason(), "malformed", "{e}");
+    }
+
+    #[test]
+    fn a_status_with_every_slot_and_order_at_their_limits_fits_the_body_limit() {
+        let id = |p: &str, i: usize| format!("{p}{i:0>w$}", w = MAX_ID_LEN - p.len());
+        let s = online(Health {
+            outbox_depth: u64::MAX,
+            oldest_unsent_age_s: Some(u64::MAX),
+            last_ack_at: Some(t("2026-11-20T08:00:00.123456Z")),
+            reconnects: u64::MAX,
+            evictions: u64::MAX,
+            rejected_full: u64::MAX,
+            consumables: (0..MAX_STATUS_SLOTS)
+                .map(|i| SlotLevel {
+                    slot: SlotId::parse(&id("s", i)).unwrap(),
+                    sku: Sku::parse(&id("k", i)).unwrap(),
+                    level: i64::MIN,
+                    capacity: u32::MAX,
+                })
+                .collect(),
+            orders: (0..MAX_STATUS_ORDERS)
+                .map(|i| OpenOrder {
+                    tx_id: TxId::parse(&id("tx-", i)).unwrap(),
+                    status: TxStatus::HeldForConfirmation,
+                })
+                .collect(),
+        });
+        let body = s.encode();
+        assert!(body.len() <= MAX_STATUS_BODY_BYTES, "{} bytes", body.len());
+        assert_eq!(DeviceStatus::decode(&body).unwrap(), s);
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::consumables::{must_order, new_tx_id, OrderState};
+use rollcall_shared::payload::TxStatus;
 use rollcall_shared::Clock;
 use std::sync::{Arc, Mutex};
 
@@ -505,6 +506,25 @@ impl Outbox for MemoryOutbox {
             }
         }
         Ok(ReceiptOutcome::Applied(next))
+    }
+
+    fn open_orders(&self) -> Result<Vec<OpenOrder>, OutboxError> {
+        Ok(self
+            .lock()
+            .orders
+            .values()
+            .filter_map(|o| {
+                let status = match o.rec.state {
+                    OrderState::Accepted => TxStatus::Accepted,
+                    OrderState::HeldForConfirmation => TxStatus::HeldForConfirmation,
+                    _ => return None,
+                };
+                Some(OpenOrder {
+                    tx_id: o.rec.tx_id.clone(),
+                    status,
+                })
+            })
+            .collect())
     }
 }
 

@@ -39,7 +39,9 @@
 //!    evicted** and do not count against `max_events`/`max_bytes`. An order is signed once
 //!    ([`Outbox::store_envelope`]); afterwards exactly those bytes are re-sent until a
 //!    receipt for them arrives. Orders are kept after their final state, as the device's
-//!    history (`rollcall-agent orders`). The reorder policy pushed by the cloud is kept
+//!    history (`rollcall-agent orders`). Orders with a receipt but no final state are
+//!    listed in every online status ([`Outbox::open_orders`]) so the cloud can repair a
+//!    lost receipt. The reorder policy pushed by the cloud is kept
 //!    with the cloud time its downlink was sent at; a policy not sent later than the one
 //!    kept is ignored (a replayed old policy, or two cloud workers' pushes crossing).
 //!
@@ -63,7 +65,7 @@ pub use sqlite::SqliteOutbox;
 use crate::consumables::{Consumables, OrderRecord, ReceiptOutcome, SlotState};
 use chrono::{DateTime, Utc};
 use rollcall_shared::ids::{EventKind, Seq, SlotId, TxId};
-use rollcall_shared::payload::{AckStatus, DeviceMessage, Receipt, UsageEvent};
+use rollcall_shared::payload::{AckStatus, DeviceMessage, OpenOrder, Receipt, UsageEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -352,6 +354,13 @@ pub trait Outbox: Send + Sync {
 
     /// Applies a receipt that verified under the cloud's key.
     fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, OutboxError>;
+
+    /// Orders that have had a receipt and are not final (`accepted` or
+    /// `held_for_confirmation`, whether or not still their slot's open order), oldest
+    /// first, each with the status of the last receipt applied: what the agent lists in its
+    /// status so the cloud can re-send a receipt that was lost. Pending orders are left
+    /// out (their transaction is re-sent until a receipt comes).
+    fn open_orders(&self) -> Result<Vec<OpenOrder>, OutboxError>;
 }
 
 /// How many of the leading `sizes` fit `max_events` and `max_body_bytes` (bodies plus

@@ -27,7 +27,7 @@
 
 use super::*;
 use crate::consumables::{must_order, new_tx_id, OrderState, SlotConfig};
-use rollcall_shared::payload::DeviceMessage;
+use rollcall_shared::payload::{DeviceMessage, TxStatus};
 use rollcall_shared::{Clock, Currency, Sku};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::Path;
@@ -810,6 +810,29 @@ impl Outbox for SqliteOutbox {
             }
             Ok(ReceiptOutcome::Applied(next))
         })
+    }
+
+    fn open_orders(&self) -> Result<Vec<OpenOrder>, OutboxError> {
+        let conn = self.conn.lock().expect("outbox connection lock");
+        let mut st = conn.prepare_cached(
+            "SELECT tx_id, state FROM orders WHERE state IN ('accepted', 'held_for_confirmation')
+             ORDER BY counter",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, state) = r?;
+            let status = match OrderState::parse(&state) {
+                Some(OrderState::Accepted) => TxStatus::Accepted,
+                Some(OrderState::HeldForConfirmation) => TxStatus::HeldForConfirmation,
+                _ => return Err(OutboxError::Corrupt(format!("orders.state {state:?}"))),
+            };
+            out.push(OpenOrder {
+                tx_id: TxId::parse(&id).map_err(corrupt("orders.tx_id"))?,
+                status,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -724,6 +724,78 @@ fn a_rejection_frees_the_slot_but_it_orders_again_only_after_a_refill<F: Fixture
     assert_eq!(o.orders().unwrap().len(), 2);
 }
 
+fn open_orders_are_those_with_a_receipt_and_no_final_status_oldest_first<F: Fixture>() {
+    let (f, _) = with_pods::<F>(true, OutboxLimits::default());
+    let o = f.open();
+    let listed = |o: &dyn Outbox| -> Vec<(TxId, TxStatus)> {
+        o.open_orders()
+            .unwrap()
+            .into_iter()
+            .map(|x| (x.tx_id, x.status))
+            .collect()
+    };
+    brew(o.as_ref(), 4);
+    let first = o.orders().unwrap().remove(0);
+    assert!(listed(o.as_ref()).is_empty(), "pending: its tx is re-sent");
+    let first_sha = sign(o.as_ref(), &first);
+    assert!(listed(o.as_ref()).is_empty(), "signed, still no receipt");
+    o.apply_receipt(&receipt(
+        &first.tx_id,
+        &first_sha,
+        TxStatus::HeldForConfirmation,
+        Some("price_changed"),
+    ))
+    .unwrap();
+    let o = f.open();
+    assert_eq!(
+        listed(o.as_ref()),
+        vec![(first.tx_id.clone(), TxStatus::HeldForConfirmation)]
+    );
+    // A refill frees the slot from a held order, but the order is still open.
+    o.refill(&slot("pods"), None).unwrap();
+    brew(o.as_ref(), 4);
+    let second = o.orders().unwrap().remove(0);
+    assert_ne!(second.tx_id, first.tx_id);
+    let second_sha = sign(o.as_ref(), &second);
+    o.apply_receipt(&receipt(
+        &second.tx_id,
+        &second_sha,
+        TxStatus::Accepted,
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        listed(f.open().as_ref()),
+        vec![
+            (first.tx_id.clone(), TxStatus::HeldForConfirmation),
+            (second.tx_id.clone(), TxStatus::Accepted),
+        ]
+    );
+    // The held one confirmed, then cancelled; the accepted one delivered by a refill.
+    o.apply_receipt(&receipt(&first.tx_id, &first_sha, TxStatus::Accepted, None))
+        .unwrap();
+    assert_eq!(
+        listed(o.as_ref()),
+        vec![
+            (first.tx_id.clone(), TxStatus::Accepted),
+            (second.tx_id.clone(), TxStatus::Accepted),
+        ]
+    );
+    o.apply_receipt(&receipt(
+        &first.tx_id,
+        &first_sha,
+        TxStatus::Cancelled,
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        listed(o.as_ref()),
+        vec![(second.tx_id.clone(), TxStatus::Accepted)]
+    );
+    o.refill(&slot("pods"), None).unwrap();
+    assert!(listed(f.open().as_ref()).is_empty());
+}
+
 fn orders_are_never_evicted_and_not_counted_against_limits<F: Fixture>() {
     let (f, _) = with_pods::<F>(
         true,
@@ -771,4 +843,5 @@ outbox_suite!(
     receipts_move_orders_forward_and_a_refill_rearms,
     a_rejection_frees_the_slot_but_it_orders_again_only_after_a_refill,
     orders_are_never_evicted_and_not_counted_against_limits,
+    open_orders_are_those_with_a_receipt_and_no_final_status_oldest_first,
 );

@@ -20,6 +20,12 @@
 //!   every `status_interval`, and sets a signed, retained offline status as the Last Will.
 //!   A clean shutdown publishes the offline status itself (a clean DISCONNECT discards
 //!   the will), then disconnects.
+//! - Lists in every online status's [`Health::orders`] the orders that had a receipt and
+//!   are not final, with the status last heard ([`Outbox::open_orders`]; at most
+//!   [`MAX_STATUS_ORDERS`], a window moving on with every status when there are more). The
+//!   cloud re-sends the receipt of any whose status it knows to differ, so a receipt lost
+//!   on the way (a later cancellation, a confirmation) reaches the device with a later
+//!   status, and the list converges.
 //! - Keeps display messages from the cloud ([`DownBody::Message`], verified like acks) in
 //!   the outbox store and confirms each with a signed [`MessageReceipt`] on `.../receipt`.
 //! - When the outbox tracks consumables ([`crate::consumables`]): signs each new
@@ -68,10 +74,10 @@ use rollcall_shared::dsse::{
     Envelope, EnvelopeError, KeyPair, PublicKey, DOWNLINK_PAYLOAD_TYPE, RECEIPT_PAYLOAD_TYPE,
     STATUS_PAYLOAD_TYPE, TRANSACTION_PAYLOAD_TYPE, USAGE_PAYLOAD_TYPE,
 };
-use rollcall_shared::limits::MAX_REPORT_BODY_BYTES;
+use rollcall_shared::limits::{MAX_REPORT_BODY_BYTES, MAX_STATUS_ORDERS};
 use rollcall_shared::payload::{
     Ack, AckStatus, DeviceMessage, DeviceStatus, DownBody, Downlink, Health, MessageReceipt,
-    PayloadError, Presence, UsageEvent, UsageReport,
+    OpenOrder, PayloadError, Presence, UsageEvent, UsageReport,
 };
 use rollcall_shared::topics::Topics;
 use rollcall_shared::{Clock, DeviceId, TxId, PROTOCOL_VERSION};
@@ -777,7 +783,7 @@ impl Uplink {
             }
         }
         if Instant::now() >= self.next_status_at {
-            let health = self.health().await;
+            let health = self.health(self.status_n + 1).await;
             self.status_n += 1;
             let env = self.status_envelope(Presence::Online, self.status_n, Some(health));
             if self.publish(&self.status_topic, true, env).is_err() {
@@ -906,8 +912,16 @@ impl Uplink {
             .to_json()
     }
 
-    async fn health(&self) -> Health {
+    /// The health carried by the online status numbered `n` of this session.
+    async fn health(&self, n: u64) -> Health {
         let reconnects = self.rt.stats.reconnects.load(Ordering::Relaxed);
+        let orders = match outbox_call(&self.rt.outbox, |o| o.open_orders()).await {
+            Ok(open) => status_window(open, n),
+            Err(error) => {
+                warn!(%error, "Could not read the open orders for the status message");
+                Vec::new()
+            }
+        };
         let consumables = match outbox_call(&self.rt.outbox, |o| {
             let Some(cfg) = o.consumables() else {
                 return Ok(Vec::new());
@@ -938,6 +952,7 @@ impl Uplink {
         match outbox_call(&self.rt.outbox, |o| o.stats()).await {
             Ok(s) => Health {
                 consumables,
+                orders,
                 outbox_depth: s.depth,
                 oldest_unsent_age_s: s
                     .oldest_unacked_recorded_at
@@ -952,6 +967,7 @@ impl Uplink {
                 Health {
                     reconnects,
                     consumables,
+                    orders,
                     ..Health::default()
                 }
             }
@@ -1002,6 +1018,24 @@ impl Uplink {
     }
 }
 
+/// The open orders the online status numbered `n` lists: all of them when they fit
+/// [`MAX_STATUS_ORDERS`]; otherwise a window of that many, starting further on with every
+/// status (wrapping round), so that over consecutive statuses every open order is listed
+/// and any receipt the device missed is sent again.
+fn status_window(open: Vec<OpenOrder>, n: u64) -> Vec<OpenOrder> {
+    if open.len() <= MAX_STATUS_ORDERS {
+        return open;
+    }
+    let start =
+        (n.saturating_sub(1) as u128 * MAX_STATUS_ORDERS as u128 % open.len() as u128) as usize;
+    open.iter()
+        .cycle()
+        .skip(start)
+        .take(MAX_STATUS_ORDERS)
+        .cloned()
+        .collect()
+}
+
 /// The bytes a report needs besides its events' JSON (and the commas between them),
 /// computed from the largest values its fields can take.
 fn report_overhead(device_id: &DeviceId, boot_id: &str) -> usize {
@@ -1044,6 +1078,32 @@ mod tests {
                 reason: None,
             }),
         }
+    }
+
+    #[test]
+    fn the_status_lists_every_open_order_over_consecutive_statuses_when_they_do_not_fit_one() {
+        let open = |n: usize| -> Vec<OpenOrder> {
+            (0..n)
+                .map(|i| OpenOrder {
+                    tx_id: TxId::parse(&format!("tx-{i}")).unwrap(),
+                    status: rollcall_shared::payload::TxStatus::Accepted,
+                })
+                .collect()
+        };
+        assert_eq!(status_window(open(3), 7), open(3));
+        let many = open(MAX_STATUS_ORDERS + 10);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 1..=2 {
+            let w = status_window(many.clone(), n);
+            assert_eq!(w.len(), MAX_STATUS_ORDERS);
+            seen.extend(w.into_iter().map(|o| o.tx_id));
+        }
+        assert_eq!(seen.len(), many.len(), "two statuses cover them all");
+        assert_eq!(status_window(many.clone(), 1)[0], many[0]);
+        assert_eq!(
+            status_window(many.clone(), u64::MAX).len(),
+            MAX_STATUS_ORDERS
+        );
     }
 
     #[test]
