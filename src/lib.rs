@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`testkit`]: start the real cloud, agents and Mosquitto on ephemeral ports in temp dirs.
-//! - [`bench`]: `rollcall bench …` (JSON figures).
+//! - [`bench`](mod@bench): `rollcall bench …` (JSON figures).
 //! - [`bench_lookup`]: `rollcall bench lookup`, the support API under load.
 //! - [`demo`]: `rollcall demo`, the whole system on one box.
 //! - [`eval`]: compare the cloud's scoring with the simulator's ground truth (`rollcall eval`).

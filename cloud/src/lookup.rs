@@ -47,8 +47,8 @@ pub enum LookupError {
 
 impl Query {
     /// A query from free text, as typed into a search box: an e-mail address if it has
-    /// an `@`, a phone number if it is mostly digits, otherwise a device id, member id or
-    /// name (see [`Query::guesses`]).
+    /// an `@`, a phone number if it is mostly digits, otherwise the device and member with
+    /// that id (if it is a valid id) and a name search.
     pub fn parse_free_text(text: &str, default_region: &str) -> Result<Vec<Query>, LookupError> {
         let t = text.trim();
         if t.contains('@') {

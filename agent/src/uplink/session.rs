@@ -78,7 +78,7 @@ pub const STABLE_AFTER_CAP: Duration = Duration::from_secs(30);
 
 impl Backoff {
     /// How long a connection must stay up for its drop to start the backoff over:
-    /// the largest ceiling, at most [`STABLE_AFTER_CAP`].
+    /// the largest ceiling, at most `STABLE_AFTER_CAP` (30 s).
     pub fn stable_after(&self) -> Duration {
         self.max.min(STABLE_AFTER_CAP)
     }

@@ -71,7 +71,7 @@
 //! - [`email`]: SMTP with lettre.
 //! - [`device`]: display messages on the device's MQTT downlink, and the agents' receipts.
 //! - [`dispatcher`]: claim → deliver → record, and its loop.
-//! - [`bench`]: the webhook throughput benchmark.
+//! - [`bench`](mod@bench): the webhook throughput benchmark.
 
 pub mod bench;
 pub mod device;

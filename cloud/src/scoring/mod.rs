@@ -16,7 +16,7 @@
 //! - [`persist`]: scores, transitions, fits and daily counts in the store.
 //! - [`replay`](mod@replay): deterministic day-by-day replay of history ([`replay()`]).
 //! - [`csvfit`]: `model fit --from-csv` without the store.
-//! - [`simulate`], [`bench`]: simulated members, and the speed benchmark ([`bench::run`]).
+//! - [`simulate`], [`bench`](mod@bench): simulated members, and the speed benchmark ([`bench::run`]).
 //!
 //! The public entry points for other crates are [`score_once`] (one as-of run, persisted),
 //! [`replay()`] / [`replay_each`] (history, read-only), [`fit_csv`] and [`bench::run`].
