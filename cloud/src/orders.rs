@@ -997,6 +997,17 @@ mod tests {
     }
 
     impl World {
+        /// Staff change order `tx_id` at `now`, as the API and the CLI do.
+        fn change(
+            &mut self,
+            tx_id: &str,
+            action: Action,
+            note: Option<&str>,
+            now: DateTime<Utc>,
+        ) -> Result<OrderView, OrdersError> {
+            let (key, rules) = (self.cloud.clone(), self.rules.clone());
+            change(&mut self.conn, &key, &rules, tx_id, action, note, now)
+        }
         fn send(&mut self, t: &Transaction) -> ingest::BatchOutcome {
             let topic = Topics::default().tx(&t.device_id);
             let outcome =
@@ -1134,33 +1145,24 @@ mod tests {
         });
         w.status(&tx("a", 1, "pods", "POD", 1, 100));
         w.status(&tx("b", 2, "milk", "POD", 1, 200));
-        let (key, rules) = (w.cloud.clone(), w.rules.clone());
         let late = t0() + Duration::hours(25);
         assert!(matches!(
-            change(
-                &mut w.conn,
-                &key,
-                &rules,
-                "a",
-                Action::Cancel,
-                Some("x"),
-                late
-            ),
+            w.change("a", Action::Cancel, Some("x"), late),
             Err(OrdersError::WindowClosed { .. })
         ));
         assert!(matches!(
-            change(&mut w.conn, &key, &rules, "a", Action::Confirm, None, late),
+            w.change("a", Action::Confirm, None, late),
             Err(OrdersError::NotAllowed { .. })
         ));
-        let o = change(&mut w.conn, &key, &rules, "a", Action::Deliver, None, late).unwrap();
+        let o = w.change("a", Action::Deliver, None, late).unwrap();
         assert_eq!(o.status, "delivered");
-        let o = change(&mut w.conn, &key, &rules, "b", Action::Confirm, None, late).unwrap();
+        let o = w.change("b", Action::Confirm, None, late).unwrap();
         assert_eq!(
             (o.status.as_str(), o.fulfilment_requested_at.is_some()),
             ("accepted", true)
         );
         assert!(matches!(
-            change(&mut w.conn, &key, &rules, "zz", Action::Deliver, None, late),
+            w.change("zz", Action::Deliver, None, late),
             Err(OrdersError::NoSuchOrder(_))
         ));
         // The device hears about the changes with its next status.
@@ -1171,7 +1173,7 @@ mod tests {
             .unwrap()
             .1
             .is_empty());
-        let v = crate::ledger::verify(&w.conn, &key.public(), 1, |_, _| {}).unwrap();
+        let v = crate::ledger::verify(&w.conn, &w.cloud.public(), 1, |_, _| {}).unwrap();
         assert_eq!((v.ok, v.entries), (true, Some(4)));
     }
 
@@ -1183,17 +1185,7 @@ mod tests {
         });
         w.status(&tx("a", 1, "pods", "POD", 1, 100));
         assert!(w.presence(Presence::Online, 7, 1).receipts.is_empty());
-        let (key, rules) = (w.cloud.clone(), w.rules.clone());
-        change(
-            &mut w.conn,
-            &key,
-            &rules,
-            "a",
-            Action::Cancel,
-            Some("x"),
-            t0(),
-        )
-        .unwrap();
+        w.change("a", Action::Cancel, Some("x"), t0()).unwrap();
 
         // The device drops: its Last Will reaches nobody, so nothing is sent or marked.
         let will = w.presence(Presence::Offline, 7, u64::MAX);
@@ -1245,17 +1237,7 @@ mod tests {
 
         // Staff cancel `a`; the next online status carries the cancellation and marks it
         // told, but the publish is lost (the device dropped off mid-publish).
-        let (key, rules) = (w.cloud.clone(), w.rules.clone());
-        change(
-            &mut w.conn,
-            &key,
-            &rules,
-            "a",
-            Action::Cancel,
-            Some("x"),
-            t0(),
-        )
-        .unwrap();
+        w.change("a", Action::Cancel, Some("x"), t0()).unwrap();
         let lost = w.online_listing(1, 2, &[("a", Accepted), ("b", Held)]);
         assert_eq!(statuses(lost), vec![("a".to_owned(), Cancelled)]);
         assert_eq!(w.notified("a").as_deref(), Some("cancelled"));
@@ -1295,7 +1277,7 @@ mod tests {
         let d1_key = std::mem::replace(&mut w.device, other);
         assert_eq!(w.send(&c).receipts[0].1.status, Accepted);
         w.device = d1_key;
-        change(&mut w.conn, &key, &rules, "c", Action::Cancel, None, t0()).unwrap();
+        w.change("c", Action::Cancel, None, t0()).unwrap();
         assert_eq!(
             statuses(w.online_listing(1, 7, &[("c", Accepted), ("zz", Held), ("b", Held)])),
             vec![]
@@ -1303,7 +1285,7 @@ mod tests {
 
         // Confirmed while the device was away: the receipt goes at its return, is lost,
         // and goes again while the device still lists the order as held.
-        change(&mut w.conn, &key, &rules, "b", Action::Confirm, None, t0()).unwrap();
+        w.change("b", Action::Confirm, None, t0()).unwrap();
         assert_eq!(statuses(w.presence(Presence::Offline, 1, u64::MAX)), vec![]);
         assert_eq!(
             statuses(w.online_listing(2, 1, &[("b", Held)])),
@@ -1416,8 +1398,7 @@ mod tests {
             TxStatus::HeldForConfirmation
         );
         assert_eq!(fulfilment(&w.conn).len(), 1);
-        let (key, rules) = (w.cloud.clone(), w.rules.clone());
-        change(&mut w.conn, &key, &rules, "b", Action::Confirm, None, t0()).unwrap();
+        w.change("b", Action::Confirm, None, t0()).unwrap();
         let f = fulfilment(&w.conn);
         assert_eq!(f.len(), 2);
         assert_eq!(f[1].2, "order:b");
