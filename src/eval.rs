@@ -228,10 +228,22 @@ impl Subject<'_> {
 
 /// Runs the evaluation of the store in `data_dir` against `truth`.
 pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Evaluation> {
-    // The writer brings a store simulated by an older build up to date first.
-    let conn = rollcall_cloud::store::open_writer(data_dir)
-        .and_then(|_| rollcall_cloud::store::open_reader(data_dir))
-        .with_context(|| format!("Failed to open the store in {}", data_dir.display()))?;
+    use rollcall_cloud::store::{self, StoreError};
+    let file = data_dir.join(store::FILE);
+    if !file.exists() {
+        bail!(
+            "no store at {}: simulate a fleet there first (rollcall simulate --data-dir DIR)",
+            file.display()
+        );
+    }
+    // Read-only, unless a store simulated by an older build needs migrating first.
+    let conn = match store::open_reader(data_dir) {
+        Err(StoreError::TooOld { .. }) => {
+            store::open_writer(data_dir).and_then(|_| store::open_reader(data_dir))
+        }
+        other => other,
+    }
+    .with_context(|| format!("Failed to open the store in {}", data_dir.display()))?;
     let from_date = truth.start + Duration::days(i64::from(opts.warmup_days));
     let to_date = truth.end - Duration::days(1);
     if to_date < from_date {

@@ -136,7 +136,11 @@ pub fn load_or_create(
     configured: Option<&DeviceId>,
 ) -> Result<Identity, IdentityError> {
     ensure_data_dir(data_dir)?;
-    remove_stale_tmp_files(data_dir, std::time::SystemTime::now())?;
+    // Best effort: a file that cannot be removed (a read-only mount) must not stop the
+    // device from starting.
+    if let Err(error) = remove_stale_tmp_files(data_dir, std::time::SystemTime::now()) {
+        tracing::warn!(%error, "Could not remove temporary identity files left by a crash");
+    }
     let key = load_or_create_key(&data_dir.join(KEY_FILE))?;
     let id_path = data_dir.join(ID_FILE);
     let device_id = match read_device_id(data_dir)? {
@@ -252,7 +256,9 @@ fn remove_stale_tmp_files(
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err(&path)(e)),
         };
-        if now.duration_since(modified).unwrap_or_default() < STALE_TMP_AGE {
+        if now.duration_since(modified).unwrap_or_default() < STALE_TMP_AGE
+            || writer_is_alive(&name)
+        {
             continue;
         }
         match fs::remove_file(&path) {
@@ -264,6 +270,18 @@ fn remove_stale_tmp_files(
         }
     }
     Ok(())
+}
+
+/// Whether the process that named temporary file `name` (`.{file}.{pid}-{random}.tmp`)
+/// still runs, as far as `/proc` tells: a guard against a wall clock that jumped forward
+/// at boot making a live writer's file look old. Without `/proc`, only the age counts.
+fn writer_is_alive(name: &str) -> bool {
+    let pid = name
+        .strip_suffix(".tmp")
+        .and_then(|n| n.rsplit_once('.'))
+        .and_then(|(_, tail)| tail.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
 }
 
 /// Creates a file that must not exist yet, atomically and durably (see the module doc).
@@ -298,7 +316,11 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<bool, Ident
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(io_err(path)(e)),
     };
-    removed.map_err(io_err(&tmp))?;
+    // Gone already is fine: the link (if made) holds the contents.
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
+        _ => {}
+    }
     if created {
         // Make the new directory entry durable too (some file systems cannot sync a
         // directory; the file itself is already on disk).
@@ -316,7 +338,10 @@ mod tests {
     #[test]
     fn a_temporary_key_file_left_by_a_crash_is_removed_once_stale_and_a_fresh_one_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(".device.key.4242-00000000deadbeef.tmp");
+        // A pid no process has (above the kernel's pid_max), so only the age counts.
+        let stale = dir
+            .path()
+            .join(".device.key.4294967295-00000000deadbeef.tmp");
         let fresh = dir.path().join(".device.id.4243-00000000deadbeef.tmp");
         let other = dir.path().join(".unrelated.tmp");
         for p in [&stale, &fresh, &other] {
@@ -332,8 +357,24 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         }
+        // An old file of a process that still runs (this one) is left alone too.
+        let live = dir.path().join(format!(
+            ".device.key.{}-00000000deadbeef.tmp",
+            std::process::id()
+        ));
+        fs::write(&live, "x").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&live)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         remove_stale_tmp_files(dir.path(), now).unwrap();
         assert!(!stale.exists(), "a stale temporary key file is removed");
+        assert!(
+            live.exists(),
+            "a live writer's file is kept, however old it looks"
+        );
         assert!(fresh.exists(), "a young one may belong to a live writer");
         assert!(other.exists(), "files that are not ours are left alone");
         // And load_or_create runs the sweep (the fresh one is still young).

@@ -694,8 +694,10 @@ fn close_refilled(
 /// sent whose publish is then lost is not sent again. The list repairs exactly that: it
 /// is the device's own word on what it last heard, so whenever it is present and differs
 /// from the stored status the receipt goes again, at every online status until the
-/// device has applied it. Listed orders of another device, or unknown to the cloud, are
-/// ignored. One primary-key lookup per listed order; nothing more when the list is empty.
+/// device has applied it. Only a stored status further along than the listed one is
+/// re-sent ([`TxStatus::rank`]): the agent would ignore any other. Listed orders of
+/// another device, or unknown to the cloud, are ignored. One primary-key lookup per
+/// listed order; nothing more when the list is empty.
 ///
 /// [`Health::orders`]: rollcall_shared::payload::Health::orders
 pub fn on_status(
@@ -731,7 +733,9 @@ pub fn on_status(
         let Some(r) = receipt_of(tx, o.tx_id.as_str(), Some(device))? else {
             continue;
         };
-        if r.status != o.status {
+        // Only a status further along: the agent ignores a receipt that would move its
+        // order back, so re-sending one would repeat at every status for ever.
+        if r.status.rank() > o.status.rank() {
             mark_notified(tx, o.tx_id.as_str())?;
             receipts.push(r);
         }
@@ -1263,6 +1267,9 @@ mod tests {
 
         // Applied: the device lists only `b`, as held, which it is.
         assert_eq!(statuses(w.online_listing(1, 6, &[("b", Held)])), vec![]);
+        // A device that claims to be further along than the cloud (a faulty one) gets
+        // nothing: the agent would ignore a receipt moving its order back, for ever.
+        assert_eq!(statuses(w.online_listing(1, 7, &[("b", Accepted)])), vec![]);
 
         // Unknown ids and another device's orders are ignored.
         let other = KeyPair::generate();
@@ -1279,7 +1286,7 @@ mod tests {
         w.device = d1_key;
         w.change("c", Action::Cancel, None, t0()).unwrap();
         assert_eq!(
-            statuses(w.online_listing(1, 7, &[("c", Accepted), ("zz", Held), ("b", Held)])),
+            statuses(w.online_listing(1, 8, &[("c", Accepted), ("zz", Held), ("b", Held)])),
             vec![]
         );
 

@@ -232,8 +232,9 @@ pub async fn start(
 
     // Three threads in a pipeline, so that checking the next batch, committing this one
     // and signing the previous one's acks overlap (and fill each other's fsync waits).
-    let cache = Arc::new(DeviceCache::new(crate::store::open_reader(&cfg.data_dir)?));
+    // The writer first: it migrates the store, and a reader refuses one not yet migrated.
     let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+    let cache = Arc::new(DeviceCache::new(crate::store::open_reader(&cfg.data_dir)?));
     let batch_max = cfg.ingest.batch_max_reports;
     let window = cfg.ingest.replay_window;
     let threads = cfg.ingest.verify_threads;

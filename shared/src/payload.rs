@@ -513,6 +513,15 @@ impl TxStatus {
             _ => return None,
         })
     }
+    /// How far along an order's life the status is: held (1), accepted (2), final (3).
+    /// A receipt only ever moves an order forward; agents ignore one that would not.
+    pub fn rank(self) -> u8 {
+        match self {
+            TxStatus::HeldForConfirmation => 1,
+            TxStatus::Accepted => 2,
+            TxStatus::Rejected | TxStatus::Cancelled | TxStatus::Delivered => 3,
+        }
+    }
     /// True when nothing can change the status any more.
     pub fn is_final(self) -> bool {
         matches!(

@@ -23,7 +23,7 @@
 //! - Lists in every online status's [`Health::orders`] the orders that had a receipt and
 //!   are not final, with the status last heard ([`Outbox::open_orders`]; at most
 //!   [`MAX_STATUS_ORDERS`], a window moving on with every status when there are more). The
-//!   cloud re-sends the receipt of any whose status it knows to differ, so a receipt lost
+//!   cloud re-sends the receipt of any whose status it knows to be further along, so a receipt lost
 //!   on the way (a later cancellation, a confirmation) reaches the device with a later
 //!   status, and the list converges.
 //! - Keeps display messages from the cloud ([`DownBody::Message`], verified like acks) in
@@ -395,6 +395,10 @@ struct Uplink {
     events_budget: usize,
     session_no: u64,
     status_n: u64,
+    /// Online statuses published since the agent started, across connections: where the
+    /// open-order window ([`status_window`]) starts, so that it moves on even when the
+    /// device reconnects more often than it sends statuses.
+    statuses_sent: u64,
     next_status_at: Instant,
     need_subscribe: bool,
     written_state: Option<ConnectionState>,
@@ -445,6 +449,7 @@ impl Uplink {
             events_budget,
             session_no: 0,
             status_n: 0,
+            statuses_sent: 0,
             next_status_at: Instant::now(),
             need_subscribe: false,
             written_state: None,
@@ -783,13 +788,14 @@ impl Uplink {
             }
         }
         if Instant::now() >= self.next_status_at {
-            let health = self.health(self.status_n + 1).await;
+            let health = self.health(self.statuses_sent + 1).await;
             self.status_n += 1;
             let env = self.status_envelope(Presence::Online, self.status_n, Some(health));
             if self.publish(&self.status_topic, true, env).is_err() {
                 self.status_n -= 1;
                 return;
             }
+            self.statuses_sent += 1;
             self.next_status_at = Instant::now() + self.rt.uplink.status_interval;
         }
         self.pump_orders().await;
@@ -912,7 +918,7 @@ impl Uplink {
             .to_json()
     }
 
-    /// The health carried by the online status numbered `n` of this session.
+    /// The health carried by the `n`-th online status since the agent started.
     async fn health(&self, n: u64) -> Health {
         let reconnects = self.rt.stats.reconnects.load(Ordering::Relaxed);
         let orders = match outbox_call(&self.rt.outbox, |o| o.open_orders()).await {
@@ -1018,10 +1024,10 @@ impl Uplink {
     }
 }
 
-/// The open orders the online status numbered `n` lists: all of them when they fit
-/// [`MAX_STATUS_ORDERS`]; otherwise a window of that many, starting further on with every
-/// status (wrapping round), so that over consecutive statuses every open order is listed
-/// and any receipt the device missed is sent again.
+/// The open orders the `n`-th online status since the agent started lists: all of them
+/// when they fit [`MAX_STATUS_ORDERS`]; otherwise a window of that many, starting further
+/// on with every status (wrapping round, and across reconnects), so that over consecutive
+/// statuses every open order is listed and any receipt the device missed is sent again.
 fn status_window(open: Vec<OpenOrder>, n: u64) -> Vec<OpenOrder> {
     if open.len() <= MAX_STATUS_ORDERS {
         return open;
