@@ -306,31 +306,19 @@ fn each_kind_of_bad_message_is_quarantined_with_its_reason_and_valid_traffic_con
     assert!(http_get(&cloud.http_url, "/healthz").contains("\"ok\""));
 
     // The operator clears the refused messages; the held ones stay until purged too.
-    let e = cloud
-        .cli(&[
+    let purge = |state: &str| {
+        cloud.cli(&[
             "quarantine",
             "purge",
             "--older-than-days",
             "0",
             "--state",
-            "gone",
+            state,
         ])
-        .unwrap_err()
-        .to_string();
+    };
+    let e = purge("gone").unwrap_err().to_string();
     assert!(e.contains("invalid value 'gone'"), "{e}");
-    let out: Value = serde_json::from_str(
-        &cloud
-            .cli(&[
-                "quarantine",
-                "purge",
-                "--older-than-days",
-                "0",
-                "--state",
-                "rejected",
-            ])
-            .unwrap(),
-    )
-    .unwrap();
+    let out: Value = serde_json::from_str(&purge("rejected").unwrap()).unwrap();
     assert!(out["purged"].as_u64().unwrap() >= 6, "{out}");
     let left = cloud.quarantine().unwrap();
     assert!(

@@ -939,15 +939,20 @@ idle_timeout_s = 60
             LoadedConfig::load(None, &Overrides::default()),
             Err(ConfigError::Missing)
         ));
-        let c = LoadedConfig::load(
+        let c = load_without_a_file();
+        assert_eq!(c.outbox_path(), PathBuf::from("/d/outbox.db"));
+    }
+
+    /// A configuration from defaults and a `--data-dir /d` flag alone, with no file.
+    fn load_without_a_file() -> LoadedConfig {
+        LoadedConfig::load(
             None,
             &Overrides {
                 data_dir: Some("/d".into()),
                 ..Default::default()
             },
         )
-        .unwrap();
-        assert_eq!(c.outbox_path(), PathBuf::from("/d/outbox.db"));
+        .unwrap()
     }
 
     #[test]
@@ -978,14 +983,7 @@ idle_timeout_s = 60
         assert!(e.contains("`rollcall-cloud keys show`"), "{e}");
         assert!(e.ends_with("in config/agent.toml"), "{e}");
         // Without a file, the message says to write one.
-        let c = LoadedConfig::load(
-            None,
-            &Overrides {
-                data_dir: Some("/d".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let c = load_without_a_file();
         let e = c.require_cloud_key().unwrap_err().to_string();
         assert!(
             e.starts_with("(defaults): cloud_public_key: ") && e.contains("--config FILE"),
