@@ -12,6 +12,9 @@
 //!   store: its commits come with every lookup, and a commit to the store would empty the
 //!   page cache of every store reader (SQLite drops a connection's cache whenever another
 //!   connection has written to its file).
+//! - The log's file holds no index besides its ids, so a commit only appends; the index
+//!   by member is a file of its own, kept up to date by the checkpointer thread (see
+//!   [`index`] for why and how a member's rows are never missed).
 //! - Rows that versions before store migration 7 kept in the store are moved into it by
 //!   [`open`] (the migration renamed their table `legacy_audit_log`, so those versions
 //!   refuse the store from then on and cannot add rows behind the move). The copy keeps
@@ -24,6 +27,8 @@
 //!   [`RESTART_FRAMES`], the checkpointer asks the writer to restart it between two
 //!   commits: a writer that commits without pause starves any other connection that
 //!   waits for it, so only the writer itself can restart the file for certain.
+
+pub mod index;
 
 use crate::tokens::Principal;
 use chrono::{DateTime, Utc};
@@ -64,7 +69,8 @@ const SCHEMA: &str = "
         member_id TEXT,
         detail TEXT NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS audit_log_member ON audit_log(member_id, at_ms);
+    -- Versions before the member index got a file of its own kept it here.
+    DROP INDEX IF EXISTS audit_log_member;
 ";
 
 /// Opens the audit log in `data_dir` for writing, creating it (and the store, if need be),
@@ -75,11 +81,17 @@ pub fn open(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
     let mut conn = open_file(data_dir)?;
     conn.execute_batch(SCHEMA)?;
     let store = data_dir.join(crate::store::FILE);
-    move_legacy_rows(&mut conn, &store).map_err(|source| crate::store::StoreError::AuditMove {
-        from: store.display().to_string(),
-        to: data_dir.join(FILE).display().to_string(),
-        source,
+    let moved = move_legacy_rows(&mut conn, &store).map_err(|source| {
+        crate::store::StoreError::AuditMove {
+            from: store.display().to_string(),
+            to: data_dir.join(FILE).display().to_string(),
+            source,
+        }
     })?;
+    if moved > 0 {
+        // The moved rows keep their old ids, which the index may have passed.
+        index::reset(&index::open(data_dir)?)?;
+    }
     Ok(conn)
 }
 
@@ -93,7 +105,7 @@ fn open_file(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
 /// Moves the rows of the store's `legacy_audit_log` table into the audit log, keeping
 /// their ids. A row already copied (same id, same content) is not copied again; a
 /// different row under the same id fails the move, losing neither row.
-fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<(), rusqlite::Error> {
+fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<usize, rusqlite::Error> {
     conn.execute(
         "ATTACH DATABASE ?1 AS store",
         [store.to_string_lossy().as_ref()],
@@ -131,16 +143,18 @@ fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<(), rusqlite:
     if n > 0 {
         tracing::info!(rows = n, "Moved the audit log out of the store into {FILE}");
     }
-    Ok(())
+    Ok(n)
 }
 
-/// Opens the audit log in `data_dir` for reading (it must exist: [`open`] creates it).
+/// Opens the audit log in `data_dir` for reading (it must exist: [`open`] creates it),
+/// with its member index attached when there is one that can be read.
 pub fn open_reader(data_dir: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         data_dir.join(FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    index::attach(&conn, data_dir);
     Ok(conn)
 }
 
@@ -248,6 +262,11 @@ impl AuditLog {
         // Its passive checkpoints never wait for a lock; this bounds only the reads of the
         // schema that preparing one may need.
         checkpointer.busy_timeout(std::time::Duration::from_millis(100))?;
+        let member_index = index::open(data_dir)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "Cannot open the audit log's member index; member queries scan the log")
+            })
+            .ok();
         let (tx, rx) = mpsc::channel::<Request>(4096);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
         let dir: PathBuf = data_dir.to_owned();
@@ -255,7 +274,7 @@ impl AuditLog {
         let wal = data_dir.join(format!("{FILE}-wal"));
         std::thread::Builder::new()
             .name("audit-checkpoint".into())
-            .spawn(move || checkpoint(checkpointer, &wal, &restart, stopped))
+            .spawn(move || checkpoint(checkpointer, member_index, &wal, &restart, stopped))
             .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -384,10 +403,15 @@ pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs
 /// Frames (pages) in the write-ahead file above which the checkpointer restarts it.
 pub const RESTART_FRAMES: i64 = 4096;
 
-/// Checkpoints the audit log every [`CHECKPOINT_EVERY`] until the writer stops, then once
-/// more.
+/// Longest one round of the checkpointer spends on the member index (a rebuild of a long
+/// log takes several rounds).
+const INDEX_ROUND: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Every [`CHECKPOINT_EVERY`] until the writer stops, then once more: brings the member
+/// index up to date (within [`INDEX_ROUND`]) and checkpoints the audit log.
 fn checkpoint(
     conn: Connection,
+    mut member_index: Option<Connection>,
     wal: &Path,
     restart: &std::sync::atomic::AtomicBool,
     writer_stopped: std::sync::mpsc::Receiver<()>,
@@ -397,6 +421,19 @@ fn checkpoint(
             writer_stopped.recv_timeout(CHECKPOINT_EVERY),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
         );
+        if let Some(idx) = member_index.as_mut() {
+            let started = std::time::Instant::now();
+            loop {
+                match index::catch_up(&conn, idx, index::BATCH) {
+                    Ok(n) if n == index::BATCH && started.elapsed() < INDEX_ROUND => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Failed to update the audit log's member index");
+                        break;
+                    }
+                }
+            }
+        }
         match checkpoint_once(&conn, wal, restart) {
             // SQLite reports -1 frames when another checkpoint (the writer's restart) held
             // the checkpoint lock.
@@ -501,27 +538,66 @@ pub struct AuditView {
 }
 
 /// The audit rows, newest first; optionally one member's. `conn` is a connection to the
-/// audit log ([`open_reader`]).
+/// audit log ([`open_reader`]); a member's rows come from the member index where it has
+/// them and from a scan of the log's tail after it (the whole log without an index).
 pub fn list(
     conn: &Connection,
     member_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<AuditView>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
-        "SELECT at_ms, actor, role, action, member_id, detail FROM audit_log
-         WHERE (?1 IS NULL OR member_id = ?1) ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)",
-    )?;
-    let rows = st.query_map(params![member_id, limit], |r| {
+    const COLUMNS: &str = "id, at_ms, actor, role, action, member_id, detail";
+    let view = |r: &rusqlite::Row| {
         Ok(AuditView {
-            at: crate::registry::ms_to_rfc3339(r.get(0)?),
-            actor: r.get(1)?,
-            role: r.get(2)?,
-            action: r.get(3)?,
-            member_id: r.get(4)?,
-            detail: r.get(5)?,
+            at: crate::registry::ms_to_rfc3339(r.get(1)?),
+            actor: r.get(2)?,
+            role: r.get(3)?,
+            action: r.get(4)?,
+            member_id: r.get(5)?,
+            detail: r.get(6)?,
         })
-    })?;
-    rows.collect()
+    };
+    let Some(member) = member_id else {
+        return conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_log ORDER BY id DESC LIMIT CAST(?1 AS INTEGER)"
+            ))?
+            .query_map([limit], view)?
+            .collect();
+    };
+    let indexed = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = 'idx')",
+            [],
+            |r| r.get::<_, bool>(0),
+        )?
+        .then(|| index::upto_attached(conn))
+        .transpose()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "The audit log's member index cannot be read; scanning the log");
+            None
+        });
+    match indexed {
+        // The index and the log are read in one transaction, but each file at its own
+        // moment: an index ahead of the log names rows this read does not see yet (and
+        // leaves them out, as the log does); one behind leaves more to the scan.
+        Some(upto) => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_log
+                 WHERE id IN (SELECT id FROM idx.member_rows WHERE member_id = ?1)
+                 UNION ALL
+                 SELECT {COLUMNS} FROM audit_log WHERE id > ?2 AND member_id = ?1
+                 ORDER BY id DESC LIMIT CAST(?3 AS INTEGER)"
+            ))?
+            .query_map(params![member, upto, limit], view)?
+            .collect(),
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_log WHERE member_id = ?1
+                 ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
+            ))?
+            .query_map(params![member, limit], view)?
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -794,5 +870,132 @@ mod tests {
             wal_bytes <= (16 << 20) + (64 << 10),
             "{wal_bytes} bytes of write-ahead file"
         );
+    }
+
+    /// The details of `m{n}`'s rows as `list` gives them (newest first, at most `limit`).
+    fn details_of(dir: &Path, n: u64, limit: u32) -> Vec<String> {
+        let conn = open_reader(dir).unwrap();
+        list(&conn, Some(&format!("m{n}")), limit)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect()
+    }
+
+    fn write_searches(conn: &mut Connection, range: std::ops::Range<u64>) {
+        let entries: Vec<Entry> = range
+            .map(|i| search_entry(i % 3, &format!("n{i}")))
+            .collect();
+        write(conn, entries.iter()).unwrap();
+    }
+
+    fn remove_index(dir: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("{}{suffix}", index::FILE)));
+        }
+    }
+
+    #[test]
+    fn a_members_rows_are_listed_whole_and_once_however_far_the_index_has_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open_writer(dir.path(), Durability::Full).unwrap();
+        write_searches(&mut writer, 0..30);
+        let expected: Vec<String> = (0..30)
+            .rev()
+            .filter(|i| i % 3 == 1)
+            .map(|i| format!("n{i}"))
+            .collect();
+        // No index yet: the whole log is scanned.
+        assert_eq!(details_of(dir.path(), 1, 100), expected);
+        // An index part of the way: its rows and the tail after it, none twice.
+        let mut idx = index::open(dir.path()).unwrap();
+        assert_eq!(index::catch_up(&writer, &mut idx, 7).unwrap(), 7);
+        assert_eq!(index::upto(&idx).unwrap(), 7);
+        assert_eq!(details_of(dir.path(), 1, 100), expected);
+        assert_eq!(details_of(dir.path(), 1, 4), expected[..4]);
+        // Caught up, then more rows after it.
+        while index::catch_up(&writer, &mut idx, 7).unwrap() > 0 {}
+        assert_eq!(index::upto(&idx).unwrap(), 30);
+        let in_index: i64 = idx
+            .query_row(
+                "SELECT count(*) FROM member_rows WHERE member_id = 'm1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(in_index, 10);
+        assert_eq!(details_of(dir.path(), 1, 100), expected);
+        write_searches(&mut writer, 30..33);
+        let mut expected_now = vec!["n31".to_owned()];
+        expected_now.extend(expected.iter().cloned());
+        assert_eq!(details_of(dir.path(), 1, 100), expected_now);
+        assert_eq!(details_of(dir.path(), 7, 100), Vec::<String>::new());
+        // A lost index costs nothing but speed, and is rebuilt.
+        drop(idx);
+        remove_index(dir.path());
+        assert_eq!(details_of(dir.path(), 1, 100), expected_now);
+        let mut idx = index::open(dir.path()).unwrap();
+        while index::catch_up(&writer, &mut idx, 1000).unwrap() > 0 {}
+        assert_eq!(index::upto(&idx).unwrap(), 33);
+        assert_eq!(details_of(dir.path(), 1, 100), expected_now);
+        // A member's rows are found through the index, not by scanning the log.
+        let reader = open_reader(dir.path()).unwrap();
+        let plan: Vec<String> = reader
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id FROM audit_log
+                 WHERE id IN (SELECT id FROM idx.member_rows WHERE member_id = 'm1')",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("INTEGER PRIMARY KEY (rowid=?)")),
+            "{plan:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_keeps_the_member_index_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::start(dir.path(), Durability::Normal).unwrap();
+        for i in 0..12 {
+            log.record(vec![search_entry(i % 3, &format!("n{i}"))])
+                .await
+                .unwrap();
+        }
+        let idx = index::open(dir.path()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while index::upto(&idx).unwrap() < 12 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the index stayed behind"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let m2: i64 = idx
+            .query_row(
+                "SELECT count(*) FROM member_rows WHERE member_id = 'm2'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(m2, 4);
+    }
+
+    #[test]
+    fn rows_moved_from_an_older_store_send_the_index_back_to_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        let idx = index::open(dir.path()).unwrap();
+        idx.execute("INSERT INTO progress (one, upto) VALUES (1, 40)", [])
+            .unwrap();
+        let store = crate::store::open_writer(dir.path()).unwrap();
+        legacy_row(&store, 3, "phone=+12125550100");
+        drop(open(dir.path()).unwrap());
+        assert_eq!(index::upto(&idx).unwrap(), 0);
+        assert_eq!(details_of(dir.path(), 1, 10), ["phone=+12125550100"]);
     }
 }
