@@ -62,7 +62,11 @@ impl AppState {
     /// answers 404). Starts the audit writer (creating the store in `cfg.data_dir` if need
     /// be) and the store readers.
     pub fn new(metrics: Arc<Metrics>, cfg: CloudConfig) -> Result<Self, StateError> {
-        let audit = crate::audit::AuditLog::start(&cfg.data_dir, cfg.http.audit_sync)?;
+        let audit = crate::audit::AuditLog::start(
+            &cfg.data_dir,
+            cfg.http.audit_sync,
+            metrics.audit_commit_seconds.clone(),
+        )?;
         let readers = crate::readers::ReaderPool::start(
             &cfg.data_dir,
             crate::readers::ReaderPool::default_size(),

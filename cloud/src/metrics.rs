@@ -71,6 +71,9 @@ pub struct Metrics {
     pub scoring_fits: Counter,
     /// `rollcall_scoring_run_seconds`: time of one scoring run.
     pub scoring_run_seconds: Histogram,
+    /// `rollcall_audit_commit_seconds`: time the audit writer is busy with one group
+    /// commit (and the write-ahead file restart that may follow it); lookups wait for it.
+    pub audit_commit_seconds: Histogram,
     /// `rollcall_delivery_attempts_total{channel,outcome}`: delivery attempts made.
     pub delivery_attempts: Family<DeliveryLabel, Counter>,
     /// `rollcall_delivery_attempt_seconds`: time of one delivery attempt.
@@ -129,6 +132,7 @@ impl Metrics {
             scoring_runs: Counter::default(),
             scoring_fits: Counter::default(),
             scoring_run_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            audit_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
             delivery_attempts: Family::default(),
             delivery_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             outreach_decisions: Family::default(),
@@ -197,6 +201,11 @@ impl Metrics {
             "scoring_run_seconds",
             "Time of one scoring run",
             m.scoring_run_seconds.clone(),
+        );
+        registry.register(
+            "audit_commit_seconds",
+            "Time the audit writer is busy with one group commit of lookups' audit rows",
+            m.audit_commit_seconds.clone(),
         );
         registry.register(
             "delivery_attempts",

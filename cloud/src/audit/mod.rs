@@ -32,6 +32,7 @@ pub mod index;
 
 use crate::tokens::Principal;
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -254,8 +255,13 @@ const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
     /// Starts the writer thread on the audit log in `data_dir` (see [`open`]), committing
-    /// with `sync`. It stops when every handle is dropped.
-    pub fn start(data_dir: &Path, sync: Durability) -> Result<Self, crate::store::StoreError> {
+    /// with `sync` and observing how long each commit keeps it busy in `commit_seconds`.
+    /// It stops when every handle is dropped.
+    pub fn start(
+        data_dir: &Path,
+        sync: Durability,
+        commit_seconds: Histogram,
+    ) -> Result<Self, crate::store::StoreError> {
         let writer = Writer::new(open_writer(data_dir, sync)?);
         let restart = writer.restart.clone();
         let checkpointer = open_file(data_dir)?;
@@ -279,7 +285,7 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                write_requests(writer, rx, dir);
+                write_requests(writer, rx, dir, commit_seconds);
                 drop(running);
             })
             .map_err(spawn_error)?;
@@ -302,7 +308,12 @@ impl AuditLog {
     }
 }
 
-fn write_requests(mut writer: Writer, mut rx: mpsc::Receiver<Request>, dir: PathBuf) {
+fn write_requests(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Request>,
+    dir: PathBuf,
+    commit_seconds: Histogram,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut n = batch[0].0.len();
@@ -315,6 +326,7 @@ fn write_requests(mut writer: Writer, mut rx: mpsc::Receiver<Request>, dir: Path
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = write(&mut writer.conn, batch.iter().flat_map(|(e, _)| e.iter()))
             .map_err(|e| e.to_string());
         if let Err(e) = &result {
@@ -326,6 +338,7 @@ fn write_requests(mut writer: Writer, mut rx: mpsc::Receiver<Request>, dir: Path
         if let Err(e) = writer.restart_if_asked() {
             tracing::warn!(error = %e, "Failed to restart the audit log's write-ahead file");
         }
+        commit_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -605,10 +618,15 @@ mod tests {
     use super::*;
     use crate::tokens::Role;
 
+    fn test_histogram() -> Histogram {
+        Histogram::new([0.001, 0.01, 0.1])
+    }
+
     #[tokio::test]
     async fn concurrent_lookups_are_all_committed_before_they_return() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::start(dir.path(), Durability::Full).unwrap();
+        let commits = test_histogram();
+        let log = AuditLog::start(dir.path(), Durability::Full, commits.clone()).unwrap();
         let p = Principal {
             token_id: 7,
             name: "desk".into(),
@@ -639,6 +657,18 @@ mod tests {
             .iter()
             .all(|r| r.actor == "desk" && r.role == "support" && r.action == "search"));
         assert_eq!(list(&conn, Some("m3"), 10).unwrap().len(), 1);
+        // Every group commit is timed (50 rows in at least one, at most 50 commits).
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("audit_commit_seconds", "", commits);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("audit_commit_seconds_count "))
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap();
+        assert!((1..=50).contains(&count), "{count} commits timed");
     }
 
     fn legacy_row(conn: &Connection, id: i64, detail: &str) {
@@ -960,7 +990,7 @@ mod tests {
     #[tokio::test]
     async fn the_checkpointer_keeps_the_member_index_up_to_date() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::start(dir.path(), Durability::Normal).unwrap();
+        let log = AuditLog::start(dir.path(), Durability::Normal, test_histogram()).unwrap();
         for i in 0..12 {
             log.record(vec![search_entry(i % 3, &format!("n{i}"))])
                 .await
