@@ -111,6 +111,10 @@ pub struct LoadFigures {
     pub max_ms: f64,
     /// Answers other than `200`, and transport errors.
     pub errors: u64,
+    /// Share of the machine's CPU time the hypervisor gave to other guests during the
+    /// load, warm-up included, in percent (`/proc/stat`; null where unknown). Runs with
+    /// much steal have longer tails whatever the server does.
+    pub host_steal_pct: Option<f64>,
 }
 
 /// An open-loop run: the rate asked for and what came of it.
@@ -240,7 +244,8 @@ async fn measure(
         b.connections, b.seconds
     );
     let urls = Arc::new(urls);
-    let greeting = closed_loop(
+    let cpu = crate::hostcpu::CpuTimes::now();
+    let mut greeting = closed_loop(
         urls.clone(),
         token,
         b.connections,
@@ -248,12 +253,17 @@ async fn measure(
         Duration::from_secs(b.seconds),
     )
     .await?;
+    let steal_since = |before: Option<crate::hostcpu::CpuTimes>| {
+        crate::hostcpu::CpuTimes::now()?.steal_pct_since(&before?)
+    };
+    greeting.host_steal_pct = steal_since(cpu);
     let at_rate = if b.rate > 0.0 {
         eprintln!(
             "load: {} connections at {} requests/s, 2 s warm-up, {} s measured",
             b.connections, b.rate, b.seconds
         );
-        let load = open_loop(
+        let cpu = crate::hostcpu::CpuTimes::now();
+        let mut load = open_loop(
             urls,
             token,
             b.connections,
@@ -262,6 +272,7 @@ async fn measure(
             Duration::from_secs(b.seconds),
         )
         .await?;
+        load.host_steal_pct = steal_since(cpu);
         Some(RateFigures { rate: b.rate, load })
     } else {
         None
@@ -1227,6 +1238,7 @@ async fn figures(
         p99_ms: percentile_ms(&all, 99.0),
         max_ms: percentile_ms(&all, 100.0),
         errors,
+        host_steal_pct: None,
     })
 }
 

@@ -13,5 +13,6 @@ pub mod bench;
 pub mod bench_lookup;
 pub mod demo;
 pub mod eval;
+pub mod hostcpu;
 pub mod sim;
 pub mod testkit;
