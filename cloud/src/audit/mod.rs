@@ -919,6 +919,16 @@ mod tests {
         write(conn, entries.iter()).unwrap();
     }
 
+    /// How many rows of `member` the index holds.
+    fn indexed_rows(idx: &Connection, member: &str) -> i64 {
+        idx.query_row(
+            "SELECT count(*) FROM member_rows WHERE member_id = ?1",
+            [member],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
     fn remove_index(dir: &Path) {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(dir.join(format!("{}{suffix}", index::FILE)));
@@ -946,14 +956,7 @@ mod tests {
         // Caught up, then more rows after it.
         while index::catch_up(&writer, &mut idx, 7).unwrap() > 0 {}
         assert_eq!(index::upto(&idx).unwrap(), 30);
-        let in_index: i64 = idx
-            .query_row(
-                "SELECT count(*) FROM member_rows WHERE member_id = 'm1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(in_index, 10);
+        assert_eq!(indexed_rows(&idx, "m1"), 10);
         assert_eq!(details_of(dir.path(), 1, 100), expected);
         write_searches(&mut writer, 30..33);
         let mut expected_now = vec!["n31".to_owned()];
@@ -1005,14 +1008,7 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let m2: i64 = idx
-            .query_row(
-                "SELECT count(*) FROM member_rows WHERE member_id = 'm2'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(m2, 4);
+        assert_eq!(indexed_rows(&idx, "m2"), 4);
     }
 
     #[test]
