@@ -10,14 +10,22 @@
 //!
 //! Invariants:
 //! - `member_rows` holds `(member_id, id)` for every row of the log that names a member
-//!   and has `id <= upto` (table `progress`); both change in one transaction, and only
-//!   from rows the log has committed.
-//! - The log's rows above `upto` are found by scanning its tail ([`super::list`] does), so
-//!   an index that is behind, empty, missing or damaged costs speed, never rows.
+//!   and has `id <= upto` (table `progress`, with the `at_ms` of row `upto` as its
+//!   fingerprint); both change in one transaction, and only from rows the log has
+//!   committed and synced (the checkpointer indexes only rows it saw before its sync).
+//! - [`super::list`] reads the index for ids up to `upto` and scans the log after it, in
+//!   one statement (one snapshot of each file), and checks each row's member in the log
+//!   itself, so an index that is behind, empty or missing costs speed, never rows, and a
+//!   stale one can never show another member's rows. A query the index fails is run again
+//!   as a scan.
 //! - The log's ids only grow: rows are appended, never deleted. Rows moved in from an
 //!   older version's store keep their old ids, so such a move (once, at the first start
-//!   after an upgrade) sets `upto` back to 0 and the index is rebuilt.
-//! - Nothing in it is the only copy of anything: deleting the file rebuilds it.
+//!   after an upgrade) first empties the index.
+//! - At start the index is checked against the log ([`check`]): if row `upto` is missing
+//!   or has another time (the log was restored from a backup, or lost its last rows to a
+//!   power cut), the index is emptied and rebuilt.
+//! - Nothing in it is the only copy of anything: deleting the file (server stopped)
+//!   rebuilds it at the next start.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -26,7 +34,7 @@ use std::path::Path;
 pub const FILE: &str = "audit-index.db";
 
 /// Most log rows one [`catch_up`] call reads.
-pub const BATCH: usize = 50_000;
+pub const BATCH: usize = 20_000;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS member_rows (
@@ -36,21 +44,32 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS progress (
         one INTEGER PRIMARY KEY CHECK (one = 1),
-        upto INTEGER NOT NULL
+        upto INTEGER NOT NULL,
+        upto_at_ms INTEGER NOT NULL
     );
 ";
 
 /// Opens (creating if need be) the index in `data_dir` for writing. It is rebuilt from
 /// the log if lost, so its commits are not synced one by one (`synchronous = NORMAL`).
+/// An index file with other tables than these is emptied and made anew.
 pub fn open(data_dir: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(data_dir.join(FILE))?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // Only the checkpointer writes it; never wait long for anyone else.
+    conn.busy_timeout(std::time::Duration::from_secs(1))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
     // A rebuild commits large batches; cut the write-ahead file back after them.
     conn.pragma_update(None, "journal_size_limit", 16 << 20)?;
     conn.execute_batch(SCHEMA)?;
+    if conn
+        .prepare("SELECT upto, upto_at_ms FROM progress")
+        .is_err()
+    {
+        conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS member_rows; DROP TABLE IF EXISTS progress; {SCHEMA}"
+        ))?;
+    }
     Ok(conn)
 }
 
@@ -62,36 +81,76 @@ pub fn upto(index: &Connection) -> Result<i64, rusqlite::Error> {
         .unwrap_or(0))
 }
 
-/// Makes the index cover no row, so that it is rebuilt from the log.
-pub fn reset(index: &Connection) -> Result<(), rusqlite::Error> {
-    index.execute("DELETE FROM progress", [])?;
-    Ok(())
+/// Empties the index, so that it is rebuilt from the log.
+pub fn reset(index: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = index.transaction()?;
+    tx.execute("DELETE FROM member_rows", [])?;
+    tx.execute("DELETE FROM progress", [])?;
+    tx.commit()
 }
 
-/// Indexes the log's rows after [`upto`], at most `batch` of them, and returns how many
-/// rows it read (0: the index was up to date). `log` is a connection to the audit log.
+/// Empties the index unless the log still has row `upto` with the time the index saw;
+/// returns whether it did.
+pub fn check(log: &Connection, index: &mut Connection) -> Result<bool, rusqlite::Error> {
+    let Some((upto, at_ms)) = index
+        .query_row("SELECT upto, upto_at_ms FROM progress", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?
+    else {
+        return Ok(false);
+    };
+    let in_log: Option<i64> = log
+        .query_row("SELECT at_ms FROM audit_log WHERE id = ?1", [upto], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if in_log == Some(at_ms) {
+        return Ok(false);
+    }
+    tracing::warn!(
+        upto,
+        "The audit log's member index does not match the log (restored from a backup, or \
+         rows lost to a power cut); rebuilding it"
+    );
+    reset(index)?;
+    Ok(true)
+}
+
+/// Indexes the log's rows after [`upto`] and up to id `until`, at most `batch` of them,
+/// and returns how many rows it read (0: nothing to do). `log` is a connection to the
+/// audit log.
 pub fn catch_up(
     log: &Connection,
     index: &mut Connection,
+    until: i64,
     batch: usize,
 ) -> Result<usize, rusqlite::Error> {
-    let from = upto(index)?;
+    // Immediate: `upto` cannot move between reading it and writing it.
+    let tx = index.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let from = upto(&tx)?;
     let rows = log
-        .prepare_cached("SELECT id, member_id FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2")?
-        .query_map(params![from, batch as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+        .prepare_cached(
+            "SELECT id, at_ms, member_id FROM audit_log WHERE id > ?1 AND id <= ?2
+             ORDER BY id LIMIT ?3",
+        )?
+        .query_map(params![from, until, batch as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let Some(&(last, _)) = rows.last() else {
+    let Some(&(last, last_at_ms, _)) = rows.last() else {
         return Ok(0);
     };
     // In key order, each page of the index is written once per batch, not once per row.
     let mut keyed: Vec<(&str, i64)> = rows
         .iter()
-        .filter_map(|(id, member)| Some((member.as_deref()?, *id)))
+        .filter_map(|(id, _, member)| Some((member.as_deref()?, *id)))
         .collect();
     keyed.sort_unstable();
-    let tx = index.transaction()?;
     {
         let mut insert =
             tx.prepare_cached("INSERT OR IGNORE INTO member_rows (member_id, id) VALUES (?1, ?2)")?;
@@ -99,9 +158,9 @@ pub fn catch_up(
             insert.execute(params![member, id])?;
         }
         tx.execute(
-            "INSERT INTO progress (one, upto) VALUES (1, ?1)
-             ON CONFLICT (one) DO UPDATE SET upto = excluded.upto",
-            [last],
+            "INSERT INTO progress (one, upto, upto_at_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT (one) DO UPDATE SET upto = excluded.upto, upto_at_ms = excluded.upto_at_ms",
+            params![last, last_at_ms],
         )?;
     }
     tx.commit()?;
@@ -109,32 +168,25 @@ pub fn catch_up(
 }
 
 /// Attaches the index in `data_dir` to `log` (a connection to the audit log) as `idx`, if
-/// it exists and can be read; returns whether it did.
+/// it exists and has its tables; returns whether it did.
 pub fn attach(log: &Connection, data_dir: &Path) -> bool {
     let path = data_dir.join(FILE);
     if !path.exists() {
         return false;
     }
-    match log
+    let attached = log
         .execute(
             "ATTACH DATABASE ?1 AS idx",
             [path.to_string_lossy().as_ref()],
         )
-        .and_then(|_| upto_attached(log))
-    {
-        Ok(_) => true,
+        .and_then(|_| log.prepare("SELECT upto FROM idx.progress").map(drop));
+    match attached {
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, file = %path.display(), "The audit log's member index cannot be read; member queries scan the log");
+            // The checkpointer warns about an index it cannot use; this runs per request.
+            tracing::debug!(error = %e, file = %path.display(), "Not using the audit log's member index");
             let _ = log.execute("DETACH DATABASE idx", []);
             false
         }
     }
-}
-
-/// [`upto`] of the index attached as `idx`.
-pub(super) fn upto_attached(log: &Connection) -> Result<i64, rusqlite::Error> {
-    Ok(log
-        .query_row("SELECT upto FROM idx.progress", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
 }

@@ -82,18 +82,31 @@ pub fn open(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
     let mut conn = open_file(data_dir)?;
     conn.execute_batch(SCHEMA)?;
     let store = data_dir.join(crate::store::FILE);
-    let moved = move_legacy_rows(&mut conn, &store).map_err(|source| {
+    // The moved rows keep their old ids, which the member index may have passed.
+    move_legacy_rows(&mut conn, &store, || forget_index(data_dir)).map_err(|source| {
         crate::store::StoreError::AuditMove {
             from: store.display().to_string(),
             to: data_dir.join(FILE).display().to_string(),
             source,
         }
     })?;
-    if moved > 0 {
-        // The moved rows keep their old ids, which the index may have passed.
-        index::reset(&index::open(data_dir)?)?;
-    }
     Ok(conn)
+}
+
+/// Empties the member index in `data_dir`, or deletes its files if it cannot be opened.
+fn forget_index(data_dir: &Path) -> Result<(), rusqlite::Error> {
+    let Err(e) = index::open(data_dir).and_then(|mut idx| index::reset(&mut idx)) else {
+        return Ok(());
+    };
+    tracing::warn!(error = %e, "Cannot empty the audit log's member index; deleting it");
+    for suffix in ["", "-wal", "-shm"] {
+        match std::fs::remove_file(data_dir.join(format!("{}{suffix}", index::FILE))) {
+            Ok(()) => {}
+            Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A writing connection to the audit log's file, with the store's pragmas.
@@ -104,9 +117,14 @@ fn open_file(data_dir: &Path) -> Result<Connection, crate::store::StoreError> {
 }
 
 /// Moves the rows of the store's `legacy_audit_log` table into the audit log, keeping
-/// their ids. A row already copied (same id, same content) is not copied again; a
-/// different row under the same id fails the move, losing neither row.
-fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<usize, rusqlite::Error> {
+/// their ids, after calling `before_copy` (only if there are rows). A row already copied
+/// (same id, same content) is not copied again; a different row under the same id fails
+/// the move, losing neither row.
+fn move_legacy_rows(
+    conn: &mut Connection,
+    store: &Path,
+    before_copy: impl FnOnce() -> Result<(), rusqlite::Error>,
+) -> Result<usize, rusqlite::Error> {
     conn.execute(
         "ATTACH DATABASE ?1 AS store",
         [store.to_string_lossy().as_ref()],
@@ -120,6 +138,7 @@ fn move_legacy_rows(conn: &mut Connection, store: &Path) -> Result<usize, rusqli
         if !any {
             return Ok(0);
         }
+        before_copy()?;
         // The copy commits first (in the audit log's file), then the delete (in the
         // store's): WAL databases commit one by one.
         let tx = conn.transaction()?;
@@ -269,6 +288,7 @@ impl AuditLog {
         // schema that preparing one may need.
         checkpointer.busy_timeout(std::time::Duration::from_millis(100))?;
         let member_index = index::open(data_dir)
+            .and_then(|mut idx| index::check(&checkpointer, &mut idx).map(|_| idx))
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "Cannot open the audit log's member index; member queries scan the log")
             })
@@ -420,8 +440,9 @@ pub const RESTART_FRAMES: i64 = 4096;
 /// log takes several rounds).
 const INDEX_ROUND: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Every [`CHECKPOINT_EVERY`] until the writer stops, then once more: brings the member
-/// index up to date (within [`INDEX_ROUND`]) and checkpoints the audit log.
+/// Every [`CHECKPOINT_EVERY`] until the writer stops, then once more: checkpoints the
+/// audit log and brings the member index up to date with the rows synced by that
+/// checkpoint (within [`INDEX_ROUND`]).
 fn checkpoint(
     conn: Connection,
     mut member_index: Option<Connection>,
@@ -434,10 +455,33 @@ fn checkpoint(
             writer_stopped.recv_timeout(CHECKPOINT_EVERY),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
         );
-        if let Some(idx) = member_index.as_mut() {
+        // The rows committed before this round's sync; only those are indexed, so that the
+        // index never covers rows a power cut could still take from the log.
+        let synced: Result<i64, _> =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM audit_log", [], |r| {
+                r.get(0)
+            });
+        let synced = match checkpoint_once(&conn, wal, restart) {
+            // SQLite reports -1 frames when another checkpoint (the writer's restart) held
+            // the checkpoint lock.
+            Ok(Checkpoint { busy: true, frames }) if frames < 0 => {
+                tracing::debug!("The audit log's checkpoint met the writer's restart");
+                synced
+            }
+            Ok(Checkpoint { busy: true, frames }) => {
+                tracing::debug!(frames, "The audit log's checkpoint waited for a reader");
+                synced
+            }
+            Ok(_) => synced,
+            Err(e) => {
+                tracing::warn!(error = %e, "Failed to checkpoint the audit log");
+                Ok(0)
+            }
+        };
+        if let (Some(idx), Ok(until)) = (member_index.as_mut(), synced) {
             let started = std::time::Instant::now();
             loop {
-                match index::catch_up(&conn, idx, index::BATCH) {
+                match index::catch_up(&conn, idx, until, index::BATCH) {
                     Ok(n) if n == index::BATCH && started.elapsed() < INDEX_ROUND => continue,
                     Ok(_) => break,
                     Err(e) => {
@@ -446,18 +490,6 @@ fn checkpoint(
                     }
                 }
             }
-        }
-        match checkpoint_once(&conn, wal, restart) {
-            // SQLite reports -1 frames when another checkpoint (the writer's restart) held
-            // the checkpoint lock.
-            Ok(Checkpoint { busy: true, frames }) if frames < 0 => {
-                tracing::debug!("The audit log's checkpoint met the writer's restart")
-            }
-            Ok(Checkpoint { busy: true, frames }) => {
-                tracing::debug!(frames, "The audit log's checkpoint waited for a reader")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Failed to checkpoint the audit log"),
         }
         if last {
             return;
@@ -577,40 +609,44 @@ pub fn list(
             .query_map([limit], view)?
             .collect();
     };
-    let indexed = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = 'idx')",
-            [],
-            |r| r.get::<_, bool>(0),
-        )?
-        .then(|| index::upto_attached(conn))
-        .transpose()
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "The audit log's member index cannot be read; scanning the log");
-            None
-        });
-    match indexed {
-        // The index and the log are read in one transaction, but each file at its own
-        // moment: an index ahead of the log names rows this read does not see yet (and
-        // leaves them out, as the log does); one behind leaves more to the scan.
-        Some(upto) => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM audit_log
-                 WHERE id IN (SELECT id FROM idx.member_rows WHERE member_id = ?1)
-                 UNION ALL
-                 SELECT {COLUMNS} FROM audit_log WHERE id > ?2 AND member_id = ?1
-                 ORDER BY id DESC LIMIT CAST(?3 AS INTEGER)"
-            ))?
-            .query_map(params![member, upto, limit], view)?
-            .collect(),
-        None => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM audit_log WHERE member_id = ?1
-                 ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
-            ))?
-            .query_map(params![member, limit], view)?
-            .collect(),
+    let scan = || {
+        conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE member_id = ?1
+             ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
+        ))?
+        .query_map(params![member, limit], view)?
+        .collect()
+    };
+    let indexed: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_database_list WHERE name = 'idx')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !indexed {
+        return scan();
     }
+    // One statement, so one snapshot of each file: the index for the ids up to its `upto`,
+    // the log's tail after it, no id from both; each row's member checked in the log.
+    let through_index = conn
+        .prepare_cached(&format!(
+            "WITH u(upto) AS (SELECT coalesce((SELECT upto FROM idx.progress), 0))
+             SELECT {COLUMNS} FROM audit_log
+             WHERE member_id = ?1 AND id IN (
+                 SELECT id FROM idx.member_rows
+                 WHERE member_id = ?1 AND id <= (SELECT upto FROM u))
+             UNION ALL
+             SELECT {COLUMNS} FROM audit_log
+             WHERE member_id = ?1 AND id > (SELECT upto FROM u)
+             ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
+        ))
+        .and_then(|mut st| {
+            st.query_map(params![member, limit], view)?
+                .collect::<Result<Vec<_>, _>>()
+        });
+    through_index.or_else(|e| {
+        tracing::warn!(error = %e, "The audit log's member index failed a query; scanning the log");
+        scan()
+    })
 }
 
 #[cfg(test)]
@@ -949,12 +985,12 @@ mod tests {
         assert_eq!(details_of(dir.path(), 1, 100), expected);
         // An index part of the way: its rows and the tail after it, none twice.
         let mut idx = index::open(dir.path()).unwrap();
-        assert_eq!(index::catch_up(&writer, &mut idx, 7).unwrap(), 7);
+        assert_eq!(index::catch_up(&writer, &mut idx, i64::MAX, 7).unwrap(), 7);
         assert_eq!(index::upto(&idx).unwrap(), 7);
         assert_eq!(details_of(dir.path(), 1, 100), expected);
         assert_eq!(details_of(dir.path(), 1, 4), expected[..4]);
         // Caught up, then more rows after it.
-        while index::catch_up(&writer, &mut idx, 7).unwrap() > 0 {}
+        while index::catch_up(&writer, &mut idx, i64::MAX, 7).unwrap() > 0 {}
         assert_eq!(index::upto(&idx).unwrap(), 30);
         assert_eq!(indexed_rows(&idx, "m1"), 10);
         assert_eq!(details_of(dir.path(), 1, 100), expected);
@@ -968,7 +1004,7 @@ mod tests {
         remove_index(dir.path());
         assert_eq!(details_of(dir.path(), 1, 100), expected_now);
         let mut idx = index::open(dir.path()).unwrap();
-        while index::catch_up(&writer, &mut idx, 1000).unwrap() > 0 {}
+        while index::catch_up(&writer, &mut idx, i64::MAX, 1000).unwrap() > 0 {}
         assert_eq!(index::upto(&idx).unwrap(), 33);
         assert_eq!(details_of(dir.path(), 1, 100), expected_now);
         // A member's rows are found through the index, not by scanning the log.
@@ -1012,16 +1048,68 @@ mod tests {
     }
 
     #[test]
-    fn rows_moved_from_an_older_store_send_the_index_back_to_the_start() {
+    fn rows_moved_from_an_older_store_empty_the_index_first() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path()).unwrap());
-        let idx = index::open(dir.path()).unwrap();
-        idx.execute("INSERT INTO progress (one, upto) VALUES (1, 40)", [])
-            .unwrap();
+        let mut writer = open(dir.path()).unwrap();
+        write_searches(&mut writer, 0..6);
+        let mut idx = index::open(dir.path()).unwrap();
+        while index::catch_up(&writer, &mut idx, i64::MAX, 100).unwrap() > 0 {}
+        assert_eq!(indexed_rows(&idx, "m1"), 2);
         let store = crate::store::open_writer(dir.path()).unwrap();
-        legacy_row(&store, 3, "phone=+12125550100");
+        row_in(&store, "legacy_audit_log", 100, "phone=+12125550100");
         drop(open(dir.path()).unwrap());
         assert_eq!(index::upto(&idx).unwrap(), 0);
-        assert_eq!(details_of(dir.path(), 1, 10), ["phone=+12125550100"]);
+        assert_eq!(indexed_rows(&idx, "m1"), 0);
+        assert_eq!(
+            details_of(dir.path(), 1, 10),
+            ["phone=+12125550100", "n4", "n1"]
+        );
+        while index::catch_up(&writer, &mut idx, i64::MAX, 100).unwrap() > 0 {}
+        assert_eq!(
+            details_of(dir.path(), 1, 10),
+            ["phone=+12125550100", "n4", "n1"]
+        );
+    }
+
+    #[test]
+    fn an_index_that_does_not_match_the_log_never_shows_another_members_rows_and_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open_writer(dir.path(), Durability::Full).unwrap();
+        write_searches(&mut writer, 0..10);
+        let mut idx = index::open(dir.path()).unwrap();
+        while index::catch_up(&writer, &mut idx, i64::MAX, 100).unwrap() > 0 {}
+        assert!(!index::check(&writer, &mut idx).unwrap());
+        // The log is restored from an older backup (its rows 6..10 gone), and new rows
+        // take those ids: ids 6..10 now belong to other members than the index says.
+        writer
+            .execute("DELETE FROM audit_log WHERE id > 5", [])
+            .unwrap();
+        let later: Vec<Entry> = (0..5)
+            .map(|i| search_entry(2, &format!("late{i}")))
+            .collect();
+        write(&mut writer, later.iter()).unwrap();
+        // Before the check: ids 7 and 10, indexed as m1's, are m2's rows now and are not
+        // shown as m1's; m2's new rows under ids the index gave to others are missed.
+        assert_eq!(details_of(dir.path(), 1, 100), ["n4", "n1"]);
+        assert_eq!(details_of(dir.path(), 2, 100), ["late3", "late0", "n2"]);
+        assert!(index::check(&writer, &mut idx).unwrap());
+        assert_eq!(index::upto(&idx).unwrap(), 0);
+        while index::catch_up(&writer, &mut idx, i64::MAX, 3).unwrap() > 0 {}
+        assert_eq!(
+            details_of(dir.path(), 2, 100),
+            ["late4", "late3", "late2", "late1", "late0", "n2"]
+        );
+        assert!(!index::check(&writer, &mut idx).unwrap());
+    }
+
+    #[test]
+    fn the_index_covers_only_rows_up_to_the_id_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open_writer(dir.path(), Durability::Full).unwrap();
+        write_searches(&mut writer, 0..10);
+        let mut idx = index::open(dir.path()).unwrap();
+        while index::catch_up(&writer, &mut idx, 4, 100).unwrap() > 0 {}
+        assert_eq!(index::upto(&idx).unwrap(), 4);
+        assert_eq!(details_of(dir.path(), 0, 100), ["n9", "n6", "n3", "n0"]);
     }
 }
