@@ -66,6 +66,10 @@ pub struct IngestFigures {
     pub broker_raw_msgs_per_s: f64,
     /// `reports_per_s / broker_raw_msgs_per_s`.
     pub ratio: f64,
+    /// Share of the machine's CPU time the hypervisor gave to other guests during the
+    /// ingest run, in percent (`/proc/stat`; null where unknown): compare runs with
+    /// similar steal.
+    pub host_steal_pct: Option<f64>,
     /// Peak resident memory of the running agent daemon, KiB (null if not measured).
     pub agent_rss_kb: Option<u64>,
     /// Size of the device build of the agent binary (stripped), bytes (null if not measured).
@@ -191,9 +195,12 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     let raw = raw_broker(&url, &messages, total)
         .await
         .context("raw broker run")?;
+    let cpu = crate::hostcpu::CpuTimes::now();
     let (elapsed, acked) = end_to_end(&url, &topics, &keys, &messages, total, b.clients)
         .await
         .context("ingest run")?;
+    let host_steal_pct =
+        cpu.and_then(|before| crate::hostcpu::CpuTimes::now()?.steal_pct_since(&before));
     if acked != total as u64 {
         bail!("only {acked} of {total} reports were acked");
     }
@@ -227,6 +234,7 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
         events_per_s: reports_per_s * b.events as f64,
         broker_raw_msgs_per_s: raw,
         ratio: reports_per_s / raw,
+        host_steal_pct,
         agent_rss_kb,
         agent_binary_bytes,
         devices: b.devices,
@@ -662,6 +670,10 @@ mod tests {
         assert_eq!(f.total_reports, 180);
         assert!(f.reports_per_s > 0.0 && f.broker_raw_msgs_per_s > 0.0);
         assert!((f.events_per_s - 4.0 * f.reports_per_s).abs() < 1e-6);
+        if crate::hostcpu::CpuTimes::now().is_some() {
+            // A share of the run's CPU time, when the run lasted a clock tick or more.
+            assert!(f.host_steal_pct.is_none_or(|p| (0.0..=100.0).contains(&p)));
+        }
         assert!((f.ratio - f.reports_per_s / f.broker_raw_msgs_per_s).abs() < 1e-9);
         assert_eq!((f.agent_rss_kb, f.agent_binary_bytes), (None, None));
     }
