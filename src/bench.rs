@@ -199,8 +199,7 @@ pub async fn ingest(b: &IngestBench) -> Result<IngestFigures> {
     let (elapsed, acked) = end_to_end(&url, &topics, &keys, &messages, total, b.clients)
         .await
         .context("ingest run")?;
-    let host_steal_pct =
-        cpu.and_then(|before| crate::hostcpu::CpuTimes::now()?.steal_pct_since(&before));
+    let host_steal_pct = crate::hostcpu::steal_pct_until_now(cpu);
     if acked != total as u64 {
         bail!("only {acked} of {total} reports were acked");
     }

@@ -253,10 +253,7 @@ async fn measure(
         Duration::from_secs(b.seconds),
     )
     .await?;
-    let steal_since = |before: Option<crate::hostcpu::CpuTimes>| {
-        crate::hostcpu::CpuTimes::now()?.steal_pct_since(&before?)
-    };
-    greeting.host_steal_pct = steal_since(cpu);
+    greeting.host_steal_pct = crate::hostcpu::steal_pct_until_now(cpu);
     let at_rate = if b.rate > 0.0 {
         eprintln!(
             "load: {} connections at {} requests/s, 2 s warm-up, {} s measured",
@@ -272,7 +269,7 @@ async fn measure(
             Duration::from_secs(b.seconds),
         )
         .await?;
-        load.host_steal_pct = steal_since(cpu);
+        load.host_steal_pct = crate::hostcpu::steal_pct_until_now(cpu);
         Some(RateFigures { rate: b.rate, load })
     } else {
         None

@@ -24,6 +24,12 @@ impl CpuTimes {
     }
 }
 
+/// The share of CPU time stolen from `before` (taken with [`CpuTimes::now`]) until now,
+/// in percent; `None` where either reading is missing.
+pub fn steal_pct_until_now(before: Option<CpuTimes>) -> Option<f64> {
+    CpuTimes::now()?.steal_pct_since(&before?)
+}
+
 /// The aggregate `cpu` line of `/proc/stat`: user, nice, system, idle, iowait, irq,
 /// softirq, steal (guest time is already inside user and nice).
 fn parse(stat: &str) -> Option<CpuTimes> {
