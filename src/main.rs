@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use rollcall::hostcpu::CpuTimes;
 use rollcall::sim::{CloudTarget, FleetConfig, FleetSize, SimOptions, Simulation};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -389,15 +390,17 @@ async fn main() -> anyhow::Result<()> {
             fit_members,
             score_members,
         }) => {
+            let cpu = CpuTimes::now();
             let f = tokio::task::spawn_blocking(move || {
                 rollcall_cloud::scoring::bench::run(fit_members.max(1), score_members.max(1))
             })
             .await??;
-            println!("{}", serde_json::to_string(&f)?);
+            print_with_steal(&f, cpu)?;
         }
         Command::Bench(BenchCmd::Outreach { deliveries }) => {
+            let cpu = CpuTimes::now();
             let r = rollcall_cloud::delivery::bench::run_async(deliveries.max(1)).await?;
-            println!("{}", serde_json::to_string(&r)?);
+            print_with_steal(&r, cpu)?;
         }
         Command::Bench(BenchCmd::Ledger {
             transactions,
@@ -412,16 +415,18 @@ async fn main() -> anyhow::Result<()> {
                 threads: threads.clamp(1, 64),
                 ..Default::default()
             };
+            let cpu = CpuTimes::now();
             let r = tokio::task::spawn_blocking(move || {
                 let dir = tempfile::tempdir()?;
                 rollcall_cloud::ledger::bench::run(dir.path(), &opts).map_err(anyhow::Error::from)
             })
             .await??;
-            println!("{}", serde_json::to_string(&r)?);
+            print_with_steal(&r, cpu)?;
         }
         Command::Bench(BenchCmd::Agent { seconds, burst }) => {
+            let cpu = CpuTimes::now();
             let f = rollcall::bench::agent(seconds.max(1), burst.max(1)).await?;
-            println!("{}", serde_json::to_string(&f)?);
+            print_with_steal(&f, cpu)?;
         }
         Command::Bench(BenchCmd::Ingest {
             mqtt_url,
@@ -471,5 +476,20 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&f)?);
         }
     }
+    Ok(())
+}
+
+/// Prints a benchmark's figures as one JSON line, with `host_steal_pct`: the share of the
+/// machine's CPU time the hypervisor gave to other guests since `before` (null where unknown).
+fn print_with_steal(
+    figures: &impl serde::Serialize,
+    before: Option<CpuTimes>,
+) -> anyhow::Result<()> {
+    let steal = rollcall::hostcpu::steal_pct_until_now(before);
+    let mut v = serde_json::to_value(figures)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("host_steal_pct".into(), serde_json::json!(steal));
+    }
+    println!("{v}");
     Ok(())
 }
