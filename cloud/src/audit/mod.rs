@@ -287,12 +287,7 @@ impl AuditLog {
         // Its passive checkpoints never wait for a lock; this bounds only the reads of the
         // schema that preparing one may need.
         checkpointer.busy_timeout(std::time::Duration::from_millis(100))?;
-        let member_index = index::open(data_dir)
-            .and_then(|mut idx| index::check(&checkpointer, &mut idx).map(|_| idx))
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "Cannot open the audit log's member index; member queries scan the log")
-            })
-            .ok();
+        let member_index = MemberIndex::open(data_dir, &checkpointer);
         let (tx, rx) = mpsc::channel::<Request>(4096);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
         let dir: PathBuf = data_dir.to_owned();
@@ -440,12 +435,79 @@ pub const RESTART_FRAMES: i64 = 4096;
 /// log takes several rounds).
 const INDEX_ROUND: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long the checkpointer waits before it tries again to open a member index it could
+/// not open or update (member queries scan the log meanwhile).
+const INDEX_RETRY: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_millis(200)
+} else {
+    std::time::Duration::from_secs(30)
+};
+
+/// The checkpointer's connection to the member index, opened again after a failure.
+struct MemberIndex {
+    data_dir: PathBuf,
+    conn: Option<Connection>,
+    /// When to try to open it again; `None` while it is open.
+    retry_at: Option<std::time::Instant>,
+}
+
+impl MemberIndex {
+    /// Opens and checks the index in `data_dir` against the `log`; on failure warns and
+    /// leaves it to [`Self::get`] to try again.
+    fn open(data_dir: &Path, log: &Connection) -> Self {
+        let mut slot = Self {
+            data_dir: data_dir.to_owned(),
+            conn: None,
+            retry_at: None,
+        };
+        if let Err(e) = slot.connect(log) {
+            tracing::warn!(error = %e, retry_in_s = INDEX_RETRY.as_secs(), "Cannot open the audit log's member index; member queries scan the log until it opens");
+        }
+        slot
+    }
+
+    fn connect(&mut self, log: &Connection) -> Result<(), rusqlite::Error> {
+        let opened = index::open(&self.data_dir)
+            .and_then(|mut idx| index::check(log, &mut idx).map(|_| idx));
+        match opened {
+            Ok(idx) => {
+                self.conn = Some(idx);
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.retry_at = Some(std::time::Instant::now() + INDEX_RETRY);
+                Err(e)
+            }
+        }
+    }
+
+    /// The open index; tries to open it again once its retry time has come.
+    fn get(&mut self, log: &Connection) -> Option<&mut Connection> {
+        if self.conn.is_none() && self.retry_at.is_none_or(|t| std::time::Instant::now() >= t) {
+            match self.connect(log) {
+                Ok(()) => tracing::info!("The audit log's member index is open again"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "The audit log's member index still cannot be opened")
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// Closes the index after a failed update, to open it afresh after [`INDEX_RETRY`].
+    fn failed(&mut self) {
+        self.conn = None;
+        self.retry_at = Some(std::time::Instant::now() + INDEX_RETRY);
+    }
+}
+
 /// Every [`CHECKPOINT_EVERY`] until the writer stops, then once more: checkpoints the
 /// audit log and brings the member index up to date with the rows synced by that
 /// checkpoint (within [`INDEX_ROUND`]).
 fn checkpoint(
     conn: Connection,
-    mut member_index: Option<Connection>,
+    mut member_index: MemberIndex,
     wal: &Path,
     restart: &std::sync::atomic::AtomicBool,
     writer_stopped: std::sync::mpsc::Receiver<()>,
@@ -478,17 +540,24 @@ fn checkpoint(
                 Ok(0)
             }
         };
-        if let (Some(idx), Ok(until)) = (member_index.as_mut(), synced) {
-            let started = std::time::Instant::now();
-            loop {
-                match index::catch_up(&conn, idx, until, index::BATCH) {
-                    Ok(n) if n == index::BATCH && started.elapsed() < INDEX_ROUND => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Failed to update the audit log's member index");
-                        break;
+        if let Ok(until) = synced {
+            let mut failed = false;
+            if let Some(idx) = member_index.get(&conn) {
+                let started = std::time::Instant::now();
+                loop {
+                    match index::catch_up(&conn, idx, until, index::BATCH) {
+                        Ok(n) if n == index::BATCH && started.elapsed() < INDEX_ROUND => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in_s = INDEX_RETRY.as_secs(), "Failed to update the audit log's member index; opening it again later");
+                            failed = true;
+                            break;
+                        }
                     }
                 }
+            }
+            if failed {
+                member_index.failed();
             }
         }
         if last {
@@ -1045,6 +1114,42 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert_eq!(indexed_rows(&idx, "m2"), 4);
+    }
+
+    #[tokio::test]
+    async fn an_index_that_cannot_be_opened_at_start_is_opened_later_and_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the index file belongs: SQLite cannot open it.
+        let blocker = dir.path().join(index::FILE);
+        std::fs::create_dir(&blocker).unwrap();
+        let log = AuditLog::start(dir.path(), Durability::Normal, test_histogram()).unwrap();
+        for i in 0..6 {
+            log.record(vec![search_entry(i % 2, &format!("n{i}"))])
+                .await
+                .unwrap();
+        }
+        // Meanwhile a member's rows come from the scan.
+        let reader = open_reader(dir.path()).unwrap();
+        assert_eq!(
+            list(&reader, Some("m1"), 100).unwrap().len(),
+            3,
+            "rows listed without the index"
+        );
+        std::fs::remove_dir(&blocker).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(idx) = index::open(dir.path()) {
+                if index::upto(&idx).unwrap_or(0) >= 6 {
+                    assert_eq!(indexed_rows(&idx, "m1"), 3);
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the index was never opened again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     #[test]
