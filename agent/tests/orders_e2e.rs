@@ -942,6 +942,22 @@ fn every_rejection_has_its_reason_and_the_ledger_verifies_and_detects_tampering(
         );
     }
     assert_eq!(cloud.get("/api/v1/ledger/entries/8").0, 404);
+    // An entry names a member and a device: admin only; the checkpoint is for every role.
+    let analyst = cloud
+        .cli(&["tokens", "create", "--role", "analyst", "--name", "analyst"])
+        .lines()
+        .last()
+        .expect("a token")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        cloud.get_as("/api/v1/ledger/entries/0", Some(&analyst)).0,
+        403
+    );
+    assert_eq!(
+        cloud.get_as("/api/v1/ledger/checkpoint", Some(&analyst)).0,
+        200
+    );
     let (code, c) = cloud.get("/api/v1/ledger/consistency?from=3&to=8");
     assert_eq!(
         (code, c["proof"].as_array().map(|p| !p.is_empty())),

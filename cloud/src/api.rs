@@ -290,11 +290,24 @@ pub async fn erase(
     )
     .await?;
     let key = id.clone();
-    let erased = with_writer(&s, move |conn| {
+    let mut erased = with_writer(&s, move |conn| {
         crate::profile::erase(conn, &key, now).map_err(ApiError::internal)
     })
     .await?
     .ok_or_else(|| no_such_member(&id))?;
+    // The audit log keeps who looked at the member and when, but not what they searched
+    // for (phone numbers, e-mails, names) or the caller's number.
+    let (key, dir) = (id.clone(), s.data_dir.clone());
+    let ids = with_store(&s, move |_| {
+        let log = crate::audit::open_reader(&dir).map_err(ApiError::internal)?;
+        crate::audit::member_row_ids(&log, key.as_str()).map_err(ApiError::internal)
+    })
+    .await?;
+    erased.audit_rows_redacted = s
+        .audit
+        .redact_member(id.as_str(), ids)
+        .await
+        .map_err(ApiError::internal)?;
     tracing::info!(pseudonym = %erased.pseudonym, "Erased a member's personal data");
     Ok(Json(erased))
 }

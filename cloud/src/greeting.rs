@@ -245,7 +245,8 @@ impl Greeter {
         Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 
-    /// Greets `member_id` as of `now`, or `None` when there is no such member.
+    /// Greets `member_id` as of `now`, or `None` when there is no such member or only the
+    /// pseudonym of an erased one (there is no one to greet).
     pub fn greet(
         &self,
         conn: &Connection,
@@ -263,7 +264,8 @@ impl Greeter {
         let row: Option<Row> = conn
             .prepare_cached(
                 "SELECT m.name, m.tz, m.lang, COALESCE(m.joined_ms, m.created_ms), s.state, s.rhythm_per_week
-                 FROM members m LEFT JOIN member_scores s ON s.member_id = m.id WHERE m.id = ?1",
+                 FROM members m LEFT JOIN member_scores s ON s.member_id = m.id
+                 WHERE m.id = ?1 AND m.erased_ms IS NULL",
             )?
             .query_row([member_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))

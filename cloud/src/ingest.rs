@@ -169,7 +169,9 @@ pub enum Checked {
     Usage {
         /// The device (verified).
         device: DeviceId,
-        /// Its member.
+        /// Its member when checked. The commit stores the events under the device's
+        /// member as the store has it then (an erasure since the check moved the device to
+        /// the member's pseudonym); this one only if the device's row is gone.
         member: MemberId,
         /// The report.
         report: UsageReport,
@@ -665,6 +667,19 @@ fn apply_tx(
     v: &VerifiedTx,
     out: &mut BatchOutcome,
 ) -> Result<(), CommitError> {
+    // The device's member as it is now (see `Checked::Usage::member`).
+    let member: Option<String> = tx
+        .prepare_cached("SELECT member_id FROM devices WHERE id = ?1")?
+        .query_row([v.device.as_str()], |r| r.get(0))
+        .optional()?;
+    let moved = match member.map(|m| MemberId::parse(&m)) {
+        Some(Ok(m)) if m != v.member => Some(VerifiedTx {
+            member: m,
+            ..v.clone()
+        }),
+        _ => None,
+    };
+    let v = moved.as_ref().unwrap_or(v);
     tx.execute_batch("SAVEPOINT tx")?;
     match crate::orders::record(tx, ledger, rules, v) {
         Ok(TxResult::Decided(r)) => {
@@ -771,11 +786,13 @@ fn apply(
                 }
                 None => {}
             }
-            let max: i64 = tx
-                .prepare_cached("SELECT max_report_seq FROM devices WHERE id = ?1")?
-                .query_row([device.as_str()], |r| r.get(0))
+            // The device's member as it is now: an erasure since the check moved the device
+            // to the member's pseudonym (devices are never deleted).
+            let (max, member): (i64, String) = tx
+                .prepare_cached("SELECT max_report_seq, member_id FROM devices WHERE id = ?1")?
+                .query_row([device.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
-                .unwrap_or(0);
+                .unwrap_or_else(|| (0, member.as_str().to_owned()));
             if (seq as i64).saturating_add(replay_window as i64) <= max {
                 return replayed(format!("report {seq} is behind the replay window (newest {max}, window {replay_window})"), out);
             }
@@ -1213,6 +1230,43 @@ mod tests {
         let out = send(&mut conn, &report(3, 3..6, 1));
         assert_eq!((out.reports_stored, out.events_stored), (1, 2));
         assert_eq!((count(&conn), reports(&conn)), (5, 2));
+    }
+
+    /// The check stage knows the device's member from its cache; an erasure moves the
+    /// device to the member's pseudonym, and what the device reports after that (or was
+    /// checked just before) is stored under the pseudonym, never under the old id.
+    #[test]
+    fn a_report_checked_before_its_members_erasure_is_stored_under_the_pseudonym() {
+        let key = KeyPair::generate();
+        let (_dir, mut conn) = crate::store::test_store_with_device(&key);
+        let topics = Topics::default();
+        let device = DeviceId::parse("d1").unwrap();
+        let info = crate::registry::device_info(&conn, &device)
+            .unwrap()
+            .unwrap();
+        let member = info.member_id.clone();
+        let msg = Inbound {
+            topic: topics.usage(&device),
+            payload: key
+                .sign(USAGE_PAYLOAD_TYPE, &report(1, 1..4, 1).encode())
+                .to_json(),
+            received_at: Utc::now(),
+        };
+        // Checked with the cached registration, committed after the erasure.
+        let checked = check(&topics, msg, &|_| Some(info.clone()));
+        let erased = crate::profile::erase(&mut conn, &member, Utc::now())
+            .unwrap()
+            .unwrap();
+        let out = commit(&mut conn, &[checked], 4096, None).unwrap();
+        assert_eq!(out.events_stored, 3);
+        let owners: Vec<String> = conn
+            .prepare("SELECT DISTINCT member_id FROM events")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(owners, vec![erased.pseudonym]);
     }
 
     fn quarantine_rows(conn: &Connection, state: &str) -> i64 {

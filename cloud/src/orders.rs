@@ -172,7 +172,8 @@ impl OrderRules {
 pub struct VerifiedTx {
     /// The device (verified).
     pub device: DeviceId,
-    /// Its member.
+    /// Its member when checked; the ingest's commit replaces it by the device's member
+    /// as the store has it then (an erasure moves devices to the member's pseudonym).
     pub member: MemberId,
     /// The transaction.
     pub tx: Transaction,

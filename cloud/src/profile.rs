@@ -6,15 +6,18 @@
 //! - **Removed**: name (replaced by `erased`), phone, e-mail, time zone and language; the
 //!   rendered text of every outreach message (it holds the name) and the payload and
 //!   address of every delivery made for the member (pending ones are cancelled); opt-out
-//!   records; recorded incoming calls (they hold the phone number).
-//! - **Kept under a new pseudonymous id** (`x-` and 16 random hex digits; the old id is
-//!   not stored anywhere that links it to the new one): usage events, scores and state
-//!   transitions, devices and their keys, orders and spending policy, so that engagement
-//!   aggregates stay right.
+//!   records (an erased member gets no outreach at all); recorded incoming calls (they
+//!   hold the phone number); messages about the member in the built-in webhook sink.
+//! - **Kept under a new pseudonymous id** (`x-` and 16 random hex digits): usage events,
+//!   scores and state transitions, devices and their keys, orders and spending policy, so
+//!   that engagement aggregates stay right.
 //! - **Kept as they are**: ledger entries (append-only and signed; they hold the device
 //!   id, the old member id, SKUs and amounts but no name, phone or e-mail, and rewriting
-//!   them would break the proof the ledger exists for), and the audit log (who looked at
-//!   the member, when; required to answer for access later).
+//!   them would break the proof the ledger exists for; through an order they link the
+//!   pseudonym to the old id, so only `admin` reads entries over HTTP), and the audit log
+//!   (who looked at the member, when; required to answer for access later), whose search
+//!   terms and caller numbers for the member the API redacts right after this erasure
+//!   ([`crate::audit::AuditLog::redact_member`]).
 
 use crate::outreach::context::{summarise_usage, UsageSummary};
 use crate::registry::{ms_to_rfc3339, show_member, MemberView};
@@ -411,6 +414,11 @@ pub struct Erased {
     pub deliveries_redacted: u64,
     /// Incoming calls removed.
     pub calls_removed: u64,
+    /// Messages about the member removed from the built-in webhook sink.
+    pub sink_messages_removed: u64,
+    /// Audit rows whose search terms or caller number were redacted (filled in by the
+    /// API after the store's erasure: the audit log is a file of its own).
+    pub audit_rows_redacted: u64,
 }
 
 /// Erases a member's personal data (see the module doc); `None` if there is no such
@@ -467,6 +475,13 @@ pub fn erase(
         params![old, pseudonym],
     )?;
     let calls = tx.execute("DELETE FROM calls WHERE member_id = ?1", [old])?;
+    // The built-in webhook sink keeps what it received: outreach bodies name the member
+    // (`member.id`, name, e-mail), fulfilment bodies carry `member_id`.
+    let sink = tx.execute(
+        "DELETE FROM sink_messages WHERE json_valid(body)
+           AND (json_extract(body, '$.member.id') = ?1 OR json_extract(body, '$.member_id') = ?1)",
+        [old],
+    )?;
     tx.execute("DELETE FROM consent WHERE member_id = ?1", [old])?;
     let events = tx.execute(
         "UPDATE events SET member_id = ?2 WHERE member_id = ?1",
@@ -507,6 +522,8 @@ pub fn erase(
         messages_redacted: messages as u64,
         deliveries_redacted: deliveries.len() as u64,
         calls_removed: calls as u64,
+        sink_messages_removed: sink as u64,
+        audit_rows_redacted: 0,
     }))
 }
 

@@ -363,6 +363,36 @@ async fn frequency_caps_count_the_members_calendar_day() {
 }
 
 #[tokio::test]
+async fn an_erased_member_gets_no_outreach_though_their_opt_outs_are_gone() {
+    let mut e = env("2026-05-21T09:00:00Z", vec![], |_| {}).await;
+    e.maria();
+    e.tick();
+    let id = rollcall_shared::MemberId::parse("m-maria").unwrap();
+    let erased = rollcall_cloud::profile::erase(&mut e.conn, &id, e.clock.now())
+        .unwrap()
+        .unwrap();
+    // The pseudonym's usage goes on being scored; a lapse would trigger a win-back.
+    set_state(
+        &e.conn,
+        &erased.pseudonym,
+        Some("active"),
+        "lapsing",
+        e.clock.now(),
+    );
+    let r = e.tick();
+    assert_eq!((r.planned, r.queued), (0, 0), "{r:?}");
+    e.dispatch().await;
+    let got = e.receiver.accepted();
+    assert!(got.is_empty(), "nothing reaches an erased member: {got:?}");
+    let rows = e.list(&erased.pseudonym);
+    assert!(
+        rows.iter()
+            .all(|o| o.status != "queued" && o.status != "held"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_opt_out_link_stops_marketing_but_not_orders() {
     use rollcall_cloud::outreach::triggers::{OrderEvent, OrderTrigger};
     let mut e = env("2026-05-21T09:00:00Z", vec![], |_| {}).await;

@@ -653,13 +653,68 @@ async fn export_holds_everything_and_erasure_keeps_usage_only_under_a_pseudonym(
     let (_, before) = e.json("/api/v1/engagement/summary", &e.admin).await;
     let (status, _) = e.json("/api/v1/members/m-maria", &e.support).await;
     assert_eq!(status, 200);
+    // What the access log and the built-in webhook sink hold about her.
+    for search in ["phone=2125550142", "q=Maria"] {
+        let (status, v) = e
+            .json(&format!("/api/v1/lookup?{search}"), &e.support)
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, _) = e.call("+12125550142", "CA-erase", TWILIO_TOKEN).await;
+    assert_eq!(status, 200);
+    {
+        let conn = rollcall_cloud::store::open_writer(e.dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO sink_messages (webhook_id, received_ms, verified, body) VALUES
+             ('msg_1', 0, 1, '{\"member\":{\"id\":\"m-maria\",\"name\":\"Maria Rossi\"}}'),
+             ('msg_2', 0, 1, '{\"member\":{\"id\":\"m-tom\",\"name\":\"Tom Baker\"}}')",
+            [],
+        )
+        .unwrap();
+    }
+    let (_, log) = e.json("/api/v1/audit?member=m-maria", &e.admin).await;
+    let log = log.to_string();
+    assert!(log.contains("+12125550142"), "{log}");
     let (status, _) = e.delete("/api/v1/members/m-maria", &e.support).await;
     assert_eq!(status, 403, "support may not erase");
     let (status, erased) = e.delete("/api/v1/members/m-maria", &e.admin).await;
     assert_eq!(status, 200);
     assert_eq!(erased["events_kept"], 120);
+    assert_eq!(erased["sink_messages_removed"], 1, "{erased}");
     let pseudonym = erased["pseudonym"].as_str().unwrap().to_owned();
     assert!(pseudonym.starts_with("x-"));
+    // The access log keeps who looked and when, not what was searched or who called.
+    let (_, log) = e.json("/api/v1/audit?member=m-maria", &e.admin).await;
+    let rows = log.as_array().expect("audit rows").clone();
+    for gone in ["2125550142", "Maria"] {
+        assert!(!log.to_string().contains(gone), "{gone} survived: {log}");
+    }
+    let redacted = rows
+        .iter()
+        .filter(|r| r["detail"] == rollcall_cloud::audit::REDACTED)
+        .count();
+    assert!(redacted >= 2, "{log}");
+    assert_eq!(erased["audit_rows_redacted"], redacted as u64, "{erased}");
+    for action in ["search", "call", "erase"] {
+        assert!(
+            rows.iter().any(|r| r["action"] == action),
+            "{action}: {log}"
+        );
+    }
+    let sink: Vec<String> = rollcall_cloud::store::open_reader(e.dir.path())
+        .unwrap()
+        .prepare("SELECT webhook_id FROM sink_messages")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(sink, ["msg_2"]);
+    // There is no one to greet.
+    let (status, _) = e
+        .json(&format!("/api/v1/members/{pseudonym}/greeting"), &e.support)
+        .await;
+    assert_eq!(status, 404);
     let (status, _) = e.json("/api/v1/members/m-maria", &e.admin).await;
     assert_eq!(status, 404);
     let (_, v) = e.json("/api/v1/lookup?phone=2125550142", &e.support).await;

@@ -261,7 +261,20 @@ pub enum AuditError {
     Stopped,
 }
 
-type Request = (Vec<Entry>, oneshot::Sender<Result<(), String>>);
+/// What the writer thread is asked to do.
+#[derive(Debug)]
+enum Op {
+    /// Append these rows.
+    Write(Vec<Entry>),
+    /// Redact the search terms and caller numbers of a member's rows: those with these ids
+    /// and any after the last of them ([`AuditLog::redact_member`]).
+    Redact { member: String, ids: Vec<i64> },
+}
+
+type Request = (Op, oneshot::Sender<Result<u64, String>>);
+
+/// What an erased member's search and call rows say instead of their terms.
+pub const REDACTED: &str = "redacted: member erased";
 
 /// A handle to the audit writer thread.
 #[derive(Clone, Debug)]
@@ -312,9 +325,27 @@ impl AuditLog {
         if entries.is_empty() {
             return Ok(());
         }
+        self.ask(Op::Write(entries)).await.map(|_| ())
+    }
+
+    /// Replaces the details of `member`'s search and call rows (the phone numbers, e-mail
+    /// addresses and names searched for, the caller's number) by [`REDACTED`], keeping who
+    /// looked, when and why; returns how many rows changed. For erasure: the rows keep the
+    /// old member id, which then leads to no one. `ids` are the member's rows as
+    /// [`member_row_ids`] found them; rows after the last of them are found by a scan of
+    /// the log's tail.
+    pub async fn redact_member(&self, member: &str, ids: Vec<i64>) -> Result<u64, AuditError> {
+        self.ask(Op::Redact {
+            member: member.to_owned(),
+            ids,
+        })
+        .await
+    }
+
+    async fn ask(&self, op: Op) -> Result<u64, AuditError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((entries, done))
+            .send((op, done))
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await
@@ -329,32 +360,72 @@ fn write_requests(
     dir: PathBuf,
     commit_seconds: Histogram,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        let mut n = batch[0].0.len();
-        while n < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => {
-                    n += r.0.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+    let mut next = None;
+    while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
         let started = std::time::Instant::now();
-        let result = write(&mut writer.conn, batch.iter().flat_map(|(e, _)| e.iter()))
-            .map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, data_dir = %dir.display(), "Failed to write the audit log");
-        }
-        for (_, done) in batch {
-            let _ = done.send(result.clone());
+        match first {
+            (Op::Redact { member, ids }, done) => {
+                let result = redact(&mut writer.conn, &member, &ids).map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, data_dir = %dir.display(), "Failed to redact the audit log");
+                }
+                let _ = done.send(result);
+            }
+            (Op::Write(entries), done) => {
+                let mut n = entries.len();
+                let mut batch = vec![(entries, done)];
+                while n < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok((Op::Write(e), d)) => {
+                            n += e.len();
+                            batch.push((e, d));
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = write(&mut writer.conn, batch.iter().flat_map(|(e, _)| e.iter()))
+                    .map(|()| n as u64)
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, data_dir = %dir.display(), "Failed to write the audit log");
+                }
+                for (entries, done) in batch {
+                    let _ = done.send(result.clone().map(|_| entries.len() as u64));
+                }
+            }
         }
         if let Err(e) = writer.restart_if_asked() {
             tracing::warn!(error = %e, "Failed to restart the audit log's write-ahead file");
         }
         commit_seconds.observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// Redacts `member`'s search and call rows: those of `ids` (found through the member
+/// index) and every one after the last of them (a scan of the log's tail only).
+fn redact(conn: &mut Connection, member: &str, ids: &[i64]) -> Result<u64, rusqlite::Error> {
+    const WHERE: &str = "member_id = ?1 AND action IN ('search', 'call') AND detail != ?2";
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut n = 0;
+    {
+        let mut one = tx.prepare(&format!(
+            "UPDATE audit_log SET detail = ?2 WHERE id = ?3 AND {WHERE}"
+        ))?;
+        for id in ids {
+            n += one.execute(params![member, REDACTED, id])?;
+        }
+        let after = ids.iter().copied().max().unwrap_or(0);
+        n += tx.execute(
+            &format!("UPDATE audit_log SET detail = ?2 WHERE id > ?3 AND {WHERE}"),
+            params![member, REDACTED, after],
+        )?;
+    }
+    tx.commit()?;
+    Ok(n as u64)
 }
 
 /// Longest the writer waits for readers of the log when it restarts the write-ahead file.
@@ -678,12 +749,32 @@ pub fn list(
             .query_map([limit], view)?
             .collect();
     };
+    member_rows(conn, member, Some(limit), COLUMNS, view)
+}
+
+/// The ids of `member`'s rows, through the member index where it has them; `conn` is a
+/// connection to the log ([`open_reader`]). For [`AuditLog::redact_member`].
+pub fn member_row_ids(conn: &Connection, member: &str) -> Result<Vec<i64>, rusqlite::Error> {
+    member_rows(conn, member, None, "id", |r| r.get(0))
+}
+
+/// `columns` of `member`'s rows, newest first, at most `limit` (all if `None`), read
+/// through the member index where it has them (see [`list`]).
+fn member_rows<T>(
+    conn: &Connection,
+    member: &str,
+    limit: Option<u32>,
+    columns: &str,
+    row: impl Fn(&rusqlite::Row) -> Result<T, rusqlite::Error>,
+) -> Result<Vec<T>, rusqlite::Error> {
+    // SQLite reads a negative limit as none.
+    let limit = limit.map_or(-1, i64::from);
     let scan = || {
         conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE member_id = ?1
-             ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
+            "SELECT {columns} FROM audit_log WHERE member_id = ?1
+             ORDER BY id DESC LIMIT ?2"
         ))?
-        .query_map(params![member, limit], view)?
+        .query_map(params![member, limit], &row)?
         .collect()
     };
     let indexed: bool = conn.query_row(
@@ -699,17 +790,17 @@ pub fn list(
     let through_index = conn
         .prepare_cached(&format!(
             "WITH u(upto) AS (SELECT coalesce((SELECT upto FROM idx.progress), 0))
-             SELECT {COLUMNS} FROM audit_log
+             SELECT {columns} FROM audit_log
              WHERE member_id = ?1 AND id IN (
                  SELECT id FROM idx.member_rows
                  WHERE member_id = ?1 AND id <= (SELECT upto FROM u))
              UNION ALL
-             SELECT {COLUMNS} FROM audit_log
+             SELECT {columns} FROM audit_log
              WHERE member_id = ?1 AND id > (SELECT upto FROM u)
-             ORDER BY id DESC LIMIT CAST(?2 AS INTEGER)"
+             ORDER BY id DESC LIMIT ?2"
         ))
         .and_then(|mut st| {
-            st.query_map(params![member, limit], view)?
+            st.query_map(params![member, limit], &row)?
                 .collect::<Result<Vec<_>, _>>()
         });
     through_index.or_else(|e| {

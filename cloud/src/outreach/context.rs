@@ -254,7 +254,8 @@ pub fn summarise_usage(
     Ok(s)
 }
 
-/// The member's facts, or `None` when there is no such member.
+/// The member's facts, or `None` when there is no such member or the member was erased
+/// (an erased member gets no outreach: see [`crate::profile`]).
 pub fn facts(
     conn: &Connection,
     cfg: &OutreachConfig,
@@ -262,7 +263,7 @@ pub fn facts(
 ) -> Result<Option<MemberFacts>, OutreachError> {
     let row: Option<(Option<String>, Option<String>)> = conn
         .query_row(
-            "SELECT tz, email FROM members WHERE id = ?1",
+            "SELECT tz, email FROM members WHERE id = ?1 AND erased_ms IS NULL",
             [member_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

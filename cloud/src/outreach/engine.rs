@@ -405,7 +405,17 @@ impl Outreach {
             Ok(d)
         };
         let Some(facts) = context::facts(conn, &self.cfg, &row.member_id)? else {
-            return Ok(Decision::Skipped(reasons::NO_ADDRESS));
+            let erased: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM members WHERE id = ?1 AND erased_ms IS NOT NULL)",
+                [&row.member_id],
+                |r| r.get(0),
+            )?;
+            let reason = if erased {
+                reasons::MEMBER_ERASED
+            } else {
+                reasons::NO_ADDRESS
+            };
+            return Ok(Decision::Skipped(reason));
         };
         // 1. Consent and suppression.
         let (target, refused) = self.target(row, &facts);

@@ -203,4 +203,6 @@ pub mod reasons {
     pub const RENDER_FAILED: &str = "render_failed";
     /// The rule was disabled or removed while the message was held.
     pub const RULE_DISABLED: &str = "rule_disabled";
+    /// The member's personal data was erased: no outreach reaches an erased member.
+    pub const MEMBER_ERASED: &str = "member_erased";
 }

@@ -82,10 +82,16 @@ impl Fleet {
     }
 
     /// Brings the fleet up to date: members again, the events committed since the last
-    /// read, device presence.
+    /// read, device presence. When a member has gone from the registry (an erasure moves
+    /// the member's usage to a new pseudonymous id without new commit numbers), the fleet
+    /// is loaded afresh instead.
     pub fn refresh(&mut self, conn: &Connection, default_tz: Tz) -> Result<(), ScoringError> {
         let upto = crate::store::last_commit_seq(conn)?;
-        let changed_tz = self.reload_members(conn, default_tz)?;
+        let (changed_tz, registered) = self.reload_members(conn, default_tz)?;
+        if registered < self.members.len() {
+            *self = Fleet::load(conn, default_tz)?;
+            return Ok(());
+        }
         for i in changed_tz {
             let m = &mut self.members[i];
             let mut st = conn.prepare_cached(
@@ -131,12 +137,14 @@ impl Fleet {
         self.members.is_empty()
     }
 
-    /// Re-reads the members; returns those whose time zone changed (their days need rebuilding).
+    /// Re-reads the members; returns those whose time zone changed (their days need
+    /// rebuilding) and how many members the registry has (fewer than the fleet's when a
+    /// member has gone).
     fn reload_members(
         &mut self,
         conn: &Connection,
         default_tz: Tz,
-    ) -> Result<Vec<usize>, ScoringError> {
+    ) -> Result<(Vec<usize>, usize), ScoringError> {
         let mut st = conn
             .prepare("SELECT id, tz, COALESCE(joined_ms, created_ms) FROM members ORDER BY id")?;
         let rows = st.query_map([], |r| {
@@ -147,8 +155,10 @@ impl Fleet {
             ))
         })?;
         let mut changed = Vec::new();
+        let mut registered = 0;
         for row in rows {
             let (id, tz, start_ms) = row?;
+            registered += 1;
             let tz = tz.and_then(|t| t.parse::<Tz>().ok()).unwrap_or(default_tz);
             match self.index.get(&id) {
                 Some(&i) => {
@@ -173,7 +183,7 @@ impl Fleet {
                 }
             }
         }
-        Ok(changed)
+        Ok((changed, registered))
     }
 
     /// Reads all events (`None`), or those whose commit sequence number is in
@@ -287,5 +297,31 @@ mod tests {
         let before = fleet.members[0].days.clone();
         fleet.refresh(&conn, Tz::UTC).unwrap();
         assert_eq!(fleet.members[0].days, before);
+    }
+
+    #[test]
+    fn after_an_erasure_a_refresh_knows_only_the_pseudonym_with_the_members_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        conn.execute_batch(
+            "INSERT INTO members (id, name, tz, created_ms) VALUES ('m1', 'M', 'UTC', 0);
+             INSERT INTO members (id, name, tz, created_ms) VALUES ('m2', 'N', 'UTC', 0);",
+        )
+        .unwrap();
+        commit_event(&mut conn, 1, 20_000, 20_000 * DAY_MS);
+        let mut fleet = Fleet::load(&conn, Tz::UTC).unwrap();
+        let id = rollcall_shared::MemberId::parse("m1").unwrap();
+        let erased = crate::profile::erase(&mut conn, &id, chrono::Utc::now())
+            .unwrap()
+            .unwrap();
+        fleet.refresh(&conn, Tz::UTC).unwrap();
+        let ids: Vec<&str> = fleet.members.iter().map(|m| m.id.as_str()).collect();
+        assert!(!ids.contains(&"m1"), "{ids:?}");
+        assert_eq!(fleet.len(), 2);
+        let p = fleet
+            .position(&erased.pseudonym)
+            .expect("the pseudonym is scored");
+        assert_eq!(fleet.members[p].days.days().collect::<Vec<_>>(), [20_000]);
+        assert_eq!(fleet.position("m1"), None);
     }
 }
