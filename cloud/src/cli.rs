@@ -266,7 +266,8 @@ pub enum UsageCmd {
 /// `members …`.
 #[derive(Debug, Subcommand)]
 pub enum MembersCmd {
-    /// Add or update a member.
+    /// Add or update a member. An update changes the name and the fields given; the others
+    /// keep their values (`--clear` removes one).
     Add {
         /// Member id.
         #[arg(long)]
@@ -292,6 +293,9 @@ pub enum MembersCmd {
         /// Preferred language (ISO 639-1, e.g. es) for greetings; English when no template exists.
         #[arg(long)]
         lang: Option<String>,
+        /// Remove a stored field (repeatable): phone, email, tz, plan or lang.
+        #[arg(long, value_enum, value_name = "FIELD")]
+        clear: Vec<crate::registry::ClearableField>,
     },
     /// Import members from CSV with header `id,name,phone,email,tz,plan,joined[,lang]`.
     Import {
@@ -526,6 +530,7 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
             plan,
             joined,
             lang,
+            clear,
         } => {
             let m = crate::registry::NewMember::parse(
                 &id,
@@ -538,11 +543,19 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
                 &region,
             )?
             .with_lang(lang.as_deref())?;
-            let conn = crate::store::open_writer(&cfg.data_dir)?;
-            let created = crate::registry::upsert_member(&conn, &m, clock.now())?;
+            let mut conn = crate::store::open_writer(&cfg.data_dir)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let created = crate::registry::upsert_member(&tx, &m, clock.now())?;
+            crate::registry::clear_member_fields(&tx, &m.id, &clear)?;
+            let phone: Option<String> = tx.query_row(
+                "SELECT phone FROM members WHERE id = ?1",
+                [m.id.as_str()],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
             println!(
                 "{}",
-                serde_json::json!({"id": m.id.as_str(), "created": created, "phone": m.phone.as_ref().map(|p| p.as_str())})
+                serde_json::json!({"id": m.id.as_str(), "created": created, "phone": phone})
             );
             Ok(())
         }

@@ -110,7 +110,57 @@ impl NewMember {
     }
 }
 
-/// Inserts or updates a member (idempotent by id). Returns true when the member is new.
+/// A member field that can be removed ([`clear_member_fields`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClearableField {
+    /// The phone number.
+    Phone,
+    /// The e-mail address.
+    Email,
+    /// The time zone (the business's is used).
+    Tz,
+    /// The plan.
+    Plan,
+    /// The preferred language (English greetings).
+    Lang,
+}
+
+impl ClearableField {
+    fn column(self) -> &'static str {
+        match self {
+            ClearableField::Phone => "phone",
+            ClearableField::Email => "email",
+            ClearableField::Tz => "tz",
+            ClearableField::Plan => "plan",
+            ClearableField::Lang => "lang",
+        }
+    }
+}
+
+/// Removes `fields` of member `id` (set to none); false when there is no such member.
+pub fn clear_member_fields(
+    conn: &Connection,
+    id: &MemberId,
+    fields: &[ClearableField],
+) -> Result<bool, RegistryError> {
+    let exists = conn
+        .query_row("SELECT 1 FROM members WHERE id = ?1", [id.as_str()], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some();
+    for f in fields {
+        conn.execute(
+            &format!("UPDATE members SET {} = NULL WHERE id = ?1", f.column()),
+            [id.as_str()],
+        )?;
+    }
+    Ok(exists)
+}
+
+/// Inserts or updates a member (idempotent by id). An update changes the name and the
+/// fields given; a field not given (or empty) keeps its stored value ([`clear_member_fields`]
+/// removes one). Returns true when the member is new.
 pub fn upsert_member(
     conn: &Connection,
     m: &NewMember,
@@ -127,8 +177,12 @@ pub fn upsert_member(
     conn.execute(
         "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms, lang)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT(id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
-             tz = excluded.tz, plan = excluded.plan, joined_ms = COALESCE(excluded.joined_ms, members.joined_ms),
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name,
+             phone = COALESCE(excluded.phone, members.phone),
+             email = COALESCE(excluded.email, members.email),
+             tz = COALESCE(excluded.tz, members.tz),
+             plan = COALESCE(excluded.plan, members.plan),
+             joined_ms = COALESCE(excluded.joined_ms, members.joined_ms),
              lang = COALESCE(excluded.lang, members.lang)",
         params![
             m.id.as_str(),
@@ -514,6 +568,51 @@ mod tests {
         assert_eq!(v.phone.as_deref(), Some("+12125550142"));
         assert_eq!(v.joined.as_deref(), Some("2026-01-03T00:00:00+00:00"));
         assert_eq!(v.usage.events, 0);
+    }
+
+    #[test]
+    fn an_update_keeps_the_fields_it_does_not_give_and_clear_removes_one() {
+        let (_d, c) = store();
+        let full = NewMember::parse(
+            "m1",
+            "Maria Rossi",
+            Some("(212) 555-0142"),
+            Some("maria@example.com"),
+            Some("America/New_York"),
+            Some("pods"),
+            None,
+            "US",
+        )
+        .unwrap();
+        upsert_member(&c, &full, now()).unwrap();
+        // A new name only (flags not given, or a CSV row with empty cells).
+        let renamed = NewMember::parse(
+            "m1",
+            "Maria Bianchi",
+            None,
+            Some(""),
+            None,
+            None,
+            None,
+            "US",
+        )
+        .unwrap();
+        assert!(!upsert_member(&c, &renamed, now()).unwrap());
+        let v = show_member(&c, &full.id).unwrap().unwrap();
+        assert_eq!(v.name, "Maria Bianchi");
+        assert_eq!(v.phone.as_deref(), Some("+12125550142"));
+        assert_eq!(v.email.as_deref(), Some("maria@example.com"));
+        assert_eq!(v.tz.as_deref(), Some("America/New_York"));
+        assert_eq!(v.plan.as_deref(), Some("pods"));
+        assert!(
+            clear_member_fields(&c, &full.id, &[ClearableField::Phone, ClearableField::Plan])
+                .unwrap()
+        );
+        let v = show_member(&c, &full.id).unwrap().unwrap();
+        assert_eq!((v.phone, v.plan), (None, None));
+        assert_eq!(v.email.as_deref(), Some("maria@example.com"));
+        let nobody = MemberId::parse("m9").unwrap();
+        assert!(!clear_member_fields(&c, &nobody, &[ClearableField::Email]).unwrap());
     }
 
     #[test]
