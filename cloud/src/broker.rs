@@ -93,7 +93,7 @@ next_connection_delay_ms = 0
         })
         .map_err(|e| BrokerError::Config(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+    while probe(addr).is_err() {
         if Instant::now() > deadline {
             return Err(BrokerError::NotReady(addr));
         }
@@ -101,4 +101,36 @@ next_connection_delay_ms = 0
     }
     tracing::info!(%addr, "Embedded MQTT broker listening");
     Ok(EmbeddedBroker { addr })
+}
+
+/// Whether the broker at `addr` answers: an MQTT connect, its acceptance, a clean
+/// disconnect (a bare TCP connection would make the broker log an error for the
+/// connect packet it never got).
+fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::Connect::new("rollcall-ready-probe")
+        .write(&mut buf)
+        .map_err(std::io::Error::other)?;
+    s.write_all(&buf)?;
+    // CONNACK: type 2, remaining length 2, flags, return code 0 (accepted).
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)?;
+    if ack[0] != 0x20 || ack[1] != 2 || ack[3] != 0 {
+        return Err(std::io::Error::other(format!(
+            "the broker refused the readiness probe: {ack:02x?}"
+        )));
+    }
+    buf.clear();
+    rumqttc::Disconnect
+        .write(&mut buf)
+        .map_err(std::io::Error::other)?;
+    s.write_all(&buf)?;
+    // Let the broker close the connection (closing first makes it log an error).
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Ok(())
 }

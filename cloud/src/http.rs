@@ -201,7 +201,8 @@ const REJECTION_TEXT_LIMIT: usize = 4096;
 /// and a method the route does not serve (405, empty; its `Allow` header is kept).
 /// Responses that chose a type of their own (the TwiML, HTML pages) pass unchanged.
 async fn json_errors(req: Request, next: Next) -> Response {
-    let api = req.uri().path().starts_with("/api/");
+    let path = req.uri().path().to_owned();
+    let api = path.starts_with("/api/");
     let res = next.run(req).await;
     let status = res.status();
     if !api || !(status.is_client_error() || status.is_server_error()) {
@@ -236,7 +237,9 @@ async fn json_errors(req: Request, next: Next) -> Response {
             .headers
             .get(header::ALLOW)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| allowed_methods(&path).join(", "));
         format!("this route does not serve that method (it serves {allow})")
     } else {
         status
@@ -254,6 +257,29 @@ async fn json_errors(req: Request, next: Next) -> Response {
         out.headers_mut().insert(header::ALLOW, allow.clone());
     }
     out
+}
+
+/// The methods the API serves on `path`, from [`api_routes`] (`{param}` segments match
+/// any one segment).
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let matches = |pattern: &str| {
+        let p: Vec<&str> = pattern.split('/').collect();
+        p.len() == segments.len()
+            && p.iter()
+                .zip(&segments)
+                .all(|(p, s)| p == s || (p.starts_with('{') && p.ends_with('}')))
+    };
+    let mut methods: Vec<&'static str> = api_routes()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .chain([("GET", "/api/v1/optout")])
+        .filter(|(_, p)| matches(p))
+        .map(|(m, _)| m)
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    methods
 }
 
 /// Refuses the request unless `principal` has one of `roles`.

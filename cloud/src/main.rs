@@ -7,6 +7,11 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The log filter unless `ROLLCALL_LOG` sets one. The embedded broker (rumqttd) logs
+/// every client's connect and disconnect from these two modules, disconnects as errors.
+const DEFAULT_LOG: &str =
+    "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off,rumqttc=warn";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = rollcall_cloud::cli::Cli::parse();
@@ -19,9 +24,11 @@ async fn main() -> std::process::ExitCode {
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROLLCALL_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttc=warn")
+                // The embedded broker logs every client's disconnect as an error.
+                tracing_subscriber::EnvFilter::new(DEFAULT_LOG)
             }),
         )
         .init();
