@@ -121,6 +121,12 @@ pub async fn search_and_greet(
     queries: Vec<LookupQuery>,
     greet: bool,
 ) -> Result<Vec<(crate::lookup::Hit, Option<crate::greeting::Greeting>)>, ApiError> {
+    let mut queries = queries;
+    if !p.role.sees_contact_details() && queries.iter().any(|q| !q.uses_personal_data()) {
+        // Free text for a role that may not search by name: what it typed is looked up
+        // as a device or member id only.
+        queries.retain(|q| !q.uses_personal_data());
+    }
     if queries.iter().any(LookupQuery::uses_personal_data) {
         require_role(p, STAFF)?;
     }
@@ -325,13 +331,18 @@ pub struct SummaryParams {
     pub days: Option<u32>,
 }
 
+/// A `YYYY-MM-DD` query value, in the years 1970 to 9999 (chrono would also take signed
+/// six-digit years, whose day arithmetic overflows).
 fn date(name: &str, v: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d").map_err(|_| {
-        ApiError::bad_request(
-            "bad_date",
-            format!("{name}={v:?} is not a date (YYYY-MM-DD)"),
-        )
-    })
+    NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d")
+        .ok()
+        .filter(|d| (1970..=9999).contains(&chrono::Datelike::year(d)))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_date",
+                format!("{name}={v:?} is not a date (YYYY-MM-DD, years 1970 to 9999)"),
+            )
+        })
 }
 
 /// `GET /api/v1/engagement/summary`.
@@ -404,6 +415,10 @@ pub struct MembersParams {
     pub per_page: Option<u32>,
 }
 
+/// The highest page number `GET /api/v1/engagement/members` takes (its offset stays far
+/// from overflowing).
+const MAX_PAGE: u32 = 1_000_000;
+
 /// `GET /api/v1/engagement/members`.
 pub async fn engagement_members(
     State(s): State<AppState>,
@@ -415,8 +430,20 @@ pub async fn engagement_members(
         .map_err(|e| ApiError::bad_request("bad_state", e.to_string()))?;
     let (sort, desc) = Sort::parse(q.sort.as_deref().unwrap_or("score"))
         .map_err(|e| ApiError::bad_request("bad_sort", e.to_string()))?;
-    let page = q.page.unwrap_or(1).max(1);
-    let per_page = q.per_page.unwrap_or(50).clamp(1, 500);
+    let page = q.page.unwrap_or(1);
+    if !(1..=MAX_PAGE).contains(&page) {
+        return Err(ApiError::bad_request(
+            "bad_page",
+            format!("page={page} is not a page number (1..={MAX_PAGE})"),
+        ));
+    }
+    let per_page = q.per_page.unwrap_or(50);
+    if !(1..=500).contains(&per_page) {
+        return Err(ApiError::bad_request(
+            "bad_per_page",
+            format!("per_page={per_page} is not a page size (1..=500)"),
+        ));
+    }
     let names = p.role.sees_contact_details();
     with_store(&s, move |conn| {
         members(conn, state, sort, desc, page, per_page, names)
@@ -571,8 +598,16 @@ pub async fn telephony_incoming(
     let call_sid = field("CallSid")
         .filter(|c| !c.is_empty() && c.len() <= 64)
         .ok_or_else(|| ApiError::bad_request("bad_request", "CallSid is required"))?;
+    // Phone numbers (or a SIP address, or "anonymous"): anything longer is not a caller id.
+    const MAX_ADDRESS: usize = 256;
     let from = field("From").unwrap_or_default();
     let to = field("To");
+    if from.len() > MAX_ADDRESS || to.as_ref().is_some_and(|t| t.len() > MAX_ADDRESS) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("From and To are at most {MAX_ADDRESS} bytes"),
+        ));
+    }
     let number = crate::telephony::caller_number(&from, &s.cfg.registry.default_region);
     let now = s.clock.now();
     let caller = number.clone();

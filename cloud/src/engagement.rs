@@ -309,7 +309,7 @@ pub fn members(
         state,
         sort,
         desc,
-        Some((per_page, (page.max(1) - 1) * per_page)),
+        Some((per_page, u64::from(page.max(1) - 1) * u64::from(per_page))),
         with_names,
     )?;
     Ok(Page {
@@ -325,7 +325,7 @@ fn fetch(
     state: Option<&str>,
     sort: Sort,
     desc: bool,
-    limit_offset: Option<(u32, u32)>,
+    limit_offset: Option<(u32, u64)>,
     with_names: bool,
 ) -> Result<Vec<Row>, EngagementError> {
     let sql = format!(
@@ -337,7 +337,9 @@ fn fetch(
         sort.column(),
         if desc { "DESC" } else { "ASC" }
     );
-    let (limit, offset) = limit_offset.map_or((-1i64, 0i64), |(l, o)| (l as i64, o as i64));
+    let (limit, offset) = limit_offset.map_or((-1i64, 0i64), |(l, o)| {
+        (i64::from(l), i64::try_from(o).unwrap_or(i64::MAX))
+    });
     let mut st = conn.prepare_cached(&sql)?;
     let rows = st.query_map(params![state, limit, offset], |r| {
         Ok(Row {
@@ -392,7 +394,7 @@ pub fn export_csv(
     for r in rows {
         let mut rec = vec![r.id];
         if let Some(n) = r.name {
-            rec.push(n);
+            rec.push(spreadsheet_safe(n));
         }
         rec.extend([
             r.state,
@@ -408,4 +410,30 @@ pub fn export_csv(
     }
     w.into_inner()
         .map_err(|e| EngagementError::Csv(e.into_error().to_string()))
+}
+
+/// A text cell that a spreadsheet will not run as a formula: one starting with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return gets a leading `'` (OWASP's advice for CSV
+/// injection). Names are entered by people and imported from other systems.
+pub fn spreadsheet_safe(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_a_spreadsheet_would_run_as_formulas_are_quoted() {
+        for bad in ["=HYPERLINK(\"http://x\")", "+1+1", "-2", "@SUM(A1)", "\tx"] {
+            assert_eq!(spreadsheet_safe(bad.into()), format!("'{bad}"));
+        }
+        for fine in ["Maria Rossi", "O'Brien", "Zoë"] {
+            assert_eq!(spreadsheet_safe(fine.into()), fine);
+        }
+    }
 }

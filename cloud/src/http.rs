@@ -151,11 +151,13 @@ pub fn api_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)>
             "/api/v1/telephony/incoming",
             post(api::telephony_incoming),
         ),
+        ("GET", "/api/v1/optout", get(optout)),
     ]
 }
 
-/// Routes with their own authentication (the provider's signature; the opt-out token).
-const SELF_AUTHENTICATED: &[&str] = &["/api/v1/telephony/incoming"];
+/// Routes with their own authentication (the provider's signature; the opt-out link's
+/// signed token).
+pub const SELF_AUTHENTICATED: &[&str] = &["/api/v1/telephony/incoming", "/api/v1/optout"];
 
 /// The router.
 pub fn router(state: AppState) -> Router {
@@ -176,8 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api)
-        .merge(open)
-        .route("/api/v1/optout", get(optout));
+        .merge(open);
     if state.cfg.console.enabled {
         app = app.merge(crate::console::router());
     }
@@ -273,7 +274,6 @@ fn allowed_methods(path: &str) -> Vec<&'static str> {
     let mut methods: Vec<&'static str> = api_routes()
         .into_iter()
         .map(|(m, p, _)| (m, p))
-        .chain([("GET", "/api/v1/optout")])
         .filter(|(_, p)| matches(p))
         .map(|(m, _)| m)
         .collect();
@@ -303,6 +303,14 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> Result<(), ApiErro
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case, as
+/// RFC 9110 has it); `None` for another scheme or an empty token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The principal behind an `Authorization: Bearer` header, if valid.
 pub async fn bearer_principal(
     s: &AppState,
@@ -311,8 +319,8 @@ pub async fn bearer_principal(
     let Some(presented) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
+        .and_then(bearer_token)
+        .map(str::to_owned)
     else {
         return Ok(None);
     };
@@ -354,7 +362,13 @@ async fn require_token(
         code: "unauthorized",
         message: message.to_owned(),
     };
-    if !req.headers().contains_key(header::AUTHORIZATION) {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .is_some();
+    if !bearer {
         return Err(unauthorized(
             "send Authorization: Bearer <token> (rollcall-cloud tokens create)",
         ));
@@ -516,9 +530,28 @@ async fn member_outreach(
     })?;
     let key = member.clone();
     let list = with_store(&s, move |conn| {
-        crate::outreach::view::list(conn, Some(key.as_str()), 500).map_err(ApiError::internal)
+        let exists: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM members WHERE id = ?1)",
+                [key.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(ApiError::internal)?;
+        if exists {
+            crate::outreach::view::list(conn, Some(key.as_str()), 500)
+                .map(Some)
+                .map_err(ApiError::internal)
+        } else {
+            Ok(None)
+        }
     })
-    .await?;
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "no_such_member",
+            format!("no member with id {:?}", member.as_str()),
+        )
+    })?;
     audit_view(&s, &p, &member, "outreach").await?;
     Ok(Json(list))
 }

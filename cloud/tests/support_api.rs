@@ -315,6 +315,31 @@ async fn bad_input_and_missing_tokens_get_json_reasons() {
             &e.analyst,
             (400, "bad_range"),
         ),
+        (
+            "/api/v1/engagement/summary?from=%2B262142-12-31&to=%2B262142-12-31",
+            &e.analyst,
+            (400, "bad_date"),
+        ),
+        (
+            "/api/v1/engagement/members?page=0",
+            &e.analyst,
+            (400, "bad_page"),
+        ),
+        (
+            "/api/v1/engagement/members?page=16777217&per_page=256",
+            &e.analyst,
+            (400, "bad_page"),
+        ),
+        (
+            "/api/v1/engagement/members?per_page=100000",
+            &e.analyst,
+            (400, "bad_per_page"),
+        ),
+        (
+            "/api/v1/members/nobody/outreach",
+            &e.support,
+            (404, "no_such_member"),
+        ),
     ] {
         let (status, v) = e.json(path, token).await;
         assert_eq!(
@@ -323,6 +348,60 @@ async fn bad_input_and_missing_tokens_get_json_reasons() {
             "{path}: {v}"
         );
     }
+    // The last page there is, and a page past it (empty, not an error).
+    let (status, v) = e
+        .json(
+            "/api/v1/engagement/members?page=1000000&per_page=500",
+            &e.analyst,
+        )
+        .await;
+    assert_eq!(
+        (status, v["members"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    // The scheme is case-insensitive (RFC 9110); another scheme is told what to send.
+    let res = e
+        .http
+        .get(format!("{}/api/v1/lookup?id=m-maria", e.base))
+        .header("authorization", format!("bearer {}", e.support))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for auth in ["Basic dXNlcjpwYXNz".to_owned(), "Bearer ".to_owned()] {
+        let res = e
+            .http
+            .get(format!("{}/api/v1/lookup?id=m-maria", e.base))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{auth}");
+        let v: Value = res.json().await.unwrap();
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("Authorization: Bearer"),
+            "{auth}: {v}"
+        );
+    }
+    // Free text from an analyst is looked up as an id only, never refused or by name.
+    let (status, v) = e.json("/api/v1/lookup?q=m-maria", &e.analyst).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["members"][0]["id"], "m-maria");
+    assert!(v["members"][0].get("name").is_none(), "{v}");
+    let (status, v) = e.json("/api/v1/lookup?q=Maria", &e.analyst).await;
+    assert_eq!(
+        (status, v["members"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (status, _) = e.json("/api/v1/lookup?q=212-555-0142", &e.analyst).await;
+    assert_eq!(status, 403, "a phone number is personal data");
+    let (status, _) = e.call(&"9".repeat(300), "CA-long", TWILIO_TOKEN).await;
+    assert_eq!(status, 400);
     for (path, token) in [
         ("/api/v1/members/m-maria/greeting", &e.analyst),
         ("/api/v1/members/m-maria/export", &e.support),
@@ -794,4 +873,33 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
             "{method} {path}: {status} {body}"
         );
     }
+}
+
+#[tokio::test]
+async fn every_api_route_but_the_signed_webhook_refuses_a_request_without_a_token() {
+    let e = start().await;
+    let mut checked = 0;
+    for (method, path, _) in rollcall_cloud::http::api_routes() {
+        if rollcall_cloud::http::SELF_AUTHENTICATED.contains(&path) {
+            continue;
+        }
+        let url = format!(
+            "{}{}",
+            e.base,
+            path.replace("{id}", "m-maria").replace("{index}", "0")
+        );
+        let res = e
+            .http
+            .request(method.parse().unwrap(), &url)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "unauthorized", "{method} {path}");
+        checked += 1;
+    }
+    assert!(checked >= 15, "{checked} routes");
 }
