@@ -903,3 +903,62 @@ async fn every_api_route_but_the_signed_webhook_refuses_a_request_without_a_toke
     }
     assert!(checked >= 15, "{checked} routes");
 }
+
+#[tokio::test]
+async fn the_console_escapes_what_members_and_callers_typed_and_hides_contact_details_from_analysts(
+) {
+    let e = start().await;
+    let evil = "<script>alert(1)</script> \"Evil\" O'Brien";
+    {
+        let conn = rollcall_cloud::store::open_writer(e.dir.path()).unwrap();
+        member(&conn, "m-evil", evil, "+1 415 555 0123", None, 30);
+        usage(
+            &conn,
+            "m-evil",
+            &[0, 1, 2],
+            1,
+            "<img src=x onerror=alert(2)>",
+        );
+    }
+    let page = |path: &str, token: &str| {
+        let req = e.http.get(format!("{}{path}", e.base)).header(
+            "cookie",
+            format!("{}={token}", rollcall_cloud::console::COOKIE),
+        );
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    for path in ["/console/members/m-evil", "/console/search?q=Evil"] {
+        let (status, html) = page(path, &e.support).await;
+        assert_eq!(status, 200, "{path}: {html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; &quot;Evil&quot;"),
+            "{path}"
+        );
+        for raw in ["<script>alert(1)", "<img src=x", "\"Evil\""] {
+            assert!(
+                !html.contains(raw),
+                "{path}: {raw} reached the page unescaped"
+            );
+        }
+    }
+    // The analyst's card: the member by id, with no name, phone or e-mail anywhere.
+    let (status, html) = page("/console/members/m-evil", &e.analyst).await;
+    assert_eq!(status, 200, "{html}");
+    for hidden in [
+        "Evil",
+        "O&#x27;Brien",
+        "4155550123",
+        "m-evil@example.com",
+        "555 0123",
+    ] {
+        assert!(!html.contains(hidden), "the analyst saw {hidden}");
+    }
+    let (status, html) = page("/console/calls", &e.analyst).await;
+    assert!(
+        status == 403 || !html.contains("+1"),
+        "{status}: the analyst saw a caller's number"
+    );
+}
