@@ -3,13 +3,13 @@
 //!
 //! Rules:
 //! - `kind` must parse as an [`EventKind`]; `qty` (default 1) must be in `1..=MAX_QTY`;
-//!   attributes must pass [`validate_attrs`]; an explicit `at` must be RFC 3339 and lie
-//!   between 2000 and 2100 (what the protocol accepts at all).
+//!   attributes must pass [`validate_attrs`]; an explicit `at` must be RFC 3339.
 //! - `at` defaults to the agent clock's now. When the time is not believable
 //!   ([`UsageEvent::time_is_suspect`]: before the agent's build date, or far ahead of the
 //!   device clock) the event is stored with `clock_suspect = true`: flagged, never dropped.
-//!   An unsynchronised clock reading before 2000 (a device booting at 1970) is stored as
-//!   2000-01-01T00:00:00Z, flagged, because the protocol cannot carry earlier times.
+//!   A time outside 2000..2100, the agent's own or one the firmware gives (an
+//!   unsynchronised clock reading 1970), is stored as the nearest time the protocol can
+//!   carry (2000-01-01T00:00:00Z, or the last second of 2099), flagged.
 //! - The event is committed to the outbox before [`Capture::record`] returns.
 
 use crate::outbox::{NewEvent, Outbox, OutboxError};
@@ -87,17 +87,12 @@ pub fn parse_qty(q: u64) -> Result<u32, CaptureError> {
     }
 }
 
-/// Parses an explicit event time (RFC 3339, between 2000 and 2100).
+/// Parses an explicit event time (RFC 3339). One outside what the protocol carries is
+/// kept: [`Capture::event`] moves it into range and flags it.
 pub fn parse_at(s: &str) -> Result<DateTime<Utc>, CaptureError> {
-    let t = DateTime::parse_from_rfc3339(s)
+    Ok(DateTime::parse_from_rfc3339(s)
         .map_err(|e| CaptureError::Invalid(format!("at {s:?} is not an RFC 3339 time: {e}")))?
-        .with_timezone(&Utc);
-    if !(MIN_TIMESTAMP_S..MAX_TIMESTAMP_S).contains(&t.timestamp()) {
-        return Err(CaptureError::Invalid(format!(
-            "at {s:?} is outside 2000..2100"
-        )));
-    }
-    Ok(t)
+        .with_timezone(&Utc))
 }
 
 /// Parses one `key=value` attribute and checks it against the limits.
@@ -249,10 +244,6 @@ mod tests {
                 ..req("brew")
             },
             RecordRequest {
-                at: Some("1999-12-31T23:59:59Z".into()),
-                ..req("brew")
-            },
-            RecordRequest {
                 attrs: BTreeMap::from([("bad key".into(), "v".into())]),
                 ..req("brew")
             },
@@ -296,6 +287,25 @@ mod tests {
         let ev = c.prepare(&req("brew")).unwrap();
         assert!(ev.clock_suspect);
         assert_eq!(ev.occurred_at.timestamp(), MIN_TIMESTAMP_S);
+    }
+
+    #[test]
+    fn a_time_the_firmware_gives_outside_the_protocols_range_is_kept_flagged_and_clamped() {
+        let c = capture_at("2026-11-24T08:00:00Z");
+        for (at, stored) in [
+            ("1970-01-01T00:00:10Z", MIN_TIMESTAMP_S),
+            ("2150-01-01T00:00:00Z", MAX_TIMESTAMP_S - 1),
+        ] {
+            let ev = c
+                .prepare(&RecordRequest {
+                    at: Some(at.into()),
+                    ..req("brew")
+                })
+                .unwrap();
+            assert!(ev.clock_suspect, "{at}");
+            assert_eq!(ev.occurred_at.timestamp(), stored, "{at}");
+        }
+        assert!(parse_at("yesterday").is_err());
     }
 
     #[test]
