@@ -77,7 +77,8 @@ pub enum Command {
     Keys(KeysCmd),
     /// Score every registered member now (or as of an earlier instant) and print counts by state.
     Score {
-        /// Score the fleet as it stood at this instant (RFC 3339); usage after it is ignored.
+        /// Score the fleet as it stood at this instant (RFC 3339, not in the future); usage
+        /// after it is ignored.
         #[arg(long)]
         as_of: Option<String>,
         /// Print JSON: `{"as_of", "counts", "members": [...]}`.
@@ -677,9 +678,21 @@ fn score(
 ) -> anyhow::Result<()> {
     let now = clock.now();
     let as_of = match as_of {
-        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
-            .with_context(|| format!("--as-of {s:?} is not an RFC 3339 instant"))?
-            .with_timezone(&chrono::Utc),
+        Some(s) => {
+            let at = chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| UsageError::new(format!("--as-of {s:?} is not an RFC 3339 instant")))?
+                .with_timezone(&chrono::Utc);
+            // A stored run in the future would keep every live run until then from being
+            // stored (runs are stored only when they do not go back in time).
+            if at > now {
+                return Err(UsageError::new(format!(
+                    "--as-of {s:?} is in the future (now {}): only the present or the past can be scored",
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ))
+                .into());
+            }
+            at
+        }
         None => now,
     };
     let mut conn = crate::store::open_writer(&cfg.data_dir)?;

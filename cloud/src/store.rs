@@ -27,7 +27,8 @@
 //!   from a SHA-256 of the row's content and its occurrence number among identical rows
 //!   of the file, so importing the same file again changes nothing.
 //! - `member_scores (member_id)`: the latest score and state of each member, replaced by
-//!   each scoring run that moves time forward (`scoring_runs.as_of_ms` never decreases).
+//!   each scoring run that moves time forward (`scoring_runs.as_of_ms` never decreases,
+//!   and is never later than the clock when the run was stored).
 //! - `state_transitions`: append-only; one row per state change (and one, with no old
 //!   state, when a member is first scored), written in the same transaction as the score.
 //! - `engagement_daily (day, state)`: members per state at the last run of each UTC day.

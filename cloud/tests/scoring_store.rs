@@ -219,6 +219,52 @@ fn scoring_as_of_an_earlier_instant_ignores_later_usage_and_is_not_stored() {
     assert!(early.members.len() < late.members.len());
 }
 
+/// A run dated after the clock is scored but never stored: stored, it would be the latest
+/// run, and every live run before its date would go unstored.
+#[test]
+fn a_run_dated_after_the_clock_is_not_stored_and_later_live_runs_still_are() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let cfg = ScoringConfig::default();
+    let future =
+        scoring::score_once(&mut conn, &cfg, as_of() + Duration::days(30), as_of()).unwrap();
+    assert!(!future.persisted);
+    assert!(
+        future
+            .warnings
+            .iter()
+            .any(|w| w.contains("after the present")),
+        "{:?}",
+        future.warnings
+    );
+    let runs: i64 = conn
+        .query_row("SELECT COUNT(*) FROM scoring_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 0);
+    let live = scoring::score_once(&mut conn, &cfg, as_of(), as_of()).unwrap();
+    assert!(live.persisted, "the live run is stored");
+}
+
+#[test]
+fn score_as_of_a_future_instant_is_a_usage_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let tomorrow = (Utc::now() + Duration::days(1)).to_rfc3339();
+    let out = cli(dir.path(), &["score", "--as-of", &tomorrow, "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--as-of") && err.contains("future"), "{err}");
+    assert!(out.stdout.is_empty());
+    // An instant in the past is still fine.
+    let yesterday = (Utc::now() - Duration::days(1)).to_rfc3339();
+    let out = cli(dir.path(), &["score", "--as-of", &yesterday, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn replay_runs_the_same_machine_as_the_live_scorer_day_by_day() {
     let dir = tempfile::tempdir().unwrap();
