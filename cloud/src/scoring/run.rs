@@ -221,9 +221,11 @@ pub fn model_for(
             )?);
         }
     }
+    // Not adopted and no last good parameters: `choose` gave the prior, reported as such
+    // (no fit id, no fitted date).
     let (params_as_of, id) = if choice.adopted_new {
         (Some(as_of_ms), fit_id)
-    } else if choice.params == cfg.prior_for(cfg.model) && last_good.is_none() {
+    } else if last_good.is_none() {
         (None, None)
     } else {
         (last_good.map(|g| g.2), last_good.and_then(|g| g.1))
@@ -435,7 +437,7 @@ pub fn fit_store(
     let last = persist::last_good_fit(conn, cfg.model, as_of_ms)?;
     let r = fit_fleet(&fleet, cfg, as_of, last.as_ref().map(|f| f.params))?;
     if !r.converged {
-        tracing::warn!(model = %r.model, "The fit did not converge; scoring keeps the last good parameters");
+        tracing::warn!(model = %r.model, "The fit did not converge; scoring keeps the last good parameters, or the configured prior");
     }
     persist::record_fit(
         conn,
