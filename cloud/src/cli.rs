@@ -26,6 +26,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A bad argument found after parsing (a value clap cannot check on its own, such as an
+/// `--as-of` in the future): `main` prints it with clap's usage hint and exits with 2,
+/// like any other usage error.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UsageError(Box<clap::Error>);
+
+impl UsageError {
+    /// A usage error saying `message`.
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        use clap::CommandFactory;
+        Self(Box::new(
+            Cli::command().error(clap::error::ErrorKind::ValueValidation, message),
+        ))
+    }
+
+    /// Prints the error with the usage hint and exits with status 2.
+    pub fn exit(&self) -> ! {
+        self.0.exit()
+    }
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -55,7 +77,8 @@ pub enum Command {
     Keys(KeysCmd),
     /// Score every registered member now (or as of an earlier instant) and print counts by state.
     Score {
-        /// Score the fleet as it stood at this instant (RFC 3339); usage after it is ignored.
+        /// Score the fleet as it stood at this instant (RFC 3339, not in the future); usage
+        /// after it is ignored.
         #[arg(long)]
         as_of: Option<String>,
         /// Print JSON: `{"as_of", "counts", "members": [...]}`.
@@ -239,12 +262,13 @@ pub enum ModelCmd {
         #[arg(long, requires = "calibration_end")]
         from_csv: Option<PathBuf>,
         /// With --from-csv: ignore usage after this date (YYYY-MM-DD).
-        #[arg(long)]
+        #[arg(long, requires = "from_csv")]
         calibration_end: Option<String>,
         /// With --from-csv: time unit, `days` or `weeks`.
-        #[arg(long, default_value = "days")]
+        #[arg(long, default_value = "days", requires = "from_csv")]
         unit: String,
-        /// `bgbb`, `mbgnbd` or `bgnbd` (default: `scoring.model`).
+        /// `mbgnbd`, `bgnbd` or `bgbb` (`bgbb` only with days). Default: `mbgnbd` with
+        /// --from-csv, else `scoring.model`.
         #[arg(long)]
         model: Option<String>,
         /// Print JSON.
@@ -667,9 +691,21 @@ fn score(
 ) -> anyhow::Result<()> {
     let now = clock.now();
     let as_of = match as_of {
-        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
-            .with_context(|| format!("--as-of {s:?} is not an RFC 3339 instant"))?
-            .with_timezone(&chrono::Utc),
+        Some(s) => {
+            let at = chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| UsageError::new(format!("--as-of {s:?} is not an RFC 3339 instant")))?
+                .with_timezone(&chrono::Utc);
+            // A stored run in the future would keep every live run until then from being
+            // stored (runs are stored only when they do not go back in time).
+            if at > now {
+                return Err(UsageError::new(format!(
+                    "--as-of {s:?} is in the future (now {}): only the present or the past can be scored",
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ))
+                .into());
+            }
+            at
+        }
         None => now,
     };
     let mut conn = crate::store::open_writer(&cfg.data_dir)?;
@@ -705,17 +741,29 @@ fn model_fit(
 ) -> anyhow::Result<()> {
     use crate::scoring::{ModelKind, Unit};
     let kind = match model {
-        Some(m) => ModelKind::parse(&m)
-            .with_context(|| format!("--model {m:?}: expected bgbb, mbgnbd or bgnbd"))?,
+        Some(m) => ModelKind::parse(&m).ok_or_else(|| {
+            UsageError::new(format!("--model {m:?}: expected mbgnbd, bgnbd or bgbb"))
+        })?,
+        // A usage file is fitted with the buy-till-you-die model the published fits use;
+        // live scoring keeps the configured model (docs/scoring.md).
+        None if from_csv.is_some() => ModelKind::Mbgnbd,
         None => cfg.scoring.model,
     };
     let result = match from_csv {
         Some(file) => {
             let end = calibration_end.context("--calibration-end is required with --from-csv")?;
-            let end = chrono::NaiveDate::parse_from_str(&end, "%Y-%m-%d")
-                .with_context(|| format!("--calibration-end {end:?} is not YYYY-MM-DD"))?;
-            let unit = Unit::parse(unit)
-                .with_context(|| format!("--unit {unit:?}: expected days or weeks"))?;
+            let end = chrono::NaiveDate::parse_from_str(&end, "%Y-%m-%d").map_err(|_| {
+                UsageError::new(format!("--calibration-end {end:?} is not YYYY-MM-DD"))
+            })?;
+            let unit = Unit::parse(unit).ok_or_else(|| {
+                UsageError::new(format!("--unit {unit:?}: expected days or weeks"))
+            })?;
+            if kind.is_discrete() && unit != Unit::Days {
+                return Err(UsageError::new(format!(
+                    "--model {kind} counts whole days: use --unit days, or --model mbgnbd or bgnbd for weeks"
+                ))
+                .into());
+            }
             let bytes = std::fs::read(&file)
                 .with_context(|| format!("Failed to read {}", file.display()))?;
             let (r, rejected) = crate::scoring::fit_csv(&bytes, end, unit, kind)?;

@@ -1,6 +1,6 @@
 //! Domain values of the registry that parse instead of validate.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Offset, TimeZone as _, Utc};
 use std::fmt;
 
 /// Why a registry value was refused; the message says what is wrong.
@@ -174,11 +174,27 @@ impl TimeZone {
     }
 }
 
-/// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339.
-pub fn parse_date_or_time(input: &str) -> Result<DateTime<Utc>, DomainError> {
+/// The instant a calendar date given without a time (a join date) is stored as, for a
+/// member in `tz`: the middle of the hours that date shares in `tz` and in UTC, that is
+/// noon UTC moved back by half the zone's offset (New York, UTC−5: 14:30 UTC, 09:30
+/// local; Auckland, UTC+13: 05:30 UTC, 18:30 local). Whoever reads it as a date, in the
+/// member's zone (scoring, greetings, outreach) or in UTC (the engagement summary, a
+/// displayed RFC 3339 time), reads the date that was entered, with at least 5 hours to
+/// spare on either side, so a later change of zone by up to that much keeps it too.
+pub fn date_instant(date: NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let noon_utc = date.and_hms_opt(12, 0, 0).expect("noon exists").and_utc();
+    let offset_s = tz
+        .offset_from_utc_datetime(&noon_utc.naive_utc())
+        .fix()
+        .local_minus_utc();
+    noon_utc - chrono::Duration::seconds(i64::from(offset_s) / 2)
+}
+
+/// Parses `YYYY-MM-DD` (stored as [`date_instant`] in `tz`) or RFC 3339.
+pub fn parse_date_or_time(input: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, DomainError> {
     let s = input.trim();
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+        return Ok(date_instant(d, tz));
     }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -263,9 +279,49 @@ mod tests {
         );
         assert!(TimeZone::parse("Mars/Olympus").is_err());
         assert_eq!(
-            parse_date_or_time("2026-01-05").unwrap().to_rfc3339(),
-            "2026-01-05T00:00:00+00:00"
+            parse_date_or_time("2026-01-05", chrono_tz::UTC)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-01-05T12:00:00+00:00"
         );
-        assert!(parse_date_or_time("05/01/2026").is_err());
+        assert_eq!(
+            parse_date_or_time("2026-01-05T08:00:00-05:00", chrono_tz::UTC)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-01-05T13:00:00+00:00"
+        );
+        assert!(parse_date_or_time("05/01/2026", chrono_tz::UTC).is_err());
+    }
+
+    #[test]
+    fn a_date_is_stored_on_that_date_both_in_the_members_zone_and_in_utc() {
+        let zones = [
+            "America/New_York",
+            "America/Los_Angeles",
+            "Pacific/Honolulu",
+            "Pacific/Pago_Pago",
+            "UTC",
+            "Europe/Berlin",
+            "Asia/Kolkata",
+            "Pacific/Auckland",
+            "Pacific/Chatham",
+            "Pacific/Kiritimati",
+        ];
+        for tz in zones.map(|z| z.parse::<chrono_tz::Tz>().unwrap()) {
+            // Winter and summer: both sides of daylight saving time.
+            for date in ["2026-01-15", "2026-07-15", "2026-03-08", "2026-11-01"] {
+                let d = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+                let at = date_instant(d, tz);
+                assert_eq!(at.date_naive(), d, "{tz} {date}: UTC date of {at}");
+                let local = at.with_timezone(&tz);
+                assert_eq!(local.date_naive(), d, "{tz} {date}: local date of {local}");
+            }
+        }
+        let ny = "America/New_York".parse::<chrono_tz::Tz>().unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+        assert_eq!(
+            date_instant(d, ny).to_rfc3339(),
+            "2026-01-05T14:30:00+00:00"
+        );
     }
 }

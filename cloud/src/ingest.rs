@@ -190,6 +190,8 @@ pub enum Checked {
         device: DeviceId,
         /// The status.
         status: DeviceStatus,
+        /// When it arrived (dates a Last Will: see [`presence_ms`]).
+        received_at: DateTime<Utc>,
     },
     /// Rejected or held.
     Rejected(Box<Rejection>),
@@ -555,7 +557,11 @@ fn finish(p: Prepared, verified: Result<Vec<u8>, EnvelopeError>) -> Checked {
                     None,
                 ))
             }
-            Ok(status) => Checked::Status { device, status },
+            Ok(status) => Checked::Status {
+                device,
+                status,
+                received_at: msg.received_at,
+            },
             Err(e) => {
                 let key = sha_key(&msg.payload);
                 Checked::Rejected(rejection(
@@ -865,26 +871,33 @@ fn apply(
                 },
             ));
         }
-        Checked::Status { device, status } => {
+        Checked::Status {
+            device,
+            status,
+            received_at,
+        } => {
             let presence = serde_json::to_value(status.state).expect("serialises");
+            let (presence_at, floor_at_last_seen) = presence_ms(status, *received_at);
             let health = status
                 .health
                 .as_ref()
                 .map(|h| serde_json::to_string(h).expect("serialises"));
             // Keep the newest: (session, n) orders status messages; a Last Will has n = u64::MAX.
             let advanced = tx.prepare_cached(
-                "UPDATE devices SET presence = ?2, presence_ms = ?3, status_session = ?4, status_n = ?5,
+                "UPDATE devices SET presence = ?2, status_session = ?4, status_n = ?5,
+                     presence_ms = CASE WHEN ?7 THEN MAX(?3, COALESCE(last_seen_ms, ?3)) ELSE ?3 END,
                      health = COALESCE(?6, health)
                  WHERE id = ?1 AND (status_session IS NULL OR status_session < ?4 OR (status_session = ?4 AND status_n < ?5))",
             )?
             .execute(params![
                 device.as_str(),
                 presence.as_str(),
-                status.at.timestamp_millis(),
+                presence_at,
                 status.session as i64,
                 // SQLite integers are signed: store u64::MAX as i64::MAX, keeping the order.
                 status.n.min(i64::MAX as u64) as i64,
                 health,
+                floor_at_last_seen,
             ])? == 1;
             out.statuses += 1;
             // Only a device that is online now can hear receipts and its policy: the agent
@@ -910,6 +923,20 @@ fn apply(
         Checked::Rejected(rej) => quarantine(tx, rej, out)?,
     }
     Ok(())
+}
+
+/// The presence time a status gives its device (Unix ms), and whether it is to be raised
+/// to the device's `last_seen_ms`. A status is dated by its own `at`, except the last word
+/// of a session (offline, `n = u64::MAX`): the agent signs its Last Will when the session
+/// begins, so its `at` is the connect time, possibly weeks before the drop. The broker
+/// publishes it when the connection is lost, so the time the cloud received it is when the
+/// device went offline, and never before the cloud last heard from the device.
+fn presence_ms(status: &DeviceStatus, received_at: DateTime<Utc>) -> (i64, bool) {
+    if status.state == Presence::Offline && status.n == u64::MAX {
+        (received_at.timestamp_millis(), true)
+    } else {
+        (status.at.timestamp_millis(), false)
+    }
 }
 
 fn quarantine(tx: &Connection, rej: &Rejection, out: &mut BatchOutcome) -> rusqlite::Result<()> {
@@ -1267,6 +1294,71 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(owners, vec![erased.pseudonym]);
+    }
+
+    /// The agent signs its Last Will when a session begins; the broker publishes it when
+    /// the connection drops. "Offline since" is when the cloud received it, not the
+    /// connect time in it, and never before the cloud last heard from the device.
+    #[test]
+    fn a_last_will_dates_offline_by_its_arrival_not_by_the_session_start() {
+        let key = KeyPair::generate();
+        let (_dir, mut conn) = crate::store::test_store_with_device(&key);
+        let topics = Topics::default();
+        let device = DeviceId::parse("d1").unwrap();
+        let info = crate::registry::device_info(&conn, &device).unwrap();
+        let ms = |t: DateTime<Utc>| t.timestamp_millis();
+        let connected =
+            DateTime::from_timestamp_millis(ms(Utc::now() - chrono::Duration::days(30))).unwrap();
+        let send = |conn: &mut Connection, state, session, n, received_at| {
+            let status = DeviceStatus {
+                v: rollcall_shared::PROTOCOL_VERSION,
+                device_id: device.clone(),
+                state,
+                at: connected,
+                session,
+                n,
+                health: None,
+            };
+            let msg = Inbound {
+                topic: topics.status(&device),
+                payload: key.sign(STATUS_PAYLOAD_TYPE, &status.encode()).to_json(),
+                received_at,
+            };
+            let out = commit(conn, &[check(&topics, msg, &|_| info.clone())], 4096, None);
+            assert_eq!(out.unwrap().statuses, 1);
+        };
+        let presence = |conn: &Connection| -> (String, i64) {
+            conn.query_row(
+                "SELECT presence, presence_ms FROM devices WHERE id = 'd1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        // An ordinary status is dated by the device.
+        send(&mut conn, Presence::Online, 1, 0, connected);
+        assert_eq!(presence(&conn), ("online".into(), ms(connected)));
+        // Twenty days later the connection drops: the will, stamped at connect, arrives.
+        let dropped = connected + chrono::Duration::days(20);
+        send(&mut conn, Presence::Offline, 1, u64::MAX, dropped);
+        assert_eq!(presence(&conn), ("offline".into(), ms(dropped)));
+        // A will that reaches the ingest before a report the cloud received later (its
+        // receive time behind the device's last_seen) is dated no earlier than that report.
+        send(&mut conn, Presence::Online, 2, 0, dropped);
+        let last_seen = dropped + chrono::Duration::hours(5);
+        conn.execute(
+            "UPDATE devices SET last_seen_ms = ?1 WHERE id = 'd1'",
+            [ms(last_seen)],
+        )
+        .unwrap();
+        send(
+            &mut conn,
+            Presence::Offline,
+            2,
+            u64::MAX,
+            last_seen - chrono::Duration::hours(1),
+        );
+        assert_eq!(presence(&conn), ("offline".into(), ms(last_seen)));
     }
 
     fn quarantine_rows(conn: &Connection, state: &str) -> i64 {

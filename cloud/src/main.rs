@@ -35,6 +35,9 @@ async fn main() -> std::process::ExitCode {
     match rollcall_cloud::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(usage) = e.downcast_ref::<rollcall_cloud::cli::UsageError>() {
+                usage.exit();
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -2,7 +2,8 @@
 //! speak for them. Used by the CLI (`members …`, `devices …`) and the API.
 
 use crate::domain::{
-    parse_date_or_time, parse_name, DomainError, Email, Language, PhoneNumber, TimeZone,
+    date_instant, parse_date_or_time, parse_name, DomainError, Email, Language, PhoneNumber,
+    TimeZone,
 };
 use crate::store::StoreError;
 use chrono::{DateTime, TimeZone as _, Utc};
@@ -83,6 +84,10 @@ impl NewMember {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
+        let tz = nonempty(tz).map(|t| TimeZone::parse(&t)).transpose()?;
+        // A date alone is the member's local date (see `domain::date_instant`); without a
+        // zone, UTC's.
+        let zone = tz.map_or(chrono_tz::UTC, |t| t.tz());
         Ok(Self {
             id: MemberId::parse(id.trim())?,
             name: parse_name(name)?,
@@ -90,10 +95,10 @@ impl NewMember {
                 .map(|p| PhoneNumber::parse(&p, default_region))
                 .transpose()?,
             email: nonempty(email).map(|e| Email::parse(&e)).transpose()?,
-            tz: nonempty(tz).map(|t| TimeZone::parse(&t)).transpose()?,
+            tz,
             plan: nonempty(plan),
             joined: nonempty(joined)
-                .map(|j| parse_date_or_time(&j))
+                .map(|j| parse_date_or_time(&j, zone))
                 .transpose()?,
             lang: None,
         })
@@ -197,6 +202,33 @@ pub fn upsert_member(
         ],
     )?;
     Ok(!existed)
+}
+
+/// Store migration 12: join times stored at exactly midnight UTC, which is how a join
+/// date given without a time was stored before, move to [`date_instant`] of that date in
+/// the member's zone (UTC for a member without one), where every reader sees the date that
+/// was entered. Returns the members moved.
+pub(crate) fn move_date_only_joins(conn: &Connection) -> rusqlite::Result<usize> {
+    const DAY_MS: i64 = 86_400_000;
+    let rows: Vec<(String, Option<String>, i64)> = conn
+        .prepare(
+            "SELECT id, tz, joined_ms FROM members WHERE joined_ms IS NOT NULL AND joined_ms % ?1 = 0",
+        )?
+        .query_map([DAY_MS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = conn.prepare("UPDATE members SET joined_ms = ?2 WHERE id = ?1")?;
+    let mut moved = 0;
+    for (id, tz, joined_ms) in rows {
+        let Some(midnight) = DateTime::from_timestamp_millis(joined_ms) else {
+            continue;
+        };
+        let zone = tz
+            .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
+            .unwrap_or(chrono_tz::UTC);
+        let at = date_instant(midnight.date_naive(), zone);
+        moved += update.execute(params![id, at.timestamp_millis()])?;
+    }
+    Ok(moved)
 }
 
 /// One rejected CSV row.
@@ -566,8 +598,61 @@ mod tests {
         assert!(!upsert_member(&c, &m, now()).unwrap());
         let v = show_member(&c, &m.id).unwrap().unwrap();
         assert_eq!(v.phone.as_deref(), Some("+12125550142"));
-        assert_eq!(v.joined.as_deref(), Some("2026-01-03T00:00:00+00:00"));
+        // 2026-01-03 in New York: 09:30 local, 14:30 UTC (`domain::date_instant`).
+        assert_eq!(v.joined.as_deref(), Some("2026-01-03T14:30:00+00:00"));
         assert_eq!(v.usage.events, 0);
+    }
+
+    /// A join date alone is the member's local date: west of UTC (New York) it used to
+    /// become the day before in their zone, so tenure counted a day more and the
+    /// onboarding rules fired a day early.
+    #[test]
+    fn a_join_date_is_the_members_local_date_east_and_west_of_utc() {
+        let (_d, mut c) = store();
+        let zones = ["America/New_York", "Pacific/Auckland", "Pacific/Honolulu"];
+        for (i, tz) in zones.iter().enumerate() {
+            let m = NewMember::parse(
+                &format!("m{i}"),
+                "Someone",
+                None,
+                None,
+                Some(tz),
+                None,
+                Some("2026-03-02"),
+                "US",
+            )
+            .unwrap();
+            upsert_member(&c, &m, now()).unwrap();
+            let shown = show_member(&c, &m.id).unwrap().unwrap().joined.unwrap();
+            assert!(shown.starts_with("2026-03-02T"), "{tz}: joined {shown}");
+        }
+        let entered = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+        let fleet = crate::scoring::fleet::Fleet::load(&c, chrono_tz::UTC).unwrap();
+        assert_eq!(fleet.members.len(), zones.len());
+        for m in &fleet.members {
+            assert_eq!(
+                m.start_day(),
+                crate::scoring::summary::day_number(entered),
+                "{}: the scorer's first day",
+                m.tz
+            );
+        }
+        // Ten days later, in the evening of each member's own day: tenure 10.
+        let cfg = crate::config::ScoringConfig::default();
+        for (i, tz) in zones.iter().enumerate() {
+            let tz: chrono_tz::Tz = tz.parse().unwrap();
+            let evening = tz
+                .with_ymd_and_hms(2026, 3, 12, 20, 0, 0)
+                .unwrap()
+                .with_timezone(&Utc);
+            let run = crate::scoring::score_once(&mut c, &cfg, evening, evening).unwrap();
+            let me = run
+                .members
+                .iter()
+                .find(|s| s.id == format!("m{i}"))
+                .unwrap();
+            assert_eq!(me.tenure_days, 10, "{tz}: {me:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!   from a SHA-256 of the row's content and its occurrence number among identical rows
 //!   of the file, so importing the same file again changes nothing.
 //! - `member_scores (member_id)`: the latest score and state of each member, replaced by
-//!   each scoring run that moves time forward (`scoring_runs.as_of_ms` never decreases).
+//!   each scoring run that moves time forward (`scoring_runs.as_of_ms` never decreases,
+//!   and is never later than the clock when the run was stored).
 //! - `state_transitions`: append-only; one row per state change (and one, with no old
 //!   state, when a member is first scored), written in the same transaction as the score.
 //! - `engagement_daily (day, state)`: members per state at the last run of each UTC day.
@@ -516,10 +517,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (height, idx)
     ) WITHOUT ROWID;
     "#,
+    // 12: a join date given without a time (`members add --joined YYYY-MM-DD`, the `joined`
+    // column of `members import`) was stored as midnight UTC: the day before in the zones
+    // west of UTC, where the scorer reads it. Such dates are now stored as
+    // `domain::date_instant` in the member's zone. SQL cannot convert between time zones:
+    // `registry::move_date_only_joins`, run right after this, moves the join times stored
+    // at exactly midnight UTC.
+    r#"
+    -- Nothing to change in the schema.
+    "#,
 ];
 
 /// The migration after which [`crate::ledger::backfill_nodes`] runs (1-based version).
 const LEDGER_NODES_VERSION: usize = 11;
+
+/// The migration after which [`crate::registry::move_date_only_joins`] runs (1-based).
+const DATE_ONLY_JOINS_VERSION: usize = 12;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -618,6 +631,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 version: i + 1,
                 reason: e.to_string(),
             })?;
+        }
+        if i + 1 == DATE_ONLY_JOINS_VERSION {
+            crate::registry::move_date_only_joins(&tx)?;
         }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
@@ -778,5 +794,49 @@ mod tests {
         let err = open_reader(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::TooOld { .. }), "{err:?}");
         assert!(err.to_string().contains("rollcall-cloud serve"), "{err}");
+    }
+
+    /// Store migration 12 moves join dates stored the old way (midnight UTC) to the
+    /// member's local date; other join times stay.
+    #[test]
+    fn migration_12_moves_midnight_utc_join_dates_to_the_members_local_date() {
+        let dir = tempfile::tempdir().unwrap();
+        use chrono::{TimeZone as _, Utc};
+        let old = Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap();
+        let timed = Utc.with_ymd_and_hms(2026, 1, 3, 15, 0, 0).unwrap();
+        {
+            let c = Connection::open(dir.path().join(FILE)).unwrap();
+            for sql in &MIGRATIONS[..11] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 11).unwrap();
+            for (id, tz, joined) in [
+                ("ny", Some("America/New_York"), Some(old)),
+                ("akl", Some("Pacific/Auckland"), Some(old)),
+                ("none", None, Some(old)),
+                ("timed", Some("America/New_York"), Some(timed)),
+                ("never", Some("America/New_York"), None),
+            ] {
+                c.execute(
+                    "INSERT INTO members (id, name, tz, joined_ms, created_ms) VALUES (?1, 'X', ?2, ?3, 0)",
+                    rusqlite::params![id, tz, joined.map(|j| j.timestamp_millis())],
+                )
+                .unwrap();
+            }
+        }
+        let c = open_writer(dir.path()).unwrap();
+        let joined = |id: &str| -> Option<i64> {
+            c.query_row("SELECT joined_ms FROM members WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let date = old.date_naive();
+        let at = |tz: chrono_tz::Tz| Some(crate::domain::date_instant(date, tz).timestamp_millis());
+        assert_eq!(joined("ny"), at(chrono_tz::America::New_York));
+        assert_eq!(joined("akl"), at(chrono_tz::Pacific::Auckland));
+        assert_eq!(joined("none"), at(chrono_tz::UTC));
+        assert_eq!(joined("timed"), Some(timed.timestamp_millis()));
+        assert_eq!(joined("never"), None);
     }
 }

@@ -175,7 +175,10 @@ fn parse_row(
     let at = rec.get(1).unwrap_or("");
     let when = match NaiveDate::parse_from_str(at, "%Y-%m-%d") {
         Ok(d) => When::Date(d),
-        Err(_) => When::Instant(parse_date_or_time(at).map_err(|e| format!("occurred_at: {e}"))?),
+        // Not a date alone, so the zone is not used.
+        Err(_) => When::Instant(
+            parse_date_or_time(at, chrono_tz::UTC).map_err(|e| format!("occurred_at: {e}"))?,
+        ),
     };
     let kind = EventKind::parse(rec.get(2).unwrap_or("")).map_err(|e| e.to_string())?;
     let qty = match rec.get(3).unwrap_or("") {

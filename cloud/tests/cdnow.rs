@@ -139,6 +139,91 @@ fn the_command_line_fit_prints_the_published_parameters_as_json() {
     }
 }
 
+/// The automation contract: `model fit --from-csv FILE --calibration-end DATE --unit weeks
+/// --json`, without `--model`, fits MBG/NBD and prints `{"model", "params": {"r", "alpha",
+/// "a", "b"}, "log_likelihood", "members", "converged"}`.
+#[test]
+fn the_command_line_fit_of_a_usage_file_defaults_to_mbg_nbd() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["model", "fit", "--from-csv"])
+        .arg(fixture("cdnow_usage.csv"))
+        .args([
+            "--calibration-end",
+            "1997-09-30",
+            "--unit",
+            "weeks",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "mbgnbd", "{v}");
+    assert_eq!(v["members"], 2357);
+    assert_eq!(v["converged"], true);
+    assert!(v["log_likelihood"].as_f64().is_some(), "{v}");
+    let p = |k: &str| {
+        let x = v["params"][k].as_f64();
+        round(x.unwrap_or_else(|| panic!("params.{k} missing: {v}")), 3)
+    };
+    assert_eq!(
+        (p("r"), p("alpha"), p("a"), p("b")),
+        (0.525, 6.183, 0.891, 1.614),
+        "{v}"
+    );
+}
+
+/// `--calibration-end` and `--unit` only mean something with `--from-csv`: without it
+/// they are a usage error (exit status 2) instead of being silently ignored.
+#[test]
+fn calibration_end_or_unit_without_from_csv_is_a_usage_error() {
+    for extra in [
+        &["--calibration-end", "1997-09-30"][..],
+        &["--unit", "weeks"][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["model", "fit", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("--from-csv"), "{extra:?}: {err}");
+        assert!(
+            !dir.path().join("rollcall.db").exists(),
+            "nothing was fitted"
+        );
+    }
+}
+
+/// BG/BB counts days: asked for weeks it is refused as a usage error that says why.
+#[test]
+fn bgbb_with_weeks_is_a_usage_error_naming_the_unit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
+        .args(["model", "fit", "--from-csv"])
+        .arg(fixture("cdnow_usage.csv"))
+        .args(["--calibration-end", "1997-09-30", "--unit", "weeks"])
+        .args(["--model", "bgbb", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("whole days") && err.contains("--unit days"),
+        "{err}"
+    );
+}
+
 /// Area under the ROC curve of `score` for `label` (ties count half).
 fn auc(points: &[(f64, bool)]) -> f64 {
     let mut v = points.to_vec();

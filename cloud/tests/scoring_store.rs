@@ -219,6 +219,106 @@ fn scoring_as_of_an_earlier_instant_ignores_later_usage_and_is_not_stored() {
     assert!(early.members.len() < late.members.len());
 }
 
+/// A run dated after the clock is scored but never stored: stored, it would be the latest
+/// run, and every live run before its date would go unstored.
+#[test]
+fn a_run_dated_after_the_clock_is_not_stored_and_later_live_runs_still_are() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let cfg = ScoringConfig::default();
+    let future =
+        scoring::score_once(&mut conn, &cfg, as_of() + Duration::days(30), as_of()).unwrap();
+    assert!(!future.persisted);
+    assert!(
+        future
+            .warnings
+            .iter()
+            .any(|w| w.contains("after the present")),
+        "{:?}",
+        future.warnings
+    );
+    let runs: i64 = conn
+        .query_row("SELECT COUNT(*) FROM scoring_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 0);
+    let live = scoring::score_once(&mut conn, &cfg, as_of(), as_of()).unwrap();
+    assert!(live.persisted, "the live run is stored");
+}
+
+#[test]
+fn score_as_of_a_future_instant_is_a_usage_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let tomorrow = (Utc::now() + Duration::days(1)).to_rfc3339();
+    let out = cli(dir.path(), &["score", "--as-of", &tomorrow, "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--as-of") && err.contains("future"), "{err}");
+    assert!(out.stdout.is_empty());
+    // An instant in the past is still fine.
+    let yesterday = (Utc::now() - Duration::days(1)).to_rfc3339();
+    let out = cli(dir.path(), &["score", "--as-of", &yesterday, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With no earlier parameters, a fit that does not converge is not used: the run scores
+/// with the configured prior and says so (no fit id, no fitted date).
+#[test]
+fn a_first_fit_that_does_not_converge_scores_with_the_prior_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sixty members active on every single day: no evidence of anyone stopping, which
+    // BG/NBD cannot fit (b runs off to infinity).
+    let mut members = String::from("id,name,phone,email,tz,plan,joined\n");
+    let mut usage = String::from("member_id,occurred_at,kind,qty\n");
+    let end = as_of().date_naive();
+    for i in 0..60 {
+        let joined = end - Duration::days(50 + i % 3);
+        writeln!(members, "d{i:02},Daily {i},,,UTC,pods,{joined}").unwrap();
+        let mut d = joined;
+        while d <= end {
+            writeln!(usage, "d{i:02},{d},brew,1").unwrap();
+            d += Duration::days(1);
+        }
+    }
+    std::fs::write(dir.path().join("members.csv"), members).unwrap();
+    std::fs::write(dir.path().join("usage.csv"), usage).unwrap();
+    for args in [
+        ["members", "import", "members.csv"],
+        ["usage", "import", "usage.csv"],
+    ] {
+        let file = dir.path().join(args[2]);
+        let out = cli(dir.path(), &[args[0], args[1], file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut conn = rollcall_cloud::store::open_writer(dir.path()).unwrap();
+    let cfg = ScoringConfig {
+        model: scoring::ModelKind::Bgnbd,
+        ..ScoringConfig::default()
+    };
+    let run = scoring::score_once(&mut conn, &cfg, as_of(), as_of()).unwrap();
+    assert!(
+        run.warnings
+            .iter()
+            .any(|w| w.contains("did not converge") && w.contains("configured prior")),
+        "{:?}",
+        run.warnings
+    );
+    assert_eq!(run.model.params, cfg.prior);
+    assert_eq!(run.model.fit_id, None);
+    assert_eq!(run.model.fitted_as_of, None);
+    assert!(!run.model.refitted);
+    let v = serde_json::to_value(&run.model).unwrap();
+    assert_eq!(v["params"]["b"], cfg.prior.b, "{v}");
+}
+
 #[test]
 fn replay_runs_the_same_machine_as_the_live_scorer_day_by_day() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,8 +17,8 @@
 //! once the likelihood is checked to be flat there. Daily active-day data, where every
 //! member's drop-out chance is small and alike, end exactly there. A distribution that
 //! collapses onto zero (`a → 0`, `b → ∞`: no evidence of anyone stopping) is not
-//! converged. Callers keep the last good parameters when a fit does not converge
-//! ([`choose`]).
+//! converged. Callers keep the last good parameters when a fit does not converge, or the
+//! configured prior when there are none ([`choose`]).
 //!
 //! BG/BB ([`super::bgbb`]) counts whole days: its data must be in days.
 
@@ -492,8 +492,8 @@ pub struct Choice {
     pub warning: Option<String>,
 }
 
-/// Adopts a converged fit; otherwise falls back to `last_good` (or, with none, to the fit
-/// itself if its parameters are usable, else to `prior`), with a warning.
+/// Adopts a converged fit; otherwise falls back to `last_good`, or with none to `prior`
+/// (the configured prior), with a warning. A fit that did not converge is never used.
 pub fn choose(
     attempt: &Result<FitResult, FitError>,
     last_good: Option<Params>,
@@ -514,18 +514,13 @@ pub fn choose(
                     r.model, r.params, r.log_likelihood
                 )),
             },
-            None if r.params.is_valid() && r.log_likelihood.is_finite() => Choice {
-                params: r.params,
-                adopted_new: false,
-                warning: Some(format!(
-                    "the {} fit did not converge and there are no earlier parameters; using it anyway",
-                    r.model
-                )),
-            },
             None => Choice {
                 params: prior,
                 adopted_new: false,
-                warning: Some("the fit failed; using the configured prior parameters".into()),
+                warning: Some(format!(
+                    "the {} fit did not converge ({:?}, log-likelihood {:.3}) and there are no earlier parameters; using the configured prior parameters",
+                    r.model, r.params, r.log_likelihood
+                )),
             },
         },
         Err(e) => Choice {
@@ -635,5 +630,34 @@ mod tests {
         let c = choose(&Ok(r), Some(good), good);
         assert_eq!(c.params, good);
         assert!(c.warning.unwrap().contains("did not converge"));
+    }
+
+    #[test]
+    fn a_fit_that_does_not_converge_with_no_earlier_parameters_falls_back_to_the_prior() {
+        let members = (0..200).map(|i| DaySummary {
+            x: 50 + i % 3,
+            t_x_days: 50 + i % 3,
+            t_days: 50 + i % 3,
+        });
+        let r = fit(
+            &FitData::new(members, 1.0),
+            &FitOptions::new(ModelKind::Bgnbd),
+        )
+        .unwrap();
+        assert!(!r.converged && r.params.is_valid(), "{r:?}");
+        let prior = Params {
+            r: 1.0,
+            alpha: 2.0,
+            a: 1.0,
+            b: 30.0,
+        };
+        let c = choose(&Ok(r), None, prior);
+        assert_eq!(c.params, prior, "the non-converged parameters are not used");
+        assert!(!c.adopted_new);
+        let w = c.warning.unwrap();
+        assert!(
+            w.contains("did not converge") && w.contains("configured prior"),
+            "{w}"
+        );
     }
 }

@@ -129,6 +129,15 @@ pub fn reasons(cfg: &ScoringConfig, r: &ReasonInput<'_>) -> Vec<String> {
             "Probably gone: the chance this member is still engaged is {}",
             percent(r.p_engaged).trim_start_matches("about ")
         )),
+        // Leaving a lapse takes both new activity and a chance above the exit threshold;
+        // with the chance already above it, what is missing is the activity.
+        State::Lapsing if r.rule == Rule::Held && r.p_engaged > cfg.lapsing_exit_above => {
+            out.push(format!(
+                "Stays lapsing until there is new activity: none since becoming lapsing (the chance of engagement, now {:.0}%, is already above the {:.0}% needed to leave)",
+                r.p_engaged * 100.0,
+                cfg.lapsing_exit_above * 100.0
+            ))
+        }
         State::Lapsing if r.rule == Rule::Held => out.push(format!(
             "Stays lapsing until new activity brings the chance of engagement above {:.0}% (now {:.0}%)",
             cfg.lapsing_exit_above * 100.0,
@@ -201,6 +210,29 @@ mod tests {
             "Usually active 5 days a week; silent for 9 days; a silence this long happens to an engaged member about 2% of the time"
         );
         assert!(r[1].contains("31%"), "{r:?}");
+    }
+
+    #[test]
+    fn a_held_lapse_says_what_is_missing_to_leave_it_without_contradiction() {
+        let cfg = ScoringConfig::default();
+        // A faded new member held in lapsing, whose chance is already above the exit
+        // threshold (70%): what keeps them lapsing is that nothing happened since.
+        let mut i = input(Rule::Held, State::Lapsing);
+        i.p_engaged = 0.8;
+        let r = reasons(&cfg, &i);
+        let held = r.iter().find(|s| s.starts_with("Stays lapsing")).unwrap();
+        assert_eq!(
+            held,
+            "Stays lapsing until there is new activity: none since becoming lapsing (the chance of engagement, now 80%, is already above the 70% needed to leave)"
+        );
+        assert!(!held.contains("brings the chance"), "{held}");
+        // Below the threshold, both are still needed.
+        i.p_engaged = 0.31;
+        let r = reasons(&cfg, &i);
+        assert!(
+            r.contains(&"Stays lapsing until new activity brings the chance of engagement above 70% (now 31%)".to_owned()),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub struct ScoreRun {
     pub members: Vec<MemberScore>,
     /// The model used.
     pub model: ModelInUse,
-    /// Whether the run was written to the store (runs earlier than the latest stored one are not).
+    /// Whether the run was written to the store (runs earlier than the latest stored one,
+    /// or later than the clock, are not).
     pub persisted: bool,
     /// Scores (rows) written.
     pub written: u64,
@@ -220,9 +221,11 @@ pub fn model_for(
             )?);
         }
     }
+    // Not adopted and no last good parameters: `choose` gave the prior, reported as such
+    // (no fit id, no fitted date).
     let (params_as_of, id) = if choice.adopted_new {
         (Some(as_of_ms), fit_id)
-    } else if choice.params == cfg.prior_for(cfg.model) && last_good.is_none() {
+    } else if last_good.is_none() {
         (None, None)
     } else {
         (last_good.map(|g| g.2), last_good.and_then(|g| g.1))
@@ -245,7 +248,8 @@ pub fn model_for(
 /// What a run should do beyond scoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
-    /// Write scores, transitions and fits (only when the run does not go back in time).
+    /// Write scores, transitions and fits (only when the run goes neither back before the
+    /// latest stored run nor beyond `now`).
     pub persist: bool,
     /// Return every member's score (with reasons) in [`ScoreRun::members`].
     pub with_members: bool,
@@ -262,8 +266,19 @@ pub fn run_on_fleet(
     cache: &mut Option<ModelCache>,
 ) -> Result<ScoreRun, ScoringError> {
     let as_of_ms = as_of.timestamp_millis();
-    let persist = opts.persist && persist::last_run_as_of(conn)?.is_none_or(|t| t <= as_of_ms);
     let mut warnings = Vec::new();
+    // A run dated after the clock is never stored: the latest stored run would be in the
+    // future, and every live run before that instant would go unstored.
+    let in_future = as_of > now;
+    if in_future && opts.persist {
+        warnings.push(format!(
+            "{} is after the present ({}): this run was not stored",
+            as_of.to_rfc3339(),
+            now.to_rfc3339()
+        ));
+    }
+    let persist =
+        opts.persist && !in_future && persist::last_run_as_of(conn)?.is_none_or(|t| t <= as_of_ms);
     let model = model_for(conn, cfg, fleet, as_of, now, persist, cache, &mut warnings)?;
     let as_of_days: Vec<i32> = fleet
         .members
@@ -376,7 +391,8 @@ fn member_score(id: &str, e: &Evaluated, reasons: Vec<String>) -> MemberScore {
 /// One as-of scoring run against the store: scores every registered member as the fleet
 /// stood at `as_of` (usage after it is ignored), refitting the model if the stored fit
 /// is older than `refit_interval_h`. The run is persisted (latest scores, transitions,
-/// daily counts, the fit) unless it goes back before the latest persisted run.
+/// daily counts, the fit) unless it goes back before the latest persisted run, or
+/// `as_of` is after `now` (the clock).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -421,7 +437,7 @@ pub fn fit_store(
     let last = persist::last_good_fit(conn, cfg.model, as_of_ms)?;
     let r = fit_fleet(&fleet, cfg, as_of, last.as_ref().map(|f| f.params))?;
     if !r.converged {
-        tracing::warn!(model = %r.model, "The fit did not converge; scoring keeps the last good parameters");
+        tracing::warn!(model = %r.model, "The fit did not converge; scoring keeps the last good parameters, or the configured prior");
     }
     persist::record_fit(
         conn,
