@@ -246,12 +246,16 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
     .with_context(|| format!("Failed to open the store in {}", data_dir.display()))?;
     let from_date = truth.start + Duration::days(i64::from(opts.warmup_days));
     let to_date = truth.end - Duration::days(1);
-    if to_date < from_date {
+    // A day is labelled only once the 14 days after it are over.
+    if from_date + Duration::days(14) >= truth.end {
         bail!(
-            "the truth covers {} to {}: too short for a {}-day warm-up; simulate more --history",
+            "the truth covers {} to {}: too short for a {}-day warm-up and the 14 days after \
+             each scored day that tell whether the member came back; simulate at least {} days \
+             of --history or pass a shorter --warmup",
             truth.start,
             truth.end,
-            opts.warmup_days
+            opts.warmup_days,
+            opts.warmup_days + 15
         );
     }
     let end_of = |d: NaiveDate| {

@@ -38,7 +38,10 @@ fn main() -> ExitCode {
                 .downcast_ref::<cli::CliError>()
                 .map(cli::CliError::exit_code)
                 .unwrap_or(1);
-            eprintln!("error: {err:#}");
+            eprintln!(
+                "error: {}",
+                rollcall_shared::report::error_line(err.as_ref())
+            );
             ExitCode::from(code)
         }
     }

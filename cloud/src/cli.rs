@@ -18,7 +18,7 @@ pub struct Cli {
     /// Configuration file (TOML); defaults apply when omitted.
     #[arg(long, global = true, env = "ROLLCALL_CLOUD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Data directory (store and keys); overrides `data_dir`.
+    /// Data directory (store and keys); overrides `data_dir` and `ROLLCALL_DATA_DIR`.
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// What to do.
@@ -381,7 +381,10 @@ pub enum QuarantineCmd {
         #[arg(long)]
         json: bool,
         /// Only this reason code.
-        #[arg(long)]
+        #[arg(long, value_parser = [
+            "too_large", "malformed", "bad_signature", "unknown_device",
+            "unsupported_version", "replayed", "device_mismatch", "conflict",
+        ])]
         reason: Option<String>,
         /// At most this many rows.
         #[arg(long, default_value_t = 1000)]
@@ -1129,5 +1132,33 @@ fn ledger(cfg: CloudConfig, cmd: LedgerCmd) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&s)?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn quarantine_list_takes_every_reason_code_and_refuses_others() {
+        use crate::ingest::Reason;
+        for r in [
+            Reason::TooLarge,
+            Reason::Malformed,
+            Reason::BadSignature,
+            Reason::UnknownDevice,
+            Reason::UnsupportedVersion,
+            Reason::Replayed,
+            Reason::DeviceMismatch,
+            Reason::Conflict,
+        ] {
+            let args = ["rollcall-cloud", "quarantine", "list", "--reason", r.code()];
+            assert!(Cli::try_parse_from(args).is_ok(), "{}", r.code());
+        }
+        let err =
+            Cli::try_parse_from(["rollcall-cloud", "quarantine", "list", "--reason", "bogus"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
     }
 }

@@ -654,11 +654,13 @@ impl CloudConfig {
                     file: file.clone(),
                     source,
                 })?;
-                let mut cfg: CloudConfig =
-                    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                        file: file.clone(),
-                        message: e.to_string(),
-                    })?;
+                let mut cfg: CloudConfig = serde_path_to_error::deserialize(
+                    toml::Deserializer::new(&text),
+                )
+                .map_err(|e| ConfigError::Parse {
+                    file: file.clone(),
+                    message: parse_message(&e),
+                })?;
                 // Templates are found relative to the file that names them.
                 if let Some(dir) = cfg.outreach.templates_dir.as_mut() {
                     if dir.is_relative() {
@@ -867,6 +869,34 @@ impl CloudConfig {
     }
 }
 
+/// A parse error as users read it: the dotted key first (`ingest.batch_max_reports: …`;
+/// the table for an unknown key), then toml's message with the line, in words rather
+/// than Rust's type names.
+fn parse_message(e: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let mut message = e.inner().to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        (
+            "invalid socket address syntax",
+            "not an address with a port (HOST:PORT, e.g. 127.0.0.1:8080)",
+        ),
+    ] {
+        message = message.replace(rust, words);
+    }
+    let path = e.path().to_string();
+    if path.is_empty() || path == "." {
+        message
+    } else {
+        format!("{path}: {message}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,6 +920,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cloud.toml") && e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_the_dotted_key_in_plain_words() {
+        let e = load_str("[ingest]\nbatch_max_reports = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ingest.batch_max_reports: "), "{e}");
+        assert!(
+            e.contains("expected a whole number") && !e.contains("usize"),
+            "{e}"
+        );
+        let e = load_str("[outreach]\npublic_url = \"not a url\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outreach.public_url"), "{e}");
     }
 
     #[test]

@@ -121,7 +121,11 @@ struct Context {
 #[derive(Debug, Clone, Serialize)]
 struct MemberCtx {
     first_name: String,
+    /// The model of the member's device, or `outreach.default_device_model` (English).
     device_model: String,
+    /// False when `device_model` is only that default, which a template in another
+    /// language may say in its own words.
+    device_model_known: bool,
     tenure_days: i64,
 }
 
@@ -307,6 +311,7 @@ impl Greeter {
             member: MemberCtx {
                 first_name,
                 device_model: device_model.clone(),
+                device_model_known: usage.device_model.is_some(),
                 tenure_days,
             },
             usage: UsageCtx {
@@ -471,6 +476,7 @@ impl Context {
             member: MemberCtx {
                 first_name: "Maria".into(),
                 device_model: "Barista Pro".into(),
+                device_model_known: true,
                 tenure_days: 400,
             },
             usage: UsageCtx {
@@ -545,6 +551,21 @@ mod tests {
 
     fn greeter() -> Greeter {
         Greeter::new(&CloudConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_device_of_unknown_model_is_named_in_the_greetings_own_language() {
+        let g = greeter();
+        let mut c = Context::samples().pop().unwrap();
+        c.member.device_model = "machine".into();
+        c.member.device_model_known = false;
+        for (lang, word) in [("en", "machine"), ("es", "máquina"), ("de", "Maschine")] {
+            let text = g.render(lang, &c).unwrap();
+            assert!(text.contains(word), "{lang}: {text}");
+            if lang != "en" {
+                assert!(!text.contains("machine"), "{lang}: {text}");
+            }
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ async fn main() -> std::process::ExitCode {
             if let Some(usage) = e.downcast_ref::<rollcall_cloud::cli::UsageError>() {
                 usage.exit();
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", rollcall_shared::report::error_line(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

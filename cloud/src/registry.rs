@@ -462,6 +462,8 @@ pub struct MemberView {
     pub plan: Option<String>,
     /// Subscription start.
     pub joined: Option<String>,
+    /// Preferred language for greetings (ISO 639-1), if set.
+    pub lang: Option<String>,
     /// Devices.
     pub devices: Vec<DeviceView>,
     /// Usage totals.
@@ -485,7 +487,7 @@ pub const RECENT_TRANSITIONS: u32 = 10;
 pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView>, RegistryError> {
     let Some(mut view) = conn
         .query_row(
-            "SELECT id, name, phone, email, tz, plan, joined_ms FROM members WHERE id = ?1",
+            "SELECT id, name, phone, email, tz, plan, joined_ms, lang FROM members WHERE id = ?1",
             [id.as_str()],
             |r| {
                 Ok(MemberView {
@@ -496,6 +498,7 @@ pub fn show_member(conn: &Connection, id: &MemberId) -> Result<Option<MemberView
                     tz: r.get(4)?,
                     plan: r.get(5)?,
                     joined: r.get::<_, Option<i64>>(6)?.map(ms_to_rfc3339),
+                    lang: r.get(7)?,
                     devices: vec![],
                     usage: UsageView {
                         events: 0,

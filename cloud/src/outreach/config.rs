@@ -340,6 +340,17 @@ impl OutreachConfig {
                 "milestones must be at least 1".into(),
             ));
         }
+        // Opt-out links in messages point here: a link that cannot work is worse than none.
+        let public = reqwest::Url::parse(&self.public_url);
+        if !public.is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+            return Err((
+                "outreach.public_url",
+                format!(
+                    "{:?} is not an http:// or https:// URL (the base of opt-out links)",
+                    self.public_url
+                ),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for w in &self.webhooks {
             if w.name.is_empty() || !names.insert(w.name.as_str()) {
