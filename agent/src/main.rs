@@ -23,7 +23,6 @@ fn main() -> ExitCode {
     let default_level = if is_daemon { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(log_filter(default_level))
         .init();

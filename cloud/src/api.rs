@@ -296,24 +296,48 @@ pub async fn erase(
     )
     .await?;
     let key = id.clone();
-    let mut erased = with_writer(&s, move |conn| {
-        crate::profile::erase(conn, &key, now).map_err(ApiError::internal)
-    })
-    .await?
-    .ok_or_else(|| no_such_member(&id))?;
-    // The audit log keeps who looked at the member and when, but not what they searched
-    // for (phone numbers, e-mails, names) or the caller's number.
-    let (key, dir) = (id.clone(), s.data_dir.clone());
-    let ids = with_store(&s, move |_| {
-        let log = crate::audit::open_reader(&dir).map_err(ApiError::internal)?;
-        crate::audit::member_row_ids(&log, key.as_str()).map_err(ApiError::internal)
+    let (erased, terms) = with_writer(&s, move |conn| {
+        // What searches for the member looked like (`Query::describe`).
+        let contact: Option<(Option<String>, Option<String>)> = conn
+            .query_row(
+                "SELECT phone, email FROM members WHERE id = ?1 AND erased_ms IS NULL",
+                [key.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(ApiError::internal)?;
+        let terms: Vec<String> = contact
+            .map(|(phone, email)| {
+                let phone = phone.map(|p| format!("phone={p}"));
+                let email = email.map(|e| format!("email={e}"));
+                phone.into_iter().chain(email).collect()
+            })
+            .unwrap_or_default();
+        let erased = crate::profile::erase(conn, &key, now).map_err(ApiError::internal)?;
+        Ok((erased, terms))
     })
     .await?;
-    erased.audit_rows_redacted = s
+    // The audit log keeps who looked at the member and when, but not what they searched
+    // for (phone numbers, e-mails, names) or the caller's number. This also runs when the
+    // member is gone already, so that a request repeated after a failed redaction
+    // finishes it.
+    let (key, dir) = (id.clone(), s.data_dir.clone());
+    let rows = with_store(&s, move |_| {
+        let log = crate::audit::open_reader(&dir).map_err(ApiError::internal)?;
+        crate::audit::erasure_rows(&log, key.as_str(), &terms).map_err(ApiError::internal)
+    })
+    .await?;
+    let redacted = s
         .audit
-        .redact_member(id.as_str(), ids)
+        .redact_member(rows)
         .await
         .map_err(ApiError::internal)?;
+    let mut erased = erased.ok_or_else(|| no_such_member(&id))?;
+    erased.audit_rows_redacted = redacted;
     tracing::info!(pseudonym = %erased.pseudonym, "Erased a member's personal data");
     Ok(Json(erased))
 }

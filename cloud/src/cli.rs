@@ -559,6 +559,24 @@ fn members(cfg: CloudConfig, clock: Arc<dyn Clock>, cmd: MembersCmd) -> anyhow::
             lang,
             clear,
         } => {
+            use crate::registry::ClearableField as F;
+            for (field, given) in [
+                (F::Phone, phone.is_some()),
+                (F::Email, email.is_some()),
+                (F::Tz, tz.is_some()),
+                (F::Plan, plan.is_some()),
+                (F::Lang, lang.is_some()),
+            ] {
+                if given && clear.contains(&field) {
+                    let name = clap::ValueEnum::to_possible_value(&field)
+                        .map(|v| v.get_name().to_owned())
+                        .unwrap_or_default();
+                    return Err(UsageError::new(format!(
+                        "--{name} and --clear {name} contradict each other"
+                    ))
+                    .into());
+                }
+            }
             let m = crate::registry::NewMember::parse(
                 &id,
                 &name,

@@ -48,6 +48,7 @@ pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod ledger;
+pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod mqtt;

@@ -1,16 +1,17 @@
 //! `rollcall-cloud`: parses the command line, sets up logging, runs the command.
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// mimalloc: faster than glibc malloc for the server's many small, short-lived
 /// allocations across threads (measured in `rollcall bench lookup`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The log filter unless `ROLLCALL_LOG` sets one. The embedded broker (rumqttd) logs
-/// every client's connect and disconnect from these two modules, disconnects as errors.
-const DEFAULT_LOG: &str =
-    "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off,rumqttc=warn";
+/// The log filter unless `ROLLCALL_LOG` sets one (the embedded broker's disconnects,
+/// which it logs as errors, are dropped by [`rollcall_cloud::logging`]).
+const DEFAULT_LOG: &str = "info,rumqttd=warn,rumqttc=warn";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -26,11 +27,11 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROLLCALL_LOG").unwrap_or_else(|_| {
-                // The embedded broker logs every client's disconnect as an error.
-                tracing_subscriber::EnvFilter::new(DEFAULT_LOG)
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("ROLLCALL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
+        .finish()
+        .with(rollcall_cloud::logging::QuietBrokerLifecycle)
         .init();
     match rollcall_cloud::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

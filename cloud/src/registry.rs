@@ -62,6 +62,9 @@ pub struct NewMember {
     pub plan: Option<String>,
     /// When the subscription began.
     pub joined: Option<DateTime<Utc>>,
+    /// The join date when it was given without a time: an update that names no zone
+    /// places it in the member's stored zone ([`upsert_member`]).
+    pub joined_date: Option<chrono::NaiveDate>,
     /// Preferred language (greetings); `None` keeps what is stored.
     pub lang: Option<Language>,
 }
@@ -100,6 +103,8 @@ impl NewMember {
             joined: nonempty(joined)
                 .map(|j| parse_date_or_time(&j, zone))
                 .transpose()?,
+            joined_date: nonempty(joined)
+                .and_then(|j| chrono::NaiveDate::parse_from_str(&j, "%Y-%m-%d").ok()),
             lang: None,
         })
     }
@@ -171,14 +176,24 @@ pub fn upsert_member(
     m: &NewMember,
     now: DateTime<Utc>,
 ) -> Result<bool, RegistryError> {
-    let existed: bool = conn
+    let stored: Option<Option<String>> = conn
         .query_row(
-            "SELECT 1 FROM members WHERE id = ?1",
+            "SELECT tz FROM members WHERE id = ?1",
             [m.id.as_str()],
-            |_| Ok(()),
+            |r| r.get(0),
         )
-        .optional()?
-        .is_some();
+        .optional()?;
+    let existed = stored.is_some();
+    // A date alone, on an update that names no zone: the member's local date in the zone
+    // the update keeps.
+    let joined = match (m.tz, m.joined_date, stored.flatten()) {
+        (None, Some(date), Some(tz)) => tz
+            .parse::<chrono_tz::Tz>()
+            .ok()
+            .map(|tz| date_instant(date, tz))
+            .or(m.joined),
+        _ => m.joined,
+    };
     conn.execute(
         "INSERT INTO members (id, name, phone, email, tz, plan, joined_ms, created_ms, lang)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -196,7 +211,7 @@ pub fn upsert_member(
             m.email.as_ref().map(|e| e.as_str()),
             m.tz.map(|t| t.name()),
             m.plan,
-            m.joined.map(|j| j.timestamp_millis()),
+            joined.map(|j| j.timestamp_millis()),
             now.timestamp_millis(),
             m.lang.as_ref().map(|l| l.as_str()),
         ],
@@ -628,6 +643,21 @@ mod tests {
             upsert_member(&c, &m, now()).unwrap();
             let shown = show_member(&c, &m.id).unwrap().unwrap().joined.unwrap();
             assert!(shown.starts_with("2026-03-02T"), "{tz}: joined {shown}");
+            // An update that gives the date again without the zone keeps the same instant.
+            let again = NewMember::parse(
+                &format!("m{i}"),
+                "Someone",
+                None,
+                None,
+                None,
+                None,
+                Some("2026-03-02"),
+                "US",
+            )
+            .unwrap();
+            upsert_member(&c, &again, now()).unwrap();
+            let after = show_member(&c, &m.id).unwrap().unwrap().joined.unwrap();
+            assert_eq!(after, shown, "{tz}: an update without --tz moved the join");
         }
         let entered = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
         let fleet = crate::scoring::fleet::Fleet::load(&c, chrono_tz::UTC).unwrap();

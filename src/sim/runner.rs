@@ -412,6 +412,7 @@ impl Simulation {
                 tz: Some(TimeZone::parse(m.person.tz)?),
                 plan: Some(m.plan.clone()),
                 joined: Some(joined),
+                joined_date: None,
                 lang: None,
             };
             registry::upsert_member(&tx, &member, joined.max(self.t0).min(t))?;

@@ -33,7 +33,7 @@ pub mod index;
 use crate::tokens::Principal;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::histogram::Histogram;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -266,9 +266,8 @@ pub enum AuditError {
 enum Op {
     /// Append these rows.
     Write(Vec<Entry>),
-    /// Redact the search terms and caller numbers of a member's rows: those with these ids
-    /// and any after the last of them ([`AuditLog::redact_member`]).
-    Redact { member: String, ids: Vec<i64> },
+    /// Redact what an erased member's rows tell about the member ([`AuditLog::redact_member`]).
+    Redact(ErasureRows),
 }
 
 type Request = (Op, oneshot::Sender<Result<u64, String>>);
@@ -328,18 +327,14 @@ impl AuditLog {
         self.ask(Op::Write(entries)).await.map(|_| ())
     }
 
-    /// Replaces the details of `member`'s search and call rows (the phone numbers, e-mail
-    /// addresses and names searched for, the caller's number) by [`REDACTED`], keeping who
-    /// looked, when and why; returns how many rows changed. For erasure: the rows keep the
-    /// old member id, which then leads to no one. `ids` are the member's rows as
-    /// [`member_row_ids`] found them; rows after the last of them are found by a scan of
-    /// the log's tail.
-    pub async fn redact_member(&self, member: &str, ids: Vec<i64>) -> Result<u64, AuditError> {
-        self.ask(Op::Redact {
-            member: member.to_owned(),
-            ids,
-        })
-        .await
+    /// Replaces by [`REDACTED`] the details that tell about an erased member (the phone
+    /// numbers, e-mail addresses and names searched for, the caller's number), keeping who
+    /// looked, when and why; returns how many rows changed. `rows` come from
+    /// [`erasure_rows`]. The rows keep the old member id, which then leads to no one; rows
+    /// for that id written later (a lookup that found the member just before the erasure)
+    /// are written redacted.
+    pub async fn redact_member(&self, rows: ErasureRows) -> Result<u64, AuditError> {
+        self.ask(Op::Redact(rows)).await
     }
 
     async fn ask(&self, op: Op) -> Result<u64, AuditError> {
@@ -364,10 +359,15 @@ fn write_requests(
     while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
         let started = std::time::Instant::now();
         match first {
-            (Op::Redact { member, ids }, done) => {
-                let result = redact(&mut writer.conn, &member, &ids).map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, data_dir = %dir.display(), "Failed to redact the audit log");
+            (Op::Redact(rows), done) => {
+                let result = redact(&mut writer.conn, &rows).map_err(|e| e.to_string());
+                match &result {
+                    Ok(_) => {
+                        writer.erased.insert(rows.member);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, data_dir = %dir.display(), "Failed to redact the audit log");
+                    }
                 }
                 let _ = done.send(result);
             }
@@ -387,9 +387,13 @@ fn write_requests(
                         Err(_) => break,
                     }
                 }
-                let result = write(&mut writer.conn, batch.iter().flat_map(|(e, _)| e.iter()))
-                    .map(|()| n as u64)
-                    .map_err(|e| e.to_string());
+                let result = write(
+                    &mut writer.conn,
+                    &writer.erased,
+                    batch.iter().flat_map(|(e, _)| e.iter()),
+                )
+                .map(|()| n as u64)
+                .map_err(|e| e.to_string());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, data_dir = %dir.display(), "Failed to write the audit log");
                 }
@@ -405,24 +409,111 @@ fn write_requests(
     }
 }
 
-/// Redacts `member`'s search and call rows: those of `ids` (found through the member
-/// index) and every one after the last of them (a scan of the log's tail only).
-fn redact(conn: &mut Connection, member: &str, ids: &[i64]) -> Result<u64, rusqlite::Error> {
-    const WHERE: &str = "member_id = ?1 AND action IN ('search', 'call') AND detail != ?2";
+/// The audit rows that tell about a member being erased ([`erasure_rows`]).
+#[derive(Debug, Clone, Default)]
+pub struct ErasureRows {
+    /// The member's (old) id.
+    pub member: String,
+    /// The member's rows, through the member index; rows after the last of them are found
+    /// by a scan of the log's tail when redacting.
+    pub member_rows: Vec<i64>,
+    /// Searches for the member's phone number or e-mail address that name another member
+    /// or none.
+    pub term_rows: Vec<i64>,
+}
+
+/// Finds the rows that tell about `member`: the member's own, and searches for one of
+/// `terms` (as [`crate::lookup::Query::describe`] writes them, e.g. `phone=+12125550142`)
+/// that found someone else or no one (a scan of the whole log, on this reader connection,
+/// [`open_reader`]).
+pub fn erasure_rows(
+    conn: &Connection,
+    member: &str,
+    terms: &[String],
+) -> Result<ErasureRows, rusqlite::Error> {
+    let member_rows = member_rows(conn, member, None, "id", |r| r.get(0))?;
+    let mut term_rows = Vec::new();
+    let mut st = conn.prepare(
+        "SELECT id FROM audit_log WHERE action = 'search' AND instr(detail, ?1) > 0
+           AND member_id IS NOT ?2",
+    )?;
+    for t in terms {
+        for id in st.query_map(params![t, member], |r| r.get(0))? {
+            term_rows.push(id?);
+        }
+    }
+    Ok(ErasureRows {
+        member: member.to_owned(),
+        member_rows,
+        term_rows,
+    })
+}
+
+/// Redacts the rows of `rows`: the member's search and call rows (those listed and every
+/// one after the last of them), the other rows each of the member's searches wrote (one
+/// per member found, with the same detail, written together), and the searches for the
+/// member's terms.
+fn redact(conn: &mut Connection, rows: &ErasureRows) -> Result<u64, rusqlite::Error> {
+    const OWN: &str = "member_id = ?1 AND action IN ('search', 'call') AND detail != ?2";
+    let member = rows.member.as_str();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut n = 0;
     {
+        // The member's searches, before their details change: (id, at, token, detail).
+        type Search = (i64, i64, Option<i64>, String);
+        let after = rows.member_rows.iter().copied().max().unwrap_or(0);
+        let mut searches: Vec<Search> = Vec::new();
+        let mut listed = tx.prepare(
+            "SELECT id, at_ms, token_id, detail FROM audit_log
+             WHERE id = ?3 AND member_id = ?1 AND action = 'search' AND detail != ?2",
+        )?;
+        let row = |r: &rusqlite::Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+        for id in &rows.member_rows {
+            searches.extend(
+                listed
+                    .query_row(params![member, REDACTED, id], row)
+                    .optional()?,
+            );
+        }
+        let mut tail = tx.prepare(
+            "SELECT id, at_ms, token_id, detail FROM audit_log
+             WHERE id > ?3 AND member_id = ?1 AND action = 'search' AND detail != ?2",
+        )?;
+        for s in tail.query_map(params![member, REDACTED, after], row)? {
+            searches.push(s?);
+        }
         let mut one = tx.prepare(&format!(
-            "UPDATE audit_log SET detail = ?2 WHERE id = ?3 AND {WHERE}"
+            "UPDATE audit_log SET detail = ?2 WHERE id = ?3 AND {OWN}"
         ))?;
-        for id in ids {
+        for id in &rows.member_rows {
             n += one.execute(params![member, REDACTED, id])?;
         }
-        let after = ids.iter().copied().max().unwrap_or(0);
         n += tx.execute(
-            &format!("UPDATE audit_log SET detail = ?2 WHERE id > ?3 AND {WHERE}"),
+            &format!("UPDATE audit_log SET detail = ?2 WHERE id > ?3 AND {OWN}"),
             params![member, REDACTED, after],
         )?;
+        // One search writes a row per member found, one after another.
+        let window = i64::from(crate::lookup::MAX_HITS);
+        let mut siblings = tx.prepare(
+            "UPDATE audit_log SET detail = ?1 WHERE id BETWEEN ?2 AND ?3 AND action = 'search'
+               AND at_ms = ?4 AND token_id IS ?5 AND detail = ?6",
+        )?;
+        for (id, at, token, detail) in &searches {
+            n += siblings.execute(params![
+                REDACTED,
+                id - window,
+                id + window,
+                at,
+                token,
+                detail
+            ])?;
+        }
+        let mut term = tx.prepare(
+            "UPDATE audit_log SET detail = ?1 WHERE id = ?2 AND action = 'search' AND detail != ?1",
+        )?;
+        for id in &rows.term_rows {
+            n += term.execute(params![REDACTED, id])?;
+        }
     }
     tx.commit()?;
     Ok(n as u64)
@@ -438,6 +529,9 @@ struct Writer {
     /// Set by the checkpointer when the write-ahead file is longer than
     /// [`RESTART_FRAMES`]; taken by the writer between two commits.
     restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Members whose rows were redacted since the writer started (their later search and
+    /// call rows are written redacted).
+    erased: std::collections::HashSet<String>,
 }
 
 impl Writer {
@@ -445,6 +539,7 @@ impl Writer {
         Self {
             conn,
             restart: Default::default(),
+            erased: Default::default(),
         }
     }
 
@@ -680,8 +775,11 @@ fn checkpoint_once(
     Ok(done)
 }
 
+/// Appends `entries` in one transaction; a search or call row for a member in `erased`
+/// (a lookup that found the member just before the erasure) is written redacted.
 fn write<'a>(
     conn: &mut Connection,
+    erased: &std::collections::HashSet<String>,
     entries: impl Iterator<Item = &'a Entry>,
 ) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -691,6 +789,8 @@ fn write<'a>(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for e in entries {
+            let redacted = matches!(e.action, Action::Search | Action::Call)
+                && e.member_id.as_ref().is_some_and(|m| erased.contains(m));
             st.execute(params![
                 e.at.timestamp_millis(),
                 e.token_id,
@@ -698,7 +798,11 @@ fn write<'a>(
                 e.role,
                 e.action.as_str(),
                 e.member_id,
-                e.detail,
+                if redacted {
+                    REDACTED
+                } else {
+                    e.detail.as_str()
+                },
             ])?;
         }
     }
@@ -750,12 +854,6 @@ pub fn list(
             .collect();
     };
     member_rows(conn, member, Some(limit), COLUMNS, view)
-}
-
-/// The ids of `member`'s rows, through the member index where it has them; `conn` is a
-/// connection to the log ([`open_reader`]). For [`AuditLog::redact_member`].
-pub fn member_row_ids(conn: &Connection, member: &str) -> Result<Vec<i64>, rusqlite::Error> {
-    member_rows(conn, member, None, "id", |r| r.get(0))
 }
 
 /// `columns` of `member`'s rows, newest first, at most `limit` (all if `None`), read
@@ -912,6 +1010,7 @@ mod tests {
         // New rows continue after the moved ids.
         write(
             &mut open(dir.path()).unwrap(),
+            &Default::default(),
             std::iter::once(&Entry {
                 at: Utc::now(),
                 token_id: None,
@@ -976,12 +1075,87 @@ mod tests {
         }
     }
 
+    fn details(dir: &Path) -> Vec<(Option<String>, String)> {
+        let conn = open_reader(dir).unwrap();
+        let mut rows: Vec<(Option<String>, String)> = list(&conn, None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.member_id, r.detail))
+            .collect();
+        rows.reverse();
+        rows
+    }
+
+    #[tokio::test]
+    async fn an_erasure_redacts_what_the_log_tells_about_the_member_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::start(dir.path(), Durability::Normal, test_histogram()).unwrap();
+        let mut other = search_entry(2, "name~Ma");
+        other.token_id = Some(9);
+        let mut nobody = search_entry(0, "phone=+12125550142");
+        nobody.member_id = None;
+        let call = Entry {
+            action: Action::Call,
+            ..search_entry(1, "from=+12125550142")
+        };
+        // One search that found m1 and m2 writes both rows at once.
+        let both = search_entry(1, "name~Maria R");
+        log.record(vec![
+            both.clone(),
+            Entry {
+                member_id: Some("m2".into()),
+                ..both
+            },
+        ])
+        .await
+        .unwrap();
+        for e in [other, nobody, call, search_entry(3, "phone=+12125550199")] {
+            log.record(vec![e]).await.unwrap();
+        }
+        let reader = open_reader(dir.path()).unwrap();
+        // Half the log through the member index, the rest from the tail.
+        let mut idx = index::open(dir.path()).unwrap();
+        let writer = open_file(dir.path()).unwrap();
+        index::catch_up(&writer, &mut idx, 3, 100).unwrap();
+        let rows = erasure_rows(&reader, "m1", &["phone=+12125550142".into()]).unwrap();
+        assert_eq!(rows.member_rows.len(), 2, "{rows:?}");
+        assert_eq!(rows.term_rows.len(), 1, "{rows:?}");
+        // A lookup of m1 that was under way writes after the redaction: written redacted.
+        let (redacted, late) = tokio::join!(
+            log.redact_member(rows),
+            log.record(vec![search_entry(1, "email=maria@example.com")])
+        );
+        late.unwrap();
+        assert_eq!(redacted.unwrap(), 4);
+        log.record(vec![search_entry(1, "id=m1")]).await.unwrap();
+        let r = REDACTED.to_owned();
+        let m = |n: u32| Some(format!("m{n}"));
+        assert_eq!(
+            details(dir.path()),
+            [
+                (m(1), r.clone()),
+                (m(2), r.clone()),
+                (m(2), "name~Ma".into()),
+                (None, r.clone()),
+                (m(1), r.clone()),
+                (m(3), "phone=+12125550199".into()),
+                (m(1), r.clone()),
+                (m(1), r.clone()),
+            ]
+        );
+    }
+
     #[test]
     fn a_reader_holding_the_log_delays_a_restart_only_briefly() {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = Writer::new(open_writer(dir.path(), Durability::Normal).unwrap());
         let e = |n: u64| search_entry(n, "");
-        write(&mut writer.conn, std::iter::once(&e(0))).unwrap();
+        write(
+            &mut writer.conn,
+            &Default::default(),
+            std::iter::once(&e(0)),
+        )
+        .unwrap();
         // A reader in the middle of a read transaction on the log (an audit page, say).
         let reader = open_reader(dir.path()).unwrap();
         reader.execute_batch("BEGIN").unwrap();
@@ -993,7 +1167,12 @@ mod tests {
             .restart
             .store(true, std::sync::atomic::Ordering::Release);
         let started = std::time::Instant::now();
-        write(&mut writer.conn, std::iter::once(&e(1))).unwrap();
+        write(
+            &mut writer.conn,
+            &Default::default(),
+            std::iter::once(&e(1)),
+        )
+        .unwrap();
         // The reader keeps the file from starting over ...
         assert_eq!(writer.restart_if_asked().unwrap(), Some(true));
         // ... and without the short wait the writer, and every lookup behind it, would
@@ -1036,7 +1215,7 @@ mod tests {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let e = search_entry(n, &"x".repeat(200));
-                    write(&mut writer.conn, std::iter::once(&e)).unwrap();
+                    write(&mut writer.conn, &Default::default(), std::iter::once(&e)).unwrap();
                     writer.restart_if_asked().unwrap();
                     n += 1;
                 }
@@ -1088,6 +1267,7 @@ mod tests {
         assert_eq!(writer.restart_if_asked().unwrap(), Some(false));
         write(
             &mut writer.conn,
+            &Default::default(),
             std::iter::once(&search_entry(written, "")),
         )
         .unwrap();
@@ -1112,7 +1292,7 @@ mod tests {
         let entries: Vec<Entry> = range
             .map(|i| search_entry(i % 3, &format!("n{i}")))
             .collect();
-        write(conn, entries.iter()).unwrap();
+        write(conn, &Default::default(), entries.iter()).unwrap();
     }
 
     /// How many rows of `member` the index holds.
@@ -1283,7 +1463,7 @@ mod tests {
         let later: Vec<Entry> = (0..5)
             .map(|i| search_entry(2, &format!("late{i}")))
             .collect();
-        write(&mut writer, later.iter()).unwrap();
+        write(&mut writer, &Default::default(), later.iter()).unwrap();
         // Before the check: ids 7 and 10, indexed as m1's, are m2's rows now and are not
         // shown as m1's; m2's new rows under ids the index gave to others are missed.
         assert_eq!(details_of(dir.path(), 1, 100), ["n4", "n1"]);

@@ -301,6 +301,7 @@ pub fn backfill_nodes(tx: &Connection) -> Result<(), LedgerError> {
             nodes_up_to = range.size(),
             "The ledger looks damaged; proofs beyond it will fail (run `rollcall-cloud ledger verify`)"
         ),
+        None if range.size() == 0 => {}
         None => tracing::info!(entries = range.size(), "Stored the ledger's subtree roots"),
     }
     Ok(())
