@@ -526,6 +526,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     -- Nothing to change in the schema.
     "#,
+    // 13: the offline device (and since when) that a member's stored reasons mention, so
+    // that the scorer rewrites the reasons when a device goes offline or comes back, not
+    // only when the numbers change. Empty for rows written before: those with an offline
+    // device are rewritten once.
+    r#"
+    ALTER TABLE member_scores ADD COLUMN offline_note TEXT;
+    "#,
 ];
 
 /// The migration after which [`crate::ledger::backfill_nodes`] runs (1-based version).

@@ -1110,7 +1110,10 @@ mod tests {
         );
         let dir = f._dir.path().to_owned();
         f.conn
-            .execute_batch("DROP TABLE ledger_nodes; PRAGMA user_version = 10;")
+            .execute_batch(
+                "DROP TABLE ledger_nodes; ALTER TABLE member_scores DROP COLUMN offline_note;
+                 PRAGMA user_version = 10;",
+            )
             .unwrap();
         let conn = crate::store::open_writer(&dir).unwrap();
         assert_eq!(proofs(&conn, 8), before);
@@ -1164,7 +1167,8 @@ mod tests {
         f.conn
             .execute_batch(
                 "DELETE FROM ledger_entries WHERE idx = 5;
-                 DROP TABLE ledger_nodes; PRAGMA user_version = 10;",
+                 DROP TABLE ledger_nodes; ALTER TABLE member_scores DROP COLUMN offline_note;
+                 PRAGMA user_version = 10;",
             )
             .unwrap();
         let conn = crate::store::open_writer(&dir).unwrap();

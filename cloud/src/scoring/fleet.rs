@@ -300,6 +300,51 @@ mod tests {
     }
 
     #[test]
+    fn a_device_going_offline_and_back_rewrites_the_stored_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO members (id, name, tz, created_ms) VALUES ('m1', 'M', 'UTC', 0)",
+            [],
+        )
+        .unwrap();
+        let key = rollcall_shared::dsse::KeyPair::generate().public();
+        let (d1, m1) = (
+            rollcall_shared::DeviceId::parse("d1").unwrap(),
+            rollcall_shared::MemberId::parse("m1").unwrap(),
+        );
+        crate::registry::add_device(&conn, &d1, &m1, &key, chrono::Utc::now()).unwrap();
+        for (i, day) in (19_990..20_000).enumerate() {
+            commit_event(&mut conn, i as i64 + 1, day, day * DAY_MS);
+        }
+        let cfg = crate::config::ScoringConfig::default();
+        let reasons = |conn: &mut Connection, minutes: i64| -> String {
+            let t = chrono::DateTime::from_timestamp_millis(20_000 * DAY_MS + 3_600_000).unwrap()
+                + chrono::Duration::minutes(minutes);
+            crate::scoring::score_once(conn, &cfg, t, t).unwrap();
+            conn.query_row(
+                "SELECT reasons FROM member_scores WHERE member_id = 'm1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert!(!reasons(&mut conn, 0).contains("offline"));
+        let presence = |conn: &Connection, p: &str| {
+            conn.execute(
+                "UPDATE devices SET presence = ?1, presence_ms = ?2 WHERE id = 'd1'",
+                rusqlite::params![p, 20_000 * DAY_MS],
+            )
+            .unwrap();
+        };
+        // Minutes later nothing else has changed; the reasons still follow the device.
+        presence(&conn, "offline");
+        assert!(reasons(&mut conn, 5).contains("Device d1 has been offline since"));
+        presence(&conn, "online");
+        assert!(!reasons(&mut conn, 10).contains("offline"));
+    }
+
+    #[test]
     fn after_an_erasure_a_refresh_knows_only_the_pseudonym_with_the_members_usage() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = crate::store::open_writer(dir.path()).unwrap();

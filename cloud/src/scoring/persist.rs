@@ -119,12 +119,23 @@ pub struct StoredScore {
     pub tenure_days: u32,
     /// Active days last written.
     pub active_days: u32,
+    /// The offline device the stored reasons mention ([`offline_note`]).
+    pub offline_note: Option<String>,
+}
+
+/// How the reasons name an offline device and since when (`None`: no offline device), to
+/// tell whether stored reasons are out of date.
+pub fn offline_note(offline: Option<(&str, Option<i64>)>) -> Option<String> {
+    offline.map(|(device, since)| match since {
+        Some(ms) => format!("{device}@{ms}"),
+        None => device.to_owned(),
+    })
 }
 
 /// Every member's stored score, by member id.
 pub fn load_scores(conn: &Connection) -> Result<HashMap<String, StoredScore>, ScoringError> {
     let mut st = conn.prepare(
-        "SELECT member_id, state, state_since_ms, last_active_at_entry, score, days_since_last, tenure_days, active_days FROM member_scores",
+        "SELECT member_id, state, state_since_ms, last_active_at_entry, score, days_since_last, tenure_days, active_days, offline_note FROM member_scores",
     )?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -136,11 +147,12 @@ pub fn load_scores(conn: &Connection) -> Result<HashMap<String, StoredScore>, Sc
             r.get::<_, Option<i64>>(5)?,
             r.get::<_, i64>(6)?,
             r.get::<_, i64>(7)?,
+            r.get::<_, Option<String>>(8)?,
         ))
     })?;
     let mut out = HashMap::new();
     for row in rows {
-        let (id, state, since, entry, score, dsl, tenure, active) = row?;
+        let (id, state, since, entry, score, dsl, tenure, active, offline_note) = row?;
         let Some(state) = State::parse(&state) else {
             continue;
         };
@@ -156,6 +168,7 @@ pub fn load_scores(conn: &Connection) -> Result<HashMap<String, StoredScore>, Sc
                 days_since_last: dsl.map(|d| d as u32),
                 tenure_days: tenure as u32,
                 active_days: active as u32,
+                offline_note,
             },
         );
     }
@@ -173,6 +186,8 @@ pub struct ScoreRow<'a> {
     pub transition_from: Option<Option<State>>,
     /// The reasons.
     pub reasons: Vec<String>,
+    /// The offline device they mention ([`offline_note`]).
+    pub offline_note: Option<String>,
 }
 
 /// Rows per write transaction, so the ingest writer never waits long.
@@ -193,14 +208,16 @@ pub fn save_run(
         {
             let mut up = tx.prepare_cached(
                 "INSERT INTO member_scores (member_id, as_of_ms, state, state_since_ms, last_active_at_entry, score, p_engaged,
-                    p_silent_14d, p_silent_30d, expected_active_days_30d, rhythm_per_week, days_since_last, tenure_days, active_days, reasons)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                    p_silent_14d, p_silent_30d, expected_active_days_30d, rhythm_per_week, days_since_last, tenure_days, active_days, reasons,
+                    offline_note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT(member_id) DO UPDATE SET as_of_ms = excluded.as_of_ms, state = excluded.state,
                     state_since_ms = excluded.state_since_ms, last_active_at_entry = excluded.last_active_at_entry,
                     score = excluded.score, p_engaged = excluded.p_engaged, p_silent_14d = excluded.p_silent_14d,
                     p_silent_30d = excluded.p_silent_30d, expected_active_days_30d = excluded.expected_active_days_30d,
                     rhythm_per_week = excluded.rhythm_per_week, days_since_last = excluded.days_since_last,
-                    tenure_days = excluded.tenure_days, active_days = excluded.active_days, reasons = excluded.reasons",
+                    tenure_days = excluded.tenure_days, active_days = excluded.active_days, reasons = excluded.reasons,
+                    offline_note = excluded.offline_note",
             )?;
             let mut tr = tx.prepare_cached(
                 "INSERT INTO state_transitions (member_id, at_ms, old_state, new_state, score, p_engaged, p_silent_14d,
@@ -227,7 +244,8 @@ pub fn save_run(
                     n.days_since_last,
                     n.tenure_days,
                     n.active_days,
-                    reasons
+                    reasons,
+                    row.offline_note,
                 ])?;
                 if let Some(old) = row.transition_from {
                     tr.execute(params![

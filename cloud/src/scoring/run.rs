@@ -317,6 +317,13 @@ pub fn run_on_fleet(
         let Some(e) = e else { continue };
         *counts.entry(e.decision.state).or_default() += 1;
         let prev = stored.get(&m.id);
+        let offline = m
+            .offline
+            .as_ref()
+            .filter(|(_, since)| since.is_none_or(|t| t <= as_of_ms))
+            .map(|(d, since)| (d.as_str(), *since));
+        let offline_note = persist::offline_note(offline);
+        // Rewritten when anything its reasons say has changed.
         let write = persist
             && (e.decision.changed
                 || prev.is_none_or(|p| {
@@ -325,15 +332,11 @@ pub fn run_on_fleet(
                         || p.tenure_days != e.numbers.tenure_days
                         || p.active_days != e.numbers.active_days
                         || p.memory != e.decision.memory
+                        || p.offline_note != offline_note
                 }));
         if !write && !opts.with_members {
             continue;
         }
-        let offline = m
-            .offline
-            .as_ref()
-            .filter(|(_, since)| since.is_none_or(|t| t <= as_of_ms))
-            .map(|(d, since)| (d.as_str(), *since));
         let reasons = engine::reasons_for(cfg, e, offline, m.tz);
         if opts.with_members {
             members.push(member_score(&m.id, e, reasons.clone()));
@@ -344,6 +347,7 @@ pub fn run_on_fleet(
                 evaluated: e,
                 transition_from: e.decision.changed.then(|| prev.map(|p| p.memory.state)),
                 reasons,
+                offline_note,
             });
         }
     }
