@@ -97,6 +97,32 @@ fn mbg_nbd_on_cdnow_matches_the_published_fit() {
     );
 }
 
+/// `rollcall-cloud model fit --from-csv` on the CDNOW file, 39 weeks of calibration, with
+/// `extra` arguments; the JSON it prints.
+fn fit_cdnow_cli(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["model", "fit", "--from-csv"])
+        .arg(fixture("cdnow_usage.csv"))
+        .args([
+            "--calibration-end",
+            "1997-09-30",
+            "--unit",
+            "weeks",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn the_command_line_fit_prints_the_published_parameters_as_json() {
     for (model, want) in [
@@ -104,28 +130,7 @@ fn the_command_line_fit_prints_the_published_parameters_as_json() {
         ("mbgnbd", (0.525, 6.183, 0.891, 1.614)),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
-            .args(["--data-dir"])
-            .arg(dir.path())
-            .args(["model", "fit", "--from-csv"])
-            .arg(fixture("cdnow_usage.csv"))
-            .args([
-                "--calibration-end",
-                "1997-09-30",
-                "--unit",
-                "weeks",
-                "--model",
-                model,
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = fit_cdnow_cli(dir.path(), &["--model", model]);
         assert_eq!(v["model"], model);
         assert_eq!(v["members"], 2357);
         assert_eq!(v["converged"], true);
@@ -145,26 +150,7 @@ fn the_command_line_fit_prints_the_published_parameters_as_json() {
 #[test]
 fn the_command_line_fit_of_a_usage_file_defaults_to_mbg_nbd() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-cloud"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["model", "fit", "--from-csv"])
-        .arg(fixture("cdnow_usage.csv"))
-        .args([
-            "--calibration-end",
-            "1997-09-30",
-            "--unit",
-            "weeks",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = fit_cdnow_cli(dir.path(), &[]);
     assert_eq!(v["model"], "mbgnbd", "{v}");
     assert_eq!(v["members"], 2357);
     assert_eq!(v["converged"], true);
