@@ -469,11 +469,29 @@ pub async fn engagement_members(
         ));
     }
     let names = p.role.sees_contact_details();
-    with_store(&s, move |conn| {
-        members(conn, state, sort, desc, page, per_page, names)
-            .map(Json)
-            .map_err(ApiError::internal)
+    let list = with_store(&s, move |conn| {
+        members(conn, state, sort, desc, page, per_page, names).map_err(ApiError::internal)
     })
+    .await?;
+    let what = format!(
+        "engagement members state={} page={page}: {} names",
+        q.state.as_deref().unwrap_or("any"),
+        list.members.len()
+    );
+    audit_list(&s, &p, what).await?;
+    Ok(Json(list))
+}
+
+/// Audits a list with members' names or callers' numbers that `p` read (nothing for a
+/// role that sees neither, whose lists hold pseudonymous ids only).
+pub async fn audit_list(s: &AppState, p: &Principal, what: String) -> Result<(), ApiError> {
+    if !p.role.sees_contact_details() {
+        return Ok(());
+    }
+    audit(
+        s,
+        vec![Entry::by(p, s.clock.now(), Action::List, None, what)],
+    )
     .await
 }
 
@@ -507,6 +525,16 @@ pub async fn csv_response(
         crate::engagement::export_csv(conn, state, names).map_err(ApiError::internal)
     })
     .await?;
+    let rows = body
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        .saturating_sub(1);
+    let what = format!(
+        "engagement export state={}: {rows} names",
+        state.map_or("any", |s| s.name())
+    );
+    audit_list(s, p, what).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -536,12 +564,12 @@ pub async fn calls(
 ) -> Result<Json<Vec<crate::telephony::CallView>>, ApiError> {
     require_role(&p, STAFF)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    with_store(&s, move |conn| {
-        crate::telephony::recent_calls(conn, None, limit)
-            .map(Json)
-            .map_err(ApiError::internal)
+    let calls = with_store(&s, move |conn| {
+        crate::telephony::recent_calls(conn, None, limit).map_err(ApiError::internal)
     })
-    .await
+    .await?;
+    audit_list(&s, &p, format!("calls: {} callers", calls.len())).await?;
+    Ok(Json(calls))
 }
 
 /// Query of `GET /api/v1/audit`.

@@ -728,6 +728,39 @@ async fn the_engagement_api_counts_states_lists_who_needs_attention_and_exports_
         .get("/api/v1/engagement/export.csv", Some(&e.support))
         .await;
     assert!(csv.starts_with("id,name,") && csv.contains("Maria Rossi"));
+    // Lists with names (and callers' numbers) are audited for the roles that see them;
+    // the analyst's pseudonymous lists are not.
+    let (status, _) = e
+        .json("/api/v1/engagement/members?state=lapsing", &e.support)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = e.json("/api/v1/calls", &e.support).await;
+    assert_eq!(status, 200);
+    let (_, log) = e.json("/api/v1/audit", &e.admin).await;
+    let lists: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "list")
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().to_owned(),
+                r["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // Newest first: the support reads above, none of the analyst's.
+    let details: Vec<&str> = lists.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            "calls: 0 callers",
+            "engagement members state=lapsing page=1: 0 names",
+            "engagement export state=any: 4 names",
+            "engagement members state=any page=1: 4 names",
+        ]
+    );
+    assert!(lists.iter().all(|(actor, _)| actor == "desk"), "{lists:?}");
 }
 
 #[tokio::test]

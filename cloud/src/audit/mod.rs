@@ -194,6 +194,9 @@ pub enum Action {
     Export,
     /// The member's personal data was erased.
     Erase,
+    /// A list of members with names, or of callers' numbers, was read (no member id; the
+    /// detail says which list and how many rows).
+    List,
 }
 
 impl Action {
@@ -206,6 +209,7 @@ impl Action {
             Action::Greeting => "greeting",
             Action::Export => "export",
             Action::Erase => "erase",
+            Action::List => "list",
         }
     }
 }

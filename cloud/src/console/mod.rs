@@ -489,6 +489,10 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };
+    let what = format!("dashboard lapsing list: {} names", lapsing.members.len());
+    if let Err(e) = crate::api::audit_list(&s, &p, what).await {
+        return e.into_response();
+    }
     let series: Vec<(String, std::collections::BTreeMap<String, u64>)> = summary
         .by_day
         .iter()
