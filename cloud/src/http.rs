@@ -558,6 +558,7 @@ async fn member_outreach(
 
 /// Query of `GET /api/v1/deliveries`.
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
     status: Option<String>,
     limit: Option<u32>,
@@ -589,6 +590,8 @@ async fn deliveries(
 }
 
 /// Query of `GET /api/v1/optout`.
+/// Lenient on purpose: mail clients and link trackers append their own parameters to the
+/// links members click.
 #[derive(Debug, serde::Deserialize)]
 struct OptOutQuery {
     token: String,
@@ -671,6 +674,7 @@ async fn ledger_entry(
 
 /// Query of `GET /api/v1/ledger/consistency`.
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ConsistencyQuery {
     from: u64,
     to: u64,

@@ -995,3 +995,58 @@ async fn the_console_escapes_what_members_and_callers_typed_and_hides_contact_de
         "{status}: the analyst saw a caller's number"
     );
 }
+
+#[tokio::test]
+async fn every_documented_query_parameter_is_one_the_route_reads_and_others_are_refused() {
+    let e = start().await;
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let ask = |path: String| {
+        let req = e
+            .http
+            .get(format!("{}{path}", e.base))
+            .bearer_auth(&e.admin);
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(params) = item["get"]["parameters"].as_array() else {
+            continue;
+        };
+        let path = path.replace("{id}", "m-maria").replace("{index}", "0");
+        let names: Vec<&str> = params
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        if names.is_empty() {
+            // A route that reads no query string ignores one, as HTTP servers do.
+            continue;
+        }
+        for name in names {
+            // Any value: a bad one may be refused, but never as an unknown parameter.
+            let (status, body) = ask(format!("{path}?{name}=1")).await;
+            assert!(
+                !(status == 400 && body.contains("unknown field")),
+                "{path}: documented parameter {name} is not read: {body}"
+            );
+            checked += 1;
+        }
+        if path == "/api/v1/optout" {
+            // Links in e-mails pick up trackers' parameters: the opt-out ignores them.
+            continue;
+        }
+        let (status, body) = ask(format!("{path}?undocumented=1")).await;
+        assert!(
+            status == 400 && body.contains("unknown field"),
+            "{path} takes a parameter the document does not list: {status} {body}"
+        );
+    }
+    assert!(checked >= 20, "{checked} parameters");
+}
