@@ -469,6 +469,12 @@ impl DeliveryConfig {
         if self.poll_interval_ms == 0 {
             return Err(("delivery.poll_interval_ms", "must be at least 1".into()));
         }
+        if !(1..=86_400).contains(&self.device_ack_timeout_s) {
+            return Err((
+                "delivery.device_ack_timeout_s",
+                format!("{} is outside 1..=86400", self.device_ack_timeout_s),
+            ));
+        }
         if !matches!(self.smtp.security.as_str(), "none" | "starttls" | "tls") {
             return Err((
                 "delivery.smtp.security",

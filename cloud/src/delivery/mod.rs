@@ -454,8 +454,10 @@ pub fn attempts(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, Delivery
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// `deliveries retry ID`: a `dead` (or `pending`) delivery is due again now with one more
-/// attempt allowed, and its endpoint is re-enabled if a 410 had disabled it.
+/// `deliveries retry ID`: a `dead` delivery, or a `pending` one waiting out a backoff, is due
+/// again now with one attempt more allowed than before, and its endpoint is re-enabled if a
+/// 410 had disabled it. A `pending` delivery never tried yet keeps its time: it waits on
+/// purpose (a fulfilment webhook until the order's cancellation window closes).
 pub fn retry(conn: &mut Connection, id: i64, now: DateTime<Utc>) -> Result<(), DeliveryError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let row: Option<(String, String, String)> = tx
@@ -471,7 +473,9 @@ pub fn retry(conn: &mut Connection, id: i64, now: DateTime<Utc>) -> Result<(), D
     if matches!(status.as_str(), "dead" | "pending") {
         // One attempt more than the ones made so far, whatever the configured number.
         tx.execute(
-            "UPDATE deliveries SET status = 'pending', not_before_ms = ?2, updated_ms = ?2,
+            "UPDATE deliveries SET status = 'pending', updated_ms = ?2,
+                not_before_ms = CASE WHEN status = 'pending' AND attempts = 0
+                                     THEN MAX(not_before_ms, ?2) ELSE ?2 END,
                 extra_attempts = extra_attempts + 1 WHERE id = ?1",
             params![id, now.timestamp_millis()],
         )?;
@@ -571,5 +575,51 @@ mod tests {
         let v = get(&conn, a.id).unwrap().unwrap();
         assert_eq!(v.status, "cancelled");
         assert_eq!(v.last_error.as_deref(), Some("no_longer_relevant"));
+    }
+
+    #[test]
+    fn retry_skips_a_backoff_but_not_a_delivery_that_waits_on_purpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        let now = Utc::now();
+        let later = now + chrono::Duration::hours(24);
+        let enq = |conn: &mut Connection, key: &str| {
+            let tx = conn.transaction().unwrap();
+            let d = enqueue(
+                &tx,
+                NewDelivery {
+                    channel: DeliveryChannel::Webhook,
+                    target: "shop".into(),
+                    idempotency_key: IdempotencyKey::parse(key).unwrap(),
+                    payload: serde_json::json!({}),
+                    not_before: later,
+                    purpose: "fulfilment".into(),
+                },
+            )
+            .unwrap();
+            tx.commit().unwrap();
+            d.id
+        };
+        let due = |conn: &Connection, id: i64| -> i64 {
+            conn.query_row(
+                "SELECT not_before_ms FROM deliveries WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        // Never tried, held until the cancellation window closes: it keeps its time.
+        let held = enq(&mut conn, "order:1");
+        retry(&mut conn, held, now).unwrap();
+        assert_eq!(due(&conn, held), later.timestamp_millis());
+        // Tried and waiting out a backoff: due now.
+        let backing_off = enq(&mut conn, "order:2");
+        conn.execute(
+            "UPDATE deliveries SET attempts = 1 WHERE id = ?1",
+            [backing_off],
+        )
+        .unwrap();
+        retry(&mut conn, backing_off, now).unwrap();
+        assert_eq!(due(&conn, backing_off), now.timestamp_millis());
     }
 }

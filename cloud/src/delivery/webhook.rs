@@ -150,7 +150,9 @@ pub fn verify(
     Err(WebhookError::NoMatch)
 }
 
-/// True for addresses a webhook may reach without `allow_private_addresses`.
+/// True for addresses a webhook may reach without `allow_private_addresses`: none of the
+/// special-purpose ranges (RFC 6890 and successors), and IPv6 addresses that embed an IPv4
+/// one (mapped, compatible, NAT64, 6to4) only if that one is public.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -163,18 +165,37 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                std::net::Ipv4Addr::new(a, b, c, d)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let s = v6.segments();
+            // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d).
+            if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            // 6to4: 2002:aabb:ccdd::/48 carries a.b.c.d.
+            if s[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(s[1], s[2])));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x2001 && s[1] == 0))
         }
     }
 }
@@ -233,7 +254,9 @@ impl WebhookSender {
             .pool_max_idle_per_host(cfg.concurrency)
             .user_agent(concat!("rollcall-cloud/", env!("CARGO_PKG_VERSION")));
         if !cfg.allow_private_addresses {
-            b = b.dns_resolver(Arc::new(GuardedResolver));
+            // Through a proxy (`HTTP(S)_PROXY`), the proxy would resolve the target itself,
+            // past the guard.
+            b = b.dns_resolver(Arc::new(GuardedResolver)).no_proxy();
         }
         let endpoints = webhooks
             .iter()
@@ -301,6 +324,8 @@ impl WebhookSender {
                 }
             }
             Err(e) => {
+                // Webhook URLs often carry a token: keep them out of stored errors.
+                let e = e.without_url();
                 let what = if e.is_timeout() {
                     "timeout"
                 } else if e.is_connect() {
@@ -397,11 +422,51 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "2001:db8::1",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:4700::1111", "1.1.1.1"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "1.1.1.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempts_error_does_not_repeat_the_url_and_its_token() {
+        // Nothing listens on port 9; the URL carries a token, as many webhook URLs do.
+        let hook = WebhookConfig {
+            name: "x".into(),
+            url: "http://127.0.0.1:9/hooks/tok-5ecret?key=k-5ecret".into(),
+            secrets: vec![crate::config::Secret::new(
+                WebhookSecret::from_bytes(&[1; 32]).to_whsec(),
+            )],
+        };
+        let cfg = DeliveryConfig {
+            allow_private_addresses: true,
+            ..Default::default()
+        };
+        let s = WebhookSender::new(&cfg, std::slice::from_ref(&hook)).unwrap();
+        match s.send("x", "id1", "{}".into(), Utc::now()).await {
+            Attempt::Retry { error, .. } => {
+                assert!(error.starts_with("connect"), "{error}");
+                assert!(!error.contains("5ecret"), "{error}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
