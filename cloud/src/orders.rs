@@ -316,7 +316,7 @@ fn decide(
         let spent: i64 = tx
             .prepare_cached(
                 "SELECT coalesce(sum(amount), 0) FROM orders WHERE member_id = ?1 AND decided_ms > ?2
-                 AND status IN ('accepted', 'delivered')",
+                 AND status IN ('accepted', 'delivered', 'held_for_confirmation')",
             )?
             .query_row(params![v.member.as_str(), since], |r| r.get(0))?;
         if spent.saturating_add(charged) > l {
@@ -1140,6 +1140,41 @@ mod tests {
         let conflict = w.send(&tx("e", 5, "milk", "POD", 2, 110));
         assert_eq!(conflict.rejected, vec![ingest::Reason::Conflict]);
         assert_eq!(list(&w.conn, Some("m1"), None).unwrap().len(), 5);
+    }
+
+    /// An order held for the member's confirmation counts against the 30-day limit: once
+    /// confirmed it is spent, and nothing decided meanwhile may have used its share.
+    #[test]
+    fn a_held_order_counts_against_the_30_day_limit() {
+        let mut w = world(Policy {
+            auto_reorder: true,
+            limit_30d: Some(2000),
+            ..Policy::default()
+        });
+        // Held at the catalogue price: 15 pods, 1500.
+        assert_eq!(
+            w.status(&tx("a", 1, "pods", "POD", 15, 110)).1.as_deref(),
+            Some("price_changed")
+        );
+        assert_eq!(
+            w.status(&tx("b", 2, "milk", "POD", 15, 100)).1.as_deref(),
+            Some("over_30d_limit")
+        );
+        assert_eq!(
+            w.status(&tx("c", 3, "milk", "POD", 5, 100)).0,
+            TxStatus::Accepted
+        );
+        let o = w.change("a", Action::Confirm, None, t0()).unwrap();
+        assert_eq!(o.status, "accepted");
+        let spent: i64 = w
+            .conn
+            .query_row(
+                "SELECT sum(amount) FROM orders WHERE status = 'accepted'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(spent <= 2000, "{spent}");
     }
 
     #[test]
