@@ -393,6 +393,38 @@ async fn an_erased_member_gets_no_outreach_though_their_opt_outs_are_gone() {
 }
 
 #[tokio::test]
+async fn an_opt_out_cancels_marketing_already_queued_for_the_member() {
+    let mut e = env("2026-05-21T09:00:00Z", vec![], |_| {}).await;
+    e.maria();
+    e.tick();
+    set_state(&e.conn, "m-maria", Some("active"), "lapsing", e.clock.now());
+    assert_eq!(e.tick().queued, 1);
+    let queued = e.of_rule("m-maria", "win_back")[0].clone();
+    // She opts out before the dispatcher gets to it (or while it waits to retry).
+    rollcall_cloud::outreach::optout::record(
+        &e.conn,
+        &rollcall_cloud::outreach::optout::OptOut {
+            member_id: "m-maria".into(),
+            channel: "*".into(),
+            category: "marketing".into(),
+        },
+        "link",
+        e.clock.now(),
+    )
+    .unwrap();
+    e.dispatch().await;
+    let got = e.receiver.accepted();
+    assert!(got.is_empty(), "{got:?}");
+    let d = rollcall_cloud::delivery::get(&e.conn, queued.delivery_id.unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.last_error.as_deref()),
+        ("cancelled", Some("opted_out"))
+    );
+}
+
+#[tokio::test]
 async fn an_opt_out_link_stops_marketing_but_not_orders() {
     use rollcall_cloud::outreach::triggers::{OrderEvent, OrderTrigger};
     let mut e = env("2026-05-21T09:00:00Z", vec![], |_| {}).await;

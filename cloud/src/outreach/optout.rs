@@ -82,25 +82,46 @@ impl OptOutKey {
     }
 }
 
-/// Records an opt-out (idempotent); `source` says how (`link`, `cli`).
+/// Records an opt-out (idempotent); `source` says how (`link`, `cli`). Messages of that
+/// category already queued for the member on that channel (or any, for `*`) and not yet
+/// sent are cancelled with it (reason `opted_out`): a retry of one must not reach a
+/// member who has said no.
 pub fn record(
     conn: &Connection,
     o: &OptOut,
     source: &str,
     now: DateTime<Utc>,
 ) -> Result<(), OutreachError> {
-    conn.execute(
-        "INSERT INTO consent (member_id, channel, category, opted_out_ms, source)
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-        params![
-            o.member_id,
-            o.channel,
-            o.category,
-            now.timestamp_millis(),
-            source
-        ],
-    )?;
-    Ok(())
+    conn.execute_batch("SAVEPOINT optout")?;
+    let done = (|| -> Result<(), OutreachError> {
+        conn.execute(
+            "INSERT INTO consent (member_id, channel, category, opted_out_ms, source)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            params![
+                o.member_id,
+                o.channel,
+                o.category,
+                now.timestamp_millis(),
+                source
+            ],
+        )?;
+        let queued: Vec<i64> = conn
+            .prepare(
+                "SELECT delivery_id FROM outreach WHERE member_id = ?1 AND category = ?2
+                   AND (?3 = '*' OR channel = ?3) AND delivery_id IS NOT NULL",
+            )?
+            .query_map(params![o.member_id, o.category, o.channel], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in queued {
+            crate::delivery::cancel(conn, id, super::reasons::OPTED_OUT, now)?;
+        }
+        Ok(())
+    })();
+    match done {
+        Ok(()) => conn.execute_batch("RELEASE optout")?,
+        Err(_) => conn.execute_batch("ROLLBACK TO optout; RELEASE optout")?,
+    }
+    done
 }
 
 /// True when the member opted out of `channel` (or every channel) for `category`.
