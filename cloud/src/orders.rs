@@ -71,6 +71,9 @@ pub enum OrdersError {
     /// The fulfilment delivery could not be enqueued.
     #[error("fulfilment hand-off: {0}")]
     Delivery(#[from] DeliveryError),
+    /// The member's messages about the order could not be withdrawn.
+    #[error("order messages: {0}")]
+    Outreach(#[from] OutreachError),
     /// No order with that id.
     #[error("no order with transaction id {0:?}")]
     NoSuchOrder(String),
@@ -854,6 +857,15 @@ pub fn change(
     )?;
     if action == Action::Confirm {
         hand_off_to_fulfilment(&tx, rules, tx_id, now)?;
+    }
+    if matches!(new, TxStatus::Cancelled | TxStatus::Delivered) {
+        // "You can still cancel" (and, for a cancellation, "accepted") no longer fit.
+        crate::outreach::engine::withdraw_order_messages(
+            &tx,
+            tx_id,
+            new == TxStatus::Cancelled,
+            now,
+        )?;
     }
     tx.commit()?;
     list(conn, None, Some(tx_id))?

@@ -784,3 +784,75 @@ async fn events_of_a_held_report_released_a_day_later_trigger_their_milestone_ex
     let celebrated = e.of_rule("m-maria", "hundredth_use");
     assert_eq!(celebrated.len(), 1, "{celebrated:?}");
 }
+
+/// "You can still cancel" held through the member's night must not come out once the
+/// order is cancelled, or once the window it announces has closed.
+#[tokio::test]
+async fn a_held_cancellable_notice_is_withdrawn_when_the_order_is_cancelled_or_the_window_closes() {
+    use rollcall_cloud::outreach::triggers::{OrderEvent, OrderTrigger};
+    // 23:30 in Berlin: quiet hours.
+    let mut e = env("2026-05-21T21:30:00Z", vec![], |_| {}).await;
+    e.maria();
+    let notice = |e: &mut Env, order: &str, hours: i64| {
+        let now = e.clock.now();
+        let tx = e.conn.transaction().unwrap();
+        e.outreach
+            .raise_order(
+                &tx,
+                &OrderEvent {
+                    kind: OrderTrigger::Cancellable,
+                    member_id: rollcall_shared::MemberId::parse("m-maria").unwrap(),
+                    order_id: order.into(),
+                    sku: "pods-latte-50".into(),
+                    amount_minor: 2490,
+                    currency: "EUR".into(),
+                    cancellable_until: Some(now + Duration::hours(hours)),
+                },
+                now,
+            )
+            .unwrap();
+        tx.commit().unwrap();
+    };
+    notice(&mut e, "ord-1", 24);
+    notice(&mut e, "ord-2", 2);
+    let held = |e: &Env| {
+        e.of_rule("m-maria", "order_cancellable")
+            .into_iter()
+            .map(|o| (o.status, o.reason))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        held(&e),
+        [
+            ("held".into(), Some("quiet_hours".into())),
+            ("held".into(), Some("quiet_hours".into()))
+        ]
+    );
+    // ord-1 is cancelled at night.
+    let tx = e.conn.transaction().unwrap();
+    let n = rollcall_cloud::outreach::engine::withdraw_order_messages(
+        &tx,
+        "ord-1",
+        true,
+        e.clock.now(),
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(n, 1);
+    // 09:00 in Berlin: ord-2's window closed at 01:30.
+    e.clock.set(t("2026-05-22T07:00:00Z"));
+    e.tick();
+    e.dispatch().await;
+    assert!(
+        e.receiver.accepted().is_empty(),
+        "{:?}",
+        e.receiver.accepted()
+    );
+    assert_eq!(
+        held(&e),
+        [
+            ("cancelled".into(), Some("no_longer_relevant".into())),
+            ("cancelled".into(), Some("no_longer_relevant".into()))
+        ]
+    );
+}

@@ -492,6 +492,11 @@ impl Outreach {
                 Some(states) if !facts.state.as_deref().is_some_and(|s| states.contains(&s)) => {
                     Some(Decision::Cancelled(reasons::NO_LONGER_RELEVANT))
                 }
+                _ if row.trigger == TriggerKind::OrderCancellable
+                    && window_closed(conn, row.id, now)? =>
+                {
+                    Some(Decision::Cancelled(reasons::NO_LONGER_RELEVANT))
+                }
                 _ => None,
             }
         };
@@ -653,6 +658,68 @@ impl Outreach {
         }
         Ok(n)
     }
+}
+
+/// Withdraws the messages about order `order_id` that no longer fit: the "you can still
+/// cancel" message once the order is cancelled or delivered, and with `cancelled` also the
+/// "your order was accepted" one. Held messages, and queued ones whose delivery has not
+/// started, are cancelled (`no_longer_relevant`); returns how many. Runs inside the
+/// transaction that changes the order.
+pub fn withdraw_order_messages(
+    conn: &Connection,
+    order_id: &str,
+    cancelled: bool,
+    now: DateTime<Utc>,
+) -> Result<u64, OutreachError> {
+    let now_ms = now.timestamp_millis();
+    let mut keys = vec![format!("order:{order_id}:cancellable")];
+    if cancelled {
+        keys.push(format!("order:{order_id}:accepted"));
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT id, status, delivery_id FROM outreach
+         WHERE trigger_key = ?1 AND status IN ('held', 'queued')",
+    )?;
+    let mut n = 0;
+    for key in keys {
+        let rows: Vec<(i64, String, Option<i64>)> = st
+            .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, status, delivery_id) in rows {
+            let withdrawn = match (status.as_str(), delivery_id) {
+                ("held", _) => true,
+                (_, Some(d)) => delivery::cancel(conn, d, reasons::NO_LONGER_RELEVANT, now)?,
+                _ => false,
+            };
+            if withdrawn {
+                let d = Decision::Cancelled(reasons::NO_LONGER_RELEVANT);
+                finish(conn, id, &d, now_ms)?;
+                log(
+                    conn,
+                    id,
+                    "order",
+                    "cancel",
+                    Some(reasons::NO_LONGER_RELEVANT),
+                    now_ms,
+                )?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// For an `order_cancellable` message: whether the cancellation window it announces has
+/// closed by `now` (a message held through quiet hours may come out after it).
+fn window_closed(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, OutreachError> {
+    let until: Option<String> = conn.query_row(
+        "SELECT json_extract(trigger_data, '$.cancellable_until') FROM outreach WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    Ok(until
+        .and_then(|u| chrono::NaiveDateTime::parse_from_str(&u, "%Y-%m-%d %H:%M UTC").ok())
+        .is_some_and(|u| u.and_utc() <= now))
 }
 
 fn finish(conn: &Connection, id: i64, d: &Decision, now_ms: i64) -> Result<(), OutreachError> {
