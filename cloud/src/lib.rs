@@ -58,6 +58,7 @@ pub mod profile;
 pub mod readers;
 pub mod registry;
 pub mod scoring;
+pub mod serve_lock;
 pub mod server;
 pub mod store;
 pub mod telephony;

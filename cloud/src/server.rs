@@ -28,6 +28,7 @@ pub struct RunningCloud {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    _lock: crate::serve_lock::ServeLock,
 }
 
 impl RunningCloud {
@@ -48,6 +49,7 @@ pub async fn start(
     use anyhow::Context;
     // Create the store (and run migrations) before anything reads it.
     drop(crate::store::open_writer(&cfg.data_dir).context("Failed to open the store")?);
+    let lock = crate::serve_lock::ServeLock::acquire(&cfg.data_dir)?;
     let key = crate::keys::load_or_create(&cfg.data_dir.join("cloud.key"))
         .context("Failed to load the cloud key")?;
     let (url, mqtt_addr) = if cfg.broker.url.is_empty() {
@@ -167,6 +169,7 @@ pub async fn start(
         public_key,
         metrics,
         tasks,
+        _lock: lock,
     })
 }
 

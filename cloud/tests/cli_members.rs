@@ -105,3 +105,29 @@ fn an_update_keeps_what_it_does_not_give_and_clear_removes_a_field() {
     );
     assert_eq!(show(d, "m1")["email"], "ann@example.com", "nothing changed");
 }
+
+#[test]
+fn a_second_serve_on_the_same_data_directory_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = rollcall_cloud::serve_lock::ServeLock::acquire(dir.path()).unwrap();
+    let out = cloud(
+        dir.path(),
+        &[
+            "serve",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let me = std::process::id();
+    assert!(
+        err.contains(&format!(
+            "another rollcall-cloud serve (pid {me}) is running"
+        )),
+        "{err}"
+    );
+    drop(held);
+}
