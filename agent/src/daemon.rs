@@ -11,11 +11,9 @@ use crate::identity::{self, IdentityError};
 use crate::outbox::{Outbox, OutboxError};
 use crate::socket::{self, SocketError};
 use crate::uplink::{run_uplink, AgentRuntime, UplinkError, UplinkStats};
+use rollcall_shared::pidlock::{Acquired, PidLock};
 use rollcall_shared::Clock;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -64,58 +62,28 @@ pub enum DaemonError {
 /// The kernel releases it when the process dies, so a crashed daemon never blocks the next.
 #[derive(Debug)]
 pub struct DaemonLock {
-    _file: File,
-}
-
-fn lock_request(kind: libc::c_int) -> libc::flock {
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl
+    _lock: PidLock,
 }
 
 impl DaemonLock {
     /// Takes the lock, or says who holds it.
     pub fn acquire(data_dir: &Path) -> Result<Self, DaemonError> {
         let path = data_dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| DaemonError::Lock {
-                path: path.clone(),
-                source,
-            })?;
-        let fl = lock_request(libc::F_WRLCK);
-        // SAFETY: the fd is open for the duration of the call and `fl` is a valid flock.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
-        if rc == -1 {
-            let err = io::Error::last_os_error();
-            if matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EAGAIN)) {
-                let pid = holder(data_dir).unwrap_or(0);
-                return Err(DaemonError::AlreadyRunning {
-                    dir: data_dir.to_owned(),
-                    pid,
-                });
-            }
-            return Err(DaemonError::Lock { path, source: err });
+        match PidLock::acquire(&path) {
+            Ok(Acquired::Held(lock)) => Ok(Self { _lock: lock }),
+            Ok(Acquired::Taken(pid)) => Err(DaemonError::AlreadyRunning {
+                dir: data_dir.to_owned(),
+                pid,
+            }),
+            Err(source) => Err(DaemonError::Lock { path, source }),
         }
-        Ok(Self { _file: file })
     }
 }
 
-/// The pid of the daemon holding `data_dir`'s lock, if one runs. Only tests the lock
-/// (`F_GETLK`), so it never gets in the way of a daemon starting at the same moment.
+/// The pid of the daemon holding `data_dir`'s lock, if one runs (see
+/// [`rollcall_shared::pidlock::holder`]).
 pub fn holder(data_dir: &Path) -> Option<i32> {
-    let file = File::open(data_dir.join(LOCK_FILE)).ok()?;
-    let mut fl = lock_request(libc::F_WRLCK);
-    // SAFETY: the fd is open for the duration of the call and `fl` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
+    rollcall_shared::pidlock::holder(&data_dir.join(LOCK_FILE))
 }
 
 /// Runs the daemon until `shutdown` is cancelled. Fails before touching the data

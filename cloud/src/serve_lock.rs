@@ -7,10 +7,8 @@
 //! Record locks belong to the process: a program that starts the cloud twice in one
 //! process (the tests, the demo's restart) is not refused. CLI commands never take it.
 
-use std::fs::{File, OpenOptions};
+use rollcall_shared::pidlock::{Acquired, PidLock};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file in the data directory.
@@ -40,49 +38,20 @@ pub enum ServeLockError {
 /// The held lock; released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct ServeLock {
-    _file: File,
-}
-
-fn request() -> libc::flock {
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl
+    _lock: PidLock,
 }
 
 impl ServeLock {
     /// Takes the lock on `data_dir`, or says which process holds it.
     pub fn acquire(data_dir: &Path) -> Result<Self, ServeLockError> {
         let path = data_dir.join(FILE);
-        let io_err = |source| ServeLockError::Io {
-            path: path.clone(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err)?;
-        let fl = request();
-        // SAFETY: the fd is open for the duration of the call and `fl` is a valid flock.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } == -1 {
-            let err = io::Error::last_os_error();
-            if !matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EAGAIN)) {
-                return Err(io_err(err));
-            }
-            let mut who = request();
-            // SAFETY: as above; F_GETLK fills `who` in.
-            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut who) };
-            let pid = if rc == 0 { who.l_pid } else { 0 };
-            return Err(ServeLockError::Taken {
+        match PidLock::acquire(&path) {
+            Ok(Acquired::Held(lock)) => Ok(Self { _lock: lock }),
+            Ok(Acquired::Taken(pid)) => Err(ServeLockError::Taken {
                 dir: data_dir.to_owned(),
                 pid,
-            });
+            }),
+            Err(source) => Err(ServeLockError::Io { path, source }),
         }
-        Ok(Self { _file: file })
     }
 }

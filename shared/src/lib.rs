@@ -16,6 +16,7 @@ pub mod dsse;
 pub mod ids;
 pub mod limits;
 pub mod payload;
+pub mod pidlock;
 pub mod report;
 pub mod secret;
 pub mod topics;
