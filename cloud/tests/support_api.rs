@@ -864,14 +864,23 @@ async fn export_holds_everything_and_erasure_keeps_usage_only_under_a_pseudonym(
     assert_eq!(status, 404);
 }
 
+/// `docs/openapi.json`, parsed.
+fn openapi_doc() -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A route pattern with its parameters filled in: member `member`, ledger entry 0.
+fn concrete(pattern: &str, member: &str) -> String {
+    pattern.replace("{id}", member).replace("{index}", "0")
+}
+
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
     let e = start().await;
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let doc = openapi_doc();
     let mut documented: Vec<(String, String)> = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -887,11 +896,7 @@ async fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
     assert_eq!(documented, routed);
     // And each documented route is really served (not the fallback's "no such route").
     for (method, path) in &documented {
-        let url = format!(
-            "{}{}",
-            e.base,
-            path.replace("{id}", "m-tom").replace("{index}", "0")
-        );
+        let url = format!("{}{}", e.base, concrete(path, "m-tom"));
         let res = e
             .http
             .request(method.parse().unwrap(), &url)
@@ -916,11 +921,7 @@ async fn every_api_route_but_the_signed_webhook_refuses_a_request_without_a_toke
         if rollcall_cloud::http::SELF_AUTHENTICATED.contains(&path) {
             continue;
         }
-        let url = format!(
-            "{}{}",
-            e.base,
-            path.replace("{id}", "m-maria").replace("{index}", "0")
-        );
+        let url = format!("{}{}", e.base, concrete(path, "m-maria"));
         let res = e
             .http
             .request(method.parse().unwrap(), &url)
@@ -999,11 +1000,7 @@ async fn the_console_escapes_what_members_and_callers_typed_and_hides_contact_de
 #[tokio::test]
 async fn every_documented_query_parameter_is_one_the_route_reads_and_others_are_refused() {
     let e = start().await;
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let doc = openapi_doc();
     let ask = |path: String| {
         let req = e
             .http
@@ -1019,7 +1016,7 @@ async fn every_documented_query_parameter_is_one_the_route_reads_and_others_are_
         let Some(params) = item["get"]["parameters"].as_array() else {
             continue;
         };
-        let path = path.replace("{id}", "m-maria").replace("{index}", "0");
+        let path = concrete(path, "m-maria");
         let names: Vec<&str> = params
             .iter()
             .filter(|p| p["in"] == "query")
