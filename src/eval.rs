@@ -81,6 +81,104 @@ pub struct Evaluation {
     /// Per simulator profile, per predictor (`model`, `silent_14d`, `gap_3x`): where the
     /// flags fall (which profiles the false alarms and the slow catches come from).
     pub flags_by_profile: BTreeMap<String, BTreeMap<String, ProfileFlags>>,
+    /// With [`EvalOptions::tradeoff`]: what an earlier flag costs in false alarms, for each
+    /// predictor over a range of its own thresholds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tradeoff: Option<Tradeoff>,
+}
+
+/// Each predictor's flag figures over a range of its own thresholds: how many false
+/// alarms a day of earlier warning costs. The issue's targets ask one detector for
+/// `gap_3x`'s lead and `silent_14d`'s false-alarm rate at once; this shows whether any
+/// threshold of any of them gets there, and which predictor pays least for a given lead.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tradeoff {
+    /// The model, by `lapsing_enter_below` (enter `lapsing` below this `p_engaged`).
+    pub model: Vec<OperatingPoint>,
+    /// `silent_{k}d`: flag after `k` silent days.
+    pub silent_days: Vec<OperatingPoint>,
+    /// `gap_{x}x`: flag after `x` times the member's own median gap.
+    pub gap_multiple: Vec<OperatingPoint>,
+    /// For each baseline point, the model's best (lowest) median lead among its points
+    /// with no more false alarms and no lower recall (null when none qualifies).
+    pub model_vs_baselines: Vec<Comparison>,
+}
+
+/// One threshold of one predictor and its flag figures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OperatingPoint {
+    /// The threshold (`p_engaged`, silent days, or multiple of the median gap).
+    pub threshold: f64,
+    /// True alarms ÷ all flags.
+    pub precision: f64,
+    /// Caught drop-outs ÷ drop-outs.
+    pub recall: f64,
+    /// Median days from drop-out to the flag that caught it (lower is better).
+    pub median_lead_days: f64,
+    /// False alarms per 1,000 engaged member-days.
+    pub false_alarms_per_1000: f64,
+}
+
+/// A baseline's operating point next to the model's best lead at no more false alarms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// `silent_days` or `gap_multiple`.
+    pub baseline: String,
+    /// The baseline's point.
+    pub point: OperatingPoint,
+    /// The model's point with the lowest lead among those with no more false alarms and
+    /// no lower recall; `None` when the model has no such point.
+    pub model: Option<OperatingPoint>,
+}
+
+impl OperatingPoint {
+    fn new(threshold: f64, f: &Figures) -> Self {
+        OperatingPoint {
+            threshold,
+            precision: f.precision,
+            recall: f.recall,
+            median_lead_days: f.median_lead_days,
+            false_alarms_per_1000: f.false_alarms_per_1000,
+        }
+    }
+}
+
+/// `lapsing_enter_below` values the trade-off replays the model with (the configured one
+/// is added).
+const MODEL_THRESHOLDS: [f64; 12] = [
+    0.95, 0.9, 0.8, 0.7, 0.6, 0.45, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01,
+];
+/// Silent days the `silent_days` baseline is swept over.
+const SILENT_DAYS: [i64; 10] = [2, 3, 4, 5, 7, 10, 14, 18, 21, 28];
+/// Multiples of the median gap the `gap_multiple` baseline is swept over.
+const GAP_MULTIPLES: [f64; 9] = [1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0];
+
+/// For each baseline point, the model's best lead at no more false alarms and no lower
+/// recall.
+fn compare(model: &[OperatingPoint], baseline: &str, points: &[OperatingPoint]) -> Vec<Comparison> {
+    points
+        .iter()
+        .map(|b| {
+            let best = model
+                .iter()
+                .filter(|m| {
+                    m.false_alarms_per_1000 <= b.false_alarms_per_1000
+                        && m.recall >= b.recall
+                        && !m.median_lead_days.is_nan()
+                })
+                .min_by(|x, y| {
+                    x.median_lead_days
+                        .total_cmp(&y.median_lead_days)
+                        .then(x.false_alarms_per_1000.total_cmp(&y.false_alarms_per_1000))
+                })
+                .copied();
+            Comparison {
+                baseline: baseline.to_owned(),
+                point: *b,
+                model: best,
+            }
+        })
+        .collect()
 }
 
 /// One predictor's flags on the members of one profile.
@@ -174,6 +272,9 @@ pub struct EvalOptions {
     pub warmup_days: u32,
     /// The scoring configuration to replay.
     pub scoring: ScoringConfig,
+    /// Also sweep each predictor's threshold ([`Evaluation::tradeoff`]); this replays the
+    /// scoring once more per model threshold.
+    pub tradeoff: bool,
 }
 
 const PREDICTORS: [&str; 3] = ["model", "silent_14d", "gap_3x"];
@@ -185,8 +286,11 @@ struct Subject<'a> {
     events_ms: Vec<i64>,
     active: HashSet<NaiveDate>,
     joined: NaiveDate,
-    /// Per predictor, per evaluated day: flagged?
-    flags: [Vec<bool>; 3],
+    /// Per evaluated day on which the member exists in the truth: days silent and the
+    /// median gap between active days (what the baselines look at).
+    views: Vec<Option<(i64, Option<f64>)>>,
+    /// Per evaluated day: was the model's state `lapsing` or `lapsed`?
+    model_flags: Vec<bool>,
 }
 
 impl Subject<'_> {
@@ -296,7 +400,8 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
                 events_ms: events.remove(id).unwrap_or_default(),
                 active: truth.active_days.iter().copied().collect(),
                 joined: truth.joined,
-                flags: [vec![false; ndays], vec![false; ndays], vec![false; ndays]],
+                views: vec![None; ndays],
+                model_flags: vec![false; ndays],
             })
         })
         .collect();
@@ -322,10 +427,9 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
             if true_state != "churned" {
                 engaged_days += 1;
             }
-            let gap_limit = median.map_or(14.0, |g| 3.0 * g.max(1.0));
-            s.flags[0][d] = matches!(point.state, State::Lapsing | State::Lapsed);
-            s.flags[1][d] = silent >= 14;
-            s.flags[2][d] = silent as f64 >= gap_limit;
+            let gap_limit = Rule::Gap(3.0).limit(median);
+            s.views[d] = Some((silent, median));
+            s.model_flags[d] = is_flag(point.state);
             if today + Duration::days(14) < truth.end {
                 let label = !(1..=14).any(|k| s.active.contains(&(today + Duration::days(k))));
                 labelled += 1;
@@ -349,8 +453,24 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
         .count();
     let by_profile = rank_by_profile(&samples, &profile_of);
     let mut flags_by_profile: BTreeMap<String, BTreeMap<String, ProfileFlags>> = BTreeMap::new();
+    let flags_of = |p: usize| -> Vec<Vec<bool>> {
+        match p {
+            0 => subjects
+                .iter()
+                .map(|s| s.as_ref().map_or_else(Vec::new, |s| s.model_flags.clone()))
+                .collect(),
+            1 => Rule::Silent(14).flags(&subjects),
+            _ => Rule::Gap(3.0).flags(&subjects),
+        }
+    };
+    let window = Window {
+        dates: &dates,
+        from: from_date,
+        to: to_date,
+        engaged_days,
+    };
     let mut figures = PREDICTORS.iter().enumerate().map(|(p, name)| {
-        let (f, per_profile) = flag_figures(&subjects, p, &dates, from_date, to_date, engaged_days);
+        let (f, per_profile) = flag_figures(&subjects, &flags_of(p), &window);
         for (prof, pf) in per_profile {
             flags_by_profile
                 .entry(prof)
@@ -366,6 +486,63 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
     let model = with_auc(0, figures.next().expect("model"));
     let silent = with_auc(1, figures.next().expect("silent_14d"));
     let gap = with_auc(2, figures.next().expect("gap_3x"));
+    let tradeoff = if opts.tradeoff {
+        let mut thresholds = MODEL_THRESHOLDS.to_vec();
+        if !thresholds.contains(&opts.scoring.lapsing_enter_below) {
+            thresholds.push(opts.scoring.lapsing_enter_below);
+            thresholds.sort_by(|a, b| b.total_cmp(a));
+        }
+        let variants: Vec<ScoringConfig> = thresholds
+            .iter()
+            .map(|&t| {
+                if t == opts.scoring.lapsing_enter_below {
+                    // The configured machine itself, replayed again alongside the others.
+                    opts.scoring.clone()
+                } else {
+                    ScoringConfig {
+                        lapsing_enter_below: t,
+                        lapsing_exit_above: opts.scoring.lapsing_exit_above.max(t + 0.1).min(0.99),
+                        lapsed_below: opts.scoring.lapsed_below.min(t),
+                        ..opts.scoring.clone()
+                    }
+                }
+            })
+            .collect();
+        let swept = model_flags(&conn, &variants, from, to, &replay.members, &subjects)?;
+        let model_points: Vec<OperatingPoint> = thresholds
+            .iter()
+            .zip(&swept)
+            .map(|(&t, flags)| OperatingPoint::new(t, &flag_figures(&subjects, flags, &window).0))
+            .collect();
+        let sweep = |rules: Vec<(f64, Rule)>| -> Vec<OperatingPoint> {
+            rules
+                .into_iter()
+                .map(|(t, rule)| {
+                    OperatingPoint::new(
+                        t,
+                        &flag_figures(&subjects, &rule.flags(&subjects), &window).0,
+                    )
+                })
+                .collect()
+        };
+        let silent_days = sweep(
+            SILENT_DAYS
+                .iter()
+                .map(|&k| (k as f64, Rule::Silent(k)))
+                .collect(),
+        );
+        let gap_multiple = sweep(GAP_MULTIPLES.iter().map(|&x| (x, Rule::Gap(x))).collect());
+        let mut model_vs_baselines = compare(&model_points, "silent_days", &silent_days);
+        model_vs_baselines.extend(compare(&model_points, "gap_multiple", &gap_multiple));
+        Some(Tradeoff {
+            model: model_points,
+            silent_days,
+            gap_multiple,
+            model_vs_baselines,
+        })
+    } else {
+        None
+    };
     Ok(Evaluation {
         model,
         baselines: BTreeMap::from([
@@ -380,23 +557,120 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
         engaged_member_days: engaged_days,
         by_profile,
         flags_by_profile,
+        tradeoff,
     })
 }
 
-/// Precision, recall, lead time and false alarms of predictor `p`'s flags.
+/// Replays the scoring with each of `cfgs` (one fit per day for all) and returns, per
+/// configuration, per subject (aligned with `subjects`), per day, whether the model
+/// flagged the member.
+fn model_flags(
+    conn: &rusqlite::Connection,
+    cfgs: &[ScoringConfig],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    members: &[String],
+    subjects: &[Option<Subject>],
+) -> Result<Vec<Vec<Vec<bool>>>> {
+    let blank: Vec<Vec<bool>> = subjects
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .map_or_else(Vec::new, |s| vec![false; s.views.len()])
+        })
+        .collect();
+    let mut flags = vec![blank; cfgs.len()];
+    let mut d = 0;
+    let (replayed, _) = scoring::replay_variants(conn, cfgs, from, to, |_, points| {
+        for (flags, points) in flags.iter_mut().zip(points) {
+            for ((f, s), p) in flags.iter_mut().zip(subjects).zip(points) {
+                if let (Some(s), Some(p), Some(slot)) = (s, p, f.get_mut(d)) {
+                    *slot = s.views[d].is_some() && is_flag(p.state);
+                }
+            }
+        }
+        d += 1;
+    })
+    .context("Failed to replay the scoring over the trade-off's thresholds")?;
+    if replayed != members {
+        bail!("the store's members changed during the evaluation; run it again");
+    }
+    Ok(flags)
+}
+
+/// The evaluated days, and what the flag figures are measured against.
+#[derive(Clone, Copy)]
+struct Window<'a> {
+    /// The evaluated days (the replay's days, as dates).
+    dates: &'a [NaiveDate],
+    /// First day evaluated.
+    from: NaiveDate,
+    /// Last day evaluated.
+    to: NaiveDate,
+    /// Engaged member-days (the false-alarm denominator).
+    engaged_days: u64,
+}
+
+/// Does the model's `state` count as a flag (the member is thought to be drifting away)?
+fn is_flag(state: State) -> bool {
+    matches!(state, State::Lapsing | State::Lapsed)
+}
+
+/// A baseline's flag rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rule {
+    /// Silent for at least this many days.
+    Silent(i64),
+    /// Silent for at least this multiple of the member's own median gap between active
+    /// days (14 days while they have fewer than two gaps).
+    Gap(f64),
+}
+
+impl Rule {
+    /// The days of silence at which the rule flags a member whose median gap is `median`.
+    fn limit(self, median: Option<f64>) -> f64 {
+        match self {
+            Rule::Silent(k) => k as f64,
+            Rule::Gap(x) => median.map_or(14.0, |g| x * g.max(1.0)),
+        }
+    }
+
+    /// Per subject (aligned with `subjects`; empty for `None`), per day: flagged?
+    fn flags(self, subjects: &[Option<Subject>]) -> Vec<Vec<bool>> {
+        subjects
+            .iter()
+            .map(|s| {
+                s.as_ref().map_or_else(Vec::new, |s| {
+                    s.views
+                        .iter()
+                        .map(|v| {
+                            v.is_some_and(|(silent, median)| silent as f64 >= self.limit(median))
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    }
+}
+
+/// Precision, recall, lead time and false alarms of one predictor's `flags` (per subject,
+/// aligned with `subjects`; per day of the window).
 fn flag_figures(
     subjects: &[Option<Subject>],
-    p: usize,
-    dates: &[NaiveDate],
-    from: NaiveDate,
-    to: NaiveDate,
-    engaged_days: u64,
+    flags: &[Vec<bool>],
+    window: &Window,
 ) -> (Figures, BTreeMap<String, ProfileFlags>) {
+    let Window {
+        dates,
+        from,
+        to,
+        engaged_days,
+    } = *window;
     let (mut alarms, mut true_alarms, mut dropouts, mut caught) = (0u64, 0u64, 0u64, 0u64);
     let mut leads: Vec<i64> = Vec::new();
     let mut per_profile: BTreeMap<String, (ProfileFlags, Vec<i64>)> = BTreeMap::new();
-    for s in subjects.iter().flatten() {
-        let flags = &s.flags[p];
+    for (s, flags) in subjects.iter().zip(flags) {
+        let Some(s) = s else { continue };
         let dropout = s.truth.dropout;
         let (mine, my_leads) = per_profile.entry(s.truth.profile.clone()).or_default();
         // Flags that start inside the window (one already up on its first day started before).
@@ -573,6 +847,76 @@ pub fn table(e: &Evaluation) -> String {
         }
         out.push('\n');
     }
+    if let Some(t) = &e.tradeoff {
+        out.push_str(&tradeoff_table(t));
+    }
+    out
+}
+
+/// [`Tradeoff`] as text: each predictor's points, then the model next to each baseline
+/// point.
+fn tradeoff_table(t: &Tradeoff) -> String {
+    let fmt = |v: f64, prec: usize| {
+        if v.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{v:.prec$}")
+        }
+    };
+    let mut out = String::from(
+        "\nTrade-off: each predictor over its own thresholds \
+         (model: p_engaged below; silent_days: days; gap_multiple: x median gap)\n\n",
+    );
+    out.push_str(&format!(
+        "{:<13} {:>9} {:>10} {:>8} {:>17} {:>22}\n",
+        "predictor",
+        "threshold",
+        "precision",
+        "recall",
+        "median lead days",
+        "false alarms / 1000 md"
+    ));
+    for (name, points) in [
+        ("model", &t.model),
+        ("silent_days", &t.silent_days),
+        ("gap_multiple", &t.gap_multiple),
+    ] {
+        for p in points {
+            out.push_str(&format!(
+                "{name:<13} {:>9} {:>10} {:>8} {:>17} {:>22}\n",
+                p.threshold,
+                fmt(p.precision, 3),
+                fmt(p.recall, 3),
+                fmt(p.median_lead_days, 1),
+                fmt(p.false_alarms_per_1000, 2)
+            ));
+        }
+    }
+    out.push_str(
+        "\nThe model's lowest median lead with no more false alarms and no lower recall \
+         than each baseline point\n\n",
+    );
+    out.push_str(&format!(
+        "{:<13} {:>9} {:>6} {:>8}   {:>15} {:>6} {:>8}\n",
+        "baseline", "threshold", "lead", "FA/1000", "model threshold", "lead", "FA/1000"
+    ));
+    for c in &t.model_vs_baselines {
+        let (mt, ml, mf) = match &c.model {
+            Some(m) => (
+                m.threshold.to_string(),
+                fmt(m.median_lead_days, 1),
+                fmt(m.false_alarms_per_1000, 2),
+            ),
+            None => ("none".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        out.push_str(&format!(
+            "{:<13} {:>9} {:>6} {:>8}   {mt:>15} {ml:>6} {mf:>8}\n",
+            c.baseline,
+            c.point.threshold,
+            fmt(c.point.median_lead_days, 1),
+            fmt(c.point.false_alarms_per_1000, 2),
+        ));
+    }
     out
 }
 
@@ -653,6 +997,7 @@ mod tests {
             dropouts: 1,
             engaged_member_days: 4,
             by_profile: r,
+            tradeoff: None,
             flags_by_profile: BTreeMap::from([(
                 "dropout".to_owned(),
                 BTreeMap::from([
@@ -695,5 +1040,77 @@ mod tests {
         );
         let json = serde_json::to_value(&e).unwrap();
         assert!(json["by_profile"]["daily"]["auc_positives"]["model"].is_null());
+    }
+
+    fn point(threshold: f64, recall: f64, lead: f64, fa: f64) -> OperatingPoint {
+        OperatingPoint {
+            threshold,
+            precision: 0.5,
+            recall,
+            median_lead_days: lead,
+            false_alarms_per_1000: fa,
+        }
+    }
+
+    #[test]
+    fn a_baseline_point_is_matched_with_the_models_earliest_flag_at_no_more_false_alarms() {
+        let model = [
+            point(0.9, 1.0, 2.0, 14.0),
+            point(0.6, 1.0, 4.0, 3.0),
+            point(0.3, 0.9, 3.0, 2.0),
+            point(0.05, 1.0, 8.0, 1.5),
+            point(0.01, 1.0, f64::NAN, 0.5),
+        ];
+        let baseline = [
+            point(3.0, 1.0, 1.0, 22.0),
+            point(7.0, 1.0, 5.0, 7.0),
+            point(14.0, 1.0, 12.0, 2.0),
+            point(21.0, 1.0, 19.0, 1.0),
+        ];
+        let c = compare(&model, "silent_days", &baseline);
+        let chosen: Vec<Option<f64>> = c.iter().map(|c| c.model.map(|m| m.threshold)).collect();
+        // 22 FA: the eager 0.9 (lead 2); 7 FA: 0.6, not 0.3 (lower recall); 2 FA: only
+        // 0.05 (0.01 never caught anyone); 1 FA: none.
+        assert_eq!(chosen, [Some(0.9), Some(0.6), Some(0.05), None]);
+        assert!(c.iter().all(|c| c.baseline == "silent_days"));
+
+        let t = Tradeoff {
+            model: model.to_vec(),
+            silent_days: baseline.to_vec(),
+            gap_multiple: Vec::new(),
+            model_vs_baselines: c,
+        };
+        let text = tradeoff_table(&t);
+        assert!(!text.contains("NaN"), "{text}");
+        let row = |prefix: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("model")[4],
+            ["model", "0.01", "0.500", "1.000", "-", "0.50"]
+        );
+        let matched = row("silent_days");
+        // Four points, then four comparisons.
+        assert_eq!(matched.len(), 8, "{text}");
+        assert_eq!(
+            matched[4],
+            ["silent_days", "3", "1.0", "22.00", "0.9", "2.0", "14.00"]
+        );
+        assert_eq!(
+            matched[7],
+            ["silent_days", "21", "19.0", "1.00", "none", "-", "-"]
+        );
+    }
+
+    #[test]
+    fn a_baselines_rule_flags_from_its_own_limit() {
+        assert_eq!(Rule::Silent(14).limit(Some(2.0)), 14.0);
+        assert_eq!(Rule::Gap(3.0).limit(Some(2.0)), 6.0);
+        // Gaps shorter than a day count as a day; fewer than two gaps fall back to 14 days.
+        assert_eq!(Rule::Gap(3.0).limit(Some(0.5)), 3.0);
+        assert_eq!(Rule::Gap(3.0).limit(None), 14.0);
     }
 }

@@ -274,6 +274,10 @@ struct EvalArgs {
     /// Days at the start of the window not evaluated (the model needs history first).
     #[arg(long, default_value_t = 28, value_name = "DAYS")]
     warmup: u32,
+    /// Also sweep each predictor's flag threshold and show what an earlier flag costs in
+    /// false alarms (replays the scoring once per model threshold).
+    #[arg(long)]
+    tradeoff: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -289,6 +293,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let opts = rollcall::eval::EvalOptions {
         warmup_days: a.warmup,
         scoring,
+        tradeoff: a.tradeoff,
     };
     let e = rollcall::eval::evaluate(&a.data_dir, &truth, &opts)?;
     if a.json {

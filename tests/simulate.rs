@@ -217,3 +217,124 @@ fn bad_arguments_get_a_usage_message() {
         "{err}"
     );
 }
+
+/// `rollcall eval` on a simulated fleet: the model against both baselines, and the
+/// trade-off sweep agreeing with the main figures at each predictor's own threshold.
+#[test]
+fn eval_scores_the_fleet_against_its_truth_and_sweeps_every_predictors_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nine weeks: three of warm-up, then days whose next 14 days are known.
+    let start = (chrono::Utc::now() - chrono::Duration::days(63))
+        .date_naive()
+        .to_string();
+    simulate(
+        dir.path(),
+        &[
+            "--members",
+            "90",
+            "--start",
+            &start,
+            "--days",
+            "0",
+            "--seed",
+            "7",
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args([
+            "eval",
+            "--warmup",
+            "21",
+            "--tradeoff",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["members"], 90, "{e}");
+    assert!(e["dropouts"].as_u64().unwrap() > 0, "{e}");
+    let auc = e["model"]["auc"].as_f64().unwrap();
+    assert!(
+        auc > 0.8,
+        "the model ranks silences no better than chance: {auc}"
+    );
+
+    let t = &e["tradeoff"];
+    let at = |series: &str, threshold: f64| -> &Value {
+        t[series]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["threshold"].as_f64() == Some(threshold))
+            .unwrap_or_else(|| panic!("{series} has no point at {threshold}: {t}"))
+    };
+    let same = |point: &Value, figures: &Value| {
+        for k in [
+            "precision",
+            "recall",
+            "median_lead_days",
+            "false_alarms_per_1000",
+        ] {
+            assert_eq!(point[k], figures[k], "{k}: {point} vs {figures}");
+        }
+    };
+    same(at("model", 0.05), &e["model"]);
+    same(at("silent_days", 14.0), &e["baselines"]["silent_14d"]);
+    same(at("gap_multiple", 3.0), &e["baselines"]["gap_3x"]);
+
+    // A baseline's flags at a higher threshold are a subset of those at a lower one: never
+    // more false alarms, never an earlier catch.
+    for series in ["silent_days", "gap_multiple"] {
+        let points = t[series].as_array().unwrap();
+        assert!(points.len() >= 8, "{series}: {points:?}");
+        for w in points.windows(2) {
+            let fa = |p: &Value| p["false_alarms_per_1000"].as_f64().unwrap();
+            assert!(fa(&w[1]) <= fa(&w[0]), "{series}: {} then {}", w[0], w[1]);
+            if let (Some(a), Some(b)) = (
+                w[0]["median_lead_days"].as_f64(),
+                w[1]["median_lead_days"].as_f64(),
+            ) {
+                assert!(b >= a, "{series}: {} then {}", w[0], w[1]);
+            }
+        }
+        // The most eager threshold pays for its lead in false alarms.
+        let first = &points[0];
+        let last = points
+            .iter()
+            .rev()
+            .find(|p| !p["median_lead_days"].is_null())
+            .unwrap();
+        assert!(
+            first["false_alarms_per_1000"].as_f64() > last["false_alarms_per_1000"].as_f64(),
+            "{series}: {points:?}"
+        );
+    }
+    // Each comparison names a model point that really has no more false alarms.
+    let comparisons = t["model_vs_baselines"].as_array().unwrap();
+    assert_eq!(
+        comparisons.len(),
+        t["silent_days"].as_array().unwrap().len() + t["gap_multiple"].as_array().unwrap().len()
+    );
+    let mut found = 0;
+    for c in comparisons {
+        if c["model"].is_null() {
+            continue;
+        }
+        found += 1;
+        let (m, b) = (&c["model"], &c["point"]);
+        assert!(
+            m["false_alarms_per_1000"].as_f64() <= b["false_alarms_per_1000"].as_f64()
+                && m["recall"].as_f64() >= b["recall"].as_f64(),
+            "{c}"
+        );
+        same(m, at("model", m["threshold"].as_f64().unwrap()));
+    }
+    assert!(found > 0, "{comparisons:?}");
+}

@@ -358,6 +358,72 @@ fn replay_runs_the_same_machine_as_the_live_scorer_day_by_day() {
     assert!(n > 0);
 }
 
+#[test]
+fn replaying_several_state_machines_at_once_gives_each_its_own_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    load_fleet(dir.path());
+    let base = ScoringConfig::default();
+    let eager = ScoringConfig {
+        lapsing_enter_below: 0.6,
+        min_dwell_days: 1,
+        ..base.clone()
+    };
+    let from = as_of() - Duration::days(20);
+    let to = as_of();
+    let reader = rollcall_cloud::store::open_reader(dir.path()).unwrap();
+    let alone: Vec<_> = [&base, &eager]
+        .iter()
+        .map(|c| scoring::replay(&reader, c, from, to).unwrap())
+        .collect();
+    let mut together: [Vec<Vec<Option<scoring::ReplayPoint>>>; 2] = Default::default();
+    let mut days: [Vec<scoring::ReplayDay>; 2] = Default::default();
+    let (members, warnings) = scoring::replay_variants(
+        &reader,
+        &[base.clone(), eager.clone()],
+        from,
+        to,
+        |d, points| {
+            for v in 0..2 {
+                days[v].push(d[v].clone());
+                together[v].push(points[v].clone());
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(members, alone[0].members);
+    assert_eq!(warnings, alone[0].warnings);
+    for v in 0..2 {
+        assert_eq!(days[v], alone[v].days, "variant {v}");
+        assert_eq!(together[v], alone[v].points, "variant {v}");
+    }
+    // The eager machine flags someone the default one does not, so the two were really
+    // carried apart.
+    let flagged = |points: &Vec<Vec<Option<scoring::ReplayPoint>>>| {
+        points
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|p| matches!(p.state, scoring::State::Lapsing | scoring::State::Lapsed))
+            .count()
+    };
+    assert!(
+        flagged(&together[1]) > flagged(&together[0]),
+        "{} vs {}",
+        flagged(&together[1]),
+        flagged(&together[0])
+    );
+
+    // Machines that would fit the model differently cannot share its fits.
+    let other_model = ScoringConfig {
+        model: scoring::ModelKind::Mbgnbd,
+        ..base.clone()
+    };
+    let err = scoring::replay_variants(&reader, &[base, other_model], from, to, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fit the model alike"), "{err}");
+}
+
 async fn http_get(
     addr: std::net::SocketAddr,
     path: &str,

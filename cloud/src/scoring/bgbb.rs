@@ -218,10 +218,7 @@ pub fn grouped_log_likelihood(
         xs,
     };
     // Split at frequency boundaries so each block sums its own terms.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    let threads = super::threads(8);
     if threads < 2 || groups.len() < 20_000 {
         return ctx.sum(groups);
     }

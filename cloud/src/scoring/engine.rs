@@ -131,7 +131,19 @@ pub fn evaluate(
     memory: &[Option<Memory>],
 ) -> Vec<Option<Evaluated>> {
     let nums = numbers_parallel(kind, params, members, as_of_days);
-    let th = rank_thresholds(cfg, &nums);
+    evaluate_numbers(cfg, &nums, members, as_of_ms, memory)
+}
+
+/// [`evaluate`] from numbers already computed ([`numbers_parallel`]): ranking and state
+/// machine only, so that several state machines can share one computation of the numbers.
+pub fn evaluate_numbers(
+    cfg: &ScoringConfig,
+    nums: &[Option<Numbers>],
+    members: &[Option<MemberDays>],
+    as_of_ms: i64,
+    memory: &[Option<Memory>],
+) -> Vec<Option<Evaluated>> {
+    let th = rank_thresholds(cfg, nums);
     nums.iter()
         .zip(members)
         .enumerate()
@@ -166,10 +178,7 @@ pub fn numbers_parallel(
     let one = |(md, day): (&Option<MemberDays>, &i32)| {
         md.as_ref().map(|m| numbers(kind, params, m, *day))
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(16);
+    let threads = super::threads(16);
     if threads < 2 || members.len() < 20_000 {
         return members.iter().zip(as_of_days).map(one).collect();
     }

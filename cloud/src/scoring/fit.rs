@@ -161,10 +161,7 @@ impl FitData {
             }
             acc
         };
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8);
+        let threads = super::threads(8);
         if threads < 2 || self.groups.len() < 40_000 {
             return sum_range(&self.groups);
         }

@@ -38,11 +38,22 @@ pub mod summary;
 
 pub use csvfit::{fit_csv, Unit};
 pub use model::{ModelKind, Params};
-pub use replay::{backfill_engagement, replay, replay_each, Replay, ReplayDay, ReplayPoint};
+pub use replay::{
+    backfill_engagement, replay, replay_each, replay_variants, Replay, ReplayDay, ReplayPoint,
+};
 pub use run::{fit_store, score_once, MemberScore, ScoreRun, Scorer, TickOutcome};
 pub use state::State;
 
 use crate::store::StoreError;
+
+/// The number of threads the fit and the scoring split their work over, at most `max`.
+///
+/// Read once per process: `std::thread::available_parallelism` reads the cgroup files on
+/// every call on Linux, which cost a fit more than its arithmetic on small fleets.
+pub(crate) fn threads(max: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    (*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))).min(max)
+}
 
 /// Why scoring could not run.
 #[derive(Debug, thiserror::Error)]

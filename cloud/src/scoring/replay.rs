@@ -134,20 +134,62 @@ pub fn replay_each(
     to: DateTime<Utc>,
     mut on_day: impl FnMut(&ReplayDay, &[Option<ReplayPoint>]),
 ) -> Result<(Vec<String>, Vec<String>), ScoringError> {
+    replay_variants(conn, std::slice::from_ref(cfg), from, to, |days, points| {
+        on_day(&days[0], &points[0])
+    })
+}
+
+/// Whether `a` and `b` fit the model the same way (model, priors, window, schedule, time
+/// zone), so that their replays can share one fit per day.
+fn same_fits(a: &ScoringConfig, b: &ScoringConfig) -> bool {
+    a.model == b.model
+        && a.prior == b.prior
+        && a.prior_bgbb == b.prior_bgbb
+        && a.fit_window_days == b.fit_window_days
+        && a.min_fit_members == b.min_fit_members
+        && a.refit_interval_h == b.refit_interval_h
+        && a.default_tz == b.default_tz
+}
+
+/// [`replay_each`] for several configurations at once that differ only in their state
+/// machine (thresholds, dwell, onboarding rules): the fleet is loaded, summarised and
+/// fitted once per day, and each configuration carries its own states. `on_day` gets, per
+/// configuration (in the order of `cfgs`), the day and its points. Configurations that
+/// fit differently are refused ([`ScoringError::Invalid`]).
+pub fn replay_variants(
+    conn: &Connection,
+    cfgs: &[ScoringConfig],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut on_day: impl FnMut(&[ReplayDay], &[Vec<Option<ReplayPoint>>]),
+) -> Result<(Vec<String>, Vec<String>), ScoringError> {
     if to < from {
         return Err(ScoringError::Invalid(format!(
             "replay ends ({to}) before it starts ({from})"
         )));
     }
+    let Some(cfg) = cfgs.first() else {
+        return Err(ScoringError::Invalid(
+            "a replay needs at least one scoring configuration".into(),
+        ));
+    };
+    if let Some(other) = cfgs.iter().find(|c| !same_fits(cfg, c)) {
+        return Err(ScoringError::Invalid(format!(
+            "replayed configurations must fit the model alike (model, priors, fit window, \
+             refit interval, default time zone): {:?} differs from {:?}",
+            other.model, cfg.model
+        )));
+    }
     let fleet = Fleet::load(conn, cfg.default_tz())?;
     let ids: Vec<String> = fleet.members.iter().map(|m| m.id.clone()).collect();
-    let mut memory: Vec<Option<Memory>> = vec![None; fleet.len()];
+    let mut memory: Vec<Vec<Option<Memory>>> = vec![vec![None; fleet.len()]; cfgs.len()];
     let mut warnings = Vec::new();
     let mut params: Option<(Params, bool)> = None; // (params, fitted rather than prior)
     let mut last_fit_ms = i64::MIN;
     let refit_ms = cfg.refit_interval_h as i64 * 3_600_000;
     let mut as_of = from;
-    let mut points: Vec<Option<ReplayPoint>> = vec![None; fleet.len()];
+    let mut points: Vec<Vec<Option<ReplayPoint>>> = vec![vec![None; fleet.len()]; cfgs.len()];
+    let mut days: Vec<ReplayDay> = Vec::with_capacity(cfgs.len());
     while as_of <= to {
         let as_of_ms = as_of.timestamp_millis();
         let mut refitted = false;
@@ -174,30 +216,32 @@ pub fn replay_each(
             .zip(&as_of_days)
             .map(|(m, d)| m.days.summarise(Some(m.start_day()), *d, as_of_ms))
             .collect();
-        let evals = engine::evaluate(cfg, cfg.model, &p, &mds, &as_of_days, as_of_ms, &memory);
-        let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
-        for (i, e) in evals.iter().enumerate() {
-            points[i] = e.map(|e| {
-                memory[i] = Some(e.decision.memory);
-                *counts.entry(e.decision.state).or_default() += 1;
-                ReplayPoint {
-                    state: e.decision.state,
-                    p_engaged: e.numbers.p_engaged,
-                    p_silent_14d: e.numbers.p_silent_14d,
-                    score: e.numbers.score,
-                }
-            });
-        }
-        on_day(
-            &ReplayDay {
+        let numbers = engine::numbers_parallel(cfg.model, &p, &mds, &as_of_days);
+        days.clear();
+        for (v, c) in cfgs.iter().enumerate() {
+            let evals = engine::evaluate_numbers(c, &numbers, &mds, as_of_ms, &memory[v]);
+            let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
+            for (i, e) in evals.iter().enumerate() {
+                points[v][i] = e.map(|e| {
+                    memory[v][i] = Some(e.decision.memory);
+                    *counts.entry(e.decision.state).or_default() += 1;
+                    ReplayPoint {
+                        state: e.decision.state,
+                        p_engaged: e.numbers.p_engaged,
+                        p_silent_14d: e.numbers.p_silent_14d,
+                        score: e.numbers.score,
+                    }
+                });
+            }
+            days.push(ReplayDay {
                 as_of,
                 model: cfg.model,
                 params: p,
                 refitted,
                 counts,
-            },
-            &points,
-        );
+            });
+        }
+        on_day(&days, &points);
         as_of += Duration::milliseconds(DAY_MS);
     }
     Ok((ids, warnings))
