@@ -4,8 +4,15 @@
 //! a lapsing member's link, and watch the screen-pop change by itself when a call comes
 //! in. Screenshots go to `target/screenshots/`.
 //!
+//! Every page is also checked for accessibility with axe-core (the WCAG 2.1 A and AA
+//! rules: labels, contrast, names, structure; reports next to the screenshots), the
+//! search is done with the keyboard alone (Tab to the search box, Enter), every focused
+//! control shows a focus ring, and the card and dashboard fit a tablet's width.
+//!
 //! Skipped (with a message) when Chromium or chromedriver is missing, unless
-//! `ROLLCALL_REQUIRE_INTEROP` is set, as in CI, which installs them.
+//! `ROLLCALL_REQUIRE_INTEROP` is set, as in CI, which installs them. axe-core comes from
+//! npm (`npm ci --prefix tests/a11y`, done by `.ci/run`); without it the accessibility
+//! rules are skipped with a message, unless `ROLLCALL_REQUIRE_INTEROP` is set.
 
 use anyhow::{Context, Result};
 use chrono::{Duration, Utc};
@@ -140,6 +147,135 @@ fn cloud() -> Result<(TestCloud, String)> {
     Ok((c, token))
 }
 
+/// axe-core's script, from `tests/a11y/node_modules` (`npm ci --prefix tests/a11y`).
+fn axe_source() -> Option<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a11y/node_modules/axe-core/axe.min.js");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            assert!(
+                std::env::var_os("ROLLCALL_REQUIRE_INTEROP").is_none(),
+                "{} is required when ROLLCALL_REQUIRE_INTEROP is set (npm ci --prefix tests/a11y): {e}",
+                path.display()
+            );
+            eprintln!(
+                "SKIPPED: accessibility rules need {} (npm ci --prefix tests/a11y)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Runs axe-core's WCAG 2.1 A/AA rules on the page now shown, writes the full result to
+/// `a11y-{name}.json` beside the screenshots, and fails listing every violation.
+async fn check_accessibility(b: &Client, axe: Option<&str>, name: &str) -> Result<()> {
+    let Some(axe) = axe else { return Ok(()) };
+    b.execute(axe, Vec::new())
+        .await
+        .context("injecting axe-core")?;
+    let result = b
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               axe.run(document, { runOnly: { type: 'tag',
+                   values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } })
+                 .then(r => done({ violations: r.violations, passes: r.passes.length }))
+                 .catch(e => done({ error: String(e) }));"#,
+            Vec::new(),
+        )
+        .await
+        .context("running axe-core")?;
+    std::fs::write(
+        screenshots().join(format!("a11y-{name}.json")),
+        serde_json::to_vec_pretty(&result)?,
+    )?;
+    anyhow::ensure!(
+        result["error"].is_null(),
+        "axe-core failed on {name}: {}",
+        result["error"]
+    );
+    anyhow::ensure!(
+        result["passes"].as_u64().unwrap_or(0) > 10,
+        "axe-core checked next to nothing on {name}: {result}"
+    );
+    let violations = result["violations"].as_array().context("violations")?;
+    let listed: Vec<String> = violations
+        .iter()
+        .map(|v| {
+            let nodes: Vec<String> = v["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| {
+                    format!(
+                        "{} ({})",
+                        n["target"],
+                        n["failureSummary"]
+                            .as_str()
+                            .unwrap_or("")
+                            .replace('\n', " ")
+                    )
+                })
+                .collect();
+            format!(
+                "{} [{}]: {} on {}",
+                v["id"],
+                v["impact"],
+                v["help"],
+                nodes.join("; ")
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        listed.is_empty(),
+        "accessibility violations on {name}:\n{}",
+        listed.join("\n")
+    );
+    Ok(())
+}
+
+/// Presses Tab once (a real key press, through WebDriver's actions).
+async fn press_tab(b: &Client) -> Result<()> {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    use fantoccini::key::Key;
+    let tab = char::from(Key::Tab);
+    b.perform_actions(
+        KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: tab })
+            .then(KeyAction::Up { value: tab }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The focused element: its id, and whether a focus ring (outline or box shadow) shows.
+async fn focused(b: &Client) -> Result<(String, bool)> {
+    let v = b
+        .execute(
+            "const e = document.activeElement; const s = getComputedStyle(e);
+             return [e.id || e.tagName.toLowerCase(),
+                     (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2) || s.boxShadow !== 'none'];",
+            Vec::new(),
+        )
+        .await?;
+    Ok((
+        v[0].as_str().unwrap_or_default().to_owned(),
+        v[1].as_bool().unwrap_or(false),
+    ))
+}
+
+/// Whether the page needs scrolling sideways at the window's current width.
+async fn scrolls_sideways(b: &Client) -> Result<bool> {
+    let v = b
+        .execute(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth + 1;",
+            Vec::new(),
+        )
+        .await?;
+    Ok(v.as_bool().unwrap_or(true))
+}
+
 async fn text_of(client: &Client, css: &str) -> Result<String> {
     Ok(client.find(Locator::Css(css)).await?.text().await?)
 }
@@ -163,25 +299,54 @@ async fn staff_sign_in_find_a_caller_by_a_local_number_and_follow_a_lapsing_memb
     let (cloud, token) = tokio::task::spawn_blocking(cloud).await??;
     let (_driver, b) = start_browser().await?;
     let shots = screenshots();
+    let axe = axe_source();
+    let axe = axe.as_deref();
     let result = async {
         // Signing in is required: the console sends us to the sign-in page.
         b.goto(&format!("{}/console", cloud.http_url)).await?;
         assert!(b.current_url().await?.path().starts_with("/console/login"));
+        check_accessibility(&b, axe, "login").await?;
         b.find(Locator::Css("#token"))
             .await?
             .send_keys(&token)
             .await?;
         b.find(Locator::Css("#sign-in")).await?.click().await?;
         wait_page(&b, "/console/search").await?;
+        check_accessibility(&b, axe, "search").await?;
 
-        // Search by the number as a caller would say it: one match opens the card.
-        b.find(Locator::Css("#q"))
+        // With the keyboard alone: from the top of the page, Tab reaches the search box
+        // (every stop on the way shows a focus ring), the number is typed as a caller
+        // would say it, and Enter searches; one match opens the card.
+        b.execute(
+            "const body = document.body; body.setAttribute('tabindex', '-1'); body.focus();
+             body.removeAttribute('tabindex'); window.scrollTo(0, 0);",
+            Vec::new(),
+        )
+        .await?;
+        let mut stops = Vec::new();
+        loop {
+            press_tab(&b).await?;
+            let (id, ring) = focused(&b).await?;
+            anyhow::ensure!(ring, "no visible focus on {id} (after {stops:?})");
+            stops.push(id.clone());
+            if id == "q" {
+                break;
+            }
+            anyhow::ensure!(
+                stops.len() < 12,
+                "Tab never reached the search box: {stops:?}"
+            );
+        }
+        assert_eq!(
+            stops[0], "skip",
+            "the first Tab stop is the skip link: {stops:?}"
+        );
+        b.active_element()
             .await?
-            .send_keys("(212) 555-0142")
-            .await?;
-        b.find(Locator::Css("#search-button"))
-            .await?
-            .click()
+            .send_keys(&format!(
+                "(212) 555-0142{}",
+                char::from(fantoccini::key::Key::Enter)
+            ))
             .await?;
         wait_page(&b, "/console/members/m-maria").await?;
         let greeting = text_of(&b, "#greeting").await?;
@@ -207,6 +372,18 @@ async fn staff_sign_in_find_a_caller_by_a_local_number_and_follow_a_lapsing_memb
         );
         assert_eq!(b.find_all(Locator::Css("svg.chart rect")).await?.len(), 60);
         std::fs::write(shots.join("console-member.png"), b.screenshot().await?)?;
+        check_accessibility(&b, axe, "member").await?;
+        // A tablet held upright (iPad Air, 820 CSS pixels): nothing needs sideways scrolling.
+        b.set_window_size(820, 1180).await?;
+        anyhow::ensure!(
+            !scrolls_sideways(&b).await?,
+            "the member card is wider than a tablet"
+        );
+        std::fs::write(
+            shots.join("console-member-tablet.png"),
+            b.screenshot().await?,
+        )?;
+        b.set_window_size(1280, 1400).await?;
 
         // The dashboard: counts by state, the chart, and the lapsing list with links.
         b.goto(&format!("{}/console/dashboard", cloud.http_url))
@@ -226,6 +403,17 @@ async fn staff_sign_in_find_a_caller_by_a_local_number_and_follow_a_lapsing_memb
             "a line per state"
         );
         std::fs::write(shots.join("console-dashboard.png"), b.screenshot().await?)?;
+        check_accessibility(&b, axe, "dashboard").await?;
+        b.set_window_size(820, 1180).await?;
+        anyhow::ensure!(
+            !scrolls_sideways(&b).await?,
+            "the dashboard is wider than a tablet"
+        );
+        std::fs::write(
+            shots.join("console-dashboard-tablet.png"),
+            b.screenshot().await?,
+        )?;
+        b.set_window_size(1280, 1400).await?;
         let link = b.find(Locator::Css("a.lapsing-member")).await?;
         let name = link.text().await?;
         link.click().await?;
@@ -259,6 +447,7 @@ async fn staff_sign_in_find_a_caller_by_a_local_number_and_follow_a_lapsing_memb
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
         std::fs::write(shots.join("console-screen-pop.png"), b.screenshot().await?)?;
+        check_accessibility(&b, axe, "screen-pop").await?;
         Ok::<(), anyhow::Error>(())
     }
     .await;
