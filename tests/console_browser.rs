@@ -265,15 +265,27 @@ async fn focused(b: &Client) -> Result<(String, bool)> {
     ))
 }
 
-/// Whether the page needs scrolling sideways at the window's current width.
-async fn scrolls_sideways(b: &Client) -> Result<bool> {
-    let v = b
+/// The page now shown, on a tablet held upright (820 × 1180 CSS pixels, as an iPad Air),
+/// needs no sideways scrolling; its screenshot is `console-{page}-tablet.png`. The window
+/// goes back to the laptop size afterwards.
+async fn fits_a_tablet(b: &Client, page: &str) -> Result<()> {
+    b.set_window_size(820, 1180).await?;
+    let wide = b
         .execute(
             "return document.documentElement.scrollWidth > document.documentElement.clientWidth + 1;",
             Vec::new(),
         )
         .await?;
-    Ok(v.as_bool().unwrap_or(true))
+    std::fs::write(
+        screenshots().join(format!("console-{page}-tablet.png")),
+        b.screenshot().await?,
+    )?;
+    b.set_window_size(1280, 1400).await?;
+    anyhow::ensure!(
+        wide.as_bool() == Some(false),
+        "the {page} page is wider than a tablet ({wide})"
+    );
+    Ok(())
 }
 
 async fn text_of(client: &Client, css: &str) -> Result<String> {
@@ -373,17 +385,7 @@ async fn staff_sign_in_find_a_caller_by_a_local_number_and_follow_a_lapsing_memb
         assert_eq!(b.find_all(Locator::Css("svg.chart rect")).await?.len(), 60);
         std::fs::write(shots.join("console-member.png"), b.screenshot().await?)?;
         check_accessibility(&b, axe, "member").await?;
-        // A tablet held upright (iPad Air, 820 CSS pixels): nothing needs sideways scrolling.
-        b.set_window_size(820, 1180).await?;
-        anyhow::ensure!(
-            !scrolls_sideways(&b).await?,
-            "the member card is wider than a tablet"
-        );
-        std::fs::write(
-            shots.join("console-member-tablet.png"),
-            b.screenshot().await?,
-        )?;
-        b.set_window_size(1280, 1400).await?;
+        fits_a_tablet(&b, "member").await?;
 
         // The dashboard: counts by state, the chart, and the lapsing list with links.
         b.goto(&format!("{}/console/dashboard", cloud.http_url))
@@ -404,16 +406,7 @@ async fn staff_sign_in_find_a_caller_by_a_local_number_and_follow_a_lapsing_memb
         );
         std::fs::write(shots.join("console-dashboard.png"), b.screenshot().await?)?;
         check_accessibility(&b, axe, "dashboard").await?;
-        b.set_window_size(820, 1180).await?;
-        anyhow::ensure!(
-            !scrolls_sideways(&b).await?,
-            "the dashboard is wider than a tablet"
-        );
-        std::fs::write(
-            shots.join("console-dashboard-tablet.png"),
-            b.screenshot().await?,
-        )?;
-        b.set_window_size(1280, 1400).await?;
+        fits_a_tablet(&b, "dashboard").await?;
         let link = b.find(Locator::Css("a.lapsing-member")).await?;
         let name = link.text().await?;
         link.click().await?;
