@@ -49,7 +49,7 @@ pub enum ConfigError {
     Parse {
         /// The file.
         file: String,
-        /// The parser's message, which names the key and line.
+        /// The dotted key, then the parser's message with the line.
         message: String,
     },
     /// A key holds a value outside its allowed range or form.
@@ -615,10 +615,15 @@ impl LoadedConfig {
 impl AgentConfig {
     /// Parses TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_owned(),
-            message: e.to_string(),
-        })
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| ConfigError::Parse {
+                file: file.to_owned(),
+                message: rollcall_shared::report::config_parse_message(
+                    &e.path().to_string(),
+                    &e.inner().to_string(),
+                ),
+            },
+        )
     }
 
     /// Applies overrides (they beat the file).
@@ -859,6 +864,26 @@ idle_timeout_s = 60
         assert!(e.contains("batch_max_event"), "{e}");
         let e = load_text("colour = 1\n").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_dotted_key_in_words() {
+        let e = load_text("[uplink]\nbatch_max_events = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config/agent.toml: uplink.batch_max_events: ")
+                && e.contains("expected a whole number")
+                && e.contains("line 2"),
+            "{e}"
+        );
+        let e = load_text("[outbox]\nwhen_full = \"panic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config/agent.toml: outbox.when_full: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -875,32 +875,9 @@ impl CloudConfig {
     }
 }
 
-/// A parse error as users read it: the dotted key first (`ingest.batch_max_reports: …`;
-/// the table for an unknown key), then toml's message with the line, in words rather
-/// than Rust's type names.
+/// A parse error as users read it ([`rollcall_shared::report::config_parse_message`]).
 fn parse_message(e: &serde_path_to_error::Error<toml::de::Error>) -> String {
-    let mut message = e.inner().to_string();
-    for (rust, words) in [
-        ("expected usize", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u16", "expected a whole number"),
-        ("expected u8", "expected a whole number"),
-        ("expected i64", "expected a whole number"),
-        ("expected f64", "expected a number"),
-        (
-            "invalid socket address syntax",
-            "not an address with a port (HOST:PORT, e.g. 127.0.0.1:8080)",
-        ),
-    ] {
-        message = message.replace(rust, words);
-    }
-    let path = e.path().to_string();
-    if path.is_empty() || path == "." {
-        message
-    } else {
-        format!("{path}: {message}")
-    }
+    rollcall_shared::report::config_parse_message(&e.path().to_string(), &e.inner().to_string())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! Every API route requires `Authorization: Bearer <token>` (see [`crate::tokens`]); the
 //! caller's [`Principal`] is in the request's extensions and each handler checks its role
 //! (`403 forbidden` otherwise). Two routes authenticate differently: the members' one-click
-//! `GET /api/v1/optout?token=...` (the signed token is the authority) and the telephony
+//! `GET`/`POST /api/v1/optout?token=...` (the signed token is the authority) and the telephony
 //! webhook (the provider's signature; see [`crate::telephony`]). Errors are JSON
 //! `{"error": code, "message": ...}`. Handlers read the store off the async executor, on
 //! the fixed pool of read connections in [`crate::readers`].
@@ -151,7 +151,8 @@ pub fn api_routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)>
             "/api/v1/telephony/incoming",
             post(api::telephony_incoming),
         ),
-        ("GET", "/api/v1/optout", get(optout)),
+        ("GET", "/api/v1/optout", get(optout_page)),
+        ("POST", "/api/v1/optout", post(optout)),
     ]
 }
 
@@ -589,7 +590,7 @@ async fn deliveries(
     .await
 }
 
-/// Query of `GET /api/v1/optout`.
+/// Query of `GET` and `POST /api/v1/optout`.
 /// Lenient on purpose: mail clients and link trackers append their own parameters to the
 /// links members click.
 #[derive(Debug, serde::Deserialize)]
@@ -597,20 +598,64 @@ struct OptOutQuery {
     token: String,
 }
 
+/// The opt-out a link's token names, or why the link cannot be used (404 when outreach is
+/// not configured, 400 for a token the cloud did not sign).
+fn verified_optout(s: &AppState, token: &str) -> Result<crate::outreach::optout::OptOut, ApiError> {
+    let Some(key) = s.optout.as_ref() else {
+        return Err(ApiError::not_found("not_found", "no such route".into()));
+    };
+    // A signed token is base64url text with one dot, so it goes into the page unescaped.
+    let plain = token
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '='));
+    key.verify(token).filter(|_| plain).ok_or_else(|| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_token",
+        message: "this opt-out link is not valid".into(),
+    })
+}
+
+/// What an opt-out covers, in words: "marketing messages from us by e-mail".
+fn optout_scope(o: &crate::outreach::optout::OptOut) -> String {
+    let by = if o.channel == "*" {
+        "any channel".to_owned()
+    } else {
+        format!("{} messages", o.channel)
+    };
+    format!("{} messages from us by {by}", o.category)
+}
+
+/// `GET /api/v1/optout?token=…`: the page a member's click opens. It asks before it
+/// records anything: mail scanners and link previewers fetch links nobody clicked, so a
+/// GET never opts anyone out. The button POSTs to the same URL, as a mail client's
+/// one-click unsubscribe does (RFC 8058).
+async fn optout_page(
+    State(s): State<AppState>,
+    Query(q): Query<OptOutQuery>,
+) -> Result<axum::response::Html<String>, ApiError> {
+    let o = verified_optout(&s, &q.token)?;
+    Ok(axum::response::Html(format!(
+        "<!doctype html><html lang=en><meta charset=utf-8>\
+         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
+         <title>Unsubscribe</title>\
+         <main><h1>Unsubscribe</h1>\
+         <p>Stop {}? Messages about your orders still reach you.</p>\
+         <form method=post action=\"/api/v1/optout?token={}\">\
+         <input type=hidden name=List-Unsubscribe value=One-Click>\
+         <button type=submit>Unsubscribe</button></form></main></html>",
+        optout_scope(&o),
+        q.token
+    )))
+}
+
+/// `POST /api/v1/optout?token=…`: records the opt-out the token names (idempotent) and
+/// answers a confirmation page. This is the URL for `List-Unsubscribe` with
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058); the body is not read.
 async fn optout(
     State(s): State<AppState>,
     Query(q): Query<OptOutQuery>,
 ) -> Result<axum::response::Html<String>, ApiError> {
-    let Some(key) = s.optout.clone() else {
-        return Err(ApiError::not_found("not_found", "no such route".into()));
-    };
-    let Some(o) = key.verify(&q.token) else {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_token",
-            message: "this opt-out link is not valid".into(),
-        });
-    };
+    let o = verified_optout(&s, &q.token)?;
     let dir = s.data_dir.clone();
     let now = s.clock.now();
     let rec = o.clone();
@@ -621,15 +666,14 @@ async fn optout(
     .await
     .map_err(ApiError::internal)??;
     tracing::info!(member_id = %o.member_id, channel = %o.channel, category = %o.category, "Member opted out");
-    let what = if o.channel == "*" {
-        "any channel".to_owned()
-    } else {
-        format!("{} messages", o.channel)
-    };
     Ok(axum::response::Html(format!(
-        "<!doctype html><meta charset=utf-8><title>Unsubscribed</title>\
-         <p>You will no longer receive {} messages from us by {what}. Messages about your orders still reach you.</p>",
-        o.category
+        "<!doctype html><html lang=en><meta charset=utf-8>\
+         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
+         <title>Unsubscribed</title>\
+         <main><h1>Unsubscribed</h1>\
+         <p>You will no longer receive {}. Messages about your orders still reach you.</p>\
+         </main></html>",
+        optout_scope(&o)
     )))
 }
 

@@ -443,7 +443,37 @@ async fn an_opt_out_link_stops_marketing_but_not_orders() {
             .await
             .unwrap()
     });
-    let res = reqwest::get(format!("http://{addr}/api/v1/optout?token={token}"))
+    let link = format!("http://{addr}/api/v1/optout?token={token}&utm_source=mail");
+    let opted_out = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM consent WHERE member_id = 'm-maria'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    // Opening the link (or a mail scanner fetching it) only asks: nothing is recorded.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let res = http.get(&link).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let page = res.text().await.unwrap();
+        assert!(
+            page.contains("Stop marketing messages from us by any channel?")
+                && page.contains(&format!(
+                    "<form method=post action=\"/api/v1/optout?token={token}\">"
+                ))
+                && page.contains("name=List-Unsubscribe value=One-Click"),
+            "{page}"
+        );
+    }
+    assert_eq!(opted_out(&e.conn), 0, "a GET opted her out");
+    // The button, or a mail client's one-click unsubscribe (RFC 8058), POSTs to the link.
+    let res = http
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
@@ -451,11 +481,18 @@ async fn an_opt_out_link_stops_marketing_but_not_orders() {
         .text()
         .await
         .unwrap()
-        .contains("no longer receive marketing"));
-    let forged = reqwest::get(format!("http://{addr}/api/v1/optout?token=x{token}"))
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 400);
+        .contains("no longer receive marketing messages from us by any channel"));
+    assert_eq!(opted_out(&e.conn), 1);
+    // Again: nothing new (idempotent).
+    assert_eq!(http.post(&link).send().await.unwrap().status(), 200);
+    assert_eq!(opted_out(&e.conn), 1);
+    for forged in [
+        format!("http://{addr}/api/v1/optout?token=x{token}"),
+        format!("http://{addr}/api/v1/optout?token={token}%22%3E"),
+    ] {
+        assert_eq!(http.get(&forged).send().await.unwrap().status(), 400);
+        assert_eq!(http.post(&forged).send().await.unwrap().status(), 400);
+    }
     set_state(&e.conn, "m-maria", Some("active"), "lapsing", e.clock.now());
     e.tick();
     let w = e.of_rule("m-maria", "win_back")[0].clone();
@@ -587,6 +624,7 @@ async fn an_email_reaches_a_real_smtp_server_with_the_rendered_body() {
         c.delivery.smtp.port = smtp.port();
         c.delivery.smtp.security = "none".into();
         c.delivery.smtp.from = "hello@beanthere.example".into();
+        c.outreach.public_url = "https://rollcall.beanthere.example".into();
         c.outreach.rules.get_mut("win_back").unwrap().channels =
             vec![rollcall_cloud::delivery::DeliveryChannel::Email];
     })
@@ -599,12 +637,31 @@ async fn an_email_reaches_a_real_smtp_server_with_the_rendered_body() {
     assert_eq!(m.status, "sent", "{m:?}");
     let mails = mails.lock().unwrap().clone();
     assert_eq!(mails.len(), 1);
-    let raw = mails[0].replace("=\r\n", "");
+    // Undo quoted-printable soft breaks and `=` escapes, and header folding.
+    let raw = mails[0]
+        .replace("=\r\n", "")
+        .replace("=3D", "=")
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
     assert!(raw.contains("Subject: We miss you, Maria"), "{raw}");
     assert!(raw.contains("To: maria@example.com"), "{raw}");
     assert!(raw.contains("Hi Maria,"), "{raw}");
     assert!(raw.contains("latte"), "{raw}");
     assert!(raw.contains("Message-ID: <outreach."), "{raw}");
+    // The mail client's own unsubscribe button: her signed opt-out link, one click
+    // (RFC 8058), the same link as in the body.
+    let link = e.outreach.optout_url("m-maria", "*");
+    assert!(link.starts_with("https://rollcall.beanthere.example/api/v1/optout?token="));
+    assert!(
+        raw.contains(&format!("List-Unsubscribe: <{link}>\r\n")),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
+        "{raw}"
+    );
+    let body = raw.split_once("\r\n\r\n").unwrap().1;
+    assert!(body.contains(&link), "{raw}");
 }
 
 #[tokio::test]

@@ -17,9 +17,53 @@ pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A configuration file's parse error as users read it: the dotted key first
+/// (`ingest.batch_max_reports: …`; the table for an unknown key), then the parser's
+/// message (which gives the line), with Rust's type names put in words. `path` is the
+/// key's path as `serde_path_to_error` prints it (`.` or empty at the top level).
+pub fn config_parse_message(path: &str, message: &str) -> String {
+    let mut message = message.to_owned();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        (
+            "invalid socket address syntax",
+            "not an address with a port (HOST:PORT, e.g. 127.0.0.1:8080)",
+        ),
+    ] {
+        message = message.replace(rust, words);
+    }
+    if path.is_empty() || path == "." {
+        message
+    } else {
+        format!("{path}: {message}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_message_names_the_key_and_says_the_type_in_words() {
+        assert_eq!(
+            config_parse_message(
+                "uplink.batch_max_events",
+                "invalid type: string \"x\", expected u32"
+            ),
+            "uplink.batch_max_events: invalid type: string \"x\", expected a whole number"
+        );
+        assert_eq!(
+            config_parse_message(".", "unknown field `x`"),
+            "unknown field `x`"
+        );
+        assert_eq!(config_parse_message("", "oops"), "oops");
+    }
 
     #[derive(Debug, thiserror::Error)]
     enum Outer {

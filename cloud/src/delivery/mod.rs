@@ -517,6 +517,11 @@ pub struct EmailPayload {
     pub subject: String,
     /// Plain-text body.
     pub body: String,
+    /// The member's opt-out URL, sent as `List-Unsubscribe` with
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058), so that mail
+    /// clients offer their own unsubscribe button; marketing messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<String>,
 }
 
 #[cfg(test)]

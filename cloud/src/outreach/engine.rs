@@ -585,8 +585,9 @@ impl Outreach {
             })
             .expect("serialises"),
             DeliveryChannel::Email => {
+                let marketing = row.category == Category::Marketing;
                 let mut body = row.body.clone();
-                if row.category == Category::Marketing && !body.contains(&optout_url) {
+                if marketing && !body.contains(&optout_url) {
                     body.push_str(&format!(
                         "\n\n--\nTo stop these messages, open {optout_url}"
                     ));
@@ -594,6 +595,7 @@ impl Outreach {
                 serde_json::to_value(delivery::EmailPayload {
                     subject: row.subject.clone(),
                     body,
+                    unsubscribe: marketing.then_some(optout_url),
                 })
                 .expect("serialises")
             }

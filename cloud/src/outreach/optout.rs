@@ -1,10 +1,11 @@
-//! One-click opt-out links that work without logging in.
+//! Opt-out links that work without logging in.
 //!
 //! A token is `base64url(member_id "|" channel "|" category) "." base64url(HMAC-SHA256)`,
 //! keyed by a key derived from the cloud's signing key (`cloud.key`), so it needs no
 //! table and cannot be forged or pointed at another member. `GET
-//! /api/v1/optout?token=...` records the opt-out in `consent` (idempotent); `channel` `*`
-//! means every channel. Only `marketing` can be opted out of: transactional messages
+//! /api/v1/optout?token=...` shows a page that asks; `POST` to the same URL (its button,
+//! or a mail client's RFC 8058 one-click unsubscribe) records the opt-out in `consent`
+//! (idempotent); `channel` `*` means every channel. Only `marketing` can be opted out of: transactional messages
 //! (orders) still go.
 
 use super::OutreachError;
