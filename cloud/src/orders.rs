@@ -396,6 +396,7 @@ pub fn hand_off_to_fulfilment(
                     .map_or(now, |until| until + Duration::milliseconds(1))
                     .max(now),
                 purpose: "fulfilment".into(),
+                quiet: None,
             },
         )?;
     }

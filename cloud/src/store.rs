@@ -533,6 +533,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE member_scores ADD COLUMN offline_note TEXT;
     "#,
+    // 14: the quiet hours a delivery keeps (`delivery::QuietWindow`, as
+    // `HH:MM-HH:MM IANA-zone`): a retry or re-send due inside them waits for their end.
+    // Empty for rows queued before, and for deliveries without quiet hours (fulfilment).
+    r#"
+    ALTER TABLE deliveries ADD COLUMN quiet TEXT;
+    "#,
 ];
 
 /// The migration after which [`crate::ledger::backfill_nodes`] runs (1-based version).

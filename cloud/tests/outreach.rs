@@ -692,6 +692,54 @@ fn webhook_delivery_benchmark() {
 }
 
 #[tokio::test]
+async fn a_retry_that_falls_due_in_the_members_quiet_hours_waits_for_their_end() {
+    // 20:50 in Berlin: ten minutes before the quiet hours (21:00–08:00).
+    let mut e = env(
+        "2026-05-21T18:50:00Z",
+        vec![Reply::Status(503), Reply::Status(200)],
+        |_| {},
+    )
+    .await;
+    e.maria();
+    set_state(&e.conn, "m-maria", Some("active"), "lapsing", e.clock.now());
+    assert_eq!(e.tick().queued, 1);
+    e.dispatch().await;
+    assert_eq!(e.receiver.received().len(), 1, "the first attempt fails");
+    let id = e.of_rule("m-maria", "win_back")[0].delivery_id.unwrap();
+    let quiet: Option<String> = e
+        .conn
+        .query_row("SELECT quiet FROM deliveries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(quiet.as_deref(), Some("21:00-08:00 Europe/Berlin"));
+    // The retry falls due at 21:30: it is not sent, but moved to 08:00 local time.
+    e.clock.set(t("2026-05-21T19:30:00Z"));
+    e.dispatch().await;
+    assert_eq!(e.receiver.received().len(), 1, "a retry went out at night");
+    let d = rollcall_cloud::delivery::get(&e.conn, id).unwrap().unwrap();
+    assert_eq!(d.status, "pending");
+    let not_before: i64 = e
+        .conn
+        .query_row(
+            "SELECT not_before_ms FROM deliveries WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(not_before, t("2026-05-22T06:00:00Z").timestamp_millis());
+    e.clock.set(t("2026-05-22T05:59:00Z"));
+    e.dispatch().await;
+    assert_eq!(e.receiver.received().len(), 1);
+    // 08:00 CEST: the retry goes out, once, and succeeds.
+    e.clock.set(t("2026-05-22T06:00:00Z"));
+    e.dispatch().await;
+    assert_eq!(e.receiver.accepted().len(), 1);
+    let d = rollcall_cloud::delivery::get(&e.conn, id).unwrap().unwrap();
+    assert_eq!((d.status.as_str(), d.attempts), ("delivered", 2));
+}
+
+#[tokio::test]
 async fn a_delivery_that_keeps_failing_goes_dead_after_the_last_attempt() {
     let mut e = env("2026-05-21T09:00:00Z", vec![Reply::Status(500)], |c| {
         c.delivery.max_attempts = 3;

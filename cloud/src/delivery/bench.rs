@@ -110,6 +110,7 @@ pub async fn run_async(n: usize) -> anyhow::Result<BenchResult> {
                 payload: serde_json::json!({"type": "bench", "n": i, "text": "Hi Maria, your machine has been quiet since Tuesday"}),
                 not_before: now,
                 purpose: "bench".into(),
+                quiet: None,
             },
         )?;
     }

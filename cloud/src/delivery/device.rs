@@ -434,6 +434,7 @@ mod tests {
                 payload: serde_json::json!({"title": "t", "body": "b"}),
                 not_before: now,
                 purpose: "outreach".into(),
+                quiet: None,
             },
         )
         .unwrap();

@@ -79,6 +79,8 @@ pub struct StepReport {
     pub published: u64,
     /// Scheduled for another attempt.
     pub retried: u64,
+    /// Due inside their quiet hours, so moved to the end of them.
+    pub deferred: u64,
     /// Given up.
     pub dead: u64,
 }
@@ -278,14 +280,14 @@ fn claim(
     {
         let mut due = tx.prepare_cached(
             "SELECT d.id, d.channel, d.target, d.idempotency_key, d.payload, d.attempts, d.extra_attempts, d.status,
-                    e.reason IS NOT NULL
+                    e.reason IS NOT NULL, d.quiet
              FROM deliveries d LEFT JOIN delivery_endpoints e ON e.channel = d.channel AND e.target = d.target
              WHERE d.status IN ('pending', 'awaiting_ack') AND d.not_before_ms <= ?1
              ORDER BY d.not_before_ms LIMIT CAST(?2 AS INTEGER)",
         )?;
         let mut expired = tx.prepare_cached(
             "SELECT d.id, d.channel, d.target, d.idempotency_key, d.payload, d.attempts, d.extra_attempts, d.status,
-                    e.reason IS NOT NULL
+                    e.reason IS NOT NULL, d.quiet
              FROM deliveries d LEFT JOIN delivery_endpoints e ON e.channel = d.channel AND e.target = d.target
              WHERE d.status = 'in_flight' AND d.lease_until_ms <= ?1 LIMIT CAST(?2 AS INTEGER)",
         )?;
@@ -300,6 +302,7 @@ fn claim(
                 r.get::<_, i64>(6)?,
                 r.get::<_, String>(7)?,
                 r.get::<_, bool>(8)?,
+                r.get::<_, Option<String>>(9)?,
             ))
         };
         let mut found: Vec<_> = due
@@ -319,7 +322,23 @@ fn claim(
         let mut take = tx.prepare_cached(
             "UPDATE deliveries SET status = 'in_flight', attempts = attempts + 1, lease_until_ms = ?2, updated_ms = ?3 WHERE id = ?1",
         )?;
-        for (id, channel, target, key, payload, attempts, extra, status, disabled) in found {
+        // A row due inside its quiet hours waits for their end; an expired lease goes back
+        // to `pending` (its attempt is already counted), an unacknowledged device message
+        // stays `awaiting_ack`.
+        let mut defer = tx.prepare_cached(
+            "UPDATE deliveries SET status = CASE status WHEN 'in_flight' THEN 'pending' ELSE status END,
+                not_before_ms = ?2, lease_until_ms = NULL, updated_ms = ?3 WHERE id = ?1",
+        )?;
+        for (id, channel, target, key, payload, attempts, extra, status, disabled, quiet) in found {
+            let quiet_end = quiet
+                .as_deref()
+                .and_then(super::QuietWindow::parse_column)
+                .and_then(|q| q.ends_after(now));
+            if let Some(end) = quiet_end {
+                defer.execute(params![id, end.timestamp_millis(), now_ms])?;
+                report.deferred += 1;
+                continue;
+            }
             let limit = max_attempts as i64 + extra;
             if disabled {
                 dead.execute(params![id, "endpoint_disabled", now_ms])?;

@@ -56,6 +56,7 @@
 //!     payload: serde_json::json!({"type": "order.accepted", "order_id": 42}),
 //!     not_before: now,
 //!     purpose: "fulfilment".into(),
+//!     quiet: None,                                       // no quiet hours
 //! })?;
 //! tx.commit()?;
 //! # Ok(()) }
@@ -251,6 +252,52 @@ pub struct NewDelivery {
     pub not_before: DateTime<Utc>,
     /// Who asked, for reports: `outreach`, `fulfilment`, ….
     pub purpose: String,
+    /// Hours in which no attempt may be made (the member's quiet hours), if any.
+    pub quiet: Option<QuietWindow>,
+}
+
+/// Hours of the day, in a member's time zone, in which a delivery is never attempted: an
+/// outreach message's quiet hours. The planner holds a message until they end before it
+/// queues it; the window travels with the delivery so that a retry after a failure, or a
+/// re-send to a device that did not acknowledge, that falls due inside the window waits
+/// for its end too. Stored as `HH:MM-HH:MM IANA-zone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietWindow {
+    /// The member's time zone.
+    pub tz: chrono_tz::Tz,
+    /// Local start.
+    pub start: chrono::NaiveTime,
+    /// Local end; earlier than `start` when the window spans midnight.
+    pub end: chrono::NaiveTime,
+}
+
+impl QuietWindow {
+    /// The stored form, `21:00-08:00 Europe/Berlin`.
+    pub fn to_column(&self) -> String {
+        format!(
+            "{}-{} {}",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M"),
+            self.tz.name()
+        )
+    }
+
+    /// Parses [`QuietWindow::to_column`]'s form (`None` for anything else).
+    pub fn parse_column(s: &str) -> Option<Self> {
+        let (times, tz) = s.split_once(' ')?;
+        let (start, end) = times.split_once('-')?;
+        let time = |t: &str| chrono::NaiveTime::parse_from_str(t, "%H:%M").ok();
+        Some(Self {
+            tz: tz.parse().ok()?,
+            start: time(start)?,
+            end: time(end)?,
+        })
+    }
+
+    /// When the window that holds `at` ends; `None` when `at` is outside it.
+    pub fn ends_after(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        crate::outreach::engine::quiet_until(at, self.tz, self.start, self.end)
+    }
 }
 
 /// What [`enqueue`] did.
@@ -280,8 +327,8 @@ pub fn enqueue_in_transaction(tx: &Connection, d: NewDelivery) -> Result<Enqueue
     let ms = d.not_before.timestamp_millis();
     let n = tx.execute(
         "INSERT INTO deliveries (channel, target, idempotency_key, purpose, payload, status, attempts,
-            not_before_ms, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)
+            not_before_ms, created_ms, updated_ms, quiet)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6, ?7)
          ON CONFLICT(idempotency_key) DO NOTHING",
         params![
             d.channel.name(),
@@ -289,7 +336,8 @@ pub fn enqueue_in_transaction(tx: &Connection, d: NewDelivery) -> Result<Enqueue
             d.idempotency_key.as_str(),
             d.purpose,
             payload,
-            ms
+            ms,
+            d.quiet.map(|q| q.to_column())
         ],
     )?;
     let id = tx.query_row(
@@ -562,6 +610,7 @@ mod tests {
             payload: serde_json::json!({"a": 1}),
             not_before: now,
             purpose: "test".into(),
+            quiet: None,
         };
         let tx = conn.transaction().unwrap();
         let a = enqueue(&tx, d.clone()).unwrap();
@@ -599,6 +648,7 @@ mod tests {
                     payload: serde_json::json!({}),
                     not_before: later,
                     purpose: "fulfilment".into(),
+                    quiet: None,
                 },
             )
             .unwrap();

@@ -516,6 +516,20 @@ impl Outreach {
                 payload,
                 not_before: now,
                 purpose: "outreach".into(),
+                quiet: self
+                    .cfg
+                    .quiet_hours
+                    .categories
+                    .contains(&row.category)
+                    .then(|| {
+                        let (start, end) = self.cfg.quiet_hours.window();
+                        delivery::QuietWindow {
+                            tz: facts.tz,
+                            start,
+                            end,
+                        }
+                    })
+                    .filter(|q| q.start != q.end),
             },
         )?;
         log(conn, row.id, "queue", "queued", None, now_ms)?;
