@@ -652,13 +652,103 @@ pub async fn sink_receive(
     }
     let text = String::from_utf8_lossy(&body).into_owned();
     with_writer(&s, move |conn| {
-        conn.execute(
-            "INSERT INTO sink_messages (webhook_id, received_ms, verified, body) VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT(webhook_id) DO NOTHING",
-            rusqlite::params![id, now.timestamp_millis(), text],
-        )
-        .map_err(ApiError::internal)
+        store_sink_message(conn, &id, now, &text).map_err(ApiError::internal)
     })
     .await?;
     Ok(StatusCode::OK)
+}
+
+/// Keeps a message the built-in sink received. A message about a member who is not in the
+/// registry (erased while the message was on its way: the dispatcher had already claimed
+/// it) is kept without its body, so that nothing about them outlives the erasure. The
+/// check and the insert are one transaction, serialised with the erasure's: either the
+/// erasure came first and the body is never stored, or it comes after and deletes it.
+pub fn store_sink_message(
+    conn: &mut rusqlite::Connection,
+    webhook_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    body: &str,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let member: Option<String> = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/member/id")
+                .or_else(|| v.get("member_id"))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        });
+    let unknown = match &member {
+        Some(m) => !tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE id = ?1)",
+            [m],
+            |r| r.get::<_, bool>(0),
+        )?,
+        None => false,
+    };
+    let kept = if unknown {
+        serde_json::json!({"redacted": "the member is not in the registry (erased)"}).to_string()
+    } else {
+        body.to_owned()
+    };
+    tx.execute(
+        "INSERT INTO sink_messages (webhook_id, received_ms, verified, body) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT(webhook_id) DO NOTHING",
+        rusqlite::params![webhook_id, now.timestamp_millis(), kept],
+    )?;
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_reaches_the_sink_after_its_members_erasure_is_kept_without_its_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO members (id, name, email, tz, created_ms) VALUES ('m1', 'Maria Lopez', 'maria@example.com', 'UTC', 0)",
+            [],
+        )
+        .unwrap();
+        let now = chrono::Utc::now();
+        let message = |id: &str| {
+            serde_json::json!({"type": "outreach.message", "id": id,
+                "member": {"id": "m1", "name": "Maria Lopez", "email": "maria@example.com"},
+                "body": "Hi Maria"})
+            .to_string()
+        };
+        let bodies = |conn: &rusqlite::Connection| -> Vec<(String, String)> {
+            let mut st = conn
+                .prepare("SELECT webhook_id, body FROM sink_messages ORDER BY webhook_id")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        store_sink_message(&mut conn, "msg_1", now, &message("outreach:1")).unwrap();
+        assert!(bodies(&conn)[0].1.contains("Maria"));
+        let id = rollcall_shared::MemberId::parse("m1").unwrap();
+        let erased = crate::profile::erase(&mut conn, &id, now).unwrap().unwrap();
+        assert_eq!(erased.sink_messages_removed, 1);
+        assert!(bodies(&conn).is_empty());
+        // One that was on its way during the erasure arrives now.
+        store_sink_message(&mut conn, "msg_2", now, &message("outreach:2")).unwrap();
+        // A fulfilment message about the pseudonym names no one and is kept whole.
+        let fulfil = serde_json::json!({"type": "order.accepted", "member_id": erased.pseudonym})
+            .to_string();
+        store_sink_message(&mut conn, "msg_3", now, &fulfil).unwrap();
+        // Not JSON, or about no member: kept as received.
+        store_sink_message(&mut conn, "msg_4", now, "plain text").unwrap();
+        let b = bodies(&conn);
+        assert_eq!(b.len(), 3);
+        assert!(
+            !b[0].1.contains("Maria") && b[0].1.contains("redacted"),
+            "{b:?}"
+        );
+        assert_eq!(b[1].1, fulfil);
+        assert_eq!(b[2].1, "plain text");
+    }
 }
