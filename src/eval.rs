@@ -93,7 +93,10 @@ pub struct Evaluation {
 /// threshold of any of them gets there, and which predictor pays least for a given lead.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tradeoff {
-    /// The model, by `lapsing_enter_below` (enter `lapsing` below this `p_engaged`).
+    /// The model, by `lapsing_enter_below` (enter `lapsing` below this `p_engaged`); for
+    /// the thresholds other than the configured one, `lapsing_exit_above` is raised to at
+    /// least the threshold + 0.1 and `lapsed_below` kept under half of it, as the state
+    /// machine needs them ordered.
     pub model: Vec<OperatingPoint>,
     /// `silent_{k}d`: flag after `k` silent days.
     pub silent_days: Vec<OperatingPoint>,
@@ -502,7 +505,7 @@ pub fn evaluate(data_dir: &Path, truth: &Truth, opts: &EvalOptions) -> Result<Ev
                     ScoringConfig {
                         lapsing_enter_below: t,
                         lapsing_exit_above: opts.scoring.lapsing_exit_above.max(t + 0.1).min(0.99),
-                        lapsed_below: opts.scoring.lapsed_below.min(t),
+                        lapsed_below: opts.scoring.lapsed_below.min(t / 2.0),
                         ..opts.scoring.clone()
                     }
                 }

@@ -289,32 +289,19 @@ fn eval_scores_the_fleet_against_its_truth_and_sweeps_every_predictors_threshold
     same(at("silent_days", 14.0), &e["baselines"]["silent_14d"]);
     same(at("gap_multiple", 3.0), &e["baselines"]["gap_3x"]);
 
-    // A baseline's flags at a higher threshold are a subset of those at a lower one: never
-    // more false alarms, never an earlier catch.
+    // The most eager threshold of each baseline pays for its lead in false alarms. (Not
+    // point by point: a flag already up on the window's first day is not counted, and a
+    // stricter threshold loses the late catches, so neither series need be monotonic.)
     for series in ["silent_days", "gap_multiple"] {
         let points = t[series].as_array().unwrap();
         assert!(points.len() >= 8, "{series}: {points:?}");
-        for w in points.windows(2) {
-            let fa = |p: &Value| p["false_alarms_per_1000"].as_f64().unwrap();
-            assert!(fa(&w[1]) <= fa(&w[0]), "{series}: {} then {}", w[0], w[1]);
-            if let (Some(a), Some(b)) = (
-                w[0]["median_lead_days"].as_f64(),
-                w[1]["median_lead_days"].as_f64(),
-            ) {
-                assert!(b >= a, "{series}: {} then {}", w[0], w[1]);
-            }
+        let fa = |p: &Value| p["false_alarms_per_1000"].as_f64().unwrap();
+        let (first, last) = (&points[0], points.last().unwrap());
+        assert!(fa(first) > 2.0 * fa(last), "{series}: {points:?}");
+        let lead = |p: &Value| p["median_lead_days"].as_f64();
+        if let (Some(a), Some(b)) = (lead(first), lead(last)) {
+            assert!(a < b, "{series}: {points:?}");
         }
-        // The most eager threshold pays for its lead in false alarms.
-        let first = &points[0];
-        let last = points
-            .iter()
-            .rev()
-            .find(|p| !p["median_lead_days"].is_null())
-            .unwrap();
-        assert!(
-            first["false_alarms_per_1000"].as_f64() > last["false_alarms_per_1000"].as_f64(),
-            "{series}: {points:?}"
-        );
     }
     // Each comparison names a model point that really has no more false alarms.
     let comparisons = t["model_vs_baselines"].as_array().unwrap();

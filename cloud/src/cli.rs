@@ -164,7 +164,8 @@ pub enum DeliveriesCmd {
         /// Delivery id.
         id: i64,
     },
-    /// Make a dead delivery due again now (one more attempt; re-enables a 410'd endpoint).
+    /// Make a dead delivery due again now (one more attempt; re-enables a 410'd endpoint;
+    /// a marketing message still waits out the member's quiet hours).
     Retry {
         /// Delivery id.
         id: i64,

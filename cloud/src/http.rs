@@ -640,7 +640,7 @@ async fn optout_page(
          <title>Unsubscribe</title>\
          <main><h1>Unsubscribe</h1>\
          <p>Stop {}? Messages about your orders still reach you.</p>\
-         <form method=post action=\"/api/v1/optout?token={}\">\
+         <form method=post action=\"?token={}\">\
          <input type=hidden name=List-Unsubscribe value=One-Click>\
          <button type=submit>Unsubscribe</button></form></main></html>",
         optout_scope(&o),
@@ -661,6 +661,17 @@ async fn optout(
     let rec = o.clone();
     tokio::task::spawn_blocking(move || {
         let conn = crate::store::open_writer(&dir).map_err(ApiError::internal)?;
+        // A link outlives an erasure: it must not bring back a record under the old id.
+        let known: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM members WHERE id = ?1)",
+                [&rec.member_id],
+                |r| r.get(0),
+            )
+            .map_err(ApiError::internal)?;
+        if !known {
+            return Ok(());
+        }
         crate::outreach::optout::record(&conn, &rec, "link", now).map_err(ApiError::internal)
     })
     .await

@@ -459,7 +459,7 @@ pub fn erase(
         .collect::<Result<_, _>>()?;
     for d in &deliveries {
         tx.execute(
-            "UPDATE deliveries SET payload = '{}', target = 'erased',
+            "UPDATE deliveries SET payload = '{}', target = 'erased', quiet = NULL,
                  status = CASE WHEN status IN ('pending', 'awaiting_ack') THEN 'cancelled' ELSE status END,
                  last_error = CASE WHEN status IN ('pending', 'awaiting_ack') THEN 'member_erased' ELSE last_error END,
                  updated_ms = ?2

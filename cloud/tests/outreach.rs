@@ -250,6 +250,18 @@ async fn a_receiver_that_times_out_is_retried() {
     e.dispatch().await;
     let d = rollcall_cloud::delivery::get(&e.conn, id).unwrap().unwrap();
     assert_eq!((d.status.as_str(), d.attempts), ("delivered", 2));
+    // The window names her time zone: an erasure removes it with the payload.
+    let member = rollcall_shared::MemberId::parse("m-maria").unwrap();
+    rollcall_cloud::profile::erase(&mut e.conn, &member, e.clock.now())
+        .unwrap()
+        .unwrap();
+    let quiet: Option<String> = e
+        .conn
+        .query_row("SELECT quiet FROM deliveries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(quiet, None);
 }
 
 #[tokio::test]
@@ -460,9 +472,7 @@ async fn an_opt_out_link_stops_marketing_but_not_orders() {
         let page = res.text().await.unwrap();
         assert!(
             page.contains("Stop marketing messages from us by any channel?")
-                && page.contains(&format!(
-                    "<form method=post action=\"/api/v1/optout?token={token}\">"
-                ))
+                && page.contains(&format!("<form method=post action=\"?token={token}\">"))
                 && page.contains("name=List-Unsubscribe value=One-Click"),
             "{page}"
         );
@@ -533,6 +543,19 @@ async fn an_opt_out_link_stops_marketing_but_not_orders() {
         .as_str()
         .unwrap()
         .contains("order ord-7 for pods-latte-50 (24.90 EUR)"));
+    // Erasure removes her opt-outs; the link still verifies afterwards but brings nothing
+    // back under the old id.
+    let id = rollcall_shared::MemberId::parse("m-maria").unwrap();
+    rollcall_cloud::profile::erase(&mut e.conn, &id, e.clock.now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(opted_out(&e.conn), 0);
+    assert_eq!(http.post(&link).send().await.unwrap().status(), 200);
+    assert_eq!(
+        opted_out(&e.conn),
+        0,
+        "the link recreated an erased member's opt-out"
+    );
 }
 
 #[tokio::test]
@@ -719,6 +742,10 @@ async fn a_retry_that_falls_due_in_the_members_quiet_hours_waits_for_their_end()
     assert_eq!(e.receiver.received().len(), 1, "a retry went out at night");
     let d = rollcall_cloud::delivery::get(&e.conn, id).unwrap().unwrap();
     assert_eq!(d.status, "pending");
+    assert_eq!(
+        d.last_error.as_deref(),
+        Some("quiet_hours: waits until 2026-05-22T06:00:00+00:00")
+    );
     let not_before: i64 = e
         .conn
         .query_row(
@@ -737,6 +764,18 @@ async fn a_retry_that_falls_due_in_the_members_quiet_hours_waits_for_their_end()
     assert_eq!(e.receiver.accepted().len(), 1);
     let d = rollcall_cloud::delivery::get(&e.conn, id).unwrap().unwrap();
     assert_eq!((d.status.as_str(), d.attempts), ("delivered", 2));
+    // The window names her time zone: an erasure removes it with the payload.
+    let member = rollcall_shared::MemberId::parse("m-maria").unwrap();
+    rollcall_cloud::profile::erase(&mut e.conn, &member, e.clock.now())
+        .unwrap()
+        .unwrap();
+    let quiet: Option<String> = e
+        .conn
+        .query_row("SELECT quiet FROM deliveries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(quiet, None);
 }
 
 #[tokio::test]

@@ -327,18 +327,9 @@ fn claim(
         // stays `awaiting_ack`.
         let mut defer = tx.prepare_cached(
             "UPDATE deliveries SET status = CASE status WHEN 'in_flight' THEN 'pending' ELSE status END,
-                not_before_ms = ?2, lease_until_ms = NULL, updated_ms = ?3 WHERE id = ?1",
+                not_before_ms = ?2, lease_until_ms = NULL, last_error = ?3, updated_ms = ?4 WHERE id = ?1",
         )?;
         for (id, channel, target, key, payload, attempts, extra, status, disabled, quiet) in found {
-            let quiet_end = quiet
-                .as_deref()
-                .and_then(super::QuietWindow::parse_column)
-                .and_then(|q| q.ends_after(now));
-            if let Some(end) = quiet_end {
-                defer.execute(params![id, end.timestamp_millis(), now_ms])?;
-                report.deferred += 1;
-                continue;
-            }
             let limit = max_attempts as i64 + extra;
             if disabled {
                 dead.execute(params![id, "endpoint_disabled", now_ms])?;
@@ -360,6 +351,24 @@ fn claim(
                 report.dead += 1;
                 continue;
             };
+            // Only a row that would really be sent waits out its quiet hours.
+            let window = quiet.as_deref().and_then(|q| {
+                let w = super::QuietWindow::parse_column(q);
+                if w.is_none() {
+                    tracing::warn!(
+                        delivery = id,
+                        quiet = q,
+                        "Unreadable quiet hours on a delivery; sending it without them"
+                    );
+                }
+                w
+            });
+            if let Some(end) = window.and_then(|w| w.ends_after(now)) {
+                let why = format!("quiet_hours: waits until {}", end.to_rfc3339());
+                defer.execute(params![id, end.timestamp_millis(), why, now_ms])?;
+                report.deferred += 1;
+                continue;
+            }
             take.execute(params![id, now_ms + lease_ms, now_ms])?;
             rows.push(Claimed {
                 id,

@@ -24,9 +24,15 @@
 //!    the row is `dead`. An HTTP `410 Gone` disables the endpoint (`delivery_endpoints`):
 //!    that delivery and every later one to the endpoint go `dead` with
 //!    `endpoint_disabled` until `deliveries retry` re-enables it.
-//! 6. **Rows are never deleted.** `delivered`, `dead` and `cancelled` are final;
+//! 6. **Quiet hours hold.** A row queued with a [`QuietWindow`] (an outreach message's
+//!    quiet hours in the member's zone) that falls due inside it (a retry, a re-send to a
+//!    device, an expired lease, a manual retry) is not claimed: its `not_before` moves to
+//!    the window's end, with `last_error` `quiet_hours: waits until …`, and no attempt is
+//!    counted. A row that would be given up anyway (attempts used up, endpoint disabled)
+//!    is given up first.
+//! 7. **Rows are never deleted.** `delivered`, `dead` and `cancelled` are final;
 //!    `deliveries retry` moves a `dead` row back to `pending` with one more attempt.
-//! 7. **Size limits.** A payload is at most [`MAX_PAYLOAD_BYTES`] of JSON; keys are
+//! 8. **Size limits.** A payload is at most [`MAX_PAYLOAD_BYTES`] of JSON; keys are
 //!    1–200 characters of `[A-Za-z0-9._:-]`.
 //!
 //! # States
@@ -35,6 +41,8 @@
 //!  enqueue ─► pending ──claim──► in_flight ──2xx / SMTP 250──────────► delivered
 //!               ▲  │                 │ ├──device published──► awaiting_ack ──receipt──► delivered
 //!               │  │ cancel          │ ├──error, attempts left──► pending (not_before = now + backoff)
+//!               │  │ quiet hours: not_before = their end (pending / awaiting_ack; an expired
+//!               │  │ lease back to pending), no attempt counted
 //!               │  ▼                 │ └──last attempt / 410 / disabled──► dead
 //!               │ cancelled          │
 //!               └──── retry ◄──── dead

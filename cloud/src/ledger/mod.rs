@@ -1112,6 +1112,7 @@ mod tests {
         f.conn
             .execute_batch(
                 "DROP TABLE ledger_nodes; ALTER TABLE member_scores DROP COLUMN offline_note;
+                 ALTER TABLE deliveries DROP COLUMN quiet;
                  PRAGMA user_version = 10;",
             )
             .unwrap();
@@ -1168,6 +1169,7 @@ mod tests {
             .execute_batch(
                 "DELETE FROM ledger_entries WHERE idx = 5;
                  DROP TABLE ledger_nodes; ALTER TABLE member_scores DROP COLUMN offline_note;
+                 ALTER TABLE deliveries DROP COLUMN quiet;
                  PRAGMA user_version = 10;",
             )
             .unwrap();

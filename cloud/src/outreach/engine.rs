@@ -879,7 +879,17 @@ pub fn quiet_until(
     } else {
         day
     };
-    Some(local_to_utc(tz, end_day.and_time(end)))
+    let until = local_to_utc(tz, end_day.and_time(end));
+    if until > now {
+        return Some(until);
+    }
+    // The window ends at a local time the clocks pass twice (the night they go back), and
+    // `now` is in the second pass: the end is the later of the two instants. Never an
+    // instant already past, which would have a caller hold a message "until" then forever.
+    tz.from_local_datetime(&end_day.and_time(end))
+        .latest()
+        .map(|u| u.with_timezone(&Utc))
+        .filter(|u| *u > now)
 }
 
 /// The member's calendar day around `now`, as Unix ms `[start, end)`.
@@ -923,6 +933,25 @@ mod tests {
     }
     fn hm(s: &str) -> NaiveTime {
         NaiveTime::parse_from_str(s, "%H:%M").unwrap()
+    }
+
+    #[test]
+    fn quiet_hours_that_end_in_the_hour_the_clocks_repeat_never_end_in_the_past() {
+        let berlin = chrono_tz::Europe::Berlin;
+        // 25 October 2026: at 03:00 CEST the clocks go back to 02:00 CET, so 02:00–02:59
+        // happens twice. A window 22:00–02:30 ends at 00:30Z in the first pass...
+        let first = quiet_until(t("2026-10-25T00:10:00Z"), berlin, hm("22:00"), hm("02:30"));
+        assert_eq!(first, Some(t("2026-10-25T00:30:00Z")));
+        // ... and, for someone asking at 02:10 CET in the second pass, at 01:30Z: not at
+        // 00:30Z, which is already over (a dispatcher deferring to it would spin).
+        let second = quiet_until(t("2026-10-25T01:10:00Z"), berlin, hm("22:00"), hm("02:30"));
+        assert_eq!(second, Some(t("2026-10-25T01:30:00Z")));
+        for m in 0..180 {
+            let now = t("2026-10-24T23:00:00Z") + Duration::minutes(m);
+            if let Some(u) = quiet_until(now, berlin, hm("22:00"), hm("02:30")) {
+                assert!(u > now, "{now}: {u}");
+            }
+        }
     }
 
     #[test]
