@@ -250,18 +250,6 @@ async fn a_receiver_that_times_out_is_retried() {
     e.dispatch().await;
     let d = rollcall_cloud::delivery::get(&e.conn, id).unwrap().unwrap();
     assert_eq!((d.status.as_str(), d.attempts), ("delivered", 2));
-    // The window names her time zone: an erasure removes it with the payload.
-    let member = rollcall_shared::MemberId::parse("m-maria").unwrap();
-    rollcall_cloud::profile::erase(&mut e.conn, &member, e.clock.now())
-        .unwrap()
-        .unwrap();
-    let quiet: Option<String> = e
-        .conn
-        .query_row("SELECT quiet FROM deliveries WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(quiet, None);
 }
 
 #[tokio::test]
