@@ -557,7 +557,7 @@ pub const FILE: &str = "rollcall.db";
 /// keys, a 32 MB page cache, in-memory temporary storage).
 pub(crate) fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    rollcall_shared::sqlite::enable_wal(conn, Duration::from_secs(30))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "cache_size", -32_000)?;

@@ -19,6 +19,8 @@ pub mod payload;
 pub mod pidlock;
 pub mod report;
 pub mod secret;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod topics;
 
 pub use broker_url::{BrokerUrl, BrokerUrlError};

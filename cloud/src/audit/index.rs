@@ -56,7 +56,7 @@ pub fn open(data_dir: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(data_dir.join(FILE))?;
     // Only the checkpointer writes it; never wait long for anyone else.
     conn.busy_timeout(std::time::Duration::from_secs(1))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    rollcall_shared::sqlite::enable_wal(&conn, std::time::Duration::from_secs(1))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
     // A rebuild commits large batches; cut the write-ahead file back after them.
