@@ -285,7 +285,8 @@ fn eval_scores_the_fleet_against_its_truth_and_sweeps_every_predictors_threshold
             assert_eq!(point[k], figures[k], "{k}: {point} vs {figures}");
         }
     };
-    same(at("model", 0.05), &e["model"]);
+    let configured = rollcall_cloud::config::ScoringConfig::default().lapsing_enter_below;
+    same(at("model", configured), &e["model"]);
     same(at("silent_days", 14.0), &e["baselines"]["silent_14d"]);
     same(at("gap_multiple", 3.0), &e["baselines"]["gap_3x"]);
 

@@ -304,6 +304,9 @@ pub struct ScoringConfig {
     pub lapsing_silence_below: f64,
     /// Leave `lapsing` (or `lapsed`) only when `p_engaged` rises above this after new activity.
     pub lapsing_exit_above: f64,
+    /// BG/BB also reads each member's days by weekday, and trusts that reading as far as
+    /// it explains the member's history better than one daily chance (`docs/scoring.md`).
+    pub weekly_rhythm: bool,
     /// `lapsed` (probably gone) below this `p_engaged`.
     pub lapsed_below: f64,
     /// `champion`: in this top fraction of members by expected active days …
@@ -337,10 +340,11 @@ impl Default for ScoringConfig {
             no_start_days: 7,
             onboarding_watch_days: 45,
             onboarding_fade_days: 14,
-            lapsing_enter_below: 0.05,
+            lapsing_enter_below: 0.02,
             lapsing_silence_below: 0.0,
             lapsing_exit_above: 0.7,
-            lapsed_below: 0.02,
+            weekly_rhythm: true,
+            lapsed_below: 0.01,
             champion_top_fraction: 0.10,
             champion_min_p_engaged: 0.9,
             champion_keep_fraction: 0.20,
@@ -945,7 +949,7 @@ mod tests {
         let c = load_str("[scoring]\nmodel = \"bgnbd\"\nmin_dwell_days = 5\n").unwrap();
         assert_eq!(c.scoring.model, crate::scoring::model::ModelKind::Bgnbd);
         assert_eq!(c.scoring.min_dwell_days, 5);
-        let e = load_str("[scoring]\nlapsing_exit_above = 0.03\n")
+        let e = load_str("[scoring]\nlapsing_exit_above = 0.015\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("scoring.lapsing_exit_above"), "{e}");

@@ -8,6 +8,7 @@ mod pyref;
 use rollcall_cloud::scoring::bgbb::{self, BgbbParams};
 use rollcall_cloud::scoring::fit::{fit, FitData, FitOptions};
 use rollcall_cloud::scoring::model::{self, ModelKind, Rft};
+use rollcall_cloud::scoring::rhythm::DayChances;
 use rollcall_cloud::scoring::summary::DaySummary;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -304,7 +305,7 @@ print(json.dumps(out))
             pyref::close(model::log_likelihood(k, &slots, &s), ll),
             "LL {what}"
         );
-        let o = model::member_outputs(k, &slots, &s, [hf, hf]);
+        let o = model::member_outputs(k, &slots, &s, [hf, hf], &DayChances::Pooled);
         assert!(
             pyref::close(o.p_silent[0], ps) && pyref::close(o.expected_active, ex),
             "{what}"

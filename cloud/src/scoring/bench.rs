@@ -5,6 +5,7 @@ use super::bgbb::BgbbParams;
 use super::engine;
 use super::fit::{self, FitData, FitOptions};
 use super::model::{ModelKind, Params};
+use super::rhythm::Weekdays;
 use super::simulate::simulate;
 use super::state::{Memory, State};
 use super::summary::{DaySummary, MemberDays};
@@ -103,6 +104,7 @@ pub fn run_model(
                 origin_day: origin,
                 active_days: s.x + 1,
                 last_active_day: Some(origin + s.t_x_days as i32),
+                weekdays: spread(s.x, s.t_x_days),
             })
         })
         .collect();
@@ -154,4 +156,27 @@ pub fn run_model(
             .map(|n| n.get())
             .unwrap_or(1),
     })
+}
+
+/// Weekday counts for a summary without a calendar: the `t_x` days after an origin, the
+/// `x` active ones dealt to the weekdays in turn (as far as each has days),
+/// so that the benchmark scores every member with the weekly reading as the live scorer
+/// does.
+fn spread(x: u32, t_x: u32) -> Weekdays {
+    let mut w = Weekdays::count(0, t_x as i32, std::iter::empty());
+    let mut left = x;
+    while left > 0 {
+        let mut dealt = false;
+        for d in 0..7 {
+            if left > 0 && w.active[d] < w.days[d] {
+                w.active[d] += 1;
+                left -= 1;
+                dealt = true;
+            }
+        }
+        if !dealt {
+            break;
+        }
+    }
+    w
 }

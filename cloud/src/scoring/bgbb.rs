@@ -25,6 +25,9 @@
 //! evaluation costs one `exp` and one `ln` per distinct `(x, t_x, n)`.
 
 use super::model::{ln_gamma, Params, Rft};
+#[cfg(test)]
+use super::rhythm::Weekdays;
+use super::rhythm::{DayChances, Silence};
 use serde::{Deserialize, Serialize};
 
 /// BG/BB parameters under their published names. [`Params`] carries them in its four
@@ -97,73 +100,155 @@ pub struct Outputs {
 
 /// The member's outputs for the horizons `h` (in days, rounded to whole days).
 pub fn outputs(p: &BgbbParams, s: &Rft, h: [f64; 2]) -> Outputs {
+    outputs_with(p, s, h, &DayChances::Pooled)
+}
+
+/// [`outputs`] with the member's silent days after `t_x` weighed by `chances`.
+///
+/// With [`DayChances::Weekly`] the member's days are explained two ways: BG/BB's one
+/// daily chance, or one chance per weekday, each with the fleet's `Beta(α, β)` as its
+/// prior ([`super::rhythm`]). The two are averaged by how well each explains the member's
+/// own days up to `t_x` (their marginal likelihoods, even odds before): a member with a
+/// firm weekly rhythm is read by it, a daily member by the pooled chance (the seven
+/// weekday chances pay for being seven), and the silence since `t_x` moves the weights
+/// further. The drop-out process is BG/BB's in both; so is the log-likelihood, which
+/// is that of the pooled model.
+pub fn outputs_with(p: &BgbbParams, s: &Rft, h: [f64; 2], chances: &DayChances) -> Outputs {
     let (x, t_x, n) = opportunities(s);
     let (al, be, ga, de) = (p.alpha, p.beta, p.gamma, p.delta);
     let hs = [h[0].max(0.0).round(), h[1].max(0.0).round()];
-    let end = n + hs[0].max(hs[1]);
     // ln of the alive term at t_x; every other term is taken relative to it.
-    let ln_a_tx = ln_gamma(al + x) + ln_gamma(be + t_x - x) - ln_gamma(al + be + t_x)
-        + ln_gamma(ga)
-        + ln_gamma(de + t_x)
-        - ln_gamma(ga + de + t_x)
-        - ln_beta(al, be)
-        - ln_beta(ga, de);
-    // s = Σ dead terms / A(t_x), e = A(j) / A(t_x), q = B(α+x, β+j−x)/B(α+x, β+t_x−x).
-    let (mut s_sum, mut e, mut q) = (0.0f64, 1.0f64, 1.0f64);
-    let mut at_n = (1.0, 1.0, 1.0); // (L(n)/A(t_x), A(n)/A(t_x), q at n)
-    let mut l_h = [1.0f64; 2];
-    let mut j = t_x;
-    loop {
-        if j == n {
-            at_n = (s_sum + e, e, q);
-        }
-        for k in 0..2 {
-            if j == n + hs[k] {
-                l_h[k] = s_sum + e;
-            }
-        }
-        if j >= end {
-            break;
-        }
-        s_sum += e * ga / (ga + de + j);
-        let fp = (be + j - x) / (al + be + j);
-        e *= fp * (de + j) / (ga + de + j);
-        if j < n {
-            q *= fp;
-        }
-        j += 1.0;
-    }
-    let (l_n, a_n, q_n) = at_n;
-    let p_alive = (a_n / l_n).clamp(0.0, 1.0);
-    // Expected active days: P(alive at n) · E[p | alive] · Σ_k P(survive k more deaths).
-    let p_active = (al + x) / (al + be + n);
-    let mut expected = [0.0f64; 2];
-    let mut surv = 1.0;
-    let mut acc = 0.0;
-    let mut k = 0.0;
-    while k < hs[0].max(hs[1]) {
-        surv *= (de + n + k) / (ga + de + n + k);
-        acc += surv;
-        k += 1.0;
-        for i in 0..2 {
-            if k == hs[i] {
-                expected[i] = acc;
-            }
-        }
-    }
+    let ln_m_pooled = ln_beta(al + x, be + t_x - x) - ln_beta(al, be);
+    let ln_a_tx =
+        ln_m_pooled + ln_gamma(ga) + ln_gamma(de + t_x) - ln_gamma(ga + de + t_x) - ln_beta(ga, de);
+    let pooled = Run::new(
+        p,
+        t_x,
+        n,
+        hs,
+        Silence::new(&DayChances::Pooled, al, be, x, t_x),
+    );
+    let rate = (al + x) / (al + be + t_x);
+    let weekly = match chances {
+        DayChances::Weekly { weekdays, .. } if x > 0.0 && weekdays.spans(x, t_x) => Some((
+            weekdays.log_marginal(al, be) - ln_m_pooled,
+            Run::new(p, t_x, n, hs, Silence::new(chances, al, be, x, t_x)),
+        )),
+        _ => None,
+    };
+    let Some((ln_bayes_factor, weekly)) = weekly else {
+        return pooled.outputs(ln_a_tx, rate);
+    };
+    // Prior weights from the history up to t_x: w = P(weekly | days up to t_x).
+    let w = 1.0 / (1.0 + (-ln_bayes_factor).exp());
+    let mix = |a: f64, b: f64| (1.0 - w) * a + w * b;
+    let l_n = mix(pooled.l_n, weekly.l_n);
+    // Posterior weight of the weekly reading at n (the silence since t_x included).
+    let w_n = w * weekly.l_n / l_n;
+    let p_alive = (mix(pooled.a_n, weekly.a_n) / l_n).clamp(0.0, 1.0);
+    let expected = |i: usize| {
+        (1.0 - w_n) * pooled.p_alive() * pooled.expected[i]
+            + w_n * weekly.p_alive() * weekly.expected[i]
+    };
     Outputs {
-        log_likelihood: ln_a_tx + l_n.ln(),
+        log_likelihood: ln_a_tx + pooled.l_n.ln(),
         p_alive,
         p_silent: [
-            (l_h[0] / l_n).clamp(0.0, 1.0),
-            (l_h[1] / l_n).clamp(0.0, 1.0),
+            (mix(pooled.l_h[0], weekly.l_h[0]) / l_n).clamp(0.0, 1.0),
+            (mix(pooled.l_h[1], weekly.l_h[1]) / l_n).clamp(0.0, 1.0),
         ],
-        expected_active: [
-            p_alive * p_active * expected[0],
-            p_alive * p_active * expected[1],
-        ],
-        p_silence_if_alive: q_n.clamp(0.0, 1.0),
-        rate: (al + x) / (al + be + t_x),
+        expected_active: [expected(0), expected(1)],
+        p_silence_if_alive: mix(pooled.q_n, weekly.q_n).clamp(0.0, 1.0),
+        rate,
+    }
+}
+
+/// One pass over a member's silence from `t_x` to `n + max(h)` under one reading of
+/// their days, every term relative to the alive term at `t_x`.
+struct Run {
+    /// `L(n) / A(t_x)`.
+    l_n: f64,
+    /// `A(n) / A(t_x)`.
+    a_n: f64,
+    /// P(silent from `t_x + 1` to `n` | alive).
+    q_n: f64,
+    /// `L(n + h) / A(t_x)` per horizon.
+    l_h: [f64; 2],
+    /// Σ over the next `h` days of P(survive to that day) · P(active on it | alive at n).
+    expected: [f64; 2],
+}
+
+impl Run {
+    fn new(p: &BgbbParams, t_x: f64, n: f64, hs: [f64; 2], mut silence: Silence) -> Run {
+        let (ga, de) = (p.gamma, p.delta);
+        let end = n + hs[0].max(hs[1]);
+        // s = Σ dead terms / A(t_x), e = A(j) / A(t_x), q = P(silent t_x+1..=j | alive)
+        // (BG/BB: B(α+x, β+j−x)/B(α+x, β+t_x−x)).
+        let (mut s_sum, mut e, mut q) = (0.0f64, 1.0f64, 1.0f64);
+        let mut at_n = (1.0, 1.0, 1.0, silence);
+        let mut l_h = [1.0f64; 2];
+        let mut j = t_x;
+        loop {
+            if j == n {
+                at_n = (s_sum + e, e, q, silence);
+            }
+            for k in 0..2 {
+                if j == n + hs[k] {
+                    l_h[k] = s_sum + e;
+                }
+            }
+            if j >= end {
+                break;
+            }
+            s_sum += e * ga / (ga + de + j);
+            let fp = silence.next_silent(j);
+            e *= fp * (de + j) / (ga + de + j);
+            if j < n {
+                q *= fp;
+            }
+            j += 1.0;
+        }
+        let (l_n, a_n, q_n, belief) = at_n;
+        let mut expected = [0.0f64; 2];
+        let mut surv = 1.0;
+        let mut acc = 0.0;
+        let mut k = 0.0;
+        while k < hs[0].max(hs[1]) {
+            surv *= (de + n + k) / (ga + de + n + k);
+            acc += surv * belief.active(n + k);
+            k += 1.0;
+            for i in 0..2 {
+                if k == hs[i] {
+                    expected[i] = acc;
+                }
+            }
+        }
+        Run {
+            l_n,
+            a_n,
+            q_n,
+            l_h,
+            expected,
+        }
+    }
+
+    fn p_alive(&self) -> f64 {
+        (self.a_n / self.l_n).clamp(0.0, 1.0)
+    }
+
+    fn outputs(&self, ln_a_tx: f64, rate: f64) -> Outputs {
+        let p_alive = self.p_alive();
+        Outputs {
+            log_likelihood: ln_a_tx + self.l_n.ln(),
+            p_alive,
+            p_silent: [
+                (self.l_h[0] / self.l_n).clamp(0.0, 1.0),
+                (self.l_h[1] / self.l_n).clamp(0.0, 1.0),
+            ],
+            expected_active: [p_alive * self.expected[0], p_alive * self.expected[1]],
+            p_silence_if_alive: self.q_n.clamp(0.0, 1.0),
+            rate,
+        }
     }
 }
 
@@ -376,6 +461,195 @@ mod tests {
 
     fn rft(x: f64, t_x: f64, t: f64) -> Rft {
         Rft { x, t_x, t }
+    }
+
+    /// A daily-usage fleet's parameters (rate about 0.6, about one drop-out in 400 days).
+    const DAILY: BgbbParams = BgbbParams {
+        alpha: 1.3,
+        beta: 0.85,
+        gamma: 0.6,
+        delta: 240.0,
+    };
+
+    /// A member's days as a weekly pattern: origin on a Monday (day 4), then `weeks`
+    /// weeks (to a Sunday) active on the weekdays in `on` (Monday first); the last active
+    /// day is the last of them in the final week.
+    fn weekly_member(weeks: i32, on: [bool; 7]) -> (f64, f64, DayChances) {
+        let origin = 4;
+        let active: Vec<i32> = (1..weeks * 7)
+            .map(|k| origin + k)
+            .filter(|d| on[super::super::rhythm::weekday(*d)])
+            .collect();
+        let last = *active.last().expect("some active day");
+        let weekdays = Weekdays::count(origin, last, active.iter().copied());
+        let x = active.len() as f64;
+        (
+            x,
+            (last - origin) as f64,
+            DayChances::Weekly {
+                weekdays,
+                origin_weekday: super::super::rhythm::weekday(origin),
+            },
+        )
+    }
+
+    /// The averaged outputs from closed forms: Beta-function ratios for each reading's
+    /// silence, summed over the day of drop-out, weighted by each reading's marginal
+    /// likelihood (no sequential update as in [`Run`]).
+    fn closed_form(p: &BgbbParams, x: f64, t_x: f64, n: f64, h: f64, c: &DayChances) -> (f64, f64) {
+        let DayChances::Weekly {
+            weekdays,
+            origin_weekday,
+        } = *c
+        else {
+            unreachable!()
+        };
+        let (al, be, ga, de) = (p.alpha, p.beta, p.gamma, p.delta);
+        let quiet = |w: usize| f64::from(weekdays.days[w] - weekdays.active[w]);
+        let act = |w: usize| f64::from(weekdays.active[w]);
+        // ln P(silent t_x+1..=m | alive) under each reading.
+        let pooled_silent = |m: f64| ln_beta(al + x, be + m - x) - ln_beta(al + x, be + t_x - x);
+        let weekly_silent = |m: f64| {
+            let mut s = [0.0f64; 7];
+            let mut k = t_x + 1.0;
+            while k <= m {
+                s[(origin_weekday + k as usize) % 7] += 1.0;
+                k += 1.0;
+            }
+            (0..7)
+                .map(|w| {
+                    ln_beta(al + act(w), be + quiet(w) + s[w]) - ln_beta(al + act(w), be + quiet(w))
+                })
+                .sum::<f64>()
+        };
+        let alive = |m: f64| ln_beta(ga, de + m) - ln_beta(ga, de + t_x);
+        let died = |j: f64| ln_beta(ga + 1.0, de + j) - ln_beta(ga, de + t_x);
+        let l = |silent: &dyn Fn(f64) -> f64, m: f64| -> (f64, f64) {
+            let a = (silent(m) + alive(m)).exp();
+            let mut d = 0.0;
+            let mut j = t_x;
+            while j < m {
+                d += (silent(j) + died(j)).exp();
+                j += 1.0;
+            }
+            (a, a + d)
+        };
+        let ln_m_pooled = ln_beta(al + x, be + t_x - x) - ln_beta(al, be);
+        let ln_m_weekly: f64 = (0..7)
+            .map(|w| ln_beta(al + act(w), be + quiet(w)) - ln_beta(al, be))
+            .sum();
+        let w = 1.0 / (1.0 + (ln_m_pooled - ln_m_weekly).exp());
+        let (ap, lp) = l(&pooled_silent, n);
+        let (aw, lw) = l(&weekly_silent, n);
+        let (_, lph) = l(&pooled_silent, n + h);
+        let (_, lwh) = l(&weekly_silent, n + h);
+        let l_n = (1.0 - w) * lp + w * lw;
+        (
+            ((1.0 - w) * ap + w * aw) / l_n,
+            ((1.0 - w) * lph + w * lwh) / l_n,
+        )
+    }
+
+    #[test]
+    fn the_weekly_reading_matches_its_closed_form() {
+        let weekdays_only = [true, true, true, true, true, false, false];
+        let tuesdays = [false, true, false, false, false, false, false];
+        for (on, weeks) in [(weekdays_only, 8), (tuesdays, 12), ([true; 7], 3)] {
+            let (x, t_x, c) = weekly_member(weeks, on);
+            for silent in [0.0, 1.0, 2.0, 3.0, 6.0, 9.0, 20.0] {
+                let n = t_x + silent;
+                let o = outputs_with(&DAILY, &rft(x, t_x, n), [14.0, 30.0], &c);
+                let (p_alive, p_silent_14) = closed_form(&DAILY, x, t_x, n, 14.0, &c);
+                let what = format!("{on:?} x={x} t_x={t_x} n={n}");
+                assert!(
+                    (o.p_alive - p_alive).abs() < 1e-9,
+                    "{what}: {} vs {p_alive}",
+                    o.p_alive
+                );
+                assert!(
+                    (o.p_silent[0] - p_silent_14).abs() < 1e-9,
+                    "{what}: {} vs {p_silent_14}",
+                    o.p_silent[0]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_weekday_member_is_read_by_their_rhythm() {
+        let (x, t_x, c) = weekly_member(8, [true, true, true, true, true, false, false]);
+        let pooled = |n: f64| outputs(&DAILY, &rft(x, t_x, n), [14.0, 30.0]);
+        let weekly = |n: f64| outputs_with(&DAILY, &rft(x, t_x, n), [14.0, 30.0], &c);
+        // The last active day is a Friday: a silent weekend is ordinary for them ...
+        let weekend = t_x + 2.0;
+        assert!(
+            weekly(weekend).p_alive > pooled(weekend).p_alive,
+            "{} vs {}",
+            weekly(weekend).p_alive,
+            pooled(weekend).p_alive
+        );
+        assert!(
+            weekly(weekend).p_alive > 0.95,
+            "{}",
+            weekly(weekend).p_alive
+        );
+        // ... a silent Monday to Wednesday after it is not.
+        let wednesday = t_x + 5.0;
+        assert!(
+            weekly(wednesday).p_alive < pooled(wednesday).p_alive,
+            "{} vs {}",
+            weekly(wednesday).p_alive,
+            pooled(wednesday).p_alive
+        );
+        // Expected active days follow the weekdays: about five in seven over 30 days.
+        let e = weekly(t_x).expected_active[1];
+        assert!((18.0..=23.0).contains(&e), "{e}");
+        // More silence never raises P(engaged), whatever the weekday.
+        let mut last = 1.0;
+        for s in 0..40 {
+            let p = weekly(t_x + f64::from(s)).p_alive;
+            assert!(p <= last + 1e-12, "day {s}: {p} after {last}");
+            last = p;
+        }
+    }
+
+    #[test]
+    fn a_member_without_a_weekly_rhythm_is_read_as_by_bg_bb() {
+        // Active on every day but the weekday that rotates: no weekday stands out.
+        let origin = 4;
+        let active: Vec<i32> = (1..=70)
+            .filter(|k| k % 6 != 0)
+            .map(|k| origin + k)
+            .collect();
+        let last = *active.last().unwrap();
+        let (x, t_x) = (active.len() as f64, f64::from(last - origin));
+        let c = DayChances::Weekly {
+            weekdays: Weekdays::count(origin, last, active.iter().copied()),
+            origin_weekday: super::super::rhythm::weekday(origin),
+        };
+        for silent in [0.0, 2.0, 4.0, 7.0] {
+            let s = rft(x, t_x, t_x + silent);
+            let (p, w) = (
+                outputs(&DAILY, &s, [14.0, 30.0]),
+                outputs_with(&DAILY, &s, [14.0, 30.0], &c),
+            );
+            assert!(
+                (p.p_alive - w.p_alive).abs() < 0.02,
+                "silent {silent}: {} vs {}",
+                p.p_alive,
+                w.p_alive
+            );
+        }
+        // Counts that do not cover the member's days are not used.
+        let wrong = DayChances::Weekly {
+            weekdays: Weekdays::default(),
+            origin_weekday: 0,
+        };
+        let s = rft(x, t_x, t_x + 5.0);
+        assert_eq!(
+            outputs(&DAILY, &s, [14.0, 30.0]),
+            outputs_with(&DAILY, &s, [14.0, 30.0], &wrong)
+        );
     }
 
     /// The likelihood term by term with `ln Γ`, as the paper writes it.

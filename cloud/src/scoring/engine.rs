@@ -4,6 +4,7 @@
 
 use super::model::{self, ModelKind, Params};
 use super::reasons::{self, ReasonInput};
+use super::rhythm::{self, DayChances};
 use super::state::{self, Decision, Memory, Observation, Rank};
 use super::summary::{date_of, MemberDays};
 use crate::config::ScoringConfig;
@@ -39,10 +40,25 @@ pub struct Numbers {
     pub score: u8,
 }
 
-/// The model's numbers for a member as of `as_of_day`.
-pub fn numbers(kind: ModelKind, p: &Params, md: &MemberDays, as_of_day: i32) -> Numbers {
+/// The model's numbers for a member as of `as_of_day`. With `weekly_rhythm` BG/BB also
+/// reads the member's days by weekday ([`super::rhythm`]).
+pub fn numbers(
+    kind: ModelKind,
+    p: &Params,
+    md: &MemberDays,
+    as_of_day: i32,
+    weekly_rhythm: bool,
+) -> Numbers {
     let s = md.summary.to_rft(1.0);
-    let o = model::member_outputs(kind, p, &s, [SILENT_SHORT_DAYS, SILENT_LONG_DAYS]);
+    let chances = if weekly_rhythm {
+        DayChances::Weekly {
+            weekdays: md.weekdays,
+            origin_weekday: rhythm::weekday(md.origin_day),
+        }
+    } else {
+        DayChances::Pooled
+    };
+    let o = model::member_outputs(kind, p, &s, [SILENT_SHORT_DAYS, SILENT_LONG_DAYS], &chances);
     let p_silent_14d = o.p_silent[0];
     Numbers {
         p_engaged: o.p_engaged,
@@ -130,7 +146,7 @@ pub fn evaluate(
     as_of_ms: i64,
     memory: &[Option<Memory>],
 ) -> Vec<Option<Evaluated>> {
-    let nums = numbers_parallel(kind, params, members, as_of_days);
+    let nums = numbers_parallel(kind, params, members, as_of_days, cfg.weekly_rhythm);
     evaluate_numbers(cfg, &nums, members, as_of_ms, memory)
 }
 
@@ -168,15 +184,17 @@ pub fn evaluate_numbers(
         .collect()
 }
 
-/// The model's numbers for many members, split over the available cores.
+/// The model's numbers for many members ([`numbers`]), split over the available cores.
 pub fn numbers_parallel(
     kind: ModelKind,
     params: &Params,
     members: &[Option<MemberDays>],
     as_of_days: &[i32],
+    weekly_rhythm: bool,
 ) -> Vec<Option<Numbers>> {
     let one = |(md, day): (&Option<MemberDays>, &i32)| {
-        md.as_ref().map(|m| numbers(kind, params, m, *day))
+        md.as_ref()
+            .map(|m| numbers(kind, params, m, *day, weekly_rhythm))
     };
     let threads = super::threads(16);
     if threads < 2 || members.len() < 20_000 {

@@ -31,6 +31,7 @@ pub mod model;
 pub mod persist;
 pub mod reasons;
 pub mod replay;
+pub mod rhythm;
 pub mod run;
 pub mod simulate;
 pub mod state;

@@ -17,6 +17,7 @@
 //! [`expected_active`]).
 
 use super::bgbb::{self, BgbbParams};
+use super::rhythm::DayChances;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -239,10 +240,17 @@ pub struct MemberOutputs {
 }
 
 /// [`p_engaged`], [`p_silent`] at both horizons, [`expected_active`] at `h[1]`, the
-/// silence probability if engaged and the rate, in one go (one pass for BG/BB).
-pub fn member_outputs(kind: ModelKind, p: &Params, s: &Rft, h: [f64; 2]) -> MemberOutputs {
+/// silence probability if engaged and the rate, in one go (one pass for BG/BB). `chances`
+/// weighs BG/BB's silent days (the member's weekly rhythm); the NBD models ignore it.
+pub fn member_outputs(
+    kind: ModelKind,
+    p: &Params,
+    s: &Rft,
+    h: [f64; 2],
+    chances: &DayChances,
+) -> MemberOutputs {
     if kind == ModelKind::Bgbb {
-        let o = bgbb::outputs(&BgbbParams::from_slots(p), s, h);
+        let o = bgbb::outputs_with(&BgbbParams::from_slots(p), s, h, chances);
         return MemberOutputs {
             p_engaged: o.p_alive,
             p_silent: o.p_silent,

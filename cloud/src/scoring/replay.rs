@@ -216,7 +216,7 @@ pub fn replay_variants(
             .zip(&as_of_days)
             .map(|(m, d)| m.days.summarise(Some(m.start_day()), *d, as_of_ms))
             .collect();
-        let numbers = engine::numbers_parallel(cfg.model, &p, &mds, &as_of_days);
+        let numbers = engine::numbers_parallel(cfg.model, &p, &mds, &as_of_days, cfg.weekly_rhythm);
         days.clear();
         for (v, c) in cfgs.iter().enumerate() {
             let evals = engine::evaluate_numbers(c, &numbers, &mds, as_of_ms, &memory[v]);

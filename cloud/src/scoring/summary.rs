@@ -11,6 +11,7 @@
 //! purchase day), extended to members who joined before first use.
 
 use super::model::Rft;
+use super::rhythm::Weekdays;
 use chrono::{DateTime, NaiveDate, TimeZone as _, Utc};
 use chrono_tz::Tz;
 
@@ -73,6 +74,9 @@ pub struct MemberDays {
     pub active_days: u32,
     /// The last active day, if any.
     pub last_active_day: Option<i32>,
+    /// Active days and all days per weekday from the origin (exclusive) to the last
+    /// active day: the member's weekly rhythm ([`super::rhythm`]).
+    pub weekdays: Weekdays,
 }
 
 /// A member's distinct active days, sorted, each with the earliest instant (Unix ms) of
@@ -153,6 +157,10 @@ impl ActiveDays {
         } else {
             0
         };
+        let weekdays = match last {
+            Some(l) if x > 0 => Weekdays::count(origin, l, seen[after..].iter().map(|d| d.0)),
+            _ => Weekdays::default(),
+        };
         Some(MemberDays {
             summary: DaySummary {
                 x,
@@ -162,6 +170,7 @@ impl ActiveDays {
             origin_day: origin,
             active_days: n as u32,
             last_active_day: last,
+            weekdays,
         })
     }
 }
@@ -176,6 +185,28 @@ mod tests {
 
     fn ms(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn the_weekday_counts_cover_the_days_after_the_origin_up_to_the_last_active_one() {
+        // Joined Monday 2026-03-02; active that day, Tuesday 3rd and Tuesday 10th; scored
+        // on Sunday the 15th.
+        let a = ActiveDays::from_instants(
+            [
+                ms("2026-03-02T08:00:00Z"),
+                ms("2026-03-03T08:00:00Z"),
+                ms("2026-03-10T08:00:00Z"),
+            ],
+            chrono_tz::UTC,
+        );
+        let m = a
+            .summarise(Some(d(2026, 3, 2)), d(2026, 3, 15), i64::MAX)
+            .unwrap();
+        assert_eq!((m.summary.x, m.summary.t_x_days), (2, 8));
+        assert!(m.weekdays.spans(2.0, 8.0), "{:?}", m.weekdays);
+        // Tuesday 3rd to Tuesday 10th: two Tuesdays, one of every other weekday.
+        assert_eq!(m.weekdays.days, [1, 2, 1, 1, 1, 1, 1]);
+        assert_eq!(m.weekdays.active, [0, 2, 0, 0, 0, 0, 0]);
     }
 
     #[test]
