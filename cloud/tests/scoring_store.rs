@@ -1,6 +1,6 @@
 //! Scoring against a real store: usage import, `score`, `members show`, replay, the API.
 
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use rollcall_cloud::config::ScoringConfig;
 use rollcall_cloud::scoring::{self, State};
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ fn as_of() -> DateTime<Utc> {
 
 /// 160 members with different rhythms; a third of them stop at some point; `never`
 /// joined and never used the device; `daily-stop` was active daily and stopped 9 days
-/// before `as_of`.
+/// before `as_of`; `weekdays` uses the device on weekdays only, to the last Friday.
 fn fleet_csvs() -> (String, String) {
     let mut rng = fastrand::Rng::with_seed(42);
     let mut members = String::from("id,name,phone,email,tz,plan,joined\n");
@@ -53,6 +53,14 @@ fn fleet_csvs() -> (String, String) {
     )
     .unwrap();
     writeln!(members, "daily-stop,Daily Stopper,,,UTC,pods,{}", start()).unwrap();
+    writeln!(members, "weekdays,Weekday Brewer,,,UTC,pods,{}", start()).unwrap();
+    let mut d = start();
+    while d < end {
+        if d.weekday().number_from_monday() <= 5 {
+            writeln!(usage, "weekdays,{d},brew,1").unwrap();
+        }
+        d += Duration::days(1);
+    }
     let mut d = start();
     while d <= end - Duration::days(9) {
         writeln!(usage, "daily-stop,{d},brew,2").unwrap();
@@ -122,14 +130,14 @@ fn score_scores_every_member_and_explains_the_lapsing_ones() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let members = v["members"].as_array().unwrap();
-    assert_eq!(members.len(), 162, "every registered member is scored");
+    assert_eq!(members.len(), 163, "every registered member is scored");
     let total: u64 = v["counts"]
         .as_object()
         .unwrap()
         .values()
         .map(|n| n.as_u64().unwrap())
         .sum();
-    assert_eq!(total, 162);
+    assert_eq!(total, 163);
     for m in members {
         for k in [
             "id",
@@ -165,6 +173,11 @@ fn score_scores_every_member_and_explains_the_lapsing_ones() {
         reason.starts_with("Usually active every day; silent for 9 days; a silence this long happens to an engaged member"),
         "{reason}"
     );
+    // A member with a weekly rhythm is told by their days; a quiet weekend is not a lapse.
+    let weekdays = find("weekdays");
+    assert_eq!(weekdays["state"], "active", "{weekdays}");
+    let reason = weekdays["reasons"][0].as_str().unwrap();
+    assert!(reason.contains(", mostly on weekdays; "), "{reason}");
     // Every state the fleet should show up in appears.
     for s in ["active", "lapsing", "lapsed", "champion"] {
         assert!(
@@ -498,7 +511,7 @@ async fn the_api_serves_member_scores_and_the_engagement_summary() {
         .values()
         .map(|n| n.as_u64().unwrap())
         .sum();
-    assert_eq!(total, 162);
+    assert_eq!(total, 163);
     assert_eq!(v["by_day"][0]["day"], "2026-06-01");
 }
 
@@ -512,8 +525,8 @@ fn the_live_scorer_refits_on_the_clocks_schedule_and_updates_the_gauges() {
     let t0 = as_of();
     let first = scorer.tick(t0).unwrap();
     assert!(first.refitted);
-    assert_eq!(first.counts.values().sum::<u64>(), 162);
-    assert_eq!(first.written, 162);
+    assert_eq!(first.counts.values().sum::<u64>(), 163);
+    assert_eq!(first.written, 163);
     // Five minutes later: no refit, and nothing changed enough to rewrite.
     let second = scorer.tick(t0 + Duration::minutes(5)).unwrap();
     assert!(!second.refitted);
@@ -521,7 +534,7 @@ fn the_live_scorer_refits_on_the_clocks_schedule_and_updates_the_gauges() {
     // A day later by the clock: refit, and every member's tenure moved on.
     let third = scorer.tick(t0 + Duration::hours(24)).unwrap();
     assert!(third.refitted);
-    assert_eq!(third.written, 162);
+    assert_eq!(third.written, 163);
     let text = metrics.encode();
     let lapsing = third.counts[&State::Lapsing];
     assert!(

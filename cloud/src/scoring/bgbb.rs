@@ -27,7 +27,7 @@
 use super::model::{ln_gamma, Params, Rft};
 #[cfg(test)]
 use super::rhythm::Weekdays;
-use super::rhythm::{DayChances, Silence};
+use super::rhythm::{DayChances, Silence, UsualDays};
 use serde::{Deserialize, Serialize};
 
 /// BG/BB parameters under their published names. [`Params`] carries them in its four
@@ -96,6 +96,9 @@ pub struct Outputs {
     pub p_silence_if_alive: f64,
     /// Expected daily activity probability while alive, from the history up to `t_x`.
     pub rate: f64,
+    /// The weekdays the member is usually active on, when the weekly reading explains
+    /// their days better than the pooled one and some weekdays stand out.
+    pub usual_days: Option<UsualDays>,
 }
 
 /// The member's outputs for the horizons `h` (in days, rounded to whole days).
@@ -130,17 +133,24 @@ pub fn outputs_with(p: &BgbbParams, s: &Rft, h: [f64; 2], chances: &DayChances) 
     );
     let rate = (al + x) / (al + be + t_x);
     let weekly = match chances {
-        DayChances::Weekly { weekdays, .. } if x > 0.0 && weekdays.spans(x, t_x) => Some((
-            weekdays.log_marginal(al, be) - ln_m_pooled,
-            Run::new(p, t_x, n, hs, Silence::new(chances, al, be, x, t_x)),
-        )),
+        DayChances::Weekly { weekdays, .. } if x > 0.0 && weekdays.spans(x, t_x) => {
+            let belief = Silence::new(chances, al, be, x, t_x);
+            Some((
+                weekdays.log_marginal(al, be) - ln_m_pooled,
+                belief.weekday_chances(),
+                Run::new(p, t_x, n, hs, belief),
+            ))
+        }
         _ => None,
     };
-    let Some((ln_bayes_factor, weekly)) = weekly else {
+    let Some((ln_bayes_factor, chances_at_t_x, weekly)) = weekly else {
         return pooled.outputs(ln_a_tx, rate);
     };
     // Prior weights from the history up to t_x: w = P(weekly | days up to t_x).
     let w = 1.0 / (1.0 + (-ln_bayes_factor).exp());
+    let usual_days = chances_at_t_x
+        .filter(|_| w > 0.5)
+        .and_then(|c| UsualDays::from_chances(&c));
     let mix = |a: f64, b: f64| (1.0 - w) * a + w * b;
     let l_n = mix(pooled.l_n, weekly.l_n);
     // Posterior weight of the weekly reading at n (the silence since t_x included).
@@ -160,6 +170,7 @@ pub fn outputs_with(p: &BgbbParams, s: &Rft, h: [f64; 2], chances: &DayChances) 
         expected_active: [expected(0), expected(1)],
         p_silence_if_alive: mix(pooled.q_n, weekly.q_n).clamp(0.0, 1.0),
         rate,
+        usual_days,
     }
 }
 
@@ -248,6 +259,7 @@ impl Run {
             expected_active: [p_alive * self.expected[0], p_alive * self.expected[1]],
             p_silence_if_alive: self.q_n.clamp(0.0, 1.0),
             rate,
+            usual_days: None,
         }
     }
 }
@@ -601,6 +613,15 @@ mod tests {
             weekly(wednesday).p_alive,
             pooled(wednesday).p_alive
         );
+        // Staff read the rhythm as the member's usual days.
+        assert_eq!(
+            weekly(wednesday)
+                .usual_days
+                .map(UsualDays::phrase)
+                .as_deref(),
+            Some("on weekdays")
+        );
+        assert_eq!(pooled(wednesday).usual_days, None);
         // Expected active days follow the weekdays: about five in seven over 30 days.
         let e = weekly(t_x).expected_active[1];
         assert!((18.0..=23.0).contains(&e), "{e}");
@@ -640,6 +661,8 @@ mod tests {
                 w.p_alive
             );
         }
+        let s = rft(x, t_x, t_x + 1.0);
+        assert_eq!(outputs_with(&DAILY, &s, [14.0, 30.0], &c).usual_days, None);
         // Counts that do not cover the member's days are not used.
         let wrong = DayChances::Weekly {
             weekdays: Weekdays::default(),

@@ -4,7 +4,7 @@
 
 use super::model::{self, ModelKind, Params};
 use super::reasons::{self, ReasonInput};
-use super::rhythm::{self, DayChances};
+use super::rhythm::{self, DayChances, UsualDays};
 use super::state::{self, Decision, Memory, Observation, Rank};
 use super::summary::{date_of, MemberDays};
 use crate::config::ScoringConfig;
@@ -28,6 +28,8 @@ pub struct Numbers {
     pub expected_active_days_30d: f64,
     /// Usual active days per week while engaged.
     pub rhythm_per_week: f64,
+    /// The weekdays the member is usually active on, when they have a weekly rhythm.
+    pub usual_days: Option<UsualDays>,
     /// Days since the last active day (`None`: never active).
     pub days_since_last: Option<u32>,
     /// Days since the member's clock started.
@@ -66,6 +68,7 @@ pub fn numbers(
         p_silent_30d: o.p_silent[1],
         expected_active_days_30d: o.expected_active.min(SILENT_LONG_DAYS),
         rhythm_per_week: (7.0 * o.rate).min(7.0),
+        usual_days: o.usual_days,
         days_since_last: md.last_active_day.map(|d| (as_of_day - d).max(0) as u32),
         tenure_days: md.summary.t_days,
         active_days: md.active_days,
@@ -235,6 +238,7 @@ pub fn reasons_for(
             state: e.decision.state,
             rule: e.decision.rule,
             rhythm_per_week: n.rhythm_per_week,
+            usual_days: n.usual_days,
             days_since_last: n.days_since_last,
             p_silence_if_engaged: n.p_silence_if_engaged,
             p_engaged: n.p_engaged,

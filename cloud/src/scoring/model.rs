@@ -17,7 +17,7 @@
 //! [`expected_active`]).
 
 use super::bgbb::{self, BgbbParams};
-use super::rhythm::DayChances;
+use super::rhythm::{DayChances, UsualDays};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -237,6 +237,8 @@ pub struct MemberOutputs {
     pub p_silence_if_engaged: f64,
     /// Active days per time unit while engaged (BG/BB: the daily probability).
     pub rate: f64,
+    /// The weekdays the member is usually active on (BG/BB with the weekly rhythm only).
+    pub usual_days: Option<UsualDays>,
 }
 
 /// [`p_engaged`], [`p_silent`] at both horizons, [`expected_active`] at `h[1]`, the
@@ -257,6 +259,7 @@ pub fn member_outputs(
             expected_active: o.expected_active[1],
             p_silence_if_engaged: o.p_silence_if_alive,
             rate: o.rate,
+            usual_days: o.usual_days,
         };
     }
     MemberOutputs {
@@ -265,6 +268,7 @@ pub fn member_outputs(
         expected_active: expected_active(kind, p, s, h[1]),
         p_silence_if_engaged: p_silence_this_long_if_engaged(p, s),
         rate: rate_if_engaged(p, s),
+        usual_days: None,
     }
 }
 

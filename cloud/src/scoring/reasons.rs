@@ -2,6 +2,7 @@
 //! statistics: "Usually active 5 days a week; silent for 9 days; a silence this long
 //! happens to an engaged member about 2% of the time."
 
+use super::rhythm::UsualDays;
 use super::state::{Rule, State};
 use crate::config::ScoringConfig;
 
@@ -14,6 +15,8 @@ pub struct ReasonInput<'a> {
     pub rule: Rule,
     /// Active days per week while engaged.
     pub rhythm_per_week: f64,
+    /// The weekdays the member is usually active on, if they have a weekly rhythm.
+    pub usual_days: Option<UsualDays>,
     /// Days since the last active day (`None`: never active).
     pub days_since_last: Option<u32>,
     /// How often an engaged member goes this long without activity.
@@ -114,7 +117,13 @@ pub fn reasons(cfg: &ScoringConfig, r: &ReasonInput<'_>) -> Vec<String> {
             days(r.active_days)
         )),
         _ => {
-            let mut s = format!("{}; {}", rhythm_phrase(r.rhythm_per_week), silence);
+            let mut s = rhythm_phrase(r.rhythm_per_week);
+            if let Some(days) = r.usual_days {
+                s.push_str(", mostly ");
+                s.push_str(&days.phrase());
+            }
+            s.push_str("; ");
+            s.push_str(&silence);
             if r.days_since_last.is_some_and(|d| d >= 2) {
                 s.push_str(&format!(
                     "; a silence this long happens to an engaged member {} of the time",
@@ -189,6 +198,7 @@ mod tests {
             state,
             rule,
             rhythm_per_week: 5.2,
+            usual_days: None,
             days_since_last: Some(9),
             p_silence_if_engaged: 0.021,
             p_engaged: 0.31,
@@ -210,6 +220,17 @@ mod tests {
             "Usually active 5 days a week; silent for 9 days; a silence this long happens to an engaged member about 2% of the time"
         );
         assert!(r[1].contains("31%"), "{r:?}");
+    }
+
+    #[test]
+    fn a_member_with_a_weekly_rhythm_is_told_by_their_days() {
+        let mut i = input(Rule::ModelLapsing, State::Lapsing);
+        i.usual_days = UsualDays::from_chances(&[0.9, 0.85, 0.9, 0.8, 0.9, 0.05, 0.1]);
+        let r = reasons(&ScoringConfig::default(), &i);
+        assert_eq!(
+            r[0],
+            "Usually active 5 days a week, mostly on weekdays; silent for 9 days; a silence this long happens to an engaged member about 2% of the time"
+        );
     }
 
     #[test]

@@ -100,6 +100,89 @@ impl Weekdays {
     }
 }
 
+/// The weekdays a member is usually active on (Monday is bit 0): what staff read as
+/// "mostly on weekdays" or "mostly on Tuesdays".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsualDays(u8);
+
+/// Weekday names, Monday first, as the reasons write them.
+const NAMES: [&str; WEEK] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+impl UsualDays {
+    /// The usual days from a chance per weekday: those with a chance of at least one in
+    /// two, when every other weekday's chance is at most half the lowest of them. `None`
+    /// when no weekday stands out that way, or all do.
+    pub fn from_chances(chances: &[f64; WEEK]) -> Option<Self> {
+        let mut mask = 0u8;
+        let (mut lowest_usual, mut highest_other) = (f64::INFINITY, 0.0f64);
+        for (w, &c) in chances.iter().enumerate() {
+            if c >= 0.5 {
+                mask |= 1 << w;
+                lowest_usual = lowest_usual.min(c);
+            } else {
+                highest_other = highest_other.max(c);
+            }
+        }
+        let all = (1u8 << WEEK) - 1;
+        (mask != 0 && mask != all && highest_other <= lowest_usual / 2.0).then_some(Self(mask))
+    }
+
+    /// True when weekday `w` (Monday is 0) is one of them.
+    pub fn contains(self, w: usize) -> bool {
+        w < WEEK && self.0 & (1 << w) != 0
+    }
+
+    /// "on weekdays", "at weekends", "on Tuesdays", "on Mondays and Thursdays", "on every
+    /// day but Sunday".
+    pub fn phrase(self) -> String {
+        const WEEKDAYS: u8 = 0b001_1111;
+        const WEEKEND: u8 = 0b110_0000;
+        let plural = |w: usize| format!("{}s", NAMES[w]);
+        let list = |days: Vec<String>| match days.as_slice() {
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+            [] => String::new(),
+        };
+        match self.0 {
+            WEEKDAYS => "on weekdays".into(),
+            WEEKEND => "at weekends".into(),
+            m if m.count_ones() <= 3 => format!(
+                "on {}",
+                list(
+                    (0..WEEK)
+                        .filter(|&w| self.contains(w))
+                        .map(plural)
+                        .collect()
+                )
+            ),
+            _ => format!(
+                "on every day but {}",
+                list(
+                    (0..WEEK)
+                        .filter(|&w| !self.contains(w))
+                        .map(|w| NAMES[w].to_owned())
+                        .collect()
+                )
+            ),
+        }
+    }
+}
+
+impl Serialize for UsualDays {
+    /// As the list of day names, Monday first.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((0..WEEK).filter(|&w| self.contains(w)).map(|w| NAMES[w]))
+    }
+}
+
 /// The running belief about a member's silent days from the last active day on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Silence {
@@ -172,6 +255,15 @@ impl Silence {
         }
     }
 
+    /// Each weekday's chance of activity as the belief stands (`None` for the pooled
+    /// reading).
+    pub(crate) fn weekday_chances(&self) -> Option<[f64; WEEK]> {
+        match &self.kind {
+            Kind::Pooled { .. } => None,
+            Kind::Weekly { a, b, .. } => Some(std::array::from_fn(|w| a[w] / (a[w] + b[w]))),
+        }
+    }
+
     /// P(active on day `j + 1` | engaged), from the belief as it stands (the days between
     /// unobserved).
     pub(crate) fn active(&self, j: f64) -> f64 {
@@ -192,6 +284,42 @@ impl Silence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usual_days_are_the_weekdays_that_stand_out_and_read_as_staff_say_them() {
+        let from = |c: [f64; 7]| UsualDays::from_chances(&c).map(UsualDays::phrase);
+        let p = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            from([0.9, 0.8, 0.85, 0.9, 0.7, 0.05, 0.1]),
+            p("on weekdays")
+        );
+        assert_eq!(from([0.1, 0.1, 0.1, 0.1, 0.1, 0.8, 0.9]), p("at weekends"));
+        assert_eq!(
+            from([0.02, 0.9, 0.03, 0.03, 0.02, 0.03, 0.03]),
+            p("on Tuesdays")
+        );
+        assert_eq!(
+            from([0.7, 0.1, 0.1, 0.8, 0.1, 0.1, 0.1]),
+            p("on Mondays and Thursdays")
+        );
+        assert_eq!(
+            from([0.7, 0.1, 0.6, 0.1, 0.8, 0.1, 0.1]),
+            p("on Mondays, Wednesdays and Fridays")
+        );
+        assert_eq!(
+            from([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2]),
+            p("on every day but Sunday")
+        );
+        // Every day alike, no day likely, or the rest not clearly lower: no rhythm.
+        assert_eq!(from([0.8; 7]), None);
+        assert_eq!(from([0.3; 7]), None);
+        assert_eq!(from([0.9, 0.9, 0.9, 0.9, 0.9, 0.6, 0.4]), None);
+        let days = UsualDays::from_chances(&[0.9, 0.1, 0.1, 0.8, 0.1, 0.1, 0.1]).unwrap();
+        assert_eq!(
+            serde_json::to_value(days).unwrap(),
+            serde_json::json!(["Monday", "Thursday"])
+        );
+    }
 
     #[test]
     fn the_first_of_january_1970_was_a_thursday() {
