@@ -173,11 +173,44 @@ fn score_scores_every_member_and_explains_the_lapsing_ones() {
         reason.starts_with("Usually active every day; silent for 9 days; a silence this long happens to an engaged member"),
         "{reason}"
     );
-    // A member with a weekly rhythm is told by their days; a quiet weekend is not a lapse.
+    // A member with a weekly rhythm is told by their days.
     let weekdays = find("weekdays");
     assert_eq!(weekdays["state"], "active", "{weekdays}");
     let reason = weekdays["reasons"][0].as_str().unwrap();
     assert!(reason.contains(", mostly on weekdays; "), "{reason}");
+    // On Sunday evening, after a silent weekend, the weekly reading is surer of them than
+    // BG/BB alone (`scoring.weekly_rhythm = false`), which has no word for their days.
+    let pooled = dir.path().join("pooled.toml");
+    std::fs::write(&pooled, "[scoring]\nweekly_rhythm = false\n").unwrap();
+    let sunday = "2026-05-31T20:00:00Z";
+    let weekdays_on_sunday = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend(["score", "--as-of", sunday, "--json"]);
+        let out = cli(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == "weekdays")
+            .unwrap()
+            .clone()
+    };
+    let (weekly, alone) = (
+        weekdays_on_sunday(&[]),
+        weekdays_on_sunday(&["--config", pooled.to_str().unwrap()]),
+    );
+    let p = |m: &serde_json::Value| m["p_engaged"].as_f64().unwrap();
+    assert!(p(&weekly) > p(&alone), "{weekly} vs {alone}");
+    assert!(
+        !alone["reasons"][0].as_str().unwrap().contains("mostly"),
+        "{alone}"
+    );
     // Every state the fleet should show up in appears.
     for s in ["active", "lapsing", "lapsed", "champion"] {
         assert!(

@@ -104,7 +104,7 @@ pub fn run_model(
                 origin_day: origin,
                 active_days: s.x + 1,
                 last_active_day: Some(origin + s.t_x_days as i32),
-                weekdays: spread(s.x, s.t_x_days),
+                weekdays: spread(origin, s.x, s.t_x_days),
             })
         })
         .collect();
@@ -158,12 +158,12 @@ pub fn run_model(
     })
 }
 
-/// Weekday counts for a summary without a calendar: the `t_x` days after an origin, the
+/// Weekday counts for a summary without a calendar: the `t_x` days after `origin`, the
 /// `x` active ones dealt to the weekdays in turn (as far as each has days),
 /// so that the benchmark scores every member with the weekly reading as the live scorer
 /// does.
-fn spread(x: u32, t_x: u32) -> Weekdays {
-    let mut w = Weekdays::count(0, t_x as i32, std::iter::empty());
+fn spread(origin: i32, x: u32, t_x: u32) -> Weekdays {
+    let mut w = Weekdays::count(origin, origin + t_x as i32, std::iter::empty());
     let mut left = x;
     while left > 0 {
         let mut dealt = false;

@@ -27,7 +27,7 @@
 use super::model::{ln_gamma, Params, Rft};
 #[cfg(test)]
 use super::rhythm::Weekdays;
-use super::rhythm::{DayChances, Silence, UsualDays};
+use super::rhythm::{DayChances, Silence, UsualDays, USUAL_DAYS_WEIGHT, WEEKLY_PRIOR};
 use serde::{Deserialize, Serialize};
 
 /// BG/BB parameters under their published names. [`Params`] carries them in its four
@@ -91,8 +91,9 @@ pub struct Outputs {
     pub p_silent: [f64; 2],
     /// Expected active days in the next `h` days for each requested horizon.
     pub expected_active: [f64; 2],
-    /// P(a living member with this activity up to `t_x` stays silent until `n`):
-    /// `B(α+x, β+n−x) / B(α+x, β+t_x−x)`.
+    /// P(a living member with this activity up to `t_x` stays silent until `n`): for BG/BB
+    /// `B(α+x, β+n−x) / B(α+x, β+t_x−x)`; with the weekly rhythm, the readings' values
+    /// mixed by their weights at `t_x`.
     pub p_silence_if_alive: f64,
     /// Expected daily activity probability while alive, from the history up to `t_x`.
     pub rate: f64,
@@ -111,7 +112,7 @@ pub fn outputs(p: &BgbbParams, s: &Rft, h: [f64; 2]) -> Outputs {
 /// With [`DayChances::Weekly`] the member's days are explained two ways: BG/BB's one
 /// daily chance, or one chance per weekday, each with the fleet's `Beta(α, β)` as its
 /// prior ([`super::rhythm`]). The two are averaged by how well each explains the member's
-/// own days up to `t_x` (their marginal likelihoods, even odds before): a member with a
+/// own days up to `t_x` (their marginal likelihoods; [`WEEKLY_PRIOR`] before): a member with a
 /// firm weekly rhythm is read by it, a daily member by the pooled chance (the seven
 /// weekday chances pay for being seven), and the silence since `t_x` moves the weights
 /// further. The drop-out process is BG/BB's in both; so is the log-likelihood, which
@@ -147,9 +148,10 @@ pub fn outputs_with(p: &BgbbParams, s: &Rft, h: [f64; 2], chances: &DayChances) 
         return pooled.outputs(ln_a_tx, rate);
     };
     // Prior weights from the history up to t_x: w = P(weekly | days up to t_x).
-    let w = 1.0 / (1.0 + (-ln_bayes_factor).exp());
+    let ln_odds = ln_bayes_factor + (WEEKLY_PRIOR / (1.0 - WEEKLY_PRIOR)).ln();
+    let w = 1.0 / (1.0 + (-ln_odds).exp());
     let usual_days = chances_at_t_x
-        .filter(|_| w > 0.5)
+        .filter(|_| w > USUAL_DAYS_WEIGHT)
         .and_then(|c| UsualDays::from_chances(&c));
     let mix = |a: f64, b: f64| (1.0 - w) * a + w * b;
     let l_n = mix(pooled.l_n, weekly.l_n);
@@ -508,7 +510,7 @@ mod tests {
     /// The averaged outputs from closed forms: Beta-function ratios for each reading's
     /// silence, summed over the day of drop-out, weighted by each reading's marginal
     /// likelihood (no sequential update as in [`Run`]).
-    fn closed_form(p: &BgbbParams, x: f64, t_x: f64, n: f64, h: f64, c: &DayChances) -> (f64, f64) {
+    fn closed_form(p: &BgbbParams, x: f64, t_x: f64, n: f64, h: f64, c: &DayChances) -> ClosedForm {
         let DayChances::Weekly {
             weekdays,
             origin_weekday,
@@ -550,16 +552,47 @@ mod tests {
         let ln_m_weekly: f64 = (0..7)
             .map(|w| ln_beta(al + act(w), be + quiet(w)) - ln_beta(al, be))
             .sum();
-        let w = 1.0 / (1.0 + (ln_m_pooled - ln_m_weekly).exp());
+        let prior_odds = WEEKLY_PRIOR / (1.0 - WEEKLY_PRIOR);
+        let w = 1.0 / (1.0 + (ln_m_pooled - ln_m_weekly).exp() / prior_odds);
         let (ap, lp) = l(&pooled_silent, n);
         let (aw, lw) = l(&weekly_silent, n);
         let (_, lph) = l(&pooled_silent, n + h);
         let (_, lwh) = l(&weekly_silent, n + h);
         let l_n = (1.0 - w) * lp + w * lw;
-        (
-            ((1.0 - w) * ap + w * aw) / l_n,
-            ((1.0 - w) * lph + w * lwh) / l_n,
-        )
+        // Expected active days over the next h: per reading, Σ_k P(alive at n+k | data) ·
+        // P(active on day n+k | alive, silent to n), the readings weighed after the silence.
+        let w_n = w * lw / l_n;
+        let active_pooled = |_: f64| (al + x) / (al + be + n);
+        let active_weekly = |day: f64| {
+            let wd = (origin_weekday + day as usize) % 7;
+            let silent = (t_x as usize + 1..=n as usize)
+                .filter(|k| (origin_weekday + k) % 7 == wd)
+                .count() as f64;
+            (al + act(wd)) / (al + be + act(wd) + quiet(wd) + silent)
+        };
+        let expected = |a: f64, l: f64, active: &dyn Fn(f64) -> f64| {
+            (1..=h as u32)
+                .map(|k| {
+                    let day = n + f64::from(k);
+                    a / l * (ln_beta(ga, de + day) - ln_beta(ga, de + n)).exp() * active(day)
+                })
+                .sum::<f64>()
+        };
+        ClosedForm {
+            p_alive: ((1.0 - w) * ap + w * aw) / l_n,
+            p_silent: ((1.0 - w) * lph + w * lwh) / l_n,
+            expected_active: (1.0 - w_n) * expected(ap, lp, &active_pooled)
+                + w_n * expected(aw, lw, &active_weekly),
+            p_silence_if_alive: (1.0 - w) * pooled_silent(n).exp() + w * weekly_silent(n).exp(),
+        }
+    }
+
+    /// What [`closed_form`] works out.
+    struct ClosedForm {
+        p_alive: f64,
+        p_silent: f64,
+        expected_active: f64,
+        p_silence_if_alive: f64,
     }
 
     #[test]
@@ -571,18 +604,21 @@ mod tests {
             for silent in [0.0, 1.0, 2.0, 3.0, 6.0, 9.0, 20.0] {
                 let n = t_x + silent;
                 let o = outputs_with(&DAILY, &rft(x, t_x, n), [14.0, 30.0], &c);
-                let (p_alive, p_silent_14) = closed_form(&DAILY, x, t_x, n, 14.0, &c);
+                let want = closed_form(&DAILY, x, t_x, n, 14.0, &c);
                 let what = format!("{on:?} x={x} t_x={t_x} n={n}");
-                assert!(
-                    (o.p_alive - p_alive).abs() < 1e-9,
-                    "{what}: {} vs {p_alive}",
-                    o.p_alive
-                );
-                assert!(
-                    (o.p_silent[0] - p_silent_14).abs() < 1e-9,
-                    "{what}: {} vs {p_silent_14}",
-                    o.p_silent[0]
-                );
+                let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b.abs().max(1.0);
+                for (name, got, want) in [
+                    ("P(alive)", o.p_alive, want.p_alive),
+                    ("P(silent 14 d)", o.p_silent[0], want.p_silent),
+                    ("E[active 14 d]", o.expected_active[0], want.expected_active),
+                    (
+                        "P(silence | alive)",
+                        o.p_silence_if_alive,
+                        want.p_silence_if_alive,
+                    ),
+                ] {
+                    assert!(close(got, want), "{what}: {name} {got} vs {want}");
+                }
             }
         }
     }

@@ -249,3 +249,66 @@ pub fn reasons_for(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::bgbb::BgbbParams;
+    use crate::scoring::summary::{day_number, ActiveDays, DAY_MS};
+    use chrono::NaiveDate;
+
+    /// A member who used the device every Tuesday (in Berlin) for twelve weeks, the last
+    /// on 2026-03-24, scored through the same path as the live scorer on `date`.
+    fn tuesday_member(date: (u32, u32), weekly_rhythm: bool) -> Numbers {
+        let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let first = NaiveDate::from_ymd_opt(2026, 1, 6).unwrap(); // a Tuesday
+        let instants = (0..12).map(|w| {
+            let d = first + chrono::Duration::weeks(w);
+            // 07:30 local: the day before in UTC would be wrong, the local day is right.
+            d.and_hms_opt(6, 30, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_millis()
+        });
+        let days = ActiveDays::from_instants(instants, tz);
+        let as_of = day_number(NaiveDate::from_ymd_opt(2026, date.0, date.1).unwrap());
+        let md = days
+            .summarise(
+                Some(day_number(first) - 1),
+                as_of,
+                (as_of as i64 + 1) * DAY_MS,
+            )
+            .unwrap();
+        let p = BgbbParams {
+            alpha: 1.3,
+            beta: 0.85,
+            gamma: 0.6,
+            delta: 240.0,
+        }
+        .to_slots();
+        numbers(ModelKind::Bgbb, &p, &md, as_of, weekly_rhythm)
+    }
+
+    #[test]
+    fn a_weekly_member_is_scored_by_their_own_weekday() {
+        // Monday 30 March: six silent days, none of them a Tuesday. Ordinary for them.
+        let (weekly, pooled) = (
+            tuesday_member((3, 30), true),
+            tuesday_member((3, 30), false),
+        );
+        assert!(weekly.p_engaged > 0.95, "{weekly:?}");
+        assert!(weekly.p_engaged > pooled.p_engaged, "{weekly:?} {pooled:?}");
+        assert_eq!(
+            weekly.usual_days.map(UsualDays::phrase).as_deref(),
+            Some("on Tuesdays")
+        );
+        assert_eq!(pooled.usual_days, None);
+        // Wednesday 1 April: their Tuesday went by without them.
+        let (weekly, pooled) = (tuesday_member((4, 1), true), tuesday_member((4, 1), false));
+        assert!(weekly.p_engaged < pooled.p_engaged, "{weekly:?} {pooled:?}");
+        // To BG/BB eight silent days are common for someone active one day in seven; to
+        // the weekly reading a missed Tuesday is rare.
+        assert!(pooled.p_silence_if_engaged > 0.2, "{pooled:?}");
+        assert!(weekly.p_silence_if_engaged < 0.05, "{weekly:?}");
+    }
+}

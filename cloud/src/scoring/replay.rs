@@ -149,6 +149,7 @@ fn same_fits(a: &ScoringConfig, b: &ScoringConfig) -> bool {
         && a.min_fit_members == b.min_fit_members
         && a.refit_interval_h == b.refit_interval_h
         && a.default_tz == b.default_tz
+        && a.weekly_rhythm == b.weekly_rhythm
 }
 
 /// [`replay_each`] for several configurations at once that differ only in their state

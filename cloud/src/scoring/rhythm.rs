@@ -20,6 +20,14 @@ use serde::Serialize;
 /// Days in a week.
 pub const WEEK: usize = 7;
 
+/// The weekly reading's share before the member's days are seen: one in five. A weekly
+/// rhythm has to earn its place; a few weeks of rhythmless days cannot give it much
+/// weight by chance, while a real weekly habit outweighs these odds within weeks.
+pub const WEEKLY_PRIOR: f64 = 0.2;
+
+/// The weekly reading's weight above which the reasons name the member's usual days.
+pub const USUAL_DAYS_WEIGHT: f64 = 0.8;
+
 /// The weekday of a day number (days since 1970-01-01, a Thursday): Monday is 0.
 pub fn weekday(day: i32) -> usize {
     (day + 3).rem_euclid(WEEK as i32) as usize
@@ -341,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_day_lowers_the_next_chance_of_silence_only_on_its_own_weekday() {
+    fn a_silent_day_makes_silence_likelier_on_its_own_weekday_only() {
         let weekdays = Weekdays {
             active: [4, 4, 4, 4, 4, 0, 0],
             days: [4; 7],
@@ -351,7 +359,14 @@ mod tests {
             origin_weekday: 6, // day j + 1 = 1 is a Monday
         };
         let mut s = Silence::new(&chances, 1.0, 1.0, 20.0, 28.0);
+        let fresh = s;
         let monday = s.next_silent(0.0);
+        // A silent Monday tells nothing about Tuesdays.
+        assert_eq!(s.active(1.0), fresh.active(1.0));
+        assert!(
+            s.active(7.0) < fresh.active(7.0),
+            "but Mondays are less sure now"
+        );
         assert!(monday < 0.2, "Mondays are active: {monday}");
         let quiet = (1..5).map(|j| s.next_silent(j as f64)).collect::<Vec<_>>();
         let saturday = s.next_silent(5.0);
