@@ -296,28 +296,25 @@ mod tests {
     #[test]
     fn usual_days_are_the_weekdays_that_stand_out_and_read_as_staff_say_them() {
         let from = |c: [f64; 7]| UsualDays::from_chances(&c).map(UsualDays::phrase);
-        let p = |s: &str| Some(s.to_owned());
-        assert_eq!(
-            from([0.9, 0.8, 0.85, 0.9, 0.7, 0.05, 0.1]),
-            p("on weekdays")
-        );
-        assert_eq!(from([0.1, 0.1, 0.1, 0.1, 0.1, 0.8, 0.9]), p("at weekends"));
-        assert_eq!(
-            from([0.02, 0.9, 0.03, 0.03, 0.02, 0.03, 0.03]),
-            p("on Tuesdays")
-        );
-        assert_eq!(
-            from([0.7, 0.1, 0.1, 0.8, 0.1, 0.1, 0.1]),
-            p("on Mondays and Thursdays")
-        );
-        assert_eq!(
-            from([0.7, 0.1, 0.6, 0.1, 0.8, 0.1, 0.1]),
-            p("on Mondays, Wednesdays and Fridays")
-        );
-        assert_eq!(
-            from([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2]),
-            p("on every day but Sunday")
-        );
+        for (chances, phrase) in [
+            ([0.9, 0.8, 0.85, 0.9, 0.7, 0.05, 0.1], "on weekdays"),
+            ([0.1, 0.1, 0.1, 0.1, 0.1, 0.8, 0.9], "at weekends"),
+            ([0.02, 0.9, 0.03, 0.03, 0.02, 0.03, 0.03], "on Tuesdays"),
+            (
+                [0.7, 0.1, 0.1, 0.8, 0.1, 0.1, 0.1],
+                "on Mondays and Thursdays",
+            ),
+            (
+                [0.7, 0.1, 0.6, 0.1, 0.8, 0.1, 0.1],
+                "on Mondays, Wednesdays and Fridays",
+            ),
+            (
+                [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2],
+                "on every day but Sunday",
+            ),
+        ] {
+            assert_eq!(from(chances).as_deref(), Some(phrase), "{chances:?}");
+        }
         // Every day alike, no day likely, or the rest not clearly lower: no rhythm.
         assert_eq!(from([0.8; 7]), None);
         assert_eq!(from([0.3; 7]), None);
