@@ -25,8 +25,6 @@
 //! evaluation costs one `exp` and one `ln` per distinct `(x, t_x, n)`.
 
 use super::model::{ln_gamma, Params, Rft};
-#[cfg(test)]
-use super::rhythm::Weekdays;
 use super::rhythm::{DayChances, Silence, UsualDays, USUAL_DAYS_WEIGHT, WEEKLY_PRIOR};
 use serde::{Deserialize, Serialize};
 
@@ -464,6 +462,7 @@ pub fn simulate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scoring::rhythm::Weekdays;
 
     /// The published donation fit (FHS 2010).
     const DONATIONS: BgbbParams = BgbbParams {
